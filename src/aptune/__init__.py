@@ -1,12 +1,24 @@
-"""aptune: adaptive pruning and tuning (APT) of pretrained transformers."""
+"""aptune: adaptive pruning and tuning (APT) of pretrained transformers.
+
+Fine-tune a HuggingFace model with growable low-rank adapters and, during the same run, remove its
+least salient attention heads, FFN neurons and hidden dimensions; end with a smaller, faster model.
+
+    >>> import aptune
+    >>> controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=1000)
+    >>> trainer = aptune.AptTrainer(model=model, args=args, apt_config=aptune.AptConfig(target_density=0.4), ...)
+"""
 
 from aptune.config import AptConfig
+from aptune.controller import AptController, prepare_
 from aptune.errors import AptuneError, ConfigError, DataError, ExportError, ModelError, UnsupportedModelError
+from aptune.export import export, load
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AptConfig",
+    "AptController",
+    "AptTrainer",
     "AptuneError",
     "ConfigError",
     "DataError",
@@ -14,4 +26,17 @@ __all__ = [
     "ModelError",
     "UnsupportedModelError",
     "__version__",
+    "export",
+    "load",
+    "prepare_",
 ]
+
+
+def __getattr__(name: str):
+    # The Trainer subclass pulls in transformers.Trainer (and accelerate); import it lazily so that
+    # `import aptune` stays light.
+    if name == "AptTrainer":
+        from aptune.trainer import AptTrainer
+
+        return AptTrainer
+    raise AttributeError(f"module 'aptune' has no attribute {name!r}")

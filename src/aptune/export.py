@@ -1,0 +1,236 @@
+"""Export a pruned, tuned model as a HuggingFace folder anyone can load; load it back safely.
+
+`export` merges every adapter into its weight (``W + s * B @ A``), drops the distillation transform
+and the masks, and writes, atomically (a temporary folder renamed into place):
+
+* ``model.safetensors`` with the stock parameter names,
+* ``config.json``: the original config plus ``aptune_plan`` (versioned: every tensor's shape, the
+  head-count attributes of each attention module, a per-layer summary) and ``auto_map`` pointing at
+* ``modeling_aptune.py``, a self-contained loader (torch + transformers only),
+* the tokenizer files when a tokenizer is given.
+
+`load` reads such a folder with aptune's own copy of the loader classes (never code found in the
+folder), after checking the plan against the safetensors header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from aptune.adapter import AptLinear
+from aptune.errors import ExportError
+from aptune.hub import modeling_aptune
+from aptune.hub.modeling_aptune import PLAN_FORMAT_VERSION, PLAN_KEY
+
+__all__ = ["export", "load", "merged_state_dict"]
+
+_HUB_FILE = Path(modeling_aptune.__file__)
+_AUTO_CLASS_BY_SUFFIX = (
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ("ForTokenClassification", "AutoModelForTokenClassification"),
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("ForConditionalGeneration", "AutoModelForSeq2SeqLM"),
+    ("Model", "AutoModel"),
+)
+
+
+def merged_state_dict(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """State dict with stock names, adapters merged in, and ``skip_prefixes`` left out.
+
+    Tied parameters appear once (under their first name).
+    """
+    adapters = {name: module for name, module in model.named_modules() if isinstance(module, AptLinear)}
+    merged: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if any(name.startswith(p) for p in skip_prefixes):
+                continue
+            module_path, _, attr = name.rpartition(".")
+            if attr in ("lora_A", "lora_B") and module_path in adapters:
+                continue
+            if module_path.endswith(".base_layer") and module_path[: -len(".base_layer")] in adapters:
+                owner = adapters[module_path[: -len(".base_layer")]]
+                stock_name = module_path[: -len(".base_layer")] + "." + attr
+                value = tensor.detach()
+                if attr == "weight" and not owner.merged:
+                    value = value + owner.get_delta_weight().to(value.dtype)
+            else:
+                stock_name, value = name, tensor.detach()
+            if isinstance(tensor, nn.Parameter):
+                if id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+            merged[stock_name] = value.clone().contiguous()
+    return merged
+
+
+def _auto_class(class_name: str) -> str:
+    for suffix, auto in _AUTO_CLASS_BY_SUFFIX:
+        if class_name.endswith(suffix):
+            return auto
+    raise ExportError(f"cannot export {class_name}: no Auto class is known for it")
+
+
+def build_plan(model: nn.Module, controller, state: dict[str, torch.Tensor]) -> dict:
+    """The versioned per-layer plan stored in the exported config."""
+    layout = controller.layout
+    attributes, zero_attention = {}, {}
+    for i, site in enumerate(layout.attention):
+        module = model.get_submodule(site.module)
+        attributes[site.module] = {name: getattr(module, name) for name in site.count_attrs}
+        if controller._num_units(i) == 0:
+            zero_attention[site.module] = site.zero_kind
+    summary = controller.layer_summary()
+    return {
+        "format_version": PLAN_FORMAT_VERSION,
+        "family": layout.family,
+        "hidden_size": layout.hidden_size,
+        "heads_per_layer": summary["heads_per_layer"],
+        "ffn_per_layer": summary["ffn_per_layer"],
+        "density": controller.density(),
+        "shapes": {name: list(t.shape) for name, t in state.items()},
+        "attributes": attributes,
+        "zero_attention": zero_attention,
+    }
+
+
+def _atomic_write_dir(out_dir: Path, fill) -> None:
+    """Fill a temporary sibling folder, then swap it into ``out_dir`` (never half-written)."""
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        fill(tmp)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None) -> nn.Module:
+    """Merge adapters and write a loadable HuggingFace folder; return the loaded small model.
+
+    The live ``model`` is not modified (training may continue).
+
+    Args:
+        model: The model prepared with `aptune.prepare_`.
+        controller: Its `AptController`.
+        out_dir: Target folder (replaced atomically if it exists).
+        tokenizer: Saved alongside when given.
+
+    Returns:
+        The exported model, loaded back with `load` (a plain ``PreTrainedModel`` subclass).
+
+    Raises:
+        ExportError: the model class has no exportable counterpart.
+    """
+    from aptune.controller import DISTILL_MODULE_NAME
+
+    if any(m is not None and not bool(((m == 0) | (m == 1)).all()) for m in [*controller.state.heads,
+            *controller.state.neurons, controller.state.hidden]):
+        raise ExportError(
+            "the model is inside a soft-mask window (masks between 0 and 1); export after the "
+            "pruning event or at the end of training"
+        )
+    class_name = type(model).__name__
+    apt_class = "Apt" + class_name
+    if apt_class not in modeling_aptune.__all__:
+        raise ExportError(f"cannot export {class_name}; exportable classes: {sorted(modeling_aptune._BASES.values())}")
+    state = merged_state_dict(model, skip_prefixes=(DISTILL_MODULE_NAME + ".",))
+    plan = build_plan(model, controller, state)
+    config = model.config.to_dict()
+    config[PLAN_KEY] = plan
+    config["auto_map"] = {_auto_class(class_name): f"modeling_aptune.{apt_class}"}
+    config["architectures"] = [apt_class]
+
+    def fill(folder: Path) -> None:
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        shutil.copyfile(_HUB_FILE, folder / "modeling_aptune.py")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    _atomic_write_dir(Path(out_dir), fill)
+    return load(out_dir, device=next(model.parameters()).device)
+
+
+def _check_plan_against_weights(folder: Path, plan: dict) -> None:
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ExportError(f"{weights} is missing; re-export the model")
+    mismatched, missing = [], []
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = set(handle.keys())
+        for name, shape in plan["shapes"].items():
+            if name not in keys:
+                missing.append(name)
+                continue
+            actual = list(handle.get_slice(name).get_shape())
+            if actual != list(shape):
+                mismatched.append(f"{name}: plan {shape}, weights {actual}")
+    if missing or mismatched:
+        details = "; ".join(mismatched[:5] + [f"missing {m}" for m in missing[:5]])
+        raise ExportError(
+            f"{folder}: the aptune plan in config.json does not match model.safetensors ({details}); "
+            "the folder was modified after export: export the model again"
+        )
+
+
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a folder written by `export` with aptune's own loader classes.
+
+    Args:
+        path: The exported folder.
+        device: Where to put the model (default CPU).
+        dtype: Optional dtype to cast the weights to.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ExportError: not an aptune export, an unknown plan version, or a plan that does not match
+            the weights.
+    """
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ExportError(f"{folder} is not an exported model folder (no config.json)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{config_file} is not valid JSON ({exc}); export the model again") from None
+    plan = config.get(PLAN_KEY)
+    if not isinstance(plan, dict):
+        raise ExportError(f"{folder} was not written by aptune.export (config.json has no {PLAN_KEY})")
+    if plan.get("format_version") != PLAN_FORMAT_VERSION:
+        raise ExportError(
+            f"{folder}: aptune plan format {plan.get('format_version')!r} is not supported by this aptune "
+            f"(reads {PLAN_FORMAT_VERSION}); upgrade aptune"
+        )
+    architectures = config.get("architectures") or []
+    cls = getattr(modeling_aptune, architectures[0], None) if architectures else None
+    if cls is None:
+        raise ExportError(f"{folder}: architecture {architectures!r} is not one aptune can load")
+    _check_plan_against_weights(folder, plan)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = cls.from_pretrained(str(folder), **kwargs)
+    if device is not None:
+        model.to(device)
+    return model.eval()

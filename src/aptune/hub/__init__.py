@@ -1,0 +1,1 @@
+"""Files copied into exported model folders (self-contained loader code)."""

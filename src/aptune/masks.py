@@ -1,0 +1,246 @@
+"""Structured masks for attention units, FFN neurons and hidden dimensions.
+
+Masks act on activations at model level (CoFi style, as in the authors' code), without copying any
+modeling file:
+
+* attention units: a forward pre-hook on each output projection multiplies its input, viewed as
+  ``(..., units, unit_width)``, by the unit mask;
+* FFN neurons: a forward pre-hook on each down projection multiplies its input by the neuron mask;
+* hidden dimensions: for post-norm models every LayerNorm is replaced (same Parameter objects, same
+  names) by `MaskedLayerNorm`, which normalises over the kept dimensions only and multiplies its
+  output by the mask. Pre-norm families multiply embedding and sub-layer outputs instead.
+
+The same hooks hand the activations to the `SalienceCollector`. `MaskState.enabled` switches all of
+it off for the teacher's forward pass.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aptune.arch.base import AttentionSite, ModelLayout
+from aptune.salience import SalienceCollector
+
+__all__ = [
+    "MaskState",
+    "MaskedLayerNorm",
+    "clear_zero_attention_guard",
+    "install_masks",
+    "remove_masks",
+    "set_zero_attention_guard",
+    "zero_attention_output",
+]
+
+
+@dataclass
+class MaskState:
+    """The live masks (``None`` = all ones) and the switches the hooks read.
+
+    Attributes:
+        heads: One tensor of unit masks per attention site.
+        neurons: One tensor of neuron masks per FFN site.
+        hidden: Hidden-dimension mask, shared by the whole model.
+        enabled: False while the teacher runs (no masking, no salience).
+        collector: Where masked activations are reported for salience.
+    """
+
+    heads: list[torch.Tensor | None]
+    neurons: list[torch.Tensor | None]
+    hidden: torch.Tensor | None = None
+    enabled: bool = True
+    collector: SalienceCollector = field(default_factory=SalienceCollector)
+    handles: list = field(default_factory=list)
+
+
+class MaskedLayerNorm(nn.LayerNorm):
+    """LayerNorm over the kept hidden dimensions, output multiplied by the hidden mask.
+
+    Dimensions whose mask is 0 are excluded from the mean and variance and come out as exactly 0, so
+    with a 0/1 mask the result equals a LayerNorm of the physically pruned width. The normalised
+    width is read from ``weight`` so that surgery and a teacher with other tensors both work.
+    """
+
+    _apt_state: MaskState | None = None
+    _apt_site: int = -1
+
+    @classmethod
+    def from_layer_norm(cls, norm: nn.LayerNorm, state: MaskState, site: int) -> MaskedLayerNorm:
+        """Wrap ``norm`` keeping its Parameter objects (so names and optimizer references hold)."""
+        masked = cls.__new__(cls)
+        nn.Module.__init__(masked)
+        masked.normalized_shape = tuple(norm.normalized_shape)
+        masked.eps = norm.eps
+        masked.elementwise_affine = norm.elementwise_affine
+        masked.weight = norm.weight
+        masked.bias = norm.bias
+        masked._apt_state = state
+        masked._apt_site = site
+        return masked
+
+    def to_layer_norm(self) -> nn.LayerNorm:
+        """A plain ``nn.LayerNorm`` of the current width holding the same Parameters."""
+        width = self.weight.shape[0] if self.weight is not None else self.normalized_shape[0]
+        norm = nn.LayerNorm(width, eps=self.eps, elementwise_affine=self.elementwise_affine, device="meta")
+        norm.weight = self.weight
+        norm.bias = self.bias
+        return norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = (x.shape[-1],)
+        state = self._apt_state
+        if state is None or not state.enabled:
+            return F.layer_norm(x, width, self.weight, self.bias, self.eps)
+        mask = state.hidden
+        if mask is None:
+            out = F.layer_norm(x, width, self.weight, self.bias, self.eps)
+            state.collector.observe(("hidden", self._apt_site), out, out)
+            return out
+        kept = torch.nonzero(mask > 0).squeeze(1)
+        if kept.numel() == mask.numel():
+            normed = F.layer_norm(x, width, self.weight, self.bias, self.eps)
+        else:
+            weight = self.weight.index_select(0, kept) if self.weight is not None else None
+            bias = self.bias.index_select(0, kept) if self.bias is not None else None
+            part = F.layer_norm(x.index_select(-1, kept), (kept.numel(),), weight, bias, self.eps)
+            normed = x.new_zeros(x.shape).index_copy(-1, kept, part.to(x.dtype))
+        out = normed * mask.to(normed.dtype)
+        state.collector.observe(("hidden", self._apt_site), normed, out)
+        return out
+
+
+def _unit_pre_hook(state: MaskState, site_index: int, unit_width: int):
+    def hook(module: nn.Module, args: tuple):
+        if not state.enabled:
+            return None
+        x = args[0]
+        mask = state.heads[site_index]
+        if mask is None:
+            state.collector.observe(("head", site_index), x, x)
+            return None
+        # (..., units * width) -> (..., units, width) to scale whole units
+        shaped = x.reshape(*x.shape[:-1], mask.numel(), unit_width)
+        y = (shaped * mask.to(x.dtype)[:, None]).reshape(x.shape)
+        state.collector.observe(("head", site_index), x, y)
+        return (y, *args[1:])
+
+    return hook
+
+
+def _neuron_pre_hook(state: MaskState, site_index: int):
+    def hook(module: nn.Module, args: tuple):
+        if not state.enabled:
+            return None
+        x = args[0]
+        mask = state.neurons[site_index]
+        if mask is None:
+            state.collector.observe(("neuron", site_index), x, x)
+            return None
+        y = x * mask.to(x.dtype)
+        state.collector.observe(("neuron", site_index), x, y)
+        return (y, *args[1:])
+
+    return hook
+
+
+def _hidden_output_hook(state: MaskState, site_index: int):
+    def hook(module: nn.Module, args: tuple, output):
+        if not state.enabled:
+            return None
+        x = output[0] if isinstance(output, tuple) else output
+        mask = state.hidden
+        y = x if mask is None else x * mask.to(x.dtype)
+        state.collector.observe(("hidden", site_index), x, y)
+        if mask is None:
+            return None
+        return (y, *output[1:]) if isinstance(output, tuple) else y
+
+    return hook
+
+
+def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> None:
+    """Install the mask hooks and norm wrappers of ``layout`` on ``model`` (idempotent per state).
+
+    Call after adapters are attached (the hooks sit on whatever module is at each path).
+    """
+    remove_masks(model, layout, state, unwrap_norms=False)
+    for i, site in enumerate(layout.attention):
+        o = model.get_submodule(site.o)
+        state.handles.append(o.register_forward_pre_hook(_unit_pre_hook(state, i, site.unit_width)))
+    for i, site in enumerate(layout.ffn):
+        down = model.get_submodule(site.down)
+        state.handles.append(down.register_forward_pre_hook(_neuron_pre_hook(state, i)))
+    if layout.hidden_mask_style == "post_norm":
+        for i, path in enumerate(layout.norms):
+            parent_path, _, name = path.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            norm = getattr(parent, name)
+            if isinstance(norm, MaskedLayerNorm):
+                norm._apt_state, norm._apt_site = state, i
+            else:
+                setattr(parent, name, MaskedLayerNorm.from_layer_norm(norm, state, i))
+    else:
+        raise NotImplementedError(f"hidden mask style {layout.hidden_mask_style!r}")
+
+
+def remove_masks(
+    model: nn.Module, layout: ModelLayout, state: MaskState | None = None, *, unwrap_norms: bool = True
+) -> None:
+    """Remove the hooks of ``state`` and (by default) turn masked norms back into plain ones.
+
+    The plain norms hold the same Parameter objects at the current width.
+    """
+    if state is not None:
+        for handle in state.handles:
+            handle.remove()
+        state.handles.clear()
+    if not unwrap_norms:
+        return
+    for path in layout.norms:
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        norm = getattr(parent, name)
+        if isinstance(norm, MaskedLayerNorm):
+            setattr(parent, name, norm.to_layer_norm())
+
+
+def zero_attention_output(kind: str, hidden_states: torch.Tensor) -> tuple:
+    """What an attention module with no unit left returns (see `AttentionSite.zero_kind`)."""
+    if kind == "empty_context":
+        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
+    if kind == "zero_hidden":
+        return torch.zeros_like(hidden_states), None
+    raise ValueError(f"unknown zero-attention kind {kind!r}")
+
+
+def _guarded_forward(kind: str, q_path_in_module: str):
+    def forward(self, hidden_states, *args, **kwargs):
+        q_weight = self.get_submodule(q_path_in_module).weight
+        if q_weight.shape[0] == 0:
+            return zero_attention_output(kind, hidden_states)
+        return type(self).forward(self, hidden_states, *args, **kwargs)
+
+    return forward
+
+
+def set_zero_attention_guard(model: nn.Module, site: AttentionSite) -> None:
+    """Make an attention module return its empty output when its query has no rows left.
+
+    The check reads the tensor at call time, so a teacher run with `torch.func.functional_call` and
+    its own (larger) tensors still goes through the stock forward.
+    """
+    module = model.get_submodule(site.module)
+    if "forward" in module.__dict__:
+        return
+    relative = site.q[len(site.module) + 1 :]
+    module.forward = types.MethodType(_guarded_forward(site.zero_kind, relative), module)
+
+
+def clear_zero_attention_guard(model: nn.Module, site: AttentionSite) -> None:
+    """Remove the guard installed by `set_zero_attention_guard`."""
+    module = model.get_submodule(site.module)
+    module.__dict__.pop("forward", None)

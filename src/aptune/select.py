@@ -1,0 +1,269 @@
+"""Parameter costs of prunable blocks and the budgeted keep-set (apt-method.md sections 2.2 and 4.3).
+
+Three block types compete globally: attention units, FFN neurons and hidden (residual-stream)
+dimensions. An attention unit ``u`` has a *width* ``a_u``, its parameters per hidden dimension:
+``4 * d_h`` for a multi-head-attention head (``d_h`` rows of each of q, k, v and ``d_h`` columns of o),
+``(2 * g + 2) * d_h`` for a grouped-query key/value group with ``g`` query heads. An FFN neuron has a
+width ``c_n``: 2 for a plain FFN (up row, down column), 3 for a gated one (gate, up, down). With ``D``
+hidden dimensions kept, the prunable parameter count is the paper's Eq. 6 generalised to non-uniform
+models::
+
+    C = D * (sum of a_u over kept units + sum of c_n over kept neurons)
+
+Biases, norm weights and adapters are ignored, as in the paper (apt-method.md 10.15 allows either
+the paper's or the code's counting as long as the budget and the block sizes use the same one; they
+both come from this formula here).
+
+`select_keep_set` is the greedy knapsack of the paper (Eq. 13-14, App. C): blocks are sorted by
+salience per parameter and the longest prefix whose parameter count fits the budget is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aptune.errors import ConfigError
+
+__all__ = ["KeepSet", "parameter_count", "select_keep_set"]
+
+# Block types in the concatenated order used for sorting; ties in density break by this order, then
+# by index, so the result never depends on the sort implementation.
+_HEAD, _NEURON, _HIDDEN = 0, 1, 2
+
+
+def parameter_count(head_costs: Tensor, neuron_costs: Tensor, num_hidden: int) -> float:
+    """Prunable parameter count ``C = D * (sum a_u + sum c_n)`` of a (possibly non-uniform) model.
+
+    Biases and norm weights are not counted (apt-method.md 10.15).
+
+    Args:
+        head_costs: 1-D widths ``a_u`` of the attention units that are counted (e.g. the kept ones).
+        neuron_costs: 1-D widths ``c_n`` of the FFN neurons that are counted.
+        num_hidden: Number of hidden dimensions ``D``.
+
+    Returns:
+        The parameter count as a float.
+
+    Raises:
+        ValueError: a cost tensor is not 1-D, or ``num_hidden`` is negative.
+
+    Example:
+        >>> parameter_count(torch.full((12,), 256.0), torch.full((3072,), 2.0), 768)  # one BERT layer
+        7077888.0
+    """
+    heads = _as_vector(head_costs, "head_costs")
+    neurons = _as_vector(neuron_costs, "neuron_costs")
+    if isinstance(num_hidden, bool) or int(num_hidden) != num_hidden or num_hidden < 0:
+        raise ValueError(f"num_hidden={num_hidden!r} must be an int >= 0")
+    return float(int(num_hidden) * (heads.sum().item() + neurons.sum().item()))
+
+
+@dataclass
+class KeepSet:
+    """The blocks a selection keeps.
+
+    Args:
+        heads: Bool mask over all attention units (True = kept), on the device of the scores.
+        neurons: Bool mask over all FFN neurons.
+        hidden: Bool mask over the hidden dimensions.
+        params: `parameter_count` of the kept blocks.
+    """
+
+    heads: torch.Tensor
+    neurons: torch.Tensor
+    hidden: torch.Tensor
+    params: float
+
+
+def select_keep_set(
+    head_scores: Tensor,
+    neuron_scores: Tensor,
+    hidden_scores: Tensor | None,
+    head_costs: Tensor,
+    neuron_costs: Tensor,
+    budget: float,
+    *,
+    head_groups: Tensor | None = None,
+    neuron_groups: Tensor | None = None,
+    min_heads_per_group: int = 0,
+    min_neurons_per_group: int = 0,
+    min_hidden: int = 1,
+    prune_hidden: bool = True,
+    num_hidden: int | None = None,
+) -> KeepSet:
+    """Choose the blocks to keep under a parameter budget, by salience per parameter.
+
+    Every block gets a density score, its salience divided by its parameter count in the current
+    model: a unit ``D * a_u``, a neuron ``D * c_n``, a hidden dimension ``sum a + sum c`` over all
+    current units and neurons. Mandatory blocks (below) come first, then the others by density,
+    descending; ties break by block type (units, neurons, hidden dims) and then by index. The prefix
+    of the first ``i`` blocks costs ``C_i = D_i * (A_i + N_i)`` (hidden dims, unit widths and neuron
+    widths in the prefix), which never decreases with ``i``, so a binary search finds the longest
+    prefix with ``C_i <= budget``; that prefix is the keep-set. A larger budget therefore always keeps
+    a superset.
+
+    Mandatory blocks: in every group (e.g. layer) of ``head_groups`` / ``neuron_groups`` the
+    ``min_*_per_group`` best-scored units / neurons (all of them if the group is smaller), and the
+    ``min_hidden`` best-scored hidden dims, or every hidden dim if ``prune_hidden`` is False. If the
+    mandatory blocks alone exceed the budget, exactly they are kept.
+
+    Args:
+        head_scores: EMA salience (>= 0) of every attention unit, 1-D, any device.
+        neuron_scores: EMA salience of every FFN neuron, 1-D.
+        hidden_scores: EMA salience of every hidden dimension, 1-D; may be None when
+            ``prune_hidden`` is False (then pass ``num_hidden``).
+        head_costs: Width ``a_u`` (> 0) of every attention unit, same length as ``head_scores``.
+        neuron_costs: Width ``c_n`` (> 0) of every FFN neuron, same length as ``neuron_scores``.
+        budget: Largest allowed `parameter_count` of the kept blocks (e.g. density target x the
+            count at the start).
+        head_groups: Group id (int) of every unit, e.g. its layer index. None: one group.
+        neuron_groups: Group id of every neuron. None: one group.
+        min_heads_per_group: Units kept in every group regardless of the budget.
+        min_neurons_per_group: Neurons kept in every group regardless of the budget.
+        min_hidden: Hidden dimensions kept regardless of the budget.
+        prune_hidden: Whether hidden dimensions compete; False keeps all of them.
+        num_hidden: Number of hidden dimensions; needed only when ``hidden_scores`` is None, checked
+            against it otherwise.
+
+    Returns:
+        The `KeepSet`, its masks on the device of ``head_scores``.
+
+    Raises:
+        ConfigError: ``budget`` is negative or not finite, or a ``min_*`` value is negative.
+        ValueError: tensors are not 1-D, lengths disagree, scores are negative or not finite, costs
+            are not positive, or the number of hidden dimensions is unknown or zero.
+
+    Example:
+        >>> keep = select_keep_set(torch.tensor([5.0, 1.0]), torch.tensor([3.0, 0.1, 2.0]),
+        ...                        torch.tensor([1.0, 1.0]), torch.tensor([4.0, 4.0]),
+        ...                        torch.tensor([2.0, 2.0, 2.0]), budget=20.0)
+        >>> keep.heads.tolist(), keep.neurons.tolist(), keep.hidden.tolist(), keep.params
+        ([True, True], [True, False, True], [True, False], 12.0)
+    """
+    device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
+    h_score = _as_vector(head_scores, "head_scores")
+    n_score = _as_vector(neuron_scores, "neuron_scores")
+    h_cost = _as_vector(head_costs, "head_costs")
+    n_cost = _as_vector(neuron_costs, "neuron_costs")
+    for name, score in (("head_scores", h_score), ("neuron_scores", n_score)):
+        _check_scores(score, name)
+    for name, cost in (("head_costs", h_cost), ("neuron_costs", n_cost)):
+        if not bool(torch.isfinite(cost).all()) or bool((cost <= 0).any()):
+            raise ValueError(f"{name} must be finite and > 0 (parameters per hidden dimension)")
+    if h_cost.numel() != h_score.numel():
+        raise ValueError(f"head_costs has {h_cost.numel()} entries but head_scores has {h_score.numel()}")
+    if n_cost.numel() != n_score.numel():
+        raise ValueError(f"neuron_costs has {n_cost.numel()} entries but neuron_scores has {n_score.numel()}")
+
+    if hidden_scores is None:
+        if prune_hidden:
+            raise ValueError("hidden_scores is required when prune_hidden is True")
+        if num_hidden is None:
+            raise ValueError("pass num_hidden when hidden_scores is None")
+        d_score = torch.zeros(int(num_hidden), dtype=torch.float64)
+    else:
+        d_score = _as_vector(hidden_scores, "hidden_scores")
+        _check_scores(d_score, "hidden_scores")
+        if num_hidden is not None and num_hidden != d_score.numel():
+            raise ValueError(f"num_hidden={num_hidden} but hidden_scores has {d_score.numel()} entries")
+    num_d = d_score.numel()
+    if num_d < 1:
+        raise ValueError("the model needs at least one hidden dimension")
+
+    budget = float(budget)
+    if not (budget >= 0.0 and budget != float("inf")):
+        raise ConfigError(f"budget={budget!r} must be a finite parameter count >= 0")
+    for name, value in (
+        ("min_heads_per_group", min_heads_per_group),
+        ("min_neurons_per_group", min_neurons_per_group),
+        ("min_hidden", min_hidden),
+    ):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ConfigError(f"{name}={value!r} must be an int >= 0")
+
+    # ---- mandatory blocks
+    h_must = _top_per_group(h_score, head_groups, int(min_heads_per_group), "head_groups")
+    n_must = _top_per_group(n_score, neuron_groups, int(min_neurons_per_group), "neuron_groups")
+    if prune_hidden:
+        d_must = _top_per_group(d_score, None, int(min_hidden), "hidden")
+    else:
+        d_must = torch.ones(num_d, dtype=torch.bool)
+
+    # ---- density scores (salience per parameter of the block in the current model)
+    width_total = h_cost.sum() + n_cost.sum()
+    h_density = h_score / (num_d * h_cost)
+    n_density = n_score / (num_d * n_cost)
+    # Without any unit or neuron a hidden dim costs nothing; its raw score still orders the dims.
+    d_density = d_score / width_total if width_total > 0 else d_score.clone()
+
+    density = torch.cat([h_density, n_density, d_density])
+    must = torch.cat([h_must, n_must, d_must])
+    kind = torch.cat(
+        [
+            torch.full((h_score.numel(),), _HEAD),
+            torch.full((n_score.numel(),), _NEURON),
+            torch.full((num_d,), _HIDDEN),
+        ]
+    )
+    density = torch.where(must, torch.full_like(density, float("inf")), density)
+    order = _descending_stable(density)  # concatenated order is (type, index), so ties break by both
+
+    # ---- cumulative cost curve over prefixes of the order; entry i is C of the first i blocks
+    kind_sorted = kind[order]
+    width = torch.cat([h_cost, n_cost, torch.zeros(num_d, dtype=torch.float64)])[order]
+    hidden_count = torch.cumsum((kind_sorted == _HIDDEN).to(torch.float64), 0)
+    width_sum = torch.cumsum(width, 0)
+    curve = torch.cat([torch.zeros(1, dtype=torch.float64), hidden_count * width_sum])
+    # Number of prefixes (lengths 0..M) whose cost is <= budget; the curve is non-decreasing.
+    fitting = int(torch.searchsorted(curve, torch.tensor([budget], dtype=torch.float64), right=True).item())
+    length = max(fitting - 1, int(must.sum().item()))
+
+    kept = torch.zeros(density.numel(), dtype=torch.bool)
+    kept[order[:length]] = True
+    num_h, num_n = h_score.numel(), n_score.numel()
+    keep_h, keep_n, keep_d = kept[:num_h], kept[num_h : num_h + num_n], kept[num_h + num_n :]
+    params = parameter_count(h_cost[keep_h], n_cost[keep_n], int(keep_d.sum().item()))
+    return KeepSet(
+        heads=keep_h.to(device), neurons=keep_n.to(device), hidden=keep_d.to(device), params=params
+    )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _as_vector(values: Tensor, name: str) -> Tensor:
+    """Detached CPU float64 copy of a 1-D tensor (float64 keeps large parameter counts exact)."""
+    tensor = torch.as_tensor(values)
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(tensor.shape)}")
+    return tensor.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _check_scores(scores: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(scores).all()) or bool((scores < 0).any()):
+        raise ValueError(f"{name} must be finite and >= 0 (EMA saliences); did the training loss diverge?")
+
+
+def _descending_stable(values: Tensor) -> Tensor:
+    """Indices sorting ``values`` descending, equal values kept in index order."""
+    # Negate and sort ascending with stable=True: the tie order is then specified, which it is not
+    # for a descending sort on every torch version.
+    return torch.sort(-values, stable=True).indices
+
+
+def _top_per_group(scores: Tensor, groups: Tensor | None, count: int, name: str) -> Tensor:
+    """Bool mask of the ``count`` best-scored entries of every group (ties to the lower index)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    if count == 0 or scores.numel() == 0:
+        return mask
+    if groups is None:
+        mask[_descending_stable(scores)[:count]] = True
+        return mask
+    group_ids = torch.as_tensor(groups).detach().to("cpu")
+    if group_ids.dim() != 1 or group_ids.numel() != scores.numel():
+        raise ValueError(f"{name} must be 1-D with one group id per block ({scores.numel()})")
+    for group in torch.unique(group_ids):
+        members = torch.nonzero(group_ids == group).flatten()  # ascending indices, so ties go low
+        mask[members[_descending_stable(scores[members])[:count]]] = True
+    return mask
