@@ -346,6 +346,7 @@ class AptController:
             min_neurons_per_group=self.config.min_neurons_per_layer,
             min_hidden=min(self.config.min_hidden, self.layout.hidden_size),
             prune_hidden=self.config.prune_hidden,
+            num_hidden=self.layout.hidden_size,
         )
 
     def _split(self, flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

@@ -755,6 +755,20 @@ def _mark_events(ax: Axes, steps: Sequence[float]) -> list[Any]:
     return lines[:1]
 
 
+def _ghost_twin_lines(ax: Axes, twin: Axes) -> None:
+    """Let ``ax.legend(loc="best")`` avoid the lines of its twin axes too.
+
+    "best" only looks at the artists of the legend's own axes; invisible copies of the twin's lines
+    (in the twin's coordinates, added with ``add_artist`` so ``ax``'s data limits do not change) make
+    it see them. The legend goes on the twin drawn last (``twinx()``), so no line is drawn over it.
+    """
+    from matplotlib.lines import Line2D
+
+    for line in twin.get_lines():
+        ghost = Line2D(line.get_xdata(), line.get_ydata(), transform=twin.transData, visible=False)
+        ax.add_artist(ghost)
+
+
 def _plot_density(data: Mapping[str, Any]) -> Figure | None:
     """Density and backbone parameter count vs step (twin y axes), events as dotted lines."""
     steps, events = _rows(data.get("steps")), _rows(data.get("events"))
@@ -822,7 +836,10 @@ def _plot_density(data: Mapping[str, Any]) -> Figure | None:
         ax2.set_ylim(0, top * 1.05 / divisor)
         ax2.set_ylabel(f"backbone parameters ({unit})" if unit else "backbone parameters", color="tab:orange")
         ax2.tick_params(axis="y", colors="tab:orange")
-    ax.legend(handles=handles, loc="lower left", framealpha=0.9)
+        _ghost_twin_lines(ax2, ax)
+        ax2.legend(handles=handles, loc="best", framealpha=0.9)  # on the top axes: not drawn over
+    else:
+        ax.legend(handles=handles, loc="best", framealpha=0.9)
     name = model.get("name")
     ax.set_title(f"Density and backbone parameters over training{f' - {name}' if name else ''}")
     return fig
@@ -862,7 +879,7 @@ def _heatmap(
         [row_labels[i] for i in range(0, n_rows, step)],
         fontsize=8 if n_rows <= 24 else 7,
     )
-    fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.9)
+    fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.9, aspect=max(20, n_rows), pad=0.02)
     if annotate:
         for r in range(n_rows):
             for c in range(n_cols):
@@ -1148,7 +1165,8 @@ def _plot_loss(data: Mapping[str, Any]) -> Figure | None:
         if twin_keys:
             ax2 = ax.twinx()
             ax2.grid(False)
-            for k in twin_keys:
+            grays = ("0.35", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+            for j, k in enumerate(twin_keys):
                 x, y = _series(({"step": e.get("step"), **_mapping(e.get("metrics"))} for e in evals), k)
                 handles += ax2.plot(
                     x,
@@ -1157,20 +1175,30 @@ def _plot_loss(data: Mapping[str, Any]) -> Figure | None:
                     linestyle="--",
                     linewidth=1.3,
                     markersize=4,
-                    color="0.4",
+                    color=grays[j % len(grays)],
                     label=f"{k} (right axis)",
                 )
             ax2.set_ylabel(twin_keys[0] if len(twin_keys) == 1 else "dev loss")
         handles += _mark_events(ax, ev)
         ax.set_title("Dev metrics")
-        ax.legend(handles=handles, loc="best", framealpha=0.9)
+        if twin_keys:
+            _ghost_twin_lines(ax2, ax)
+            ax2.legend(handles=handles, loc="best", framealpha=0.9)  # on the top axes: not drawn over
+        else:
+            ax.legend(handles=handles, loc="best", framealpha=0.9)
     axes[-1].set_xlabel("optimizer step")
     return fig
 
 
 def _plot_salience(data: Mapping[str, Any]) -> Figure | None:
-    """Histograms (log x) of the latest salience scores of heads, neurons and hidden dimensions."""
+    """Histograms (log x) of the latest salience scores of heads, neurons and hidden dimensions.
+
+    Zeros cannot sit on a log axis; they are counted in each panel's note instead. Snapshots kept per
+    pruning event (``salience_history``, last five) are drawn as grey outlines, darker = later.
+    """
     import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     snap = _mapping(data.get("salience"))
     kinds = (
@@ -1182,60 +1210,40 @@ def _plot_salience(data: Mapping[str, Any]) -> Figure | None:
     if not any(values.values()):
         return None
     history = [h for h in _rows(data.get("salience_history")) if h.get("step") != snap.get("step")][-5:]
+    shades = [str(round(0.78 - 0.5 * (j + 1) / (len(history) + 1), 2)) for j in range(len(history))]
 
-    fig = _new_figure(14.0, 4.4)
+    fig = _new_figure(14.0, 4.6 if history else 4.2)
     axes = fig.subplots(1, 3)
     for ax, (key, title, color) in zip(axes, kinds, strict=True):
         arr = np.asarray(values[key], dtype=float)
         pos = arr[arr > 0]
-        zeros = int((arr == 0).sum())
-        neg = int((arr < 0).sum())
+        zeros, neg = int((arr == 0).sum()), int((arr < 0).sum())
         ax.set_title(f"{title} (n={arr.size:,})")
+        if pos.size == 0:
+            message = "no scores logged" if arr.size == 0 else "no score above 0"
+            ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        old = [
+            np.asarray([v for v in (h.get(key) or []) if _is_num(v) and v > 0], dtype=float) for h in history
+        ]
+        everything = np.concatenate([pos, *old])
+        lo, hi = float(everything.min()), float(everything.max())
+        if hi / lo < 1.5:  # (nearly) one value: give the bins some width
+            lo, hi = lo / 1.5, hi * 1.5
+        n_bins = int(min(40, max(10, 2 * math.sqrt(pos.size))))
+        bins = np.logspace(math.log10(lo), math.log10(hi), n_bins + 1)
+        for scores, shade in zip(old, shades, strict=True):
+            if scores.size:
+                ax.hist(scores, bins=bins, histtype="step", color=shade, linewidth=1.0)
+        ax.hist(pos, bins=bins, color=color, alpha=0.8, edgecolor="white", linewidth=0.4)
+        median = float(np.median(pos))
+        ax.axvline(median, color="black", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
         ax.set_xlabel("salience score (log scale)")
         ax.set_ylabel("count")
-        if arr.size == 0:
-            ax.text(
-                0.5, 0.5, "no scores logged", ha="center", va="center", transform=ax.transAxes, color="0.4"
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        if pos.size == 0:
-            ax.text(
-                0.5, 0.5, "all scores are 0", ha="center", va="center", transform=ax.transAxes, color="0.4"
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        lo, hi = float(pos.min()), float(pos.max())
-        if hi / lo < 1.5:
-            lo, hi = lo / 1.5, hi * 1.5
-        bins = np.logspace(math.log10(lo), math.log10(hi), 40 if pos.size > 200 else 20)
-        for j, h in enumerate(history):
-            old = np.asarray([v for v in (h.get(key) or []) if _is_num(v) and v > 0], dtype=float)
-            if old.size:
-                shade = str(0.75 - 0.45 * (j + 1) / (len(history) + 1))
-                ax.hist(
-                    old,
-                    bins=bins,
-                    histtype="step",
-                    color=shade,
-                    linewidth=1.0,
-                    label=f"event {h.get('event')} (step {h.get('step')})",
-                )
-        ax.hist(
-            pos,
-            bins=bins,
-            color=color,
-            alpha=0.75,
-            edgecolor="white",
-            linewidth=0.4,
-            label=f"step {snap.get('step')}",
-        )
-        median = float(np.median(pos))
-        ax.axvline(median, color="black", linestyle="--", linewidth=1, label=f"median {median:.2e}")
-        ax.set_xscale("log")
-        note = f"zeros: {zeros:,}" + (f"\nnegative: {neg:,}" if neg else "")
+        note = f"median: {median:.2e}\nzeros: {zeros:,}" + (f"\nnegative: {neg:,}" if neg else "")
         ax.text(
             0.02,
             0.97,
@@ -1244,9 +1252,17 @@ def _plot_salience(data: Mapping[str, Any]) -> Figure | None:
             va="top",
             transform=ax.transAxes,
             fontsize=8.5,
-            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"},
         )
-        ax.legend(loc="upper right", fontsize=7.5, framealpha=0.9)
+    handles: list[Any] = [
+        Patch(facecolor="0.55", label=f"scores at step {snap.get('step')}"),
+        Line2D([], [], color="black", linestyle="--", linewidth=1, label="median"),
+    ]
+    handles += [
+        Line2D([], [], color=shade, linewidth=1.2, label=f"event {h.get('event')} (step {h.get('step')})")
+        for h, shade in zip(history, shades, strict=True)
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     fig.suptitle(f"Salience distributions at step {snap.get('step')} (zeros counted, not drawn)")
     return fig
 
@@ -1330,9 +1346,9 @@ def _fmt_value(key: str, value: Any) -> str:
             return _fmt_bytes(value)
         if low.endswith(("seconds", "_time", "_s")) or low in {"time", "seconds"}:
             return _fmt_seconds(value)
-        if "params" in low or "parameters" in low:
+        if "params" in low or "parameters" in low or isinstance(value, int):
             return _fmt_int(value)
-        return _fmt_number(value)
+        return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (dict, list)):
         text = json.dumps(value, ensure_ascii=False)
         return text if len(text) <= 90 else text[:87] + "..."

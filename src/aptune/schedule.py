@@ -16,7 +16,8 @@ Readings taken (apt-method.md section 10):
   like ``numpy.round``); the authors' code truncates, which moves some events by one step.
 * Masks move only inside a window before each event and snap to 0/1 two steps before it (10.2). The
   authors' code uses a fixed 200-step window and refuses shorter gaps; here the window defaults to
-  half the smallest gap between events so that short runs work too.
+  half the smallest gap between events (at least 2 steps) so that short runs work too, and is always
+  shorter than that gap so that no window contains an event step.
 * ``mu`` ramps from 0 to 1 over the pruning span, as in the authors' code (10.10).
 """
 
@@ -98,8 +99,9 @@ class Schedule:
         densities: Target density at each event, non-increasing, ``densities[-1] == target density``.
         budgets: Trainable-adapter budget at each event as a multiple of the initial one, rising
             linearly with the step to ``budget_growth`` at the last event.
-        window: Length in steps of the soft-mask window before each event (1 <= window <= smallest
-            gap between events, the gap from ``start`` to the first event included).
+        window: Length in steps of the soft-mask window before each event (1 <= window < smallest
+            gap between events, the gap from ``start`` to the first event included, so no window
+            contains an event step or ``start``).
         mask_step: Change of a soft mask per window step.
         distill_end: Step at which self-distillation stops (in ``[end, total_steps]``).
         initial_density: Density before any event: 1, or the target when the model was pruned before
@@ -157,8 +159,7 @@ class Schedule:
 
         Returns:
             ``k`` if ``events[k] - window <= step < events[k]``, else None. Windows never overlap
-            (the window is at most the smallest gap); when the window equals a gap, the first step
-            of window ``k`` is the step of event ``k - 1``.
+            and never contain an event step (the window is shorter than the smallest gap).
         """
         for k, event in enumerate(self.events):
             if event - self.window <= step < event:
@@ -189,8 +190,6 @@ class Schedule:
         Returns:
             ``densities[k]`` inside the window of event ``k`` and at event ``k``; otherwise the density
             of the most recent event before ``step``; ``initial_density`` before the first window.
-            A step that is both event ``k - 1`` and the first step of window ``k`` (only when the window
-            equals the gap) gets ``densities[k]``: the window's mask updates are what that step drives.
         """
         k = self.window_index(step)
         if k is not None:
@@ -308,9 +307,11 @@ def build_schedule(config: AptConfig, total_steps: int) -> Schedule:
         window = max(_MIN_GAP, smallest_gap // 2)
     else:
         window = resolve_point(config.mask_window, total_steps)
-    # A window longer than a gap would reach back into the previous window; a window of 0 would leave
-    # no step on which to set the hard masks before the event.
-    window = min(max(window, 1), smallest_gap)
+    # The window stays strictly shorter than the smallest gap: a window as long as the gap would start
+    # on the previous event's step (for a gap of 2 its hard step would even be that event step, so
+    # the previous event would prune to the next event's keep-set), or on ``start`` itself before any
+    # salience exists. A window of 0 would leave no step on which to set the hard masks.
+    window = min(max(window, 1), smallest_gap - 1)
     mask_step = float(config.mask_step) if config.mask_step is not None else min(1.0, 2.0 / window)
 
     distill_end = max(resolve_point(config.distill_end, total_steps), end)

@@ -161,8 +161,13 @@ def select_keep_set(
     if hidden_scores is None:
         if prune_hidden:
             raise ValueError("hidden_scores is required when prune_hidden is True")
-        if num_hidden is None:
-            raise ValueError("pass num_hidden when hidden_scores is None")
+        if (
+            num_hidden is None
+            or isinstance(num_hidden, bool)
+            or int(num_hidden) != num_hidden
+            or num_hidden < 1
+        ):
+            raise ValueError(f"pass num_hidden (an int >= 1) when hidden_scores is None, got {num_hidden!r}")
         d_score = torch.zeros(int(num_hidden), dtype=torch.float64)
     else:
         d_score = _as_vector(hidden_scores, "hidden_scores")

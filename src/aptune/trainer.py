@@ -1,0 +1,238 @@
+"""`AptTrainer`: a `transformers.Trainer` that prunes and tunes while it trains.
+
+Only `compute_loss` is overridden (to mix in self-distillation); everything else comes from a thin
+`AptCallback`, which calls ``controller.step(optimizer)`` after every optimizer step, shows the live
+density and parameter count on the progress bar, adds them to the logs, prints a line at every
+pruning event and feeds an optional `aptune.report.RunRecorder`.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from aptune.config import AptConfig
+from aptune.controller import AptController, prepare_
+from aptune.errors import ConfigError, ModelError
+from aptune.export import export as export_model
+
+__all__ = ["AptCallback", "AptTrainer", "peak_rss_mb"]
+
+logger = logging.getLogger("aptune")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _format_count(n: float) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return f"{n:.0f}"
+
+
+def describe_event(record: dict) -> str:
+    """One log line summarising a pruning event."""
+    removed = record["removed"]
+    grown = record.get("grown") or {}
+    ranks = sorted(set(record["ranks"].values()))
+    rank_text = f"{ranks[0]}..{ranks[-1]}" if len(ranks) > 1 else (str(ranks[0]) if ranks else "-")
+    return (
+        f"[aptune] step {record['step']}: density {record['density']:.3f} (target {record['target_density']:.3f}), "
+        f"removed {removed['heads']} heads, {removed['neurons']} FFN neurons, {removed['hidden']} hidden dims; "
+        f"hidden {record['hidden_size']}, heads/layer {record['heads_per_layer']}; "
+        f"{len(grown)} adapters grew, ranks {rank_text}"
+    )
+
+
+class AptCallback(TrainerCallback):
+    """Drives the controller from the Trainer's events; holds no training logic of its own."""
+
+    def __init__(self, trainer: AptTrainer, recorder=None) -> None:
+        self.trainer = trainer
+        self.recorder = recorder
+        self._step_started = 0.0
+        self._phase_started = 0.0
+        self._phase_times: dict[str, float] = {}
+        self._phase = "pruning"
+
+    @property
+    def controller(self) -> AptController:
+        return self.trainer.apt_controller
+
+    def _phase_of(self, step: int) -> str:
+        schedule = self.controller.schedule
+        if schedule is None or step <= schedule.end:
+            return "pruning"
+        if self.controller.distilling:
+            return "distillation"
+        return "tuning"
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        controller = self.controller
+        if state.max_steps <= 0:
+            raise ConfigError("AptTrainer needs a known run length: set max_steps or num_train_epochs")
+        if controller.schedule is None or controller.schedule.total_steps != state.max_steps:
+            controller.set_total_steps(state.max_steps)
+        if controller.config.pretune_prune and not controller._pretuned:
+            started = time.perf_counter()
+            record = self.trainer.calibrate_and_prune_()
+            self._phase_times["calibration"] = time.perf_counter() - started
+            self._announce(describe_event(record))
+        self._phase_started = time.perf_counter()
+        controller.event_listeners.append(self._on_event)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.controller.step(self.trainer.optimizer)
+
+    def _on_event(self, record: dict) -> None:
+        self._announce(describe_event(record))
+        if self.recorder is not None:
+            scores = record.get("scores") or {}
+            event = {k: v for k, v in record.items() if k != "scores"}
+            self.recorder.log_event(event)
+            if scores:
+                self.recorder.log_salience(
+                    record["step"], scores.get("heads", []), scores.get("neurons", []), scores.get("hidden", [])
+                )
+
+    def _announce(self, message: str) -> None:
+        if not self.trainer.is_local_process_zero():
+            return
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)
+        except ImportError:  # pragma: no cover - tqdm ships with transformers
+            print(message)
+        logger.debug(message)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        controller = self.controller
+        now = time.perf_counter()
+        phase = self._phase_of(state.global_step)
+        if phase != self._phase:
+            self._phase_times[self._phase] = self._phase_times.get(self._phase, 0.0) + now - self._phase_started
+            self._phase, self._phase_started = phase, now
+        for callback in self.trainer.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if isinstance(callback, ProgressCallback) and bar is not None:
+                bar.set_postfix(density=f"{controller.density():.3f}", params=_format_count(controller.param_count()))
+        if self.recorder is not None:
+            parts = controller.last_loss_parts
+            values = {
+                "density": controller.density(),
+                "params": controller.param_count(),
+                "trainable_params": controller.trainable_parameter_count(),
+                "step_time": now - self._step_started,
+            }
+            if controller.distilling and parts.mu is not None:
+                values.update(task_loss=parts.task, pred_loss=parts.pred, layer_loss=parts.layer, mu=parts.mu)
+            self.recorder.log_step(state.global_step, **values)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        controller = self.controller
+        extra = {"density": round(controller.density(), 4), "params": controller.param_count()}
+        parts = controller.last_loss_parts
+        if controller.distilling and parts.mu is not None:
+            extra.update(task_loss=parts.task, distill_pred=parts.pred, distill_layer=parts.layer, mu=parts.mu)
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+        if self.recorder is not None:
+            self.recorder.log_step(state.global_step, loss=logs["loss"], lr=logs.get("learning_rate", 0.0))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.recorder is not None and metrics:
+            clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.recorder.log_eval(state.global_step, clean)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self._phase_times[self._phase] = self._phase_times.get(self._phase, 0.0) + now - self._phase_started
+        if self.recorder is not None:
+            for phase, seconds in self._phase_times.items():
+                self.recorder.set_phase_time(phase, seconds)
+            memory = {"peak_rss_mb": peak_rss_mb()}
+            if torch.cuda.is_available():
+                memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            self.recorder.set("peak_memory", memory)
+            self.recorder.set(
+                "teacher_cost", {"seconds": self.controller.teacher_seconds, "note": "no-grad teacher forwards"}
+            )
+
+
+class AptTrainer(Trainer):
+    """`transformers.Trainer` with APT: adapters, pruning during training, self-distillation.
+
+    Accepts every `Trainer` argument plus:
+
+    Args:
+        apt_config: The `AptConfig` (default ``AptConfig()``); ignored when the model was already
+            prepared with `aptune.prepare_`.
+        recorder: Optional `aptune.report.RunRecorder` fed with steps, events and evaluations.
+
+    Example:
+        >>> trainer = aptune.AptTrainer(model=model, args=TrainingArguments("out", max_steps=300),
+        ...                             apt_config=aptune.AptConfig(target_density=0.4),
+        ...                             train_dataset=train, eval_dataset=dev)
+        >>> trainer.train()
+        >>> small = trainer.export("out/model")
+    """
+
+    def __init__(self, model=None, args=None, *more, apt_config: AptConfig | None = None, recorder=None, **kwargs):
+        if model is None:
+            raise ModelError("AptTrainer needs a model (model_init is not supported: the model is pruned in place)")
+        controller = getattr(model, "_aptune_controller", None) or prepare_(model, apt_config)
+        self.apt_controller: AptController = controller
+        super().__init__(model, args, *more, **kwargs)
+        self.apt_callback = AptCallback(self, recorder)
+        # first, so that on_log adds density and parameters before the progress bar prints them
+        self.callback_handler.callbacks.insert(0, self.apt_callback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Task loss, or the distillation mixture while a teacher snapshot is active."""
+        controller = self.apt_controller
+        if not (controller.distilling and model.training):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        teacher_outputs = controller.teacher_forward(inputs)
+        outputs = model(**inputs, output_hidden_states=True)
+        task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        if task_loss is None:
+            raise ModelError("the model returned no loss: the training batches must contain labels")
+        loss, _ = controller.distillation_loss(outputs, teacher_outputs, task_loss, inputs)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            # the Trainer skips its own division when the model normalises by num_items_in_batch
+            loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    def calibrate_and_prune_(self) -> dict:
+        """One-shot pruning before tuning from ``calibration_samples`` training examples."""
+        controller = self.apt_controller
+        needed = controller.config.calibration_samples
+        batches, seen = [], 0
+        for batch in self.get_train_dataloader():
+            batches.append(batch)
+            seen += len(next(iter(batch.values())))
+            if seen >= needed:
+                break
+        return controller.calibrate_and_prune_(batches, self.optimizer)
+
+    def export(self, out_dir) -> torch.nn.Module:
+        """Merge adapters and write ``out_dir`` (see `aptune.export`); returns the small model."""
+        return export_model(self.model, self.apt_controller, out_dir, tokenizer=self.processing_class)

@@ -1,0 +1,99 @@
+"""Self-distillation: losses against hand computations; the teacher outlives the student's surgery."""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from tiny import batch, tiny_bert
+
+import aptune
+from aptune.distill import (
+    LayerDistillLoss,
+    PredictionDistillLoss,
+    nearest_alive_candidates,
+    sample_teacher_layers,
+)
+from test_surgery import _random_keep, _randomise_adapters
+
+
+def test_prediction_loss_is_scaled_kl():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 5), torch.randn(4, 5)
+    tau = 0.5
+    loss = PredictionDistillLoss(temperature=tau, scale=10.0)(student, teacher)
+    expected = F.kl_div(F.log_softmax(student / tau, -1), F.softmax(teacher / tau, -1), reduction="batchmean")
+    torch.testing.assert_close(loss, expected * tau**2 * 10.0)
+    same = PredictionDistillLoss()(teacher, teacher)
+    assert abs(float(same)) < 1e-6
+
+
+def test_prediction_loss_masks_positions():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    valid = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    loss = PredictionDistillLoss(temperature=1.0)(student, teacher, valid)
+    per = (F.softmax(teacher, -1) * (F.log_softmax(teacher, -1) - F.log_softmax(student, -1))).sum(-1)
+    torch.testing.assert_close(loss, per[valid].mean())
+
+
+def test_layer_mapping_and_sampling():
+    assert nearest_alive_candidates(2, [True, True, True, True]) == [2]
+    assert nearest_alive_candidates(2, [True, False, False, True]) == [0, 3]
+    assert nearest_alive_candidates(0, [False, True]) == [1]
+    assert nearest_alive_candidates(1, [True, False], mode="same") == []
+    generator = torch.Generator().manual_seed(0)
+    layers = sample_teacher_layers(12, 4, generator)
+    assert [layer // 3 for layer in layers] == [0, 1, 2, 3]
+    assert sample_teacher_layers(2, 4, generator) == [0, 1]
+
+
+def test_layer_loss_picks_the_better_neighbour():
+    identity = torch.nn.Identity()
+    teacher = [torch.zeros(1, 2, 3), torch.ones(1, 2, 3), torch.zeros(1, 2, 3)]
+    student = [torch.ones(1, 2, 3), torch.full((1, 2, 3), 9.0), torch.zeros(1, 2, 3)]
+    loss = LayerDistillLoss()(student, teacher, [1], [True, False, True], identity)
+    assert float(loss) == 0.0  # layer 1 is dead; layer 0 (all ones) matches teacher layer 1 exactly
+
+
+def test_teacher_keeps_its_structure_after_student_surgery():
+    model = tiny_bert()
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=100)
+    _randomise_adapters(controller)
+    inputs = batch()
+    inputs.pop("labels")
+    reference = copy.deepcopy(model)
+    controller._snapshot_teacher()
+    # the student keeps training and shrinks
+    with torch.no_grad():
+        for adapter in controller.adapters.values():
+            adapter.lora_B.add_(1.0)
+    controller.set_hard_masks(_random_keep(controller, seed=4))
+    controller.prune_to_masks_()
+    teacher_out = controller.teacher_forward(inputs)
+    reference.eval()
+    reference._aptune_controller.state.enabled = False
+    with torch.no_grad():
+        expected = reference(**inputs, output_hidden_states=True)
+    torch.testing.assert_close(teacher_out.logits, expected.logits, rtol=1e-5, atol=1e-6)
+    assert teacher_out.hidden_states[-1].shape[-1] == model.config.hidden_size
+    assert controller.teacher.extra_bytes(model) > 0
+    # the student now runs at its pruned size, and the transform maps it to the teacher width
+    student = model(**inputs, output_hidden_states=True)
+    assert student.hidden_states[-1].shape[-1] == controller.layout.hidden_size
+    assert controller.transform(student.hidden_states[-1]).shape[-1] == model.config.hidden_size
+
+
+def test_distillation_loss_mixes_with_mu():
+    model = tiny_bert()
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=100)
+    controller._snapshot_teacher()
+    inputs = batch()
+    model.train()
+    teacher_out = controller.teacher_forward(inputs)
+    out = model(**inputs, output_hidden_states=True)
+    controller.step_count = controller.schedule.end  # mu == 1: pure distillation
+    loss, parts = controller.distillation_loss(out, teacher_out, out.loss, inputs)
+    assert parts.mu == 1.0
+    torch.testing.assert_close(loss, torch.tensor(0.1 * parts.pred + 0.9 * parts.layer), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert controller.transform.lora_A.grad is not None

@@ -1,0 +1,273 @@
+"""Tests of `aptune.select`: the parameter count and the budgeted, density-sorted keep-set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aptune.errors import ConfigError
+from aptune.select import KeepSet, parameter_count, select_keep_set
+
+
+def _random_case(seed: int, heads: int = 6, neurons: int = 10, hidden: int = 5) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "head_scores": torch.rand(heads, generator=gen, dtype=torch.float64) * 10,
+        "neuron_scores": torch.rand(neurons, generator=gen, dtype=torch.float64),
+        "hidden_scores": torch.rand(hidden, generator=gen, dtype=torch.float64) * 5,
+        # Mixed widths: MHA heads of d_h=4 (16), GQA groups (2*2+2)*4 = 24; plain and gated neurons.
+        "head_costs": torch.tensor([16.0, 24.0] * (heads // 2) + [16.0] * (heads % 2), dtype=torch.float64),
+        "neuron_costs": torch.tensor(
+            [2.0, 3.0] * (neurons // 2) + [2.0] * (neurons % 2), dtype=torch.float64
+        ),
+    }
+
+
+def _brute_force(case: dict, budget: float, min_hidden: int = 1) -> tuple[set, set, set]:
+    """Expected keep-set from a plain Python loop over every prefix of the density order."""
+    hs, ns, ds = (case[k].tolist() for k in ("head_scores", "neuron_scores", "hidden_scores"))
+    hc, nc = case["head_costs"].tolist(), case["neuron_costs"].tolist()
+    num_d = len(ds)
+    all_width = sum(hc) + sum(nc)
+    blocks = []  # (sort key, kind, index, width)
+    for i, (score, cost) in enumerate(zip(hs, hc, strict=True)):
+        blocks.append(((-score / (num_d * cost), 0, i), "h", i, cost))
+    for i, (score, cost) in enumerate(zip(ns, nc, strict=True)):
+        blocks.append(((-score / (num_d * cost), 1, i), "n", i, cost))
+    hidden_order = sorted(range(num_d), key=lambda i: (-ds[i], i))
+    mandatory = set(hidden_order[:min_hidden])
+    for i, score in enumerate(ds):
+        key = (float("-inf"), 2, i) if i in mandatory else (-score / all_width, 2, i)
+        blocks.append((key, "d", i, 0.0))
+    blocks.sort(key=lambda block: block[0])
+
+    best = len(mandatory)
+    for length in range(len(blocks) + 1):
+        prefix = blocks[:length]
+        dims = sum(1 for b in prefix if b[1] == "d")
+        cost = dims * sum(b[3] for b in prefix)
+        if cost <= budget and length > best:
+            best = length
+    chosen = blocks[:best]
+    return (
+        {b[2] for b in chosen if b[1] == "h"},
+        {b[2] for b in chosen if b[1] == "n"},
+        {b[2] for b in chosen if b[1] == "d"},
+    )
+
+
+def _as_sets(keep: KeepSet) -> tuple[set, set, set]:
+    return tuple(
+        set(torch.nonzero(mask).flatten().tolist()) for mask in (keep.heads, keep.neurons, keep.hidden)
+    )
+
+
+def _full_count(case: dict) -> float:
+    return parameter_count(case["head_costs"], case["neuron_costs"], case["hidden_scores"].numel())
+
+
+# ---------------------------------------------------------------------------------------------- count
+def test_parameter_count_hand_computed() -> None:
+    # Layer 1: 2 MHA heads, d_h = 8 -> a = 32 each; 4 plain neurons -> c = 2 each.
+    # Layer 2: 1 GQA group with 3 query heads, d_h = 8 -> a = (2*3+2)*8 = 64; 2 gated neurons -> 3 each.
+    heads = torch.tensor([32.0, 32.0, 64.0])
+    neurons = torch.tensor([2.0, 2.0, 2.0, 2.0, 3.0, 3.0])
+    # D = 16: 16 * (128 + 14) = 2272
+    assert parameter_count(heads, neurons, 16) == 2272.0
+    assert parameter_count(heads[:0], neurons[:0], 16) == 0.0
+    assert parameter_count(heads, neurons, 0) == 0.0
+
+
+def test_parameter_count_matches_bert_layer() -> None:
+    # One BERT-base layer without biases/norms: 4 * 768^2 attention + 2 * 768 * 3072 FFN.
+    count = parameter_count(torch.full((12,), 4.0 * 64), torch.full((3072,), 2.0), 768)
+    assert count == 4 * 768 * 768 + 2 * 768 * 3072
+
+
+def test_parameter_count_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        parameter_count(torch.ones(2, 2), torch.ones(3), 4)
+    with pytest.raises(ValueError):
+        parameter_count(torch.ones(2), torch.ones(3), -1)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def test_hand_computed_selection() -> None:
+    # D = 2; head densities 5/8, 1/8; neuron densities 3/4, 0.1/4, 2/4; hidden 1/14 each (one mandatory).
+    # Order: d0 (mandatory), n0, h0, n2, h1, d1, n1 with prefix costs 0, 2, 6, 8, 12, 24, 28.
+    args = (
+        torch.tensor([5.0, 1.0]),
+        torch.tensor([3.0, 0.1, 2.0]),
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([4.0, 4.0]),
+        torch.tensor([2.0, 2.0, 2.0]),
+    )
+    keep = select_keep_set(*args, budget=12.0)
+    assert keep.heads.tolist() == [True, True]
+    assert keep.neurons.tolist() == [True, False, True]
+    assert keep.hidden.tolist() == [True, False]
+    assert keep.params == 12.0
+    keep = select_keep_set(*args, budget=11.9)
+    assert keep.heads.tolist() == [True, False]
+    assert keep.params == 8.0
+    keep = select_keep_set(*args, budget=1000.0)
+    assert keep.heads.all() and keep.neurons.all() and keep.hidden.all()
+    assert keep.params == 28.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_matches_brute_force(seed: int) -> None:
+    case = _random_case(seed)
+    full = _full_count(case)
+    for fraction in (0.0, 0.05, 0.2, 0.4, 0.7, 1.0):
+        budget = fraction * full
+        keep = select_keep_set(**case, budget=budget)
+        assert _as_sets(keep) == _brute_force(case, budget)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_respects_budget_and_reports_params(seed: int) -> None:
+    case = _random_case(seed, heads=12, neurons=40, hidden=16)
+    full = _full_count(case)
+    for fraction in (0.1, 0.3, 0.5, 0.9):
+        keep = select_keep_set(**case, budget=fraction * full)
+        expected = parameter_count(
+            case["head_costs"][keep.heads], case["neuron_costs"][keep.neurons], int(keep.hidden.sum())
+        )
+        assert keep.params == expected
+        assert keep.params <= fraction * full
+        assert keep.heads.dtype == keep.neurons.dtype == keep.hidden.dtype == torch.bool
+
+
+def test_larger_budget_gives_superset() -> None:
+    case = _random_case(3, heads=12, neurons=40, hidden=16)
+    full = _full_count(case)
+    previous = None
+    for step in range(21):
+        keep = select_keep_set(**case, budget=full * step / 20)
+        if previous is not None:
+            for old, new in zip(_as_sets(previous), _as_sets(keep), strict=True):
+                assert old <= new
+            assert keep.params >= previous.params
+        previous = keep
+    assert previous is not None and previous.params == full
+
+
+def test_mandatory_minimums_per_group() -> None:
+    case = _random_case(5, heads=6, neurons=12, hidden=8)
+    head_groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    neuron_groups = torch.arange(12) // 4
+    keep = select_keep_set(
+        **case,
+        budget=0.0,
+        head_groups=head_groups,
+        neuron_groups=neuron_groups,
+        min_heads_per_group=1,
+        min_neurons_per_group=2,
+        min_hidden=3,
+    )
+    # The budget is 0, so exactly the mandatory blocks survive.
+    for group in range(3):
+        members = torch.nonzero(head_groups == group).flatten()
+        kept = members[keep.heads[members]]
+        assert kept.numel() == 1
+        assert case["head_scores"][kept].item() == case["head_scores"][members].max().item()
+        members = torch.nonzero(neuron_groups == group).flatten()
+        kept = members[keep.neurons[members]]
+        assert kept.numel() == 2
+        assert set(kept.tolist()) == set(
+            members[case["neuron_scores"][members].argsort(descending=True)[:2]].tolist()
+        )
+    assert int(keep.hidden.sum()) == 3
+    top_hidden = set(case["hidden_scores"].argsort(descending=True)[:3].tolist())
+    assert set(torch.nonzero(keep.hidden).flatten().tolist()) == top_hidden
+    assert keep.params > 0.0  # over budget: the mandatory set is kept anyway
+
+
+def test_mandatory_blocks_kept_under_any_budget() -> None:
+    case = _random_case(7, heads=6, neurons=12, hidden=8)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    full = _full_count(case)
+    for fraction in (0.0, 0.1, 0.5):
+        keep = select_keep_set(**case, budget=fraction * full, head_groups=groups, min_heads_per_group=2)
+        assert int(keep.heads[:3].sum()) >= 2 and int(keep.heads[3:].sum()) >= 2
+
+
+def test_group_smaller_than_minimum_keeps_all_its_members() -> None:
+    case = _random_case(8, heads=4, neurons=6, hidden=4)
+    keep = select_keep_set(
+        **case, budget=0.0, head_groups=torch.tensor([0, 1, 1, 1]), min_heads_per_group=2, min_hidden=1
+    )
+    assert keep.heads.tolist()[0] is True
+    assert int(keep.heads[1:].sum()) == 2
+
+
+def test_prune_hidden_false_keeps_every_hidden_dim() -> None:
+    case = _random_case(9, heads=6, neurons=12, hidden=8)
+    full = _full_count(case)
+    keep = select_keep_set(**case, budget=0.3 * full, prune_hidden=False)
+    assert keep.hidden.all()
+    assert keep.params <= 0.3 * full
+    without = dict(case, hidden_scores=None)
+    other = select_keep_set(**without, budget=0.3 * full, prune_hidden=False, num_hidden=8)
+    assert torch.equal(other.heads, keep.heads) and torch.equal(other.neurons, keep.neurons)
+    assert other.hidden.all() and other.params == keep.params
+
+
+def test_ties_break_deterministically() -> None:
+    ones = torch.ones(4)
+    keep = select_keep_set(ones, ones, ones, ones, ones, budget=4 * 3.0, min_hidden=4)
+    # All densities tie; heads come before neurons, lower index first: 4 * (1 + 1 + 1) = 12.
+    assert keep.heads.tolist() == [True, True, True, False]
+    assert keep.neurons.tolist() == [False] * 4
+    again = select_keep_set(ones, ones, ones, ones, ones, budget=12.0, min_hidden=4)
+    assert torch.equal(again.heads, keep.heads)
+
+
+def test_zero_scores_are_pruned_first() -> None:
+    keep = select_keep_set(
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([1.0, 0.0]),
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([2.0, 2.0]),
+        torch.tensor([2.0, 2.0]),
+        budget=2 * 4.0,
+    )
+    assert keep.heads.tolist() == [False, True]
+    assert keep.neurons.tolist() == [True, False]
+
+
+def test_empty_block_types_are_fine() -> None:
+    empty = torch.zeros(0)
+    keep = select_keep_set(empty, torch.ones(3), torch.ones(2), empty, torch.full((3,), 2.0), budget=8.0)
+    assert keep.heads.numel() == 0
+    assert keep.params <= 8.0
+
+
+def test_inputs_on_other_dtypes_and_returned_on_input_device() -> None:
+    case = {k: v.float() for k, v in _random_case(11).items()}
+    keep = select_keep_set(**case, budget=0.5 * _full_count(case))
+    assert keep.heads.device == case["head_scores"].device
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"budget": -1.0}, ConfigError),
+        ({"budget": float("nan")}, ConfigError),
+        ({"min_hidden": -1}, ConfigError),
+        ({"head_scores": torch.tensor([1.0, -1.0, 0, 0, 0, 0])}, ValueError),
+        ({"neuron_scores": torch.full((10,), float("nan"))}, ValueError),
+        ({"head_costs": torch.zeros(6)}, ValueError),
+        ({"neuron_costs": torch.ones(3)}, ValueError),
+        ({"hidden_scores": None}, ValueError),
+        ({"hidden_scores": None, "prune_hidden": False}, ValueError),
+        ({"hidden_scores": None, "prune_hidden": False, "num_hidden": 0}, ValueError),
+        ({"num_hidden": 4}, ValueError),
+        ({"head_groups": torch.zeros(2, dtype=torch.long), "min_heads_per_group": 1}, ValueError),
+    ],
+)
+def test_bad_input_raises(change: dict, error: type[Exception]) -> None:
+    args = {**_random_case(0), "budget": 100.0, **change}
+    with pytest.raises(error):
+        select_keep_set(**args)
