@@ -739,6 +739,14 @@ def _count_unit(max_value: float) -> tuple[float, str]:
     return 1.0, ""
 
 
+def _step_axis(ax: Axes) -> None:
+    """Label an x axis of optimizer steps and keep its ticks on whole steps."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _event_steps(data: Mapping[str, Any]) -> list[float]:
     """Steps of the pruning events."""
     return [e["step"] for e in _rows(data.get("events")) if _is_num(e.get("step"))]
@@ -816,7 +824,7 @@ def _plot_density(data: Mapping[str, Any]) -> Figure | None:
             )
         )
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("optimizer step")
+    _step_axis(ax)
     ax.set_ylabel("density (fraction of backbone params kept)")
     handles += _mark_events(ax, _event_steps(data))
 
@@ -860,6 +868,7 @@ def _heatmap(
     """Draw a rows x columns heat map with optional numbers in the cells (NaN cells shown grey)."""
     import matplotlib
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.88")
     im = ax.imshow(
@@ -879,7 +888,9 @@ def _heatmap(
         [row_labels[i] for i in range(0, n_rows, step)],
         fontsize=8 if n_rows <= 24 else 7,
     )
-    fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.9, aspect=max(20, n_rows), pad=0.02)
+    cbar = fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.9, aspect=max(20, n_rows), pad=0.02)
+    cbar.locator = MaxNLocator(integer=True)  # counts: no 0.5-heads ticks
+    cbar.update_ticks()
     if annotate:
         for r in range(n_rows):
             for c in range(n_cols):
@@ -994,6 +1005,7 @@ def _short_names(names: Sequence[str]) -> list[str]:
 def _plot_ranks(data: Mapping[str, Any]) -> Figure | None:
     """Adapter ranks over events (lines, or a heat map for many adapters) and trainable parameters."""
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     events = _rows(data.get("events"))
     config = _mapping(data.get("config"))
@@ -1053,18 +1065,21 @@ def _plot_ranks(data: Mapping[str, Any]) -> Figure | None:
             x = np.arange(len(labels))
             markers = "osD^v<>pP*hX"
             for i, n in enumerate(short):
+                # Adapters often share a rank; later lines are thinner so identical ones stay visible.
+                thick = (len(short) - 1 - i) / max(len(short) - 1, 1)
                 ax.plot(
                     x,
                     matrix[i],
                     marker=markers[i % len(markers)],
-                    linewidth=1.4,
-                    markersize=5,
+                    linewidth=1.2 + 2.4 * thick,
+                    markersize=4 + 4 * thick,
                     label=n,
                     alpha=0.85,
                 )
             ax.set_xticks(x, labels, fontsize=8)
             ax.set_xlabel("pruning event")
             ax.set_ylabel("adapter rank")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(bottom=0)
             ax.legend(fontsize=7.5, loc="upper left", ncol=1 if len(names) <= 6 else 2, framealpha=0.9)
             ax.set_title("Adapter ranks")
@@ -1079,7 +1094,7 @@ def _plot_ranks(data: Mapping[str, Any]) -> Figure | None:
             ax.plot(xs, y, color="tab:green", marker="o", linewidth=1.8, label="trainable adapter parameters")
         _mark_events(ax, _event_steps(data))
         ax.set_ylim(bottom=0, top=max(y) * 1.1 if max(y) > 0 else 1)
-        ax.set_xlabel("optimizer step")
+        _step_axis(ax)
         ax.set_ylabel(f"trainable parameters ({unit})" if unit else "trainable parameters")
         ax.set_title("Trainable adapter parameters")
         ax.legend(loc="lower right", framealpha=0.9)
@@ -1186,7 +1201,7 @@ def _plot_loss(data: Mapping[str, Any]) -> Figure | None:
             ax2.legend(handles=handles, loc="best", framealpha=0.9)  # on the top axes: not drawn over
         else:
             ax.legend(handles=handles, loc="best", framealpha=0.9)
-    axes[-1].set_xlabel("optimizer step")
+    _step_axis(axes[-1])
     return fig
 
 

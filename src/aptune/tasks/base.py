@@ -177,7 +177,9 @@ def load_task(
     for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2):
+    if num_labels is not None and (
+        not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2
+    ):
         raise ConfigError(f"num_labels must be an integer >= 2 or None, got {num_labels!r}.")
     if train_file is None and eval_file is None and dataset_name is None:
         raise ConfigError("No data given: pass train_file and/or eval_file, or dataset_name.")

@@ -240,17 +240,24 @@ def _label_ids(values: Sequence[Any], names: Sequence[str] | None, source: str, 
     return ids
 
 
-def _check_range(ids: Sequence[int], num_labels: int, source: str, column: str, values: Sequence[Any]) -> None:
+def _check_range(
+    ids: Sequence[int], num_labels: int, source: str, column: str, values: Sequence[Any]
+) -> None:
     for number, (label, value) in enumerate(zip(ids, values, strict=True), start=1):
         if label >= num_labels:
             raise DataError(
-                f"{source}, record {number}: label {value!r} in column {column!r} is outside 0..{num_labels - 1} "
-                f"(num_labels={num_labels}). Fix the label, or pass num_labels >= {label + 1}."
+                f"{source}, record {number}: label {value!r} in column {column!r} is outside "
+                f"0..{num_labels - 1} (num_labels={num_labels}). Fix the label, or pass "
+                f"num_labels >= {label + 1}."
             )
 
 
 def _encode(
-    tokenizer: Any, texts: Sequence[Sequence[str]], labels: Sequence[int], indices: Sequence[int], max_length: int
+    tokenizer: Any,
+    texts: Sequence[Sequence[str]],
+    labels: Sequence[int],
+    indices: Sequence[int],
+    max_length: int,
 ) -> Any:
     import datasets
 
@@ -318,7 +325,8 @@ def load_classification(
     if getattr(tokenizer, "pad_token_id", None) is None:
         raise ModelError(
             "The tokenizer has no padding token, which batching needs. Set one, e.g. "
-            "tokenizer.pad_token = tokenizer.eos_token and model.config.pad_token_id = tokenizer.pad_token_id."
+            "tokenizer.pad_token = tokenizer.eos_token and "
+            "model.config.pad_token_id = tokenizer.pad_token_id."
         )
     names: list[str] | None = list(label_names) if label_names is not None else None
     train_records: list[dict[str, Any]] | None = None
@@ -378,20 +386,26 @@ def load_classification(
             )
         eval_ids = _label_ids(raw_eval, names, eval_source, label_column)
 
-    inferred = len(names) if names is not None else 1 + max(train_ids if train_ids is not None else eval_ids or [0])
+    inferred = (
+        len(names) if names is not None else 1 + max(train_ids if train_ids is not None else eval_ids or [0])
+    )
+    if train_ids is not None and len(set(train_ids)) < 2:
+        only = train_records[0][label_column] if train_records else None
+        raise DataError(
+            f"{train_source}: column {label_column!r} holds a single class ({only!r}); training a "
+            "classifier needs at least 2. Check the label column."
+        )
     if num_labels is None:
-        if inferred < 2:
-            raise DataError(
-                f"{first_source}: column {label_column!r} holds a single class; classification needs at "
-                "least 2. Check the label column, or pass num_labels."
-            )
-        num_labels = inferred
+        num_labels = max(inferred, 2)
     elif names is not None and len(names) > num_labels:
         raise DataError(
             f"{first_source}: column {label_column!r} has {len(names)} classes {names}, more than "
             f"num_labels={num_labels}. Pass num_labels={len(names)} or fix the labels."
         )
-    for ids, records, source in ((train_ids, train_records, train_source), (eval_ids, eval_records, eval_source)):
+    for ids, records, source in (
+        (train_ids, train_records, train_source),
+        (eval_ids, eval_records, eval_source),
+    ):
         if ids is not None and records is not None:
             _check_range(ids, num_labels, source, label_column, [r[label_column] for r in records])
 

@@ -20,8 +20,8 @@ from typing import Any
 from aptune.errors import DataError
 
 __all__ = [
-    "SUPPORTED_EXTENSIONS",
     "EVAL_SPLIT_NAMES",
+    "SUPPORTED_EXTENSIONS",
     "cap_records",
     "check_columns",
     "column_names",
@@ -133,7 +133,9 @@ def _read_delimited(text: str, file: Path, *, delimiter: str) -> list[dict[str, 
         raise DataError(f"Data file {file} has an empty header line. The first line must name the columns.")
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
-        raise DataError(f"Data file {file} repeats the column name(s) {duplicates} in its header. Rename them.")
+        raise DataError(
+            f"Data file {file} repeats the column name(s) {duplicates} in its header. Rename them."
+        )
     records: list[dict[str, Any]] = []
     try:
         for row in reader:
@@ -151,7 +153,9 @@ def _read_delimited(text: str, file: Path, *, delimiter: str) -> list[dict[str, 
             f"Data file {file} is not valid {_kind(delimiter)} near line {reader.line_num}: {err}."
         ) from err
     if not records:
-        raise DataError(f"Data file {file} has a header {header} but no data rows. Add rows under the header.")
+        raise DataError(
+            f"Data file {file} has a header {header} but no data rows. Add rows under the header."
+        )
     return records
 
 
@@ -256,12 +260,15 @@ def check_columns(
     missing = [name for name in required if name not in found]
     if missing:
         raise DataError(
-            f"{source} lacks the column(s) {missing}: found {found}, expected {list(required)}. {hint}".rstrip()
+            f"{source} lacks the column(s) {missing}: found {found}, expected {list(required)}. "
+            f"{hint}".rstrip()
         )
     for number, record in enumerate(records, start=1):
         absent = [name for name in required if name not in record]
         if absent:
-            raise DataError(f"{source}, record {number} lacks the field(s) {absent}. Add them to that record.")
+            raise DataError(
+                f"{source}, record {number} lacks the field(s) {absent}. Add them to that record."
+            )
 
 
 def require_text(value: Any, source: str, column: str, number: int) -> str:
@@ -285,7 +292,9 @@ def require_text(value: Any, source: str, column: str, number: int) -> str:
     """
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         if value is None:
-            raise DataError(f"{source}, record {number}: column {column!r} is empty. Fill it in or drop the row.")
+            raise DataError(
+                f"{source}, record {number}: column {column!r} is empty. Fill it in or drop the row."
+            )
         raise DataError(
             f"{source}, record {number}: column {column!r} holds a {type(value).__name__}, expected text."
         )

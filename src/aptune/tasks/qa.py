@@ -92,7 +92,7 @@ def _locate(context: str, text: str, start: Any, where: str) -> int:
 
 
 def _parse_answers(value: Any, where: str) -> tuple[list[Any], list[Any]]:
-    """Accept ``{"text": [...], "answer_start": [...]}``, a list of ``{"text", "answer_start"}``, or JSON of those."""
+    """Read ``{"text": [...], "answer_start": [...]}``, a list of such objects, or JSON of either."""
     if isinstance(value, str):
         stripped = value.strip()
         if not stripped:
@@ -130,8 +130,16 @@ def _parse_answers(value: Any, where: str) -> tuple[list[Any], list[Any]]:
     )
 
 
-def _make_example(qid: str, question: Any, context: Any, texts: list[Any], starts: list[Any], where: str,
-                  source: str, number: int) -> QAExample:
+def _make_example(
+    qid: str,
+    question: Any,
+    context: Any,
+    texts: list[Any],
+    starts: list[Any],
+    where: str,
+    source: str,
+    number: int,
+) -> QAExample:
     question = require_text(question, source, "question", number)
     context = require_text(context, source, "context", number)
     kept_texts: list[str] = []
@@ -181,8 +189,16 @@ def qa_examples_from_records(records: Sequence[dict[str, Any]], source: str) -> 
                     answers = [] if qa.get("is_impossible") else qa.get("answers") or []
                     texts, starts = _parse_answers(answers, where)
                     examples.append(
-                        _make_example(str(qa["id"]), qa["question"], paragraph["context"], texts, starts,
-                                      where, source, number)
+                        _make_example(
+                            str(qa["id"]),
+                            qa["question"],
+                            paragraph["context"],
+                            texts,
+                            starts,
+                            where,
+                            source,
+                            number,
+                        )
                     )
     else:
         check_columns(
@@ -196,7 +212,9 @@ def qa_examples_from_records(records: Sequence[dict[str, Any]], source: str) -> 
             where = f"{source}, record {number} (id {qid!r})"
             texts, starts = _parse_answers(record["answers"], where)
             examples.append(
-                _make_example(qid, record["question"], record["context"], texts, starts, where, source, number)
+                _make_example(
+                    qid, record["question"], record["context"], texts, starts, where, source, number
+                )
             )
     seen: set[str] = set()
     for example in examples:
@@ -289,7 +307,9 @@ def answer_f1(prediction: str, golds: Sequence[str]) -> float:
     return max(_token_f1(predicted, normalize_answer(gold).split()) for gold in _gold_or_empty(golds))
 
 
-def squad_v2_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+def squad_v2_metrics(
+    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
     """SQuAD v2 exact match and F1, overall and split into answerable / unanswerable questions.
 
     Args:
@@ -495,7 +515,7 @@ class _Features:
 
 
 def _fit_questions(tokenizer: Any, questions: list[str], limit: int) -> tuple[list[str], int]:
-    """Cut questions to ``limit`` tokens, so that a window always has room for ``doc_stride`` + 1 context tokens."""
+    """Cut questions to ``limit`` tokens, so every window has room for ``doc_stride`` + 1 context tokens."""
     encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
     fitted = []
     cut = 0
@@ -511,7 +531,9 @@ def _features(tokenizer: Any, examples: Sequence[QAExample], max_length: int, do
     pad_right = tokenizer.padding_side == "right"
     limit = max_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride - 1
     # Leading spaces in questions waste tokens in some tokenizers and shift nothing we need.
-    questions, truncated = _fit_questions(tokenizer, [example.question.lstrip() for example in examples], limit)
+    questions, truncated = _fit_questions(
+        tokenizer, [example.question.lstrip() for example in examples], limit
+    )
     contexts = [example.context for example in examples]
     encoded = tokenizer(
         questions if pad_right else contexts,
@@ -549,7 +571,11 @@ def _features(tokenizer: Any, examples: Sequence[QAExample], max_length: int, do
             answer_start = example.answer_starts[0]
             answer_end = answer_start + len(example.answer_texts[0])
             in_context = [token for token, span in enumerate(offsets) if span is not None]
-            if in_context and offsets[in_context[0]][0] <= answer_start and answer_end <= offsets[in_context[-1]][1]:
+            if (
+                in_context
+                and offsets[in_context[0]][0] <= answer_start
+                and answer_end <= offsets[in_context[-1]][1]
+            ):
                 # First token ending after the answer's start; last token starting before its end.
                 start = next(token for token in in_context if offsets[token][1] > answer_start)
                 end = next(token for token in reversed(in_context) if offsets[token][0] < answer_end)
@@ -620,7 +646,9 @@ def load_qa(
             "AutoTokenizer.from_pretrained(path, use_fast=True)."
         )
     if getattr(tokenizer, "pad_token_id", None) is None:
-        raise ModelError("The tokenizer has no padding token; set tokenizer.pad_token before loading QA data.")
+        raise ModelError(
+            "The tokenizer has no padding token; set tokenizer.pad_token before loading QA data."
+        )
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     if max_length - specials - doc_stride - 1 < 1:
         raise ConfigError(

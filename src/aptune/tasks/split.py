@@ -71,7 +71,9 @@ def stratified_split(
         candidates = [label for label in order if take[label] < room[label]]
         if not candidates:
             break
-        best = max(candidates, key=lambda lab: (quota[lab] - take[lab], len(by_label[lab]), -order.index(lab)))
+        best = max(
+            candidates, key=lambda lab: (quota[lab] - take[lab], len(by_label[lab]), -order.index(lab))
+        )
         take[best] += 1
 
     rng = random.Random(seed)

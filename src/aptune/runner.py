@@ -1,0 +1,427 @@
+"""One APT run from options: load model and data, train with `AptTrainer`, evaluate, export, report.
+
+`RunArguments` holds the run options (model, data, training length, output folder); together with
+`aptune.AptConfig` it is everything `aptune train` accepts: the CLI generates its options from
+these two dataclasses. `run_training` is what the CLI calls, and works the same from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aptune.assets import resolve_model_name
+from aptune.config import AptConfig
+from aptune.errors import ConfigError, ModelError
+
+__all__ = ["RunArguments", "evaluate_run", "load_model_and_tokenizer", "run_training"]
+
+RUN_ARGS_FILE = "run_args.json"
+APT_CONFIG_FILE = "apt_config.json"
+_MODEL_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "qa": "AutoModelForQuestionAnswering",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
+
+
+@dataclass
+class RunArguments:
+    """Options of one run besides the APT method itself (those live in `AptConfig`).
+
+    With no model and no data given, the built-in default runs: MiniLM-L6 on BBC News (stratified
+    80/20 split, seed 0), 3 epochs at batch 16 and 128 tokens.
+    """
+
+    model: str | None = field(default=None, metadata={"help": "Model folder or hub name (default: minilm-l6)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or name (default: the model's)."})
+    task: str = field(default="classification", metadata={"help": "classification | qa | causal-lm | seq2seq."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data (.csv/.tsv/.json/.jsonl/.txt)."})
+    eval_file: str | None = field(default=None, metadata={"help": "Evaluation data (default: held out from train)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Built-in (bbc_news, bbc_causal_lm) or datasets name."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "datasets configuration name."})
+    text_columns: str | None = field(default=None, metadata={"help": "Comma-separated text column(s)."})
+    label_column: str = field(default="label", metadata={"help": "Label column (classification)."})
+    num_labels: int | None = field(default=None, metadata={"help": "Number of classes (default: inferred)."})
+    max_length: int = field(default=128, metadata={"help": "Maximum tokens per input."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
+    output_dir: str = field(default="runs/aptune-default", metadata={"help": "Folder of the run's results."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing run in output_dir."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored with max_steps)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps (overrides epochs)."})
+    batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (adapters and task head)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Share of steps of linear LR warm-up."})
+    evaluations: int = field(default=6, metadata={"help": "Dev evaluations during training (0: only at the end)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of data split, initialisation and training."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (CUDA or recent CPUs)."})
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (CUDA)."})
+    cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when CUDA is available."})
+
+    def validate(self) -> None:
+        """Check values that `TrainingArguments` would reject with a less helpful message.
+
+        Raises:
+            ConfigError: naming the option.
+        """
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.num_train_epochs <= 0:
+            raise ConfigError(f"--num-train-epochs must be > 0, got {self.num_train_epochs}")
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.bf16 and self.fp16:
+            raise ConfigError("choose at most one of --bf16 and --fp16")
+        if self.evaluations < 0:
+            raise ConfigError(f"--evaluations must be >= 0, got {self.evaluations}")
+
+    def data_source(self) -> dict[str, Any]:
+        """Keyword arguments of `aptune.tasks.load_task` for the data (built-in default filled in)."""
+        dataset_name = self.dataset_name
+        if dataset_name is None and self.train_file is None and self.eval_file is None:
+            defaults = {"classification": "bbc_news", "causal-lm": "bbc_causal_lm"}
+            if self.task not in defaults:
+                raise ConfigError(f"task {self.task!r} has no built-in data: pass --train-file/--eval-file")
+            dataset_name = defaults[self.task]
+        columns = [c.strip() for c in self.text_columns.split(",")] if self.text_columns else None
+        source = {
+            "train_file": self.train_file,
+            "eval_file": self.eval_file,
+            "dataset_name": dataset_name,
+            "dataset_config": self.dataset_config,
+            "max_length": self.max_length,
+            "seed": self.seed,
+            "max_train_samples": self.max_train_samples,
+            "max_eval_samples": self.max_eval_samples,
+        }
+        if self.task == "classification":
+            source.update(num_labels=self.num_labels, label_column=self.label_column)
+        if columns:
+            source["text_columns"] = columns
+        return source
+
+
+def _check_output_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} exists and is a file; choose another --output-dir")
+    if path.is_dir() and any(path.iterdir()):
+        if not ((path / RUN_ARGS_FILE).exists() or (path / "report.json").exists()):
+            raise ConfigError(
+                f"output folder {path} is not empty and does not hold an aptune run; choose another --output-dir"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"output folder {path} already holds a run; pass --overwrite to replace it or choose another "
+                "--output-dir"
+            )
+
+
+def load_model_and_tokenizer(
+    name: str | None, task: str, *, tokenizer_name: str | None = None, num_labels: int | None = None,
+    label_names: list[str] | None = None,
+):
+    """Load a model for ``task`` and its tokenizer; built-in names resolve to pip-shipped files.
+
+    Raises:
+        ModelError: the path is not a model, the tokenizer is missing, or loading failed.
+    """
+    import transformers
+
+    path, extra = resolve_model_name(name)
+    local = Path(path)
+    if local.exists() and not (local / "config.json").is_file() and "gguf_file" not in extra:
+        raise ModelError(
+            f"{path} is not a model folder (no config.json); pass a folder written by save_pretrained or a hub name"
+        )
+    if not local.exists() and (path.startswith((".", "/", "~")) or os.sep in path and path.count("/") > 1):
+        raise ModelError(f"model path {path} does not exist")
+    auto = getattr(transformers, _MODEL_CLASSES[task])
+    kwargs: dict[str, Any] = dict(extra)
+    if task == "classification":
+        if num_labels is not None:
+            kwargs["num_labels"] = num_labels
+        if label_names:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    if "gguf_file" in extra:
+        kwargs["dtype"] = torch.float32
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_name or path, **extra)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"no tokenizer could be loaded from {tokenizer_name or path} ({str(exc).splitlines()[0]}); "
+            "pass --tokenizer with a folder that holds the tokenizer files"
+        ) from None
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelError(f"could not load a model from {path}: {str(exc).splitlines()[0]}") from None
+    if getattr(model, "hf_quantizer", None) is not None:
+        # GGUF weights are dequantised on load; drop the quantizer so the model trains and saves as usual
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _model_info(model, controller, name: str) -> dict:
+    summary = controller.layer_summary()
+    return {
+        "name": name,
+        "model_type": model.config.model_type,
+        "params_before": controller.initial_param_count,
+        "num_layers": controller.layout.num_layers,
+        **summary,
+    }
+
+
+@torch.no_grad()
+def _inference_throughput(model, dataset, collator, batch_size: int, batches: int = 5) -> dict:
+    if dataset is None or len(dataset) == 0:
+        return {}
+    model.eval()
+    device = next(model.parameters()).device
+    columns = [c for c in dataset.column_names if c not in ("labels", "start_positions", "end_positions")]
+    rows = [dataset[i] for i in range(min(len(dataset), batch_size * batches))]
+    times, samples = [], 0
+    for start in range(0, len(rows), batch_size):
+        chunk = [{k: r[k] for k in columns if k in r} for r in rows[start : start + batch_size]]
+        inputs = {k: v.to(device) for k, v in collator(chunk).items() if torch.is_tensor(v) and k in columns}
+        began = time.perf_counter()
+        model(**inputs)
+        times.append(time.perf_counter() - began)
+        samples += len(chunk)
+    if len(times) > 1:  # the first batch warms up
+        samples -= len(rows[:batch_size])
+        times = times[1:]
+    return {"inference_samples_per_second": samples / max(sum(times), 1e-9), "inference_batch_size": batch_size}
+
+
+def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=None) -> dict:
+    """Train, prune, evaluate and export; write the run folder; return a short summary.
+
+    The folder gets ``model/`` (the exported model), ``report.json``, ``report.md``, ``plots/``,
+    ``run_args.json`` and ``apt_config.json``.
+
+    Raises:
+        ConfigError, DataError, ModelError: bad options, data or model (clear messages).
+    """
+    from transformers import TrainingArguments, set_seed
+
+    from aptune.report import RunRecorder, write_report
+    from aptune.tasks import load_task
+    from aptune.trainer import AptTrainer, peak_rss_mb
+
+    run_args.validate()
+    out = Path(run_args.output_dir)
+    _check_output_dir(out, run_args.overwrite)
+    set_seed(run_args.seed)
+    started = time.perf_counter()
+
+    # the tokenizer is needed to read the data, and the data decides the number of labels
+    model_name = run_args.model
+    _, tokenizer = _load_tokenizer_only(run_args)
+    task = load_task(run_args.task, tokenizer, **run_args.data_source())
+    if task.train is None or len(task.train) == 0:
+        raise ConfigError("no training data: pass --train-file (or a dataset with a training split)")
+    model, tokenizer = load_model_and_tokenizer(
+        model_name, task.kind, tokenizer_name=run_args.tokenizer, num_labels=task.num_labels,
+        label_names=task.label_names,
+    )
+    total_params_before = sum(p.numel() for p in model.parameters())
+    load_seconds = time.perf_counter() - started
+
+    steps_per_epoch = math.ceil(len(task.train) / (run_args.batch_size * run_args.gradient_accumulation_steps))
+    total_steps = run_args.max_steps or math.ceil(steps_per_epoch * run_args.num_train_epochs)
+    eval_every = max(1, total_steps // run_args.evaluations) if run_args.evaluations and task.eval else None
+    if out.exists() and run_args.overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_ARGS_FILE).write_text(json.dumps(asdict(run_args), indent=2) + "\n", encoding="utf-8")
+    apt_config.to_json(out / APT_CONFIG_FILE)
+
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=total_steps,
+        per_device_train_batch_size=run_args.batch_size,
+        per_device_eval_batch_size=run_args.eval_batch_size,
+        gradient_accumulation_steps=run_args.gradient_accumulation_steps,
+        learning_rate=run_args.learning_rate,
+        weight_decay=run_args.weight_decay,
+        warmup_steps=int(round(run_args.warmup_ratio * total_steps)),
+        lr_scheduler_type="linear",
+        logging_steps=run_args.logging_steps,
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every,
+        save_strategy="no",
+        report_to=[],
+        seed=run_args.seed,
+        bf16=run_args.bf16,
+        fp16=run_args.fp16,
+        use_cpu=run_args.cpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    from aptune.controller import prepare_
+
+    controller = prepare_(model, apt_config, total_steps=total_steps)
+    recorder = RunRecorder(
+        {"apt": apt_config.to_dict(), "run": asdict(run_args), "schedule": controller.schedule.to_dict()},
+        {**_model_info(model, controller, model_name or "minilm-l6"), "total_params_before": total_params_before},
+    )
+    recorder.set_phase_time("load", load_seconds)
+    recorder.set("data", task.info)
+    trainer = AptTrainer(
+        model=model,
+        args=args,
+        train_dataset=task.train,
+        eval_dataset=task.eval,
+        data_collator=task.collator,
+        processing_class=tokenizer,
+        compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        recorder=recorder,
+    )
+    train_output = trainer.train()
+    final_metrics: dict[str, float] = {}
+    if task.eval is not None:
+        began = time.perf_counter()
+        metrics = trainer.evaluate()
+        recorder.set_phase_time("final_eval", time.perf_counter() - began)
+        final_metrics = {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        recorder.log_eval(trainer.state.global_step, final_metrics)
+    recorder.set("final_metrics", final_metrics)
+    began = time.perf_counter()
+    small = trainer.export(out / "model")
+    recorder.set_phase_time("export", time.perf_counter() - began)
+    params_after = sum(p.numel() for p in small.parameters())
+    recorder.set(
+        "export",
+        {
+            "path": str(out / "model"),
+            "total_params": params_after,
+            "total_params_before": total_params_before,
+            "total_params_ratio": params_after / total_params_before,
+            "backbone_density": controller.density(),
+        },
+    )
+    recorder.set(
+        "throughput",
+        {
+            "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            "train_steps_per_second": train_output.metrics.get("train_steps_per_second"),
+            **_inference_throughput(small, task.eval, task.collator, run_args.eval_batch_size),
+        },
+    )
+    recorder.set("peak_memory", {"peak_rss_mb": peak_rss_mb()})
+    paths = write_report(out, recorder)
+    return {
+        "output_dir": str(out),
+        "model_dir": str(out / "model"),
+        "report": str(paths.get("report.md", out / "report.md")),
+        "final_metrics": final_metrics,
+        "density": controller.density(),
+        "params_after": params_after,
+        "params_before": total_params_before,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _load_tokenizer_only(run_args: RunArguments):
+    import transformers
+
+    path, extra = resolve_model_name(run_args.model)
+    name = run_args.tokenizer or path
+    if not Path(name).exists() and (name.startswith((".", "/", "~"))):
+        raise ModelError(f"model path {name} does not exist")
+    if Path(name).is_dir() and not any(Path(name).iterdir()):
+        raise ModelError(f"{name} is an empty folder, not a model")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **extra)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"no tokenizer could be loaded from {name} ({str(exc).splitlines()[0]}); pass --tokenizer with a "
+            "folder that holds the tokenizer files"
+        ) from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return path, tokenizer
+
+
+def evaluate_run(run_dir: str | Path, *, eval_file: str | None = None, batch_size: int = 64) -> dict:
+    """Evaluate a run's exported model on ``eval_file`` (default: the run's own eval data).
+
+    Returns:
+        The metrics (also written to ``<run_dir>/eval.json``).
+
+    Raises:
+        ConfigError: ``run_dir`` is not an aptune run folder.
+    """
+    from transformers import Trainer, TrainingArguments
+
+    from aptune.export import load
+    from aptune.tasks import load_task
+
+    run_dir = Path(run_dir)
+    args_file = run_dir / RUN_ARGS_FILE
+    if not args_file.is_file():
+        raise ConfigError(f"{run_dir} is not an aptune run folder (no {RUN_ARGS_FILE})")
+    saved = json.loads(args_file.read_text(encoding="utf-8"))
+    known = {f.name for f in fields(RunArguments)}
+    run_args = RunArguments(**{k: v for k, v in saved.items() if k in known})
+    model_dir = run_dir / "model"
+    model = load(model_dir)
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    source = run_args.data_source()
+    if eval_file is not None:
+        source.update(train_file=None, eval_file=eval_file, dataset_name=None)
+        if run_args.task == "classification" and model.config.num_labels:
+            source["num_labels"] = model.config.num_labels
+            id2label = getattr(model.config, "id2label", None) or {}
+            names = [id2label[i] for i in sorted(id2label, key=int)] if id2label else None
+            if names and not all(str(n).startswith("LABEL_") for n in names):
+                source["label_names"] = names
+    task = load_task(run_args.task, tokenizer, **source)
+    if task.eval is None:
+        raise ConfigError("no evaluation data: pass --eval-file")
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            str(run_dir / "eval-tmp"), per_device_eval_batch_size=batch_size, report_to=[], use_cpu=run_args.cpu
+        ),
+        eval_dataset=task.eval,
+        data_collator=task.collator,
+        compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+    )
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
+    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics

