@@ -69,7 +69,11 @@ def _recorder(*, evals: bool = True, salience: bool = True) -> RunRecorder:
             trainable = events[step]["trainable_params"]
             if salience:
                 rec.log_salience(
-                    step, [0.1 * (i + 1) for i in range(7)], [0.0, *range(1, 56)], [1e-3] * 16, event=step
+                    step,
+                    [0.1 * (i + 1) for i in range(7)],
+                    [0.0, *range(1, 56)],
+                    [1e-3] * 16,
+                    event=events[step]["index"],
                 )
         task = 1.0 / (1 + step)
         rec.log_step(
@@ -115,9 +119,9 @@ def test_write_report_round_trip_plots_and_markdown(tmp_path: Path) -> None:
         assert "matplotlib.pyplot" not in sys.modules
     run = tmp_path / "run"
 
-    assert set(written) == {"json", "markdown", *PLOTS}
-    assert written["json"] == run / "report.json"
-    assert written["markdown"] == run / "report.md"
+    assert set(written) == {"report.json", "report.md", *(f"{name}.png" for name in PLOTS)}
+    assert written["report.json"] == run / "report.json"
+    assert written["report.md"] == run / "report.md"
     loaded = load_report(run)
     assert loaded == rec.to_dict()
     assert loaded["schema_version"] == REPORT_SCHEMA_VERSION
@@ -136,18 +140,18 @@ def test_write_report_round_trip_plots_and_markdown(tmp_path: Path) -> None:
     assert summary["final_metrics_source"] == "last_eval"
     assert summary["wall_time_seconds"] == pytest.approx(77.75)
     assert loaded["salience"]["step"] == 20
-    assert [h["event"] for h in loaded["salience_history"]] == [5, 10]
+    assert [(h["event"], h["step"]) for h in loaded["salience_history"]] == [(0, 5), (1, 10)]
 
     for name in PLOTS:
-        assert written[name] == run / "plots" / f"{name}.png"
-        _assert_png(written[name])
-        image = imread(written[name])
+        assert written[f"{name}.png"] == run / "plots" / f"{name}.png"
+        _assert_png(written[f"{name}.png"])
+        image = imread(written[f"{name}.png"])
         height, width = image.shape[:2]
         assert 300 <= height <= 2000 and 500 <= width <= 2000, (name, image.shape)
         assert image.std() > 0.01, f"{name}.png is blank"
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
 
-    md = written["markdown"].read_text(encoding="utf-8")
+    md = written["report.md"].read_text(encoding="utf-8")
     assert md.startswith("# aptune report: tiny-bert")
     for row in (
         "| Backbone parameters before | 10,000 |",
@@ -175,9 +179,15 @@ def test_write_report_round_trip_plots_and_markdown(tmp_path: Path) -> None:
 
 def test_run_without_evals_or_salience(tmp_path: Path) -> None:
     written = write_report(tmp_path, _recorder(evals=False, salience=False))
-    assert "salience" not in written
-    assert {"json", "markdown", "density", "structure", "ranks", "loss"} <= set(written)
-    md = written["markdown"].read_text(encoding="utf-8")
+    assert set(written) == {
+        "report.json",
+        "report.md",
+        "density.png",
+        "structure.png",
+        "ranks.png",
+        "loss.png",
+    }
+    md = written["report.md"].read_text(encoding="utf-8")
     assert "plots/salience.png" not in md
     assert "| Dev metrics | none recorded |" in md
     assert "## Dev evaluations" not in md
@@ -187,14 +197,14 @@ def test_run_without_evals_or_salience(tmp_path: Path) -> None:
 def test_empty_run_and_no_plots(tmp_path: Path) -> None:
     rec = RunRecorder({}, {"name": "empty"})
     written = write_report(tmp_path / "a", rec)
-    assert set(written) == {"json", "markdown"}
+    assert set(written) == {"report.json", "report.md"}
     assert load_report(tmp_path / "a") == rec.to_dict()
-    assert "# aptune report: empty" in written["markdown"].read_text(encoding="utf-8")
+    assert "# aptune report: empty" in written["report.md"].read_text(encoding="utf-8")
 
     written = write_report(tmp_path / "b", _recorder(), plots=False)
-    assert set(written) == {"json", "markdown"}
+    assert set(written) == {"report.json", "report.md"}
     assert not (tmp_path / "b" / "plots").exists()
-    assert "![" not in written["markdown"].read_text(encoding="utf-8")
+    assert "![" not in written["report.md"].read_text(encoding="utf-8")
 
 
 def test_write_report_accepts_a_loaded_dict(tmp_path: Path) -> None:
@@ -218,9 +228,14 @@ def test_many_adapters_use_a_heat_map_and_final_metrics_win(tmp_path: Path) -> N
     rec.log_eval(30, {"accuracy": 0.5})
     rec.set("final_metrics", {"accuracy": 0.75})
     written = write_report(tmp_path, rec)
-    assert set(written) == {"json", "markdown", "ranks", "loss"}  # no structure, density or salience
-    _assert_png(written["ranks"])
-    assert "| Dev accuracy (final model) | 0.7500 |" in written["markdown"].read_text(encoding="utf-8")
+    assert set(written) == {
+        "report.json",
+        "report.md",
+        "ranks.png",
+        "loss.png",
+    }  # no structure, density or salience
+    _assert_png(written["ranks.png"])
+    assert "| Dev accuracy (final model) | 0.7500 |" in written["report.md"].read_text(encoding="utf-8")
 
 
 def test_a_failing_plot_is_skipped_with_a_warning(
@@ -234,9 +249,9 @@ def test_a_failing_plot_is_skipped_with_a_warning(
     monkeypatch.setitem(report._PLOT_FUNCTIONS, "salience", broken)
     with caplog.at_level(logging.WARNING, logger="aptune.report"):
         written = write_report(tmp_path, _recorder())
-    assert "salience" not in written and "density" in written
+    assert "salience.png" not in written and "density.png" in written
     assert "salience.png" in caplog.text
-    assert "plots/salience.png" not in written["markdown"].read_text(encoding="utf-8")
+    assert "plots/salience.png" not in written["report.md"].read_text(encoding="utf-8")
 
 
 def test_recorder_converts_and_validates_values() -> None:
@@ -304,3 +319,23 @@ def test_load_report_errors(tmp_path: Path) -> None:
     path.write_text(json.dumps({"schema_version": REPORT_SCHEMA_VERSION + 1}), encoding="utf-8")
     with pytest.raises(DataError, match="newer"):
         load_report(tmp_path)
+
+
+def test_markdown_formats_free_form_fields_and_pretune_event(tmp_path: Path) -> None:
+    rec = RunRecorder({}, _model_info())
+    rec.log_event({"step": 0, "index": -1, "kind": "pretune", "density": 0.75, "params": 7_500})
+    rec.set("peak_memory", {"peak_rss_mb": 512.0, "cuda_max_allocated_mb": 2048})
+    rec.set("export", {"total_params": 1_234_567, "total_params_ratio": 0.4567, "path": "out/model"})
+    rec.set("teacher_cost", {"seconds": 75.0, "note": "no-grad | forwards"})
+    md = write_report(tmp_path, rec, plots=False)["report.md"].read_text(encoding="utf-8")
+    for row in (
+        "| Peak memory: peak_rss_mb | 512.00 MiB |",
+        "| Peak memory: cuda_max_allocated_mb | 2.00 GiB |",
+        "| export: total_params | 1,234,567 |",
+        "| export: total_params_ratio | 0.457 |",
+        "| export: path | out/model |",
+        "| teacher_cost: seconds | 1 min 15 s |",
+        "| teacher_cost: note | no-grad \\| forwards |",
+        "| pre-tune | 0 | – | 0.750 | 7,500 |",
+    ):
+        assert row in md, f"missing row: {row}"

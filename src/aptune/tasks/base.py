@@ -8,6 +8,7 @@ too, for users who prefer an explicit signature.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -60,11 +61,12 @@ class TaskData:
             logits of each eval batch (e.g. argmax) so evaluation does not keep all logits in memory.
         info: Sizes, sources, split and options, for reports (JSON-serialisable).
 
-    Example:
-        >>> task = load_task("classification", tokenizer, train_file="train.csv")  # doctest: +SKIP
-        >>> trainer = Trainer(model=model, args=args, train_dataset=task.train, eval_dataset=task.eval,
-        ...                   data_collator=task.collator, compute_metrics=task.compute_metrics,
-        ...                   preprocess_logits_for_metrics=task.preprocess_logits_for_metrics)
+    Example::
+
+        task = load_task("classification", tokenizer, train_file="train.csv")
+        trainer = Trainer(model=model, args=args, train_dataset=task.train, eval_dataset=task.eval,
+                          data_collator=task.collator, compute_metrics=task.compute_metrics,
+                          preprocess_logits_for_metrics=task.preprocess_logits_for_metrics)
     """
 
     kind: str
@@ -112,8 +114,8 @@ def load_task(
     kind: str,
     tokenizer: Any,
     *,
-    train_file: str | None = None,
-    eval_file: str | None = None,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     max_length: int = 128,
@@ -164,10 +166,10 @@ def load_task(
         DataError: A problem with the data itself (missing or empty file, missing columns, bad labels,
             empty texts, malformed JSON); the message names the file and the column or value.
 
-    Example:
-        >>> task = load_task("classification", tokenizer, dataset_name="bbc_news")  # doctest: +SKIP
-        >>> task.info["num_train_examples"], task.info["num_eval_examples"], task.num_labels
-        (1780, 445, 5)
+    Example::
+
+        task = load_task("classification", tokenizer, dataset_name="bbc_news")
+        task.info["num_train_examples"], task.info["num_eval_examples"], task.num_labels  # 1780, 445, 5
     """
     key = _normalise_kind(kind)
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 8:

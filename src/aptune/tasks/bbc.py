@@ -97,10 +97,10 @@ def bbc_news_records(
         DataError: If the package is not installed (the message gives the install command) or its
             data folder holds no article.
 
-    Example:
-        >>> train, dev, names = bbc_news_records()  # doctest: +SKIP
-        >>> len(train), len(dev), names[0]
-        (1780, 445, 'business')
+    Example::
+
+        train, dev, names = bbc_news_records()
+        len(train), len(dev), names[0]  # 1780, 445, 'business'
     """
     folder = bbc_news_dir()
     if folder is None:

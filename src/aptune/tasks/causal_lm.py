@@ -21,6 +21,7 @@ of tokens).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aptune.errors import DataError
+from aptune.errors import ConfigError, DataError
 from aptune.tasks.base import TaskData
 from aptune.tasks.bbc import bbc_news_records
 from aptune.tasks.io import (
@@ -209,7 +210,7 @@ class CausalLMCollator:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_text_documents(path: str) -> list[str]:
+def read_text_documents(path: str | os.PathLike[str]) -> list[str]:
     """Read a ``.txt`` corpus: documents are separated by one or more blank lines.
 
     Args:
@@ -282,7 +283,7 @@ def _corpus_from_records(records: Sequence[dict[str, Any]], source: str, text_co
     )
 
 
-def _read_corpus(path: str, text_column: str | None) -> _Corpus:
+def _read_corpus(path: str | os.PathLike[str], text_column: str | None) -> _Corpus:
     suffix = Path(path).suffix.lower()
     if suffix == ".txt":
         return _Corpus(str(path), documents=read_text_documents(path))
@@ -351,8 +352,8 @@ def _tokenize_instructions(
 def load_causal_lm(
     tokenizer: Any,
     *,
-    train_file: str | None = None,
-    eval_file: str | None = None,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     max_length: int = 128,
@@ -391,12 +392,13 @@ def load_causal_lm(
     Raises:
         DataError: Missing/empty/malformed files, no ``text`` (or Alpaca) columns, empty texts, or every
             instruction example's prompt longer than ``max_length``.
+        ConfigError: If ``text_columns`` names more than one column.
     """
     import datasets
 
     if isinstance(text_columns, (list, tuple)):
         if len(text_columns) != 1:
-            raise DataError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
+            raise ConfigError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
         text_columns = text_columns[0]
     text_column: str | None = text_columns  # type: ignore[assignment]
     train: _Corpus | None = None

@@ -10,6 +10,7 @@ never holds all logits.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aptune.errors import DataError, ModelError
+from aptune.errors import ConfigError, DataError, ModelError
 from aptune.tasks.base import TaskData
 from aptune.tasks.bbc import bbc_news_records
 from aptune.tasks.io import (
@@ -279,8 +280,8 @@ def _texts(records: Sequence[dict[str, Any]], columns: Sequence[str], source: st
 def load_classification(
     tokenizer: Any,
     *,
-    train_file: str | None = None,
-    eval_file: str | None = None,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     max_length: int = 128,
@@ -318,6 +319,7 @@ def load_classification(
     Raises:
         DataError: Missing/empty/malformed file, missing columns, empty texts, a label outside
             ``num_labels`` or unknown to the training data; the message names file, column and value.
+        ConfigError: If ``text_columns`` does not name one or two columns.
         ModelError: If the tokenizer has no padding token.
     """
     from transformers import DataCollatorWithPadding
@@ -359,7 +361,7 @@ def load_classification(
     else:
         columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
         if not 1 <= len(columns) <= 2:
-            raise DataError(f"text_columns must name one or two columns, got {list(columns)}.")
+            raise ConfigError(f"text_columns must name one or two columns, got {list(columns)}.")
     for records, source in ((train_records, train_source), (eval_records, eval_source)):
         if records is not None:
             check_columns(

@@ -101,10 +101,10 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         DataError: If the file is missing, empty, has an unsupported extension, is malformed (with
             the line number), holds something other than objects, or has no records.
 
-    Example:
-        >>> rows = read_records("train.csv")  # doctest: +SKIP
-        >>> rows[0]
-        {'sentence': 'a fine film', 'label': '1'}
+    Example::
+
+        rows = read_records("train.csv")
+        rows[0]  # {'sentence': 'a fine film', 'label': '1'}  (CSV cells are strings)
     """
     file = Path(path)
     text = read_text_file(file)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import string
 from collections import Counter
@@ -224,7 +225,7 @@ def qa_examples_from_records(records: Sequence[dict[str, Any]], source: str) -> 
     return examples
 
 
-def read_qa_examples(path: str) -> list[QAExample]:
+def read_qa_examples(path: str | os.PathLike[str]) -> list[QAExample]:
     """Read a SQuAD JSON file or a flat .jsonl/.json/.csv/.tsv QA file.
 
     Args:
@@ -592,8 +593,8 @@ def _features(tokenizer: Any, examples: Sequence[QAExample], max_length: int, do
 def load_qa(
     tokenizer: Any,
     *,
-    train_file: str | None = None,
-    eval_file: str | None = None,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     max_length: int = 128,

@@ -15,6 +15,7 @@ logits; :func:`reduce_seq2seq_logits` then keeps their argmax, which gives teach
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aptune.errors import DataError, ModelError
+from aptune.errors import ConfigError, DataError, ModelError
 from aptune.tasks.base import TaskData
 from aptune.tasks.io import (
     cap_records,
@@ -218,7 +219,7 @@ class Seq2SeqMetrics:
 def _columns(records: Sequence[dict[str, Any]], text_columns: Any, source: str) -> tuple[str, str]:
     if text_columns is not None:
         if isinstance(text_columns, str) or len(text_columns) != 2:
-            raise DataError(f"Seq2seq text_columns must name (source, target), got {text_columns!r}.")
+            raise ConfigError(f"Seq2seq text_columns must name (source, target), got {text_columns!r}.")
         return text_columns[0], text_columns[1]
     found = column_names(records)
     for pair in SEQ2SEQ_COLUMN_CANDIDATES:
@@ -247,8 +248,8 @@ def _pairs(records: Sequence[dict[str, Any]], columns: tuple[str, str], source: 
 def load_seq2seq(
     tokenizer: Any,
     *,
-    train_file: str | None = None,
-    eval_file: str | None = None,
+    train_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     max_length: int = 128,
@@ -287,6 +288,7 @@ def load_seq2seq(
 
     Raises:
         DataError: Missing/empty/malformed files, missing columns, or empty texts.
+        ConfigError: If ``text_columns`` is not a (source, target) pair.
         ModelError: If the tokenizer has no padding token.
     """
     import datasets

@@ -1,0 +1,1 @@
+"""Benchmarks of aptune against the methods users would pick instead (run by hand, not in CI)."""
