@@ -75,7 +75,7 @@ def _args(budget: Budget, out: str, lr: float, total_steps: int) -> TrainingArgu
         per_device_train_batch_size=budget.batch_size,
         per_device_eval_batch_size=64,
         learning_rate=lr,
-        warmup_steps=int(round(0.06 * total_steps)),
+        warmup_steps=round(0.06 * total_steps),
         lr_scheduler_type="linear",
         eval_strategy="steps",
         eval_steps=max(1, total_steps // budget.evaluations),
@@ -88,7 +88,9 @@ def _args(budget: Budget, out: str, lr: float, total_steps: int) -> TrainingArgu
     )
 
 
-def _finish(name: str, trainer: Trainer, clock: _EvalClock, started: float, model, extra: dict | None = None) -> dict:
+def _finish(
+    name: str, trainer: Trainer, clock: _EvalClock, started: float, model, extra: dict | None = None
+) -> dict:
     final = trainer.evaluate()
     return {
         "method": name,
@@ -106,14 +108,19 @@ def run_full_finetuning(budget: Budget, out: str, lr: float = 5e-5) -> dict:
     """FT: every parameter trains."""
     set_seed(budget.seed)
     started = time.perf_counter()
-    task, tokenizer = _task(budget)
+    task, _ = _task(budget)
     model, _ = load_model_and_tokenizer(budget.model, "classification", num_labels=task.num_labels)
     total = math.ceil(len(task.train) / budget.batch_size * budget.epochs)
     clock = _EvalClock()
     trainer = Trainer(
-        model=model, args=_args(budget, out, lr, total), train_dataset=task.train, eval_dataset=task.eval,
-        data_collator=task.collator, compute_metrics=task.compute_metrics,
-        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics, callbacks=[clock],
+        model=model,
+        args=_args(budget, out, lr, total),
+        train_dataset=task.train,
+        eval_dataset=task.eval,
+        data_collator=task.collator,
+        compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        callbacks=[clock],
     )
     trainer.train()
     return _finish("FT", trainer, clock, started, model, {"lr": lr, "steps": total})
@@ -125,19 +132,27 @@ def run_lora(budget: Budget, out: str, lr: float = 5e-4) -> dict:
 
     set_seed(budget.seed)
     started = time.perf_counter()
-    task, tokenizer = _task(budget)
+    task, _ = _task(budget)
     model, _ = load_model_and_tokenizer(budget.model, "classification", num_labels=task.num_labels)
     config = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value", "intermediate.dense"],
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=["query", "value", "intermediate.dense"],
         modules_to_save=["classifier", "pooler"],
     )
     model = get_peft_model(model, config)
     total = math.ceil(len(task.train) / budget.batch_size * budget.epochs)
     clock = _EvalClock()
     trainer = Trainer(
-        model=model, args=_args(budget, out, lr, total), train_dataset=task.train, eval_dataset=task.eval,
-        data_collator=task.collator, compute_metrics=task.compute_metrics,
-        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics, callbacks=[clock],
+        model=model,
+        args=_args(budget, out, lr, total),
+        train_dataset=task.train,
+        eval_dataset=task.eval,
+        data_collator=task.collator,
+        compute_metrics=task.compute_metrics,
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        callbacks=[clock],
     )
     trainer.train()
     merged = model.merge_and_unload()
@@ -152,18 +167,29 @@ def run_apt(budget: Budget, out: str, lr: float = 1e-3, **apt_overrides) -> dict
 
     started = time.perf_counter()
     run_args = RunArguments(
-        model=budget.model, output_dir=out, overwrite=True, num_train_epochs=budget.epochs,
-        batch_size=budget.batch_size, max_length=budget.max_length, seed=budget.seed, learning_rate=lr,
-        evaluations=budget.evaluations, max_train_samples=budget.max_train_samples,
+        model=budget.model,
+        output_dir=out,
+        overwrite=True,
+        num_train_epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        max_length=budget.max_length,
+        seed=budget.seed,
+        learning_rate=lr,
+        evaluations=budget.evaluations,
+        max_train_samples=budget.max_train_samples,
     )
     summary = run_training(run_args, AptConfig(seed=budget.seed, **apt_overrides))
     report = load_report(out)
     phase = report.get("phase_times", {})
-    train_seconds = sum(v for k, v in phase.items() if k in ("pruning", "distillation", "tuning", "calibration"))
+    train_seconds = sum(
+        v for k, v in phase.items() if k in ("pruning", "distillation", "tuning", "calibration")
+    )
     return {
         "method": "APT",
         "final": summary["final_metrics"],
-        "curve": [{"step": e["step"], **{f"eval_{k}": v for k, v in e["metrics"].items()}} for e in report["evals"]],
+        "curve": [
+            {"step": e["step"], **{f"eval_{k}": v for k, v in e["metrics"].items()}} for e in report["evals"]
+        ],
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": peak_rss_mb(),

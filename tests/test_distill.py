@@ -4,7 +4,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from tiny import batch, tiny_bert
 
 import aptune
 from aptune.distill import (
@@ -14,6 +13,7 @@ from aptune.distill import (
     sample_teacher_layers,
 )
 from test_surgery import _random_keep, _randomise_adapters
+from tiny import batch, tiny_bert
 
 
 def test_prediction_loss_is_scaled_kl():

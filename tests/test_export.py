@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 import torch
-from tiny import batch, tiny_bert, tiny_roberta
 
 import aptune
 from aptune.errors import ExportError
 from test_surgery import _random_keep, _randomise_adapters
+from tiny import batch, tiny_bert, tiny_roberta
 
 
 def _pruned(factory, drop_site=None):
@@ -63,7 +63,8 @@ def test_export_loads_without_aptune(tmp_path):
         import sys, torch
         sys.modules["aptune"] = None  # aptune must not be importable
         from transformers import AutoModelForSequenceClassification
-        model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "out")!r}, trust_remote_code=True)
+        folder = {str(tmp_path / "out")!r}
+        model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
         inputs = torch.load({str(tmp_path / "inputs.pt")!r}, weights_only=True)
         with torch.no_grad():
             torch.save(model.eval()(**inputs).logits, {str(tmp_path / "logits.pt")!r})
@@ -71,7 +72,9 @@ def test_export_loads_without_aptune(tmp_path):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "AptBertForSequenceClassification" in result.stdout
     got = torch.load(tmp_path / "logits.pt", weights_only=True)
@@ -86,9 +89,9 @@ def test_tampered_and_foreign_folders_are_refused(tmp_path):
     first = next(iter(config["aptune_plan"]["shapes"]))
     config["aptune_plan"]["shapes"][first][0] += 1
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ExportError, match="does not match model.safetensors"):
+    with pytest.raises(ExportError, match=r"does not match model\.safetensors"):
         aptune.load(out)
-    with pytest.raises(ExportError, match="no config.json"):
+    with pytest.raises(ExportError, match=r"no config\.json"):
         aptune.load(tmp_path)
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "bert"}))

@@ -3,10 +3,10 @@
 import math
 
 import torch
-from tiny import batch, tiny_bert
 
 import aptune
 from aptune.salience import block_kurtosis, excess_kurtosis
+from tiny import batch, tiny_bert
 
 
 def test_collected_salience_equals_brute_force():

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from tiny import batch, tiny_bert, tiny_roberta
 
 import aptune
 from aptune.select import KeepSet
+from tiny import batch, tiny_bert, tiny_roberta
 
 
 def _randomise_adapters(controller, seed=0):

@@ -274,3 +274,19 @@ def test_real_bbc_news_split_is_1780_445():
     assert [sum(r["label"] == k for r in train + held) for k in range(5)] == [510, 386, 417, 511, 401]
     assert train[0]["text"].startswith("Ad sales boost Time Warner profit\n")
     assert len({r["file"] for r in train} & {r["file"] for r in held}) == 0
+
+
+def test_datasets_path_with_a_local_dataset_folder(tmp_path, monkeypatch, wordpiece_tokenizer):
+    # The `dataset_name` path goes through `datasets.load_dataset`; a local folder exercises it offline.
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"sentence": s, "label": i % 2} for i, s in enumerate(SENTENCES)])
+    write_jsonl(folder / "validation.jsonl", [{"sentence": "good film", "label": 1}])
+    task = load_task("classification", wordpiece_tokenizer, dataset_name=str(folder))
+    assert (len(task.train), len(task.eval)) == (6, 1)
+    assert task.info["split"] == "data set splits 'train' / 'validation'"
+    with pytest.raises(DataError, match="Could not load the data set"):
+        load_task("classification", wordpiece_tokenizer, dataset_name=str(tmp_path / "missing"))

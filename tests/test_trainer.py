@@ -3,11 +3,11 @@
 import datasets
 import pytest
 import torch
-from tiny import tiny_bert
 from transformers import TrainingArguments
 
 import aptune
 from aptune.errors import ConfigError
+from tiny import tiny_bert
 
 
 def _dataset(n=64, length=12, seed=0):
@@ -37,7 +37,11 @@ def test_trainer_prunes_to_target_and_exports(tmp_path):
     model = tiny_bert()
     config = aptune.AptConfig(target_density=0.5, num_events=3)
     trainer = aptune.AptTrainer(
-        model=model, args=_args(tmp_path), apt_config=config, train_dataset=_dataset(), eval_dataset=_dataset(16, seed=1)
+        model=model,
+        args=_args(tmp_path),
+        apt_config=config,
+        train_dataset=_dataset(),
+        eval_dataset=_dataset(16, seed=1),
     )
     controller = trainer.apt_controller
     optimizer_ids = None
@@ -65,7 +69,9 @@ def test_trainer_prunes_to_target_and_exports(tmp_path):
 def test_trainer_pretune_prune_mode(tmp_path):
     model = tiny_bert()
     config = aptune.AptConfig(target_density=0.5, num_events=3, pretune_prune=True, calibration_samples=16)
-    trainer = aptune.AptTrainer(model=model, args=_args(tmp_path, steps=30), apt_config=config, train_dataset=_dataset())
+    trainer = aptune.AptTrainer(
+        model=model, args=_args(tmp_path, steps=30), apt_config=config, train_dataset=_dataset()
+    )
     trainer.train()
     controller = trainer.apt_controller
     assert controller.events[0]["kind"] == "pretune"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 
 def tiny_bert(num_labels: int = 3, seed: int = 0, dropout: float = 0.0) -> BertForSequenceClassification:
@@ -23,7 +28,9 @@ def tiny_bert(num_labels: int = 3, seed: int = 0, dropout: float = 0.0) -> BertF
     return BertForSequenceClassification(config).eval()
 
 
-def tiny_roberta(num_labels: int = 2, seed: int = 0, dropout: float = 0.0) -> RobertaForSequenceClassification:
+def tiny_roberta(
+    num_labels: int = 2, seed: int = 0, dropout: float = 0.0
+) -> RobertaForSequenceClassification:
     """A 2-layer RoBERTa classifier (hidden 48, 4 heads, FFN 96)."""
     torch.manual_seed(seed)
     config = RobertaConfig(

@@ -5,7 +5,8 @@ least salient attention heads, FFN neurons and hidden dimensions; end with a sma
 
     >>> import aptune
     >>> controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=1000)
-    >>> trainer = aptune.AptTrainer(model=model, args=args, apt_config=aptune.AptConfig(target_density=0.4), ...)
+    >>> config = aptune.AptConfig(target_density=0.4)
+    >>> trainer = aptune.AptTrainer(model=model, args=args, apt_config=config, train_dataset=train)
 """
 
 from aptune.config import AptConfig

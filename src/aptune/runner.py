@@ -41,11 +41,21 @@ class RunArguments:
     80/20 split, seed 0), 3 epochs at batch 16 and 128 tokens.
     """
 
-    model: str | None = field(default=None, metadata={"help": "Model folder or hub name (default: minilm-l6)."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or name (default: the model's)."})
-    task: str = field(default="classification", metadata={"help": "classification | qa | causal-lm | seq2seq."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data (.csv/.tsv/.json/.jsonl/.txt)."})
-    eval_file: str | None = field(default=None, metadata={"help": "Evaluation data (default: held out from train)."})
+    model: str | None = field(
+        default=None, metadata={"help": "Model folder or hub name (default: minilm-l6)."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or name (default: the model's)."}
+    )
+    task: str = field(
+        default="classification", metadata={"help": "classification | qa | causal-lm | seq2seq."}
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training data (.csv/.tsv/.json/.jsonl/.txt)."}
+    )
+    eval_file: str | None = field(
+        default=None, metadata={"help": "Evaluation data (default: held out from train)."}
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Built-in (bbc_news, bbc_causal_lm) or datasets name."}
     )
@@ -54,19 +64,31 @@ class RunArguments:
     label_column: str = field(default="label", metadata={"help": "Label column (classification)."})
     num_labels: int | None = field(default=None, metadata={"help": "Number of classes (default: inferred)."})
     max_length: int = field(default=128, metadata={"help": "Maximum tokens per input."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training rows."}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
     output_dir: str = field(default="runs/aptune-default", metadata={"help": "Folder of the run's results."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run in output_dir."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (ignored with max_steps)."})
-    max_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps (overrides epochs)."})
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "Training epochs (ignored with max_steps)."}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Total optimizer steps (overrides epochs)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
     eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (adapters and task head)."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate (adapters and task head)."}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Share of steps of linear LR warm-up."})
-    evaluations: int = field(default=6, metadata={"help": "Dev evaluations during training (0: only at the end)."})
+    evaluations: int = field(
+        default=6, metadata={"help": "Dev evaluations during training (0: only at the end)."}
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed of data split, initialisation and training."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (CUDA or recent CPUs)."})
@@ -127,7 +149,8 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
     if path.is_dir() and any(path.iterdir()):
         if not ((path / RUN_ARGS_FILE).exists() or (path / "report.json").exists()):
             raise ConfigError(
-                f"output folder {path} is not empty and does not hold an aptune run; choose another --output-dir"
+                f"output folder {path} is not empty and does not hold an aptune run; "
+                "choose another --output-dir"
             )
         if not overwrite:
             raise ConfigError(
@@ -137,7 +160,11 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def load_model_and_tokenizer(
-    name: str | None, task: str, *, tokenizer_name: str | None = None, num_labels: int | None = None,
+    name: str | None,
+    task: str,
+    *,
+    tokenizer_name: str | None = None,
+    num_labels: int | None = None,
     label_names: list[str] | None = None,
 ):
     """Load a model for ``task`` and its tokenizer; built-in names resolve to pip-shipped files.
@@ -151,9 +178,10 @@ def load_model_and_tokenizer(
     local = Path(path)
     if local.exists() and not (local / "config.json").is_file() and "gguf_file" not in extra:
         raise ModelError(
-            f"{path} is not a model folder (no config.json); pass a folder written by save_pretrained or a hub name"
+            f"{path} is not a model folder (no config.json); "
+            "pass a folder written by save_pretrained or a hub name"
         )
-    if not local.exists() and (path.startswith((".", "/", "~")) or os.sep in path and path.count("/") > 1):
+    if not local.exists() and (path.startswith((".", "/", "~")) or (os.sep in path and path.count("/") > 1)):
         raise ModelError(f"model path {path} does not exist")
     auto = getattr(transformers, _MODEL_CLASSES[task])
     kwargs: dict[str, Any] = dict(extra)
@@ -218,7 +246,10 @@ def _inference_throughput(model, dataset, collator, batch_size: int, batches: in
     if len(times) > 1:  # the first batch warms up
         samples -= len(rows[:batch_size])
         times = times[1:]
-    return {"inference_samples_per_second": samples / max(sum(times), 1e-9), "inference_batch_size": batch_size}
+    return {
+        "inference_samples_per_second": samples / max(sum(times), 1e-9),
+        "inference_batch_size": batch_size,
+    }
 
 
 def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=None) -> dict:
@@ -249,13 +280,18 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     if task.train is None or len(task.train) == 0:
         raise ConfigError("no training data: pass --train-file (or a dataset with a training split)")
     model, tokenizer = load_model_and_tokenizer(
-        model_name, task.kind, tokenizer_name=run_args.tokenizer, num_labels=task.num_labels,
+        model_name,
+        task.kind,
+        tokenizer_name=run_args.tokenizer,
+        num_labels=task.num_labels,
         label_names=task.label_names,
     )
     total_params_before = sum(p.numel() for p in model.parameters())
     load_seconds = time.perf_counter() - started
 
-    steps_per_epoch = math.ceil(len(task.train) / (run_args.batch_size * run_args.gradient_accumulation_steps))
+    steps_per_epoch = math.ceil(
+        len(task.train) / (run_args.batch_size * run_args.gradient_accumulation_steps)
+    )
     total_steps = run_args.max_steps or math.ceil(steps_per_epoch * run_args.num_train_epochs)
     eval_every = max(1, total_steps // run_args.evaluations) if run_args.evaluations and task.eval else None
     if out.exists() and run_args.overwrite:
@@ -274,7 +310,7 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         gradient_accumulation_steps=run_args.gradient_accumulation_steps,
         learning_rate=run_args.learning_rate,
         weight_decay=run_args.weight_decay,
-        warmup_steps=int(round(run_args.warmup_ratio * total_steps)),
+        warmup_steps=round(run_args.warmup_ratio * total_steps),
         lr_scheduler_type="linear",
         logging_steps=run_args.logging_steps,
         eval_strategy="steps" if eval_every else "no",
@@ -294,7 +330,10 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     controller = prepare_(model, apt_config, total_steps=total_steps)
     recorder = RunRecorder(
         {"apt": apt_config.to_dict(), "run": asdict(run_args), "schedule": controller.schedule.to_dict()},
-        {**_model_info(model, controller, model_name or "minilm-l6"), "total_params_before": total_params_before},
+        {
+            **_model_info(model, controller, model_name or "minilm-l6"),
+            "total_params_before": total_params_before,
+        },
     )
     recorder.set_phase_time("load", load_seconds)
     recorder.set("data", task.info)
@@ -316,7 +355,9 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         metrics = trainer.evaluate()
         recorder.set_phase_time("final_eval", time.perf_counter() - began)
         # the Trainer's on_evaluate callback already logged these metrics into the recorder
-        final_metrics = {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        final_metrics = {
+            k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+        }
     recorder.set("final_metrics", final_metrics)
     began = time.perf_counter()
     small = trainer.export(out / "model")
@@ -361,8 +402,12 @@ def _load_tokenizer_only(run_args: RunArguments):
     name = run_args.tokenizer or path
     if not Path(name).exists() and (name.startswith((".", "/", "~"))):
         raise ModelError(f"model path {name} does not exist")
-    if Path(name).is_dir() and not any(Path(name).iterdir()):
-        raise ModelError(f"{name} is an empty folder, not a model")
+    model_dir = Path(path)
+    if model_dir.is_dir() and not (model_dir / "config.json").is_file() and "gguf_file" not in extra:
+        raise ModelError(
+            f"{path} is not a model folder (no config.json); "
+            "pass a folder written by save_pretrained or a hub name"
+        )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, **extra)
     except (OSError, ValueError, TypeError) as exc:
@@ -416,13 +461,20 @@ def evaluate_run(run_dir: str | Path, *, eval_file: str | None = None, batch_siz
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
-            str(run_dir / "eval-tmp"), per_device_eval_batch_size=batch_size, report_to=[], use_cpu=run_args.cpu
+            str(run_dir / "eval-tmp"),
+            per_device_eval_batch_size=batch_size,
+            report_to=[],
+            use_cpu=run_args.cpu,
         ),
         eval_dataset=task.eval,
         data_collator=task.collator,
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
     )
-    metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
+    metrics = {
+        k.removeprefix("eval_"): float(v)
+        for k, v in trainer.evaluate().items()
+        if isinstance(v, (int, float))
+    }
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics

@@ -108,7 +108,9 @@ def excess_kurtosis(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.where(var > 0, kurt, torch.zeros_like(kurt)).float()
 
 
-def block_kurtosis(weight: torch.Tensor, mean_input: torch.Tensor, unit_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def block_kurtosis(
+    weight: torch.Tensor, mean_input: torch.Tensor, unit_width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Kurtosis bonuses of the blocks read by one output projection (``o`` or ``down``).
 
     The products ``O = W * mean_input`` (``W``: ``(d_model, channels)`` merged weight) are split into

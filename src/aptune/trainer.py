@@ -48,8 +48,9 @@ def describe_event(record: dict) -> str:
     ranks = sorted(set(record["ranks"].values()))
     rank_text = f"{ranks[0]}..{ranks[-1]}" if len(ranks) > 1 else (str(ranks[0]) if ranks else "-")
     return (
-        f"[aptune] step {record['step']}: density {record['density']:.3f} (target {record['target_density']:.3f}), "
-        f"removed {removed['heads']} heads, {removed['neurons']} FFN neurons, {removed['hidden']} hidden dims; "
+        f"[aptune] step {record['step']}: density {record['density']:.3f} "
+        f"(target {record['target_density']:.3f}), removed {removed['heads']} heads, "
+        f"{removed['neurons']} FFN neurons, {removed['hidden']} hidden dims; "
         f"hidden {record['hidden_size']}, heads/layer {record['heads_per_layer']}; "
         f"{len(grown)} adapters grew, ranks {rank_text}"
     )
@@ -129,12 +130,16 @@ class AptCallback(TrainerCallback):
         now = time.perf_counter()
         phase = self._phase_of(state.global_step)
         if phase != self._phase:
-            self._phase_times[self._phase] = self._phase_times.get(self._phase, 0.0) + now - self._phase_started
+            self._phase_times[self._phase] = (
+                self._phase_times.get(self._phase, 0.0) + now - self._phase_started
+            )
             self._phase, self._phase_started = phase, now
         for callback in self.trainer.callback_handler.callbacks:
             bar = getattr(callback, "training_bar", None)
             if isinstance(callback, ProgressCallback) and bar is not None:
-                bar.set_postfix(density=f"{controller.density():.3f}", params=_format_count(controller.param_count()))
+                bar.set_postfix(
+                    density=f"{controller.density():.3f}", params=_format_count(controller.param_count())
+                )
         if self.recorder is not None:
             parts = controller.last_loss_parts
             values = {
@@ -154,7 +159,9 @@ class AptCallback(TrainerCallback):
         extra = {"density": round(controller.density(), 4), "params": controller.param_count()}
         parts = controller.last_loss_parts
         if controller.distilling and parts.mu is not None:
-            extra.update(task_loss=parts.task, distill_pred=parts.pred, distill_layer=parts.layer, mu=parts.mu)
+            extra.update(
+                task_loss=parts.task, distill_pred=parts.pred, distill_layer=parts.layer, mu=parts.mu
+            )
         logs.update(extra)
         if state.log_history:
             state.log_history[-1].update(extra)
@@ -177,7 +184,8 @@ class AptCallback(TrainerCallback):
                 memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
             self.recorder.set("peak_memory", memory)
             self.recorder.set(
-                "teacher_cost", {"seconds": self.controller.teacher_seconds, "note": "no-grad teacher forwards"}
+                "teacher_cost",
+                {"seconds": self.controller.teacher_seconds, "note": "no-grad teacher forwards"},
             )
 
 
@@ -199,9 +207,13 @@ class AptTrainer(Trainer):
         >>> small = trainer.export("out/model")
     """
 
-    def __init__(self, model=None, args=None, *more, apt_config: AptConfig | None = None, recorder=None, **kwargs):
+    def __init__(
+        self, model=None, args=None, *more, apt_config: AptConfig | None = None, recorder=None, **kwargs
+    ):
         if model is None:
-            raise ModelError("AptTrainer needs a model (model_init is not supported: the model is pruned in place)")
+            raise ModelError(
+                "AptTrainer needs a model (model_init is not supported: the model is pruned in place)"
+            )
         controller = getattr(model, "_aptune_controller", None) or prepare_(model, apt_config)
         self.apt_controller: AptController = controller
         super().__init__(model, args, *more, **kwargs)
@@ -213,7 +225,9 @@ class AptTrainer(Trainer):
         """Task loss, or the distillation mixture while a teacher snapshot is active."""
         controller = self.apt_controller
         if not (controller.distilling and model.training):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         teacher_outputs = controller.teacher_forward(inputs)
         outputs = model(**inputs, output_hidden_states=True)
         task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]

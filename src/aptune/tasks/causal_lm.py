@@ -396,11 +396,13 @@ def load_causal_lm(
     """
     import datasets
 
-    if isinstance(text_columns, (list, tuple)):
-        if len(text_columns) != 1:
-            raise ConfigError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
-        text_columns = text_columns[0]
-    text_column: str | None = text_columns  # type: ignore[assignment]
+    text_column: str | None
+    if text_columns is None or isinstance(text_columns, str):
+        text_column = text_columns
+    elif len(text_columns) == 1:
+        text_column = text_columns[0]
+    else:
+        raise ConfigError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
     train: _Corpus | None = None
     held: _Corpus | None = None
     split = "eval file given"

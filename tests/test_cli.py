@@ -1,0 +1,196 @@
+"""The aptune command: help, a tiny end-to-end train, report files, and clean errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from transformers import BertTokenizerFast
+
+from aptune.cli import main
+from tiny import tiny_bert
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "plot", "very", "the", "was"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer.save_pretrained(folder)
+    model = tiny_bert(num_labels=2)
+    model.config.vocab_size = 120
+    model.save_pretrained(folder)
+    return folder
+
+
+def _csv(path, rows, header="text,label"):
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _rows(n=48):
+    positive = ["the movie was very good", "great film", "the plot was fine", "very good plot"]
+    negative = ["the movie was awful", "bad film", "the plot was poor", "very bad plot"]
+    rows = []
+    for i in range(n):
+        text = positive[i % 4] if i % 2 == 0 else negative[i % 4]
+        rows.append(f"{text},{'pos' if i % 2 == 0 else 'neg'}")
+    return rows
+
+
+def run_cli(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_commands_and_generated_options(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "train" in out and "bench" in out
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    for option in (
+        "--target-density",
+        "--initial-rank",
+        "--num-events",
+        "--train-file",
+        "--max-steps",
+        "--no-distill",
+    ):
+        assert option in out
+    code, out, _ = run_cli(["bench", "--help"], capsys)
+    assert "NOT IMPLEMENTED" in out
+
+
+def test_train_end_to_end_writes_model_and_report(tmp_path, tiny_model_dir, capsys):
+    train = _csv(tmp_path / "train.csv", _rows(48))
+    dev = _csv(tmp_path / "dev.csv", _rows(16))
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--train-file",
+        str(train),
+        "--eval-file",
+        str(dev),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "30",
+        "--batch-size",
+        "8",
+        "--num-events",
+        "3",
+        "--target-density",
+        "0.5",
+        "--max-length",
+        "16",
+        "--evaluations",
+        "2",
+        "--logging-steps",
+        "5",
+    ]
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 0, stderr[-2000:]
+    assert "exported model" in stdout and "report" in stdout
+    for name in ("report.json", "report.md", "run_args.json", "apt_config.json", "model/model.safetensors"):
+        assert (out / name).exists(), name
+    for plot in ("density", "structure", "ranks", "loss", "salience"):
+        data = (out / "plots" / f"{plot}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["events"]) == 3
+    assert report["summary"]["final_density"] <= 0.5 + 1e-6
+    assert "accuracy" in report["final_metrics"]
+    assert report["export"]["total_params"] < report["export"]["total_params_before"]
+    markdown = (out / "report.md").read_text()
+    assert "plots/density.png" in markdown
+    # the same folder again is refused unless --overwrite
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and "--overwrite" in stderr
+    # eval on the exported model
+    code, stdout, stderr = run_cli(["eval", str(out), "--eval-file", str(dev)], capsys)
+    assert code == 0, stderr
+    assert "accuracy" in stdout
+    assert json.loads((out / "eval.json").read_text())["accuracy"] == pytest.approx(
+        report["final_metrics"]["accuracy"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_file", "does not exist"),
+        ("empty_file", "empty"),
+        ("wrong_columns", "column"),
+        ("labels_out_of_range", "label"),
+        ("bad_density", "target_density"),
+        ("not_a_model", "not a model"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, expected):
+    train = _csv(tmp_path / "train.csv", _rows(20))
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--train-file",
+        str(train),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "30",
+    ]
+    if case == "missing_file":
+        args[args.index(str(train))] = str(tmp_path / "nope.csv")
+    elif case == "empty_file":
+        (tmp_path / "empty.csv").write_text("")
+        args[args.index(str(train))] = str(tmp_path / "empty.csv")
+    elif case == "wrong_columns":
+        _csv(train, ["a,0", "b,1"], header="review,label")
+    elif case == "labels_out_of_range":
+        _csv(train, ["good film,0", "bad film,7"] * 5)
+        args += ["--num-labels", "2"]
+    elif case == "bad_density":
+        args += ["--target-density", "1.5"]
+    elif case == "not_a_model":
+        (tmp_path / "empty-model").mkdir()
+        (tmp_path / "empty-model" / "notes.txt").write_text("hello")
+        args[args.index(str(tiny_model_dir))] = str(tmp_path / "empty-model")
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2
+    assert expected.lower() in stderr.lower()
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_error_in_a_real_process_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aptune.cli",
+            "train",
+            "--train-file",
+            str(tmp_path / "missing.csv"),
+            "--model",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("aptune: error:")
