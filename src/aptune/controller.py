@@ -479,7 +479,7 @@ class AptController:
         grown = {}
         for path in chosen:
             adapter = self.adapters[path]
-            new_rank = min(max_rank, int(math.floor(adapter.rank * factor)))
+            new_rank = min(max_rank, math.floor(adapter.rank * factor))
             if new_rank > adapter.rank:
                 grown[path] = grow_adapter_(adapter, new_rank, optimizer, self.generator)
         return grown

@@ -465,6 +465,7 @@ def evaluate_run(run_dir: str | Path, *, eval_file: str | None = None, batch_siz
             per_device_eval_batch_size=batch_size,
             report_to=[],
             use_cpu=run_args.cpu,
+            dataloader_pin_memory=torch.cuda.is_available(),
         ),
         eval_dataset=task.eval,
         data_collator=task.collator,
