@@ -9,20 +9,24 @@ pruning event and feeds an optional `aptune.report.RunRecorder`.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from aptune.checkpoint import load_controller_state, save_controller_state
 from aptune.config import AptConfig
 from aptune.controller import AptController, prepare_
-from aptune.errors import ConfigError, ModelError
+from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
 
-__all__ = ["AptCallback", "AptTrainer", "peak_rss_mb"]
+__all__ = ["AptCallback", "AptTrainer", "TrainingDivergedError", "peak_rss_mb"]
 
 logger = logging.getLogger("aptune")
 
@@ -31,6 +35,10 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class TrainingDivergedError(AptuneError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
 def _format_count(n: float) -> str:
@@ -168,6 +176,11 @@ class AptCallback(TrainerCallback):
         if self.recorder is not None:
             self.recorder.log_step(state.global_step, loss=logs["loss"], lr=logs.get("learning_rate", 0.0))
 
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.trainer.is_world_process_zero() and folder.is_dir():
+            save_controller_state(self.controller, folder)
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.recorder is not None and metrics:
             clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -234,10 +247,47 @@ class AptTrainer(Trainer):
         if task_loss is None:
             raise ModelError("the model returned no loss: the training batches must contain labels")
         loss, _ = controller.distillation_loss(outputs, teacher_outputs, task_loss, inputs)
+        self._check_finite(loss)
         if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
             # the Trainer skips its own division when the model normalises by num_items_in_batch
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not self.model.training:
+            return
+        value = float(loss.detach().float())
+        if math.isfinite(value):
+            return
+        last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        where = (
+            f"the last good checkpoint is {last}; resume from it with a lower learning rate "
+            f"(e.g. --resume-from-checkpoint {last} --learning-rate {self.args.learning_rate / 4:g})"
+            if last
+            else "no checkpoint was saved (set --save-steps to keep some); "
+            "restart with a lower learning rate "
+            f"(e.g. --learning-rate {self.args.learning_rate / 4:g})"
+        )
+        raise TrainingDivergedError(
+            f"the training loss became {value} at step {self.state.global_step + 1}; {where}"
+        )
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """`Trainer.train`, after rebuilding the pruned structure of ``resume_from_checkpoint``.
+
+        A pruned checkpoint only loads into a model of its own shapes, so the controller state saved
+        with it is applied first (see `aptune.checkpoint`); the Trainer then loads weights, optimizer
+        and scheduler as usual.
+        """
+        if resume_from_checkpoint is True or resume_from_checkpoint == "last":
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ConfigError(f"no checkpoint found in {self.args.output_dir} to resume from")
+        if resume_from_checkpoint:
+            if not Path(resume_from_checkpoint).is_dir():
+                raise ConfigError(f"checkpoint folder {resume_from_checkpoint} does not exist")
+            load_controller_state(self.apt_controller, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def calibrate_and_prune_(self) -> dict:
         """One-shot pruning before tuning from ``calibration_samples`` training examples."""
