@@ -29,8 +29,9 @@ SCRIPT = textwrap.dedent(
         {"input_ids": ids.tolist(), "attention_mask": [[1] * 12] * 64, "labels": (ids[:, 1] % 3).tolist()}
     )
     args = TrainingArguments(
-        out, max_steps=60, per_device_train_batch_size=8, learning_rate=5e-3, save_strategy="steps", save_steps=5,
-        report_to=[], use_cpu=True, disable_tqdm=True, seed=0, logging_steps=100, dataloader_pin_memory=False,
+        out, max_steps=60, per_device_train_batch_size=8, learning_rate=5e-3, save_strategy="steps",
+        save_steps=5, report_to=[], use_cpu=True, disable_tqdm=True, seed=0, logging_steps=100,
+        dataloader_pin_memory=False,
     )
 
     class Kill(TrainerCallback):
@@ -101,7 +102,21 @@ def test_resume_from_a_different_config_is_refused(tmp_path):
     controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.5), total_steps=100)
     save_controller_state(controller, tmp_path)
     other = aptune.prepare_(tiny_bert(), aptune.AptConfig(target_density=0.3), total_steps=100)
-    with pytest.raises(aptune.ConfigError, match="different AptConfig.*target_density"):
+    with pytest.raises(aptune.ConfigError, match=r"different AptConfig.*target_density"):
         load_controller_state(other, tmp_path)
     with pytest.raises(aptune.ConfigError, match="no aptune controller state"):
         load_controller_state(other, tmp_path / "missing")
+
+
+def test_interrupted_checkpoint_folders_are_skipped(tmp_path):
+    from aptune.checkpoint import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path) is None
+    for step, complete in ((5, True), (10, True), (15, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        if complete:
+            (folder / "aptune_state.json").write_text("{}")
+            (folder / "aptune_state.safetensors").write_bytes(b"")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"

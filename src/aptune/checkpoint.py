@@ -28,6 +28,7 @@ __all__ = [
     "STATE_JSON",
     "STATE_TENSORS",
     "has_controller_state",
+    "last_complete_checkpoint",
     "load_controller_state",
     "save_controller_state",
 ]
@@ -52,6 +53,23 @@ def has_controller_state(folder: str | Path) -> bool:
     """Whether ``folder`` holds a saved controller state."""
     folder = Path(folder)
     return (folder / STATE_JSON).is_file() and (folder / STATE_TENSORS).is_file()
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` folder whose save finished.
+
+    The Trainer writes a checkpoint folder in place; aptune writes its controller state last, so a
+    folder without it was interrupted while saving and is skipped.
+    """
+    folders = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and suffix.isdigit():
+            folders.append((int(suffix), path))
+    for _, path in sorted(folders, reverse=True):
+        if has_controller_state(path) and (path / "trainer_state.json").is_file():
+            return path
+    return None
 
 
 def save_controller_state(controller, folder: str | Path) -> None:

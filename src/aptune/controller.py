@@ -40,6 +40,7 @@ from aptune.distill import (
     sample_teacher_layers,
 )
 from aptune.errors import ConfigError, ModelError
+from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
 from aptune.salience import block_kurtosis
 from aptune.schedule import Schedule, build_schedule
@@ -175,13 +176,26 @@ class AptController:
             ffn.append(self._num_neurons(i))
         return {"heads_per_layer": heads, "ffn_per_layer": ffn, "hidden_size": self.layout.hidden_size}
 
-    def alive_layers(self) -> list[bool]:
-        """Per layer: keeps at least one attention unit and one FFN neuron (distillation mapping)."""
-        alive = [True] * self.layout.num_layers
-        for i, site in enumerate(self.layout.attention):
-            if site.stack in ("encoder", "decoder") and self._num_units(i) == 0:
+    def alive_layers(self, stack: str | None = None) -> list[bool]:
+        """Per layer: keeps at least one attention unit and one FFN neuron (distillation mapping).
+
+        Args:
+            stack: Only the layers of this stack (``"encoder"`` or ``"decoder"``, for
+                encoder-decoders); None: every site counts, indexed by its layer number.
+        """
+        attention = [(i, s) for i, s in enumerate(self.layout.attention) if s.stack in ("encoder", "decoder")]
+        ffn = list(enumerate(self.layout.ffn))
+        if stack is not None:
+            attention = [(i, s) for i, s in attention if s.stack == stack]
+            ffn = [(i, s) for i, s in ffn if s.stack == stack]
+            count = 1 + max((s.layer for _, s in attention + ffn), default=-1)
+        else:
+            count = self.layout.num_layers
+        alive = [True] * count
+        for i, site in attention:
+            if self._num_units(i) == 0:
                 alive[site.layer] = False
-        for i, site in enumerate(self.layout.ffn):
+        for i, site in ffn:
             if self._num_neurons(i) == 0:
                 alive[site.layer] = False
         return alive
@@ -346,7 +360,7 @@ class AptController:
         head_costs, neuron_costs = self._costs()
         head_groups = _cat([torch.full((self._num_units(i),), i) for i in range(len(self.layout.attention))])
         neuron_groups = _cat([torch.full((self._num_neurons(i),), i) for i in range(len(self.layout.ffn))])
-        return select_keep_set(
+        keep = select_keep_set(
             head_scores,
             neuron_scores,
             hidden_scores if self.config.prune_hidden else None,
@@ -361,6 +375,26 @@ class AptController:
             prune_hidden=self.config.prune_hidden,
             num_hidden=self.layout.hidden_size,
         )
+        return self._keep_min_units(keep, head_scores, head_costs)
+
+    def _keep_min_units(self, keep: KeepSet, head_scores: torch.Tensor, head_costs: torch.Tensor) -> KeepSet:
+        # Sites with a floor (T5's last cross-attention) keep their best units even when the budget
+        # would drop them; this can exceed the budget by a few units, which later events absorb.
+        start, changed = 0, False
+        for i, site in enumerate(self.layout.attention):
+            units = self._num_units(i)
+            need = min(site.min_units, units)
+            kept = keep.heads[start : start + units]
+            if need and int(kept.sum()) < need:
+                best = torch.argsort(head_scores[start : start + units].float().cpu(), descending=True)
+                kept[best[:need].to(kept.device)] = True
+                changed = True
+            start += units
+        if changed:
+            keep.params = parameter_count(
+                head_costs[keep.heads.cpu()], self._costs()[1][keep.neurons.cpu()], int(keep.hidden.sum())
+            )
+        return keep
 
     def _split(self, flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
         return list(torch.split(flat, sizes)) if sizes else []
@@ -628,6 +662,12 @@ class AptController:
         collector_active = self.state.collector.active
         self.state.collector.active = False
         try:
+            inputs = dict(inputs)
+            if self._encoder_decoder and "decoder_input_ids" not in inputs and "labels" in inputs:
+                # the student derives its decoder inputs from the labels; the teacher gets none
+                inputs["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(
+                    labels=inputs["labels"]
+                )
             inputs = {
                 k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")
             }
@@ -647,26 +687,36 @@ class AptController:
         cfg = self.config
         schedule = self._require_schedule()
         mu = schedule.mu(self.step_count + 1)
-        valid = None
+        valid = self._valid_positions(inputs)
         pred_terms = []
         for name in _PREDICTION_FIELDS:
             s = getattr(student_outputs, name, None)
             t = getattr(teacher_outputs, name, None)
             if s is None or t is None:
                 continue
-            if s.dim() == 3 and "attention_mask" in inputs:
-                valid = inputs["attention_mask"].bool()
-            pred_terms.append(self._pred_loss(s, t, valid if s.dim() == 3 else None))
+            # token-level logits (..., T, V) count only real target positions
+            mask = valid if valid is not None and s.dim() == 3 and valid.shape == s.shape[:2] else None
+            pred_terms.append(self._pred_loss(s, t, mask))
         pred = torch.stack(pred_terms).mean() if pred_terms else task_loss.new_zeros(())
         layer = task_loss.new_zeros(())
-        s_states = getattr(student_outputs, "hidden_states", None)
-        t_states = getattr(teacher_outputs, "hidden_states", None)
-        if s_states is not None and t_states is not None and self.transform is not None:
-            n_layers = len(t_states) - 1
-            layers = sample_teacher_layers(n_layers, cfg.num_teacher_layers, self.generator)
-            layer = self._layer_loss(
-                s_states[1:], t_states[1:], layers, self.alive_layers(), self.transform, cfg.layer_mapping
+        layer_terms = []
+        for s_states, t_states, alive in self._hidden_state_pairs(student_outputs, teacher_outputs):
+            if self.transform is None:
+                break
+            layers = sample_teacher_layers(len(t_states) - 1, cfg.num_teacher_layers, self.generator)
+            layer_terms.append(
+                self._layer_loss(
+                    s_states[1:],
+                    t_states[1:],
+                    layers,
+                    alive,
+                    self.transform,
+                    cfg.layer_mapping,
+                    normalise=self._encoder_decoder,
+                )
             )
+        if layer_terms:
+            layer = torch.stack(layer_terms).mean()
         distill = cfg.alpha_pred * pred + cfg.alpha_layer * layer
         loss = mu * distill + (1 - mu) * task_loss.float()
         parts = LossParts(
@@ -674,6 +724,36 @@ class AptController:
         )
         self.last_loss_parts = parts
         return loss, parts
+
+    @property
+    def _encoder_decoder(self) -> bool:
+        return bool(getattr(getattr(self.model, "config", None), "is_encoder_decoder", False))
+
+    def _valid_positions(self, inputs: dict) -> torch.Tensor | None:
+        # Which token positions of the logits count: decoder targets for encoder-decoders (the
+        # encoder's attention_mask has the source length), the attention mask otherwise.
+        if self._encoder_decoder:
+            if inputs.get("decoder_attention_mask") is not None:
+                return inputs["decoder_attention_mask"].bool()
+            labels = inputs.get("labels")
+            return labels != -100 if labels is not None else None
+        mask = inputs.get("attention_mask")
+        return mask.bool() if mask is not None else None
+
+    def _hidden_state_pairs(self, student_outputs, teacher_outputs) -> list[tuple]:
+        # (student states, teacher states, alive layers) per stack; encoder-decoders return their
+        # stacks separately and the layer loss averages them (apt-method.md 6.2)
+        s_states = getattr(student_outputs, "hidden_states", None)
+        t_states = getattr(teacher_outputs, "hidden_states", None)
+        if s_states is not None and t_states is not None:
+            return [(s_states, t_states, self.alive_layers())]
+        pairs = []
+        for stack in ("encoder", "decoder"):
+            s_states = getattr(student_outputs, f"{stack}_hidden_states", None)
+            t_states = getattr(teacher_outputs, f"{stack}_hidden_states", None)
+            if s_states is not None and t_states is not None:
+                pairs.append((s_states, t_states, self.alive_layers(stack)))
+        return pairs
 
     # ------------------------------------------------------------------ internals used by prepare_
     _optimizer_ref = None
@@ -735,6 +815,7 @@ def prepare_(
             "this model was already prepared by aptune; reuse its controller (model._aptune_controller)"
         )
     layout = build_layout(model)
+    apply_patches_(model, layout.patches)
     for param in model.parameters():
         param.requires_grad_(False)
     controller = AptController(model, config, layout)

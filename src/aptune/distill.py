@@ -32,6 +32,7 @@ __all__ = [
     "PredictionDistillLoss",
     "Teacher",
     "nearest_alive_candidates",
+    "rms_normalise",
     "sample_teacher_layers",
 ]
 
@@ -113,8 +114,19 @@ def nearest_alive_candidates(layer: int, alive: Sequence[bool], mode: str = "nea
     return [i for i in (below, above) if i is not None]
 
 
+def rms_normalise(states: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``states / sqrt(mean(states**2, -1) + eps)`` in float32 (the authors' seq2seq layer loss)."""
+    states = states.float()
+    return states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class LayerDistillLoss(nn.Module):
-    """Sum over teacher layers of ``MSE(Tr(H_student[phi(i)]), H_teacher[i])`` (mean reduction)."""
+    """Sum over teacher layers of ``MSE(Tr(H_student[phi(i)]), H_teacher[i])`` (mean reduction).
+
+    With ``normalise=True`` both sides are RMS-normalised per token first, as the authors'
+    seq2seq (T5) code does: the residual stream of a pre-norm encoder-decoder grows large and would
+    otherwise dominate the loss by its scale.
+    """
 
     def forward(
         self,
@@ -124,12 +136,16 @@ class LayerDistillLoss(nn.Module):
         alive: Sequence[bool],
         transform: nn.Module,
         mode: str = "nearest",
+        normalise: bool = False,
     ) -> torch.Tensor:
+        def prepare(states: torch.Tensor) -> torch.Tensor:
+            return rms_normalise(states) if normalise else states.float()
+
         total = None
         for layer in teacher_layers:
-            target = teacher_states[layer].float()
+            target = prepare(teacher_states[layer])
             losses = [
-                F.mse_loss(transform(student_states[j]).float(), target)
+                F.mse_loss(prepare(transform(student_states[j])), target)
                 for j in nearest_alive_candidates(layer, alive, mode)
             ]
             if not losses:

@@ -29,7 +29,7 @@ from torch import nn
 from aptune.adapter import AptLinear
 from aptune.errors import ExportError
 from aptune.hub import modeling_aptune
-from aptune.hub.modeling_aptune import PLAN_FORMAT_VERSION, PLAN_KEY
+from aptune.hub.modeling_aptune import PLAN_FORMAT_VERSION, PLAN_KEY, READABLE_PLAN_VERSIONS
 
 __all__ = ["export", "load", "merged_state_dict"]
 
@@ -102,6 +102,7 @@ def build_plan(model: nn.Module, controller, state: dict[str, torch.Tensor]) -> 
         "shapes": {name: list(t.shape) for name, t in state.items()},
         "attributes": attributes,
         "zero_attention": zero_attention,
+        "patches": list(layout.patches),
     }
 
 
@@ -219,10 +220,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     plan = config.get(PLAN_KEY)
     if not isinstance(plan, dict):
         raise ExportError(f"{folder} was not written by aptune.export (config.json has no {PLAN_KEY})")
-    if plan.get("format_version") != PLAN_FORMAT_VERSION:
+    if plan.get("format_version") not in READABLE_PLAN_VERSIONS:
         raise ExportError(
             f"{folder}: aptune plan format {plan.get('format_version')!r} is not supported by this aptune "
-            f"(reads {PLAN_FORMAT_VERSION}); upgrade aptune"
+            f"(reads {', '.join(map(str, READABLE_PLAN_VERSIONS))}); upgrade aptune"
         )
     architectures = config.get("architectures") or []
     cls = getattr(modeling_aptune, architectures[0], None) if architectures else None

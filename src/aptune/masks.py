@@ -8,7 +8,11 @@ modeling file:
 * FFN neurons: a forward pre-hook on each down projection multiplies its input by the neuron mask;
 * hidden dimensions: for post-norm models every LayerNorm is replaced (same Parameter objects, same
   names) by `MaskedLayerNorm`, which normalises over the kept dimensions only and multiplies its
-  output by the mask. Pre-norm families multiply embedding and sub-layer outputs instead.
+  output by the mask. Pre-norm families (LLaMA, T5) multiply the embedding outputs and the outputs of
+  every sub-layer output projection (``o``, ``down``) by the mask, so the residual stream is exactly
+  zero on pruned dimensions, and every RMS norm is replaced by `MaskedRMSNorm`, which takes the
+  mean square over the kept dimensions only. Hidden salience is read at the sub-layer outputs
+  (apt-method.md 3.1).
 
 The same hooks hand the activations to the `SalienceCollector`. `MaskState.enabled` switches all of
 it off for the teacher's forward pass.
@@ -16,6 +20,7 @@ it off for the teacher's forward pass.
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field
 
@@ -24,11 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from aptune.arch.base import AttentionSite, ModelLayout
+from aptune.hub.modeling_aptune import zero_attention_output as _zero_attention_output
 from aptune.salience import SalienceCollector
 
 __all__ = [
     "MaskState",
     "MaskedLayerNorm",
+    "MaskedRMSNorm",
     "clear_zero_attention_guard",
     "install_masks",
     "remove_masks",
@@ -113,6 +120,68 @@ class MaskedLayerNorm(nn.LayerNorm):
         return out
 
 
+class MaskedRMSNorm(nn.Module):
+    """An RMS norm (LLaMA, Qwen2, Mistral, T5 ...) over the kept hidden dimensions, times the mask.
+
+    Wraps any norm of the form ``weight * x / sqrt(mean(x**2) + eps)`` without knowing its class:
+    the wrapper shares the norm's attributes (the same Parameter objects under the same names, its
+    eps attribute whatever it is called) and calls the class's own forward, so the dtype handling
+    of each family is kept. With ``D`` dimensions of which ``n`` are kept (mask > 0) and the others
+    exactly zero, scaling the input by ``c = sqrt(D / n)`` turns the mean square over all ``D``
+    into the mean square over the ``n`` kept ones (eps included), and the output, being linear in
+    the input for a fixed mean square, is divided by ``c`` again::
+
+        norm(c * x) / c = weight * x / sqrt(sum(x**2) / n + eps)
+
+    which is the norm of the physically pruned width. Pruned dimensions are zeroed before and after.
+    """
+
+    _apt_state: MaskState | None = None
+    _apt_site: int = -1
+    _apt_norm_class: type | None = None
+
+    @classmethod
+    def from_norm(cls, norm: nn.Module, state: MaskState, site: int) -> MaskedRMSNorm:
+        """Wrap ``norm`` sharing its Parameters (so names and optimizer references hold)."""
+        masked = cls.__new__(cls)
+        nn.Module.__init__(masked)
+        # the norm's attribute dicts (parameters, eps, ...) become the wrapper's
+        masked.__dict__.update(norm.__dict__)
+        masked._apt_norm_class = type(norm)
+        masked._apt_state = state
+        masked._apt_site = site
+        return masked
+
+    def to_norm(self) -> nn.Module:
+        """The wrapped norm class again, holding the same Parameters at the current width."""
+        cls = self._apt_norm_class
+        norm = cls.__new__(cls)
+        norm.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_apt_")})
+        return norm
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apt_norm_class.forward(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self._apt_state
+        mask = state.hidden if state is not None and state.enabled else None
+        if mask is None:
+            return self._norm(x)
+        kept = mask > 0
+        n_kept = int(kept.sum())
+        if n_kept == mask.numel():
+            return self._norm(x) * mask.to(x.dtype)
+        if n_kept == 0:
+            return torch.zeros_like(x)
+        scale = math.sqrt(mask.numel() / n_kept)
+        normed = self._norm(x * kept.to(x.dtype) * scale) / scale
+        return normed * mask.to(normed.dtype)
+
+    def extra_repr(self) -> str:
+        name = self._apt_norm_class.__name__ if self._apt_norm_class else "?"
+        return f"{name}, width={self.weight.shape[0]}"
+
+
 def _unit_pre_hook(state: MaskState, site_index: int, unit_width: int):
     def hook(module: nn.Module, args: tuple):
         if not state.enabled:
@@ -147,14 +216,14 @@ def _neuron_pre_hook(state: MaskState, site_index: int):
     return hook
 
 
-def _hidden_output_hook(state: MaskState, site_index: int):
+def _hidden_output_hook(state: MaskState, key: tuple):
     def hook(module: nn.Module, args: tuple, output):
         if not state.enabled:
             return None
         x = output[0] if isinstance(output, tuple) else output
         mask = state.hidden
         y = x if mask is None else x * mask.to(x.dtype)
-        state.collector.observe(("hidden", site_index), x, y)
+        state.collector.observe(key, x, y)
         if mask is None:
             return None
         return (y, *output[1:]) if isinstance(output, tuple) else y
@@ -174,17 +243,32 @@ def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> No
     for i, site in enumerate(layout.ffn):
         down = model.get_submodule(site.down)
         state.handles.append(down.register_forward_pre_hook(_neuron_pre_hook(state, i)))
-    if layout.hidden_mask_style == "post_norm":
-        for i, path in enumerate(layout.norms):
-            parent_path, _, name = path.rpartition(".")
-            parent = model.get_submodule(parent_path)
-            norm = getattr(parent, name)
-            if isinstance(norm, MaskedLayerNorm):
-                norm._apt_state, norm._apt_site = state, i
-            else:
-                setattr(parent, name, MaskedLayerNorm.from_layer_norm(norm, state, i))
-    else:
+    if layout.hidden_mask_style not in ("post_norm", "pre_norm"):
         raise NotImplementedError(f"hidden mask style {layout.hidden_mask_style!r}")
+    post_norm = layout.hidden_mask_style == "post_norm"
+    for i, path in enumerate(layout.norms):
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        norm = getattr(parent, name)
+        if isinstance(norm, (MaskedLayerNorm, MaskedRMSNorm)):
+            norm._apt_state, norm._apt_site = state, i
+        elif post_norm:
+            setattr(parent, name, MaskedLayerNorm.from_layer_norm(norm, state, i))
+        else:
+            setattr(parent, name, MaskedRMSNorm.from_norm(norm, state, i))
+    if post_norm:
+        return
+    # Pre-norm: the residual stream is the sum of the embedding and of every sub-layer output, so
+    # masking exactly those keeps pruned dimensions at zero everywhere.
+    hooked: set[int] = set()
+    for j, path in enumerate(layout.embeddings):
+        embedding = model.get_submodule(path)
+        if id(embedding) not in hooked:
+            hooked.add(id(embedding))
+            state.handles.append(embedding.register_forward_hook(_hidden_output_hook(state, ("hidden", "embed", j))))
+    for j, path in enumerate(layout.writers()):
+        writer = model.get_submodule(path)
+        state.handles.append(writer.register_forward_hook(_hidden_output_hook(state, ("hidden", "out", j))))
 
 
 def remove_masks(
@@ -202,26 +286,30 @@ def remove_masks(
         return
     for path in layout.norms:
         parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path)
+        parent = model.get_submodule(parent_path) if parent_path else model
         norm = getattr(parent, name)
         if isinstance(norm, MaskedLayerNorm):
             setattr(parent, name, norm.to_layer_norm())
+        elif isinstance(norm, MaskedRMSNorm):
+            setattr(parent, name, norm.to_norm())
 
 
-def zero_attention_output(kind: str, hidden_states: torch.Tensor) -> tuple:
-    """What an attention module with no unit left returns (see `AttentionSite.zero_kind`)."""
-    if kind == "empty_context":
-        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
-    if kind == "zero_hidden":
-        return torch.zeros_like(hidden_states), None
-    raise ValueError(f"unknown zero-attention kind {kind!r}")
+def zero_attention_output(
+    kind: str, hidden_states: torch.Tensor, module: nn.Module | None = None, kwargs: dict | None = None
+) -> tuple:
+    """What an attention module with no unit left returns (see `AttentionSite.zero_kind`).
+
+    The implementation lives in the exported loader file, so the live and the exported model agree;
+    with ``module`` and the call's ``kwargs`` a self-attention cache still records the tokens.
+    """
+    return _zero_attention_output(kind, module, hidden_states, kwargs or {})
 
 
 def _guarded_forward(kind: str, q_path_in_module: str):
     def forward(self, hidden_states, *args, **kwargs):
         q_weight = self.get_submodule(q_path_in_module).weight
         if q_weight.shape[0] == 0:
-            return zero_attention_output(kind, hidden_states)
+            return zero_attention_output(kind, hidden_states, self, kwargs)
         return type(self).forward(self, hidden_states, *args, **kwargs)
 
     return forward

@@ -90,6 +90,12 @@ class RunArguments:
         default=6, metadata={"help": "Dev evaluations during training (0: only at the end)."}
     )
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: int | None = field(
+        default=None, metadata={"help": "Save a resumable checkpoint every N steps (default: none)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder to resume from, or 'last' (same output_dir)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of data split, initialisation and training."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (CUDA or recent CPUs)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (CUDA)."})
@@ -143,7 +149,7 @@ class RunArguments:
         return source
 
 
-def _check_output_dir(path: Path, overwrite: bool) -> None:
+def _check_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"output folder {path} exists and is a file; choose another --output-dir")
     if path.is_dir() and any(path.iterdir()):
@@ -152,7 +158,7 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
                 f"output folder {path} is not empty and does not hold an aptune run; "
                 "choose another --output-dir"
             )
-        if not overwrite:
+        if not overwrite and not resuming:
             raise ConfigError(
                 f"output folder {path} already holds a run; pass --overwrite to replace it or choose another "
                 "--output-dir"
@@ -269,7 +275,20 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
 
     run_args.validate()
     out = Path(run_args.output_dir)
-    _check_output_dir(out, run_args.overwrite)
+    resuming = run_args.resume_from_checkpoint is not None
+    if resuming and run_args.overwrite:
+        raise ConfigError(
+            "--overwrite would delete the checkpoints to resume from; drop one of the two options"
+        )
+    _check_output_dir(out, run_args.overwrite, resuming)
+    if resuming and (out / APT_CONFIG_FILE).is_file():
+        saved = AptConfig.from_json(out / APT_CONFIG_FILE)
+        if saved != apt_config:
+            changed = sorted(k for k, v in saved.to_dict().items() if apt_config.to_dict().get(k) != v)
+            raise ConfigError(
+                f"{out} was trained with a different AptConfig (differs in: {', '.join(changed)}); "
+                "resume with the same options or start a new run"
+            )
     set_seed(run_args.seed)
     started = time.perf_counter()
 
@@ -315,7 +334,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         logging_steps=run_args.logging_steps,
         eval_strategy="steps" if eval_every else "no",
         eval_steps=eval_every,
-        save_strategy="no",
+        save_strategy="steps" if run_args.save_steps else "no",
+        save_steps=run_args.save_steps or 500,
         report_to=[],
         seed=run_args.seed,
         bf16=run_args.bf16,
@@ -348,7 +368,17 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
         recorder=recorder,
     )
-    train_output = trainer.train()
+    resume = run_args.resume_from_checkpoint
+    if resume is not None and resume != "last" and not Path(resume).is_dir():
+        raise ConfigError(f"checkpoint folder {resume} does not exist")
+    if resume == "last":
+        from aptune.checkpoint import last_complete_checkpoint
+
+        last = last_complete_checkpoint(out / "checkpoints")
+        if last is None:
+            raise ConfigError(f"no complete checkpoint in {out / 'checkpoints'} to resume from")
+        resume = str(last)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     final_metrics: dict[str, float] = {}
     if task.eval is not None:
         began = time.perf_counter()

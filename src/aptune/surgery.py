@@ -122,6 +122,9 @@ def unit_channels(units: torch.Tensor, width: int) -> torch.Tensor:
 def prune_units_(model: nn.Module, layout: ModelLayout, site_index: int, keep: torch.Tensor, optimizer=None) -> None:
     """Keep only attention units ``keep`` of one site: q/k/v rows, o columns, head counts.
 
+    A unit is a key/value head with its ``group_size`` query heads, so q and o keep
+    ``group_size * head_dim`` channels per unit and k and v ``head_dim``. Per-head columns of the
+    site's ``head_columns`` parameters (T5's relative position table) follow the kept query heads.
     When no unit is left the module is guarded so that it returns its empty output.
     """
     site = layout.attention[site_index]
@@ -132,6 +135,13 @@ def prune_units_(model: nn.Module, layout: ModelLayout, site_index: int, keep: t
     slice_linear_(model.get_submodule(site.k), rows=kv_channels, optimizer=optimizer)
     slice_linear_(model.get_submodule(site.v), rows=kv_channels, optimizer=optimizer)
     slice_linear_(model.get_submodule(site.o), cols=q_channels, optimizer=optimizer)
+    query_heads = unit_channels(keep, site.group_size)
+    for path in site.head_columns:
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        slice_parameter_(getattr(parent, name), 1, query_heads, optimizer)
+        if isinstance(parent, nn.Embedding):
+            parent.embedding_dim = parent.weight.shape[1]
     site.set_counts(model.get_submodule(site.module), int(keep.numel()))
     if keep.numel() == 0:
         set_zero_attention_guard(model, site)

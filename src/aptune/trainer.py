@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from aptune.checkpoint import load_controller_state, save_controller_state
+from aptune.checkpoint import last_complete_checkpoint, load_controller_state, save_controller_state
 from aptune.config import AptConfig
 from aptune.controller import AptController, prepare_
 from aptune.errors import AptuneError, ConfigError, ModelError
@@ -259,7 +259,7 @@ class AptTrainer(Trainer):
         value = float(loss.detach().float())
         if math.isfinite(value):
             return
-        last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        last = last_complete_checkpoint(self.args.output_dir)
         where = (
             f"the last good checkpoint is {last}; resume from it with a lower learning rate "
             f"(e.g. --resume-from-checkpoint {last} --learning-rate {self.args.learning_rate / 4:g})"
@@ -280,9 +280,12 @@ class AptTrainer(Trainer):
         and scheduler as usual.
         """
         if resume_from_checkpoint is True or resume_from_checkpoint == "last":
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ConfigError(f"no checkpoint found in {self.args.output_dir} to resume from")
+            last = last_complete_checkpoint(self.args.output_dir)
+            if last is None:
+                raise ConfigError(
+                    f"no complete aptune checkpoint found in {self.args.output_dir} to resume from"
+                )
+            resume_from_checkpoint = str(last)
         if resume_from_checkpoint:
             if not Path(resume_from_checkpoint).is_dir():
                 raise ConfigError(f"checkpoint folder {resume_from_checkpoint} does not exist")

@@ -8,6 +8,8 @@ from torch import nn
 
 from aptune.arch.base import AttentionSite, FfnSite, ModelLayout
 from aptune.arch.bert import bert_layout
+from aptune.arch.llama import llama_layout
+from aptune.arch.t5 import t5_layout
 from aptune.errors import UnsupportedModelError
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "AttentionSite", "FfnSite", "ModelLayout", "build_layout"]
@@ -15,6 +17,10 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "AttentionSite", "FfnSite", "ModelLayout", "
 _TABLES: dict[str, Callable[[nn.Module], ModelLayout]] = {
     "bert": bert_layout,
     "roberta": bert_layout,
+    "llama": llama_layout,
+    "mistral": llama_layout,
+    "qwen2": llama_layout,
+    "t5": t5_layout,
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_TABLES))

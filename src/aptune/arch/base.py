@@ -34,8 +34,13 @@ class AttentionSite:
         set_counts: ``set_counts(module, units)`` writes the head counts the forward reads.
         count_attrs: Names of the attributes ``set_counts`` writes (recorded in the export plan).
         zero_kind: What the module returns once every unit is gone: ``"empty_context"`` (a
-            width-0 context for an output projection outside the module, BERT) or
-            ``"zero_hidden"`` (zeros shaped like the input, when ``o`` lives inside the module).
+            width-0 context for an output projection outside the module, BERT),
+            ``"zero_hidden"`` (zeros shaped like the input, when ``o`` lives inside the module) or
+            ``"zero_hidden_bias"`` (T5: zeros plus the position bias passed through).
+        head_columns: Paths of parameters with one column per query head (T5's relative position
+            table); surgery keeps the columns of the kept heads.
+        min_units: Units this site always keeps (T5: the last decoder layer keeps its most salient
+            cross-attention head, as the authors' code does).
     """
 
     module: str
@@ -50,6 +55,8 @@ class AttentionSite:
     set_counts: Callable[[nn.Module, int], None]
     count_attrs: tuple[str, ...]
     zero_kind: str
+    head_columns: tuple[str, ...] = ()
+    min_units: int = 0
 
     @property
     def unit_width(self) -> int:
@@ -102,6 +109,9 @@ class ModelLayout:
         layer_paths: Paths of the transformer layers whose outputs are distilled.
         trainable_heads: Paths of task-head modules that train fully.
         tied: Pairs of parameter names that must stay the same tensor.
+        patches: Names of structural patches (``aptune.hub.modeling_aptune.PATCHES``) that
+            `aptune.prepare_` applies to the model and the exported plan records, so that the
+            loader applies them too (T5: ``"t5_own_position_bias"``).
     """
 
     family: str
@@ -119,6 +129,7 @@ class ModelLayout:
     layer_paths: list[str]
     trainable_heads: list[str] = field(default_factory=list)
     tied: list[tuple[str, str]] = field(default_factory=list)
+    patches: tuple[str, ...] = ()
 
     def readers(self) -> list[str]:
         """Every linear whose input columns are hidden dimensions."""
