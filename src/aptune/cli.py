@@ -255,6 +255,11 @@ def bench_command(ctx: typer.Context) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``aptune`` console script."""
+    import transformers
+
+    # one clean line per problem: no weight-loading bars or library warnings on stderr
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     group = typer.main.get_command(app)
     group.add_command(train_command, "train")
     try:

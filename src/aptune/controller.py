@@ -355,46 +355,59 @@ class AptController:
         return _cat(heads), _cat(neurons), hidden
 
     def select(self, density_target: float) -> KeepSet:
-        """Keep-set of the current blocks for ``density_target`` (of the initial parameter count)."""
+        """Keep-set of the current blocks for ``density_target`` (of the initial parameter count).
+
+        Sites with a floor (`AttentionSite.min_units`, T5's last cross-attention) keep their best
+        units: if the plain selection drops them, it is repeated with the budget reduced by their
+        cost and they are added, so the keep-set still fits the budget.
+        """
         head_scores, neuron_scores, hidden_scores = self._score_vectors()
         head_costs, neuron_costs = self._costs()
         head_groups = _cat([torch.full((self._num_units(i),), i) for i in range(len(self.layout.attention))])
         neuron_groups = _cat([torch.full((self._num_neurons(i),), i) for i in range(len(self.layout.ffn))])
-        keep = select_keep_set(
-            head_scores,
-            neuron_scores,
-            hidden_scores if self.config.prune_hidden else None,
-            head_costs,
-            neuron_costs,
-            density_target * self._c0,
-            head_groups=head_groups.long(),
-            neuron_groups=neuron_groups.long(),
-            min_heads_per_group=self.config.min_heads_per_layer,
-            min_neurons_per_group=self.config.min_neurons_per_layer,
-            min_hidden=min(self.config.min_hidden, self.layout.hidden_size),
-            prune_hidden=self.config.prune_hidden,
-            num_hidden=self.layout.hidden_size,
-        )
-        return self._keep_min_units(keep, head_scores, head_costs)
 
-    def _keep_min_units(self, keep: KeepSet, head_scores: torch.Tensor, head_costs: torch.Tensor) -> KeepSet:
-        # Sites with a floor (T5's last cross-attention) keep their best units even when the budget
-        # would drop them; this can exceed the budget by a few units, which later events absorb.
-        start, changed = 0, False
+        def run(budget: float) -> KeepSet:
+            return select_keep_set(
+                head_scores,
+                neuron_scores,
+                hidden_scores if self.config.prune_hidden else None,
+                head_costs,
+                neuron_costs,
+                max(budget, 0.0),
+                head_groups=head_groups.long(),
+                neuron_groups=neuron_groups.long(),
+                min_heads_per_group=self.config.min_heads_per_layer,
+                min_neurons_per_group=self.config.min_neurons_per_layer,
+                min_hidden=min(self.config.min_hidden, self.layout.hidden_size),
+                prune_hidden=self.config.prune_hidden,
+                num_hidden=self.layout.hidden_size,
+            )
+
+        budget = density_target * self._c0
+        keep = run(budget)
+        forced = self._floor_units(keep.heads, head_scores)
+        if forced.any():
+            reserve = float(head_costs[forced].sum()) * self.layout.hidden_size
+            keep = run(budget - reserve)
+            keep.heads = keep.heads | self._floor_units(keep.heads, head_scores).to(keep.heads.device)
+            keep.params = parameter_count(
+                head_costs[keep.heads.cpu()], neuron_costs[keep.neurons.cpu()], int(keep.hidden.sum())
+            )
+        return keep
+
+    def _floor_units(self, kept: torch.Tensor, head_scores: torch.Tensor) -> torch.Tensor:
+        # Units that sites with a floor would lose (their best-scored ones), as a mask over all units.
+        forced = torch.zeros(kept.numel(), dtype=torch.bool)
+        start = 0
         for i, site in enumerate(self.layout.attention):
             units = self._num_units(i)
             need = min(site.min_units, units)
-            kept = keep.heads[start : start + units]
-            if need and int(kept.sum()) < need:
-                best = torch.argsort(head_scores[start : start + units].float().cpu(), descending=True)
-                kept[best[:need].to(kept.device)] = True
-                changed = True
+            if need and int(kept[start : start + units].sum()) < need:
+                best = torch.argsort(head_scores[start : start + units].float().cpu(), descending=True)[:need]
+                forced[start + best] = True
+                forced[start : start + units] &= ~kept[start : start + units].cpu()
             start += units
-        if changed:
-            keep.params = parameter_count(
-                head_costs[keep.heads.cpu()], self._costs()[1][keep.neurons.cpu()], int(keep.hidden.sum())
-            )
-        return keep
+        return forced
 
     def _split(self, flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
         return list(torch.split(flat, sizes)) if sizes else []

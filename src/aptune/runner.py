@@ -20,6 +20,7 @@ import torch
 from aptune.assets import resolve_model_name
 from aptune.config import AptConfig
 from aptune.errors import ConfigError, ModelError
+from aptune.schedule import build_schedule
 
 __all__ = ["RunArguments", "evaluate_run", "load_model_and_tokenizer", "run_training"]
 
@@ -281,6 +282,9 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
             "--overwrite would delete the checkpoints to resume from; drop one of the two options"
         )
     _check_output_dir(out, run_args.overwrite, resuming)
+    resume = run_args.resume_from_checkpoint
+    if resume is not None and resume != "last" and not Path(resume).is_dir():
+        raise ConfigError(f"checkpoint folder {resume} does not exist")
     if resuming and (out / APT_CONFIG_FILE).is_file():
         saved = AptConfig.from_json(out / APT_CONFIG_FILE)
         if saved != apt_config:
@@ -298,6 +302,13 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     task = load_task(run_args.task, tokenizer, **run_args.data_source())
     if task.train is None or len(task.train) == 0:
         raise ConfigError("no training data: pass --train-file (or a dataset with a training split)")
+    steps_per_epoch = math.ceil(
+        len(task.train) / (run_args.batch_size * run_args.gradient_accumulation_steps)
+    )
+    total_steps = run_args.max_steps or math.ceil(steps_per_epoch * run_args.num_train_epochs)
+    eval_every = max(1, total_steps // run_args.evaluations) if run_args.evaluations and task.eval else None
+    # a run too short for its schedule fails here, before the model is loaded
+    build_schedule(apt_config, total_steps)
     model, tokenizer = load_model_and_tokenizer(
         model_name,
         task.kind,
@@ -308,11 +319,6 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     total_params_before = sum(p.numel() for p in model.parameters())
     load_seconds = time.perf_counter() - started
 
-    steps_per_epoch = math.ceil(
-        len(task.train) / (run_args.batch_size * run_args.gradient_accumulation_steps)
-    )
-    total_steps = run_args.max_steps or math.ceil(steps_per_epoch * run_args.num_train_epochs)
-    eval_every = max(1, total_steps // run_args.evaluations) if run_args.evaluations and task.eval else None
     if out.exists() and run_args.overwrite:
         import shutil
 
@@ -368,9 +374,6 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
         recorder=recorder,
     )
-    resume = run_args.resume_from_checkpoint
-    if resume is not None and resume != "last" and not Path(resume).is_dir():
-        raise ConfigError(f"checkpoint folder {resume} does not exist")
     if resume == "last":
         from aptune.checkpoint import last_complete_checkpoint
 
@@ -425,6 +428,31 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     }
 
 
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _check_tokenizer_files(name: str, extra: dict) -> None:
+    """A local folder without tokenizer files would silently give an empty tokenizer (every word unknown)."""
+    folder = Path(name)
+    if (
+        folder.is_dir()
+        and "gguf_file" not in extra
+        and not any((folder / f).is_file() for f in _TOKENIZER_FILES)
+    ):
+        raise ModelError(
+            f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...); "
+            "pass --tokenizer with a folder that holds the tokenizer"
+        )
+
+
 def _load_tokenizer_only(run_args: RunArguments):
     import transformers
 
@@ -438,6 +466,7 @@ def _load_tokenizer_only(run_args: RunArguments):
             f"{path} is not a model folder (no config.json); "
             "pass a folder written by save_pretrained or a hub name"
         )
+    _check_tokenizer_files(name, extra)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, **extra)
     except (OSError, ValueError, TypeError) as exc:
@@ -447,7 +476,26 @@ def _load_tokenizer_only(run_args: RunArguments):
         ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    _check_supported(path, extra)
     return path, tokenizer
+
+
+def _check_supported(path: str, extra: dict) -> None:
+    """Fail before any data is read when the model type has no aptune table."""
+    import transformers
+
+    from aptune.arch import SUPPORTED_MODEL_TYPES
+    from aptune.errors import UnsupportedModelError
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **extra)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not read the model config of {path}: {str(exc).splitlines()[0]}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model_type {config.model_type!r} of {path} is not supported by aptune; "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
 
 
 def evaluate_run(run_dir: str | Path, *, eval_file: str | None = None, batch_size: int = 64) -> dict:
