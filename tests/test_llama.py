@@ -13,6 +13,7 @@ from safetensors import safe_open
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
     MistralConfig,
     MistralForCausalLM,
     Qwen2Config,
@@ -94,7 +95,7 @@ def _inputs(size: int = 3, length: int = 9, seed: int = 1) -> dict:
 
 
 def _pruned(factory, drop_site=0, seed=3):
-    """A prepared model with random adapters, pruned to a random keep-set (site ``drop_site`` loses all units)."""
+    """A prepared model with random adapters and hard random masks (site ``drop_site`` loses all units)."""
     model = factory()
     controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4, distill=False))
     _randomise_adapters(controller)
@@ -115,7 +116,12 @@ def _greedy_without_cache(model, input_ids, attention_mask, steps):
 
 def _generate(model, inputs, steps=5):
     return model.generate(
-        **inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0, eos_token_id=None
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
     )
 
 
@@ -127,7 +133,9 @@ def test_layout_units_are_kv_groups():
     site = layout.attention[0]
     assert (site.group_size, site.head_dim, site.unit_width, site.kv_width) == (3, 8, 24, 8)
     assert controller.structure()["units"] == [2, 2]
-    assert set(controller.adapters) == {f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")}
+    assert set(controller.adapters) == {
+        f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")
+    }
     assert all(isinstance(model.get_submodule(p), MaskedRMSNorm) for p in layout.norms)
     # a unit costs (2 * 3 + 2) * 8 parameters per hidden dimension; a gated neuron 3
     assert controller.param_count() == 48 * (2 * 2 * 64 + 2 * 64 * 3)
@@ -156,6 +164,24 @@ def test_masked_equals_pruned(factory):
     assert model.model.norm.weight.shape == (hidden,)
     if model.config.tie_word_embeddings:
         assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_sequence_classifier_masked_pruned_and_exported(tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**tiny_llama().config.to_dict(), "num_labels": 3, "tie_word_embeddings": False})
+    model = LlamaForSequenceClassification(config).eval()
+    model, controller = _pruned(lambda: model)
+    assert controller.layout.extra_readers == ["score"] and controller.layout.trainable_heads == ["score"]
+    inputs = _inputs()
+    with torch.no_grad():
+        masked = model(**inputs).logits
+    controller.prune_to_masks_()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, masked, rtol=1e-5, atol=1e-5)
+    small = aptune.export(model, controller, tmp_path / "out")
+    assert type(small).__name__ == "AptLlamaForSequenceClassification"
+    with torch.no_grad():
+        torch.testing.assert_close(small(**inputs).logits, masked, rtol=1e-4, atol=1e-4)
 
 
 def test_masked_rms_norm_is_the_norm_of_the_kept_width():
@@ -204,7 +230,7 @@ def test_export_round_trip_generate_and_load_without_aptune(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
-        assert "lm_head.weight" not in handle.keys()  # a tied weight is stored once
+        assert "lm_head.weight" not in set(handle.keys())  # a tied weight is stored once
     plan = json.loads((out / "config.json").read_text())["aptune_plan"]
     assert plan["zero_attention"] == {"model.layers.0.self_attn": "zero_hidden"}
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in tiny_llama().parameters())
@@ -226,7 +252,9 @@ def test_export_round_trip_generate_and_load_without_aptune(tmp_path):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "AptLlamaForCausalLM True" in result.stdout
     got = torch.load(tmp_path / "result.pt", weights_only=True)
@@ -310,7 +338,9 @@ def test_trainer_prunes_distils_and_exports_a_causal_lm(tmp_path):
     trainer.train()
     controller = trainer.apt_controller
     assert controller.density() <= 0.5 + 1e-6
-    assert sum(e["removed"]["heads"] + e["removed"]["neurons"] + e["removed"]["hidden"] for e in controller.events)
+    assert sum(
+        e["removed"]["heads"] + e["removed"]["neurons"] + e["removed"]["hidden"] for e in controller.events
+    )
     logged = [h for h in trainer.state.log_history if "distill_layer" in h]
     assert logged and all(torch.isfinite(torch.tensor(h["distill_layer"])) for h in logged)
     assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -91,7 +91,14 @@ def test_layout_and_patch_keep_stock_outputs(ffn):
         stock = model(**inputs).logits
     controller = aptune.prepare_(model, aptune.AptConfig(distill=False))
     layout = controller.layout
-    assert [s.stack for s in layout.attention] == ["encoder", "encoder", "decoder", "cross", "decoder", "cross"]
+    assert [s.stack for s in layout.attention] == [
+        "encoder",
+        "encoder",
+        "decoder",
+        "cross",
+        "decoder",
+        "cross",
+    ]
     assert [s.min_units for s in layout.attention] == [0, 0, 0, 0, 0, 1]
     assert all(isinstance(model.get_submodule(p), MaskedRMSNorm) for p in layout.norms)
     assert not controller.use_kurtosis
@@ -184,7 +191,9 @@ def test_generate_live_and_exported_without_aptune(tmp_path):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "AptT5ForConditionalGeneration" in result.stdout
     got = torch.load(tmp_path / "result.pt", weights_only=True)
@@ -195,7 +204,8 @@ def test_generate_live_and_exported_without_aptune(tmp_path):
 def _seq2seq_dataset(n=48, seed=0):
     generator = torch.Generator().manual_seed(seed)
     source = torch.randint(2, VOCAB, (n, 8), generator=generator)
-    target = torch.cat([source[:, :5].flip(1), torch.ones(n, 1, dtype=torch.long)], dim=1)  # reversed prefix + eos
+    # target: the reversed first five source tokens, then eos
+    target = torch.cat([source[:, :5].flip(1), torch.ones(n, 1, dtype=torch.long)], dim=1)
     return datasets.Dataset.from_dict(
         {"input_ids": source.tolist(), "attention_mask": [[1] * 8] * n, "labels": target.tolist()}
     )

@@ -542,16 +542,22 @@ class AptController:
         budget = schedule.budgets[index] * self._n0
         grown = self.grow_ranks_(budget, optimizer)
         self.adapter_importance.clear()
+        return self._record_event(
+            index=index,
+            target_density=density_target,
+            params_before=params_before,
+            removed=removed,
+            grown={p: list(r) for p, r in grown.items()},
+        )
+
+    def _record_event(self, **fields) -> dict:
+        """Complete an event record with the current structure, store it and tell the listeners."""
         record = {
             "step": self.step_count,
-            "index": index,
-            "target_density": density_target,
+            **fields,
             "density": self.density(),
             "params": self.param_count(),
-            "params_before": params_before,
-            "removed": removed,
             "ranks": self.ranks(),
-            "grown": {p: list(r) for p, r in grown.items()},
             "trainable_params": self.trainable_parameter_count(),
             "adapter_params": self.adapter_parameter_count(),
             "scores": self._score_snapshot(),
@@ -625,27 +631,15 @@ class AptController:
         self.set_hard_masks(self.select(self.config.target_density))
         removed = self.prune_to_masks_(optimizer)
         self._pretuned = True
-        record = {
-            "step": self.step_count,
-            "index": -1,
-            "kind": "pretune",
-            "calibration_batches": seen,
-            "target_density": self.config.target_density,
-            "density": self.density(),
-            "params": self.param_count(),
-            "params_before": params_before,
-            "removed": removed,
-            "ranks": self.ranks(),
-            "grown": {},
-            "trainable_params": self.trainable_parameter_count(),
-            "adapter_params": self.adapter_parameter_count(),
-            "scores": self._score_snapshot(),
-            **self.layer_summary(),
-        }
-        self.events.append(record)
-        for listener in self.event_listeners:
-            listener(record)
-        return record
+        return self._record_event(
+            index=-1,
+            kind="pretune",
+            calibration_batches=seen,
+            target_density=self.config.target_density,
+            params_before=params_before,
+            removed=removed,
+            grown={},
+        )
 
     # ------------------------------------------------------------------ distillation
     @property
@@ -713,9 +707,8 @@ class AptController:
         pred = torch.stack(pred_terms).mean() if pred_terms else task_loss.new_zeros(())
         layer = task_loss.new_zeros(())
         layer_terms = []
-        for s_states, t_states, alive in self._hidden_state_pairs(student_outputs, teacher_outputs):
-            if self.transform is None:
-                break
+        pairs = [] if self.transform is None else self._hidden_state_pairs(student_outputs, teacher_outputs)
+        for s_states, t_states, alive in pairs:
             layers = sample_teacher_layers(len(t_states) - 1, cfg.num_teacher_layers, self.generator)
             layer_terms.append(
                 self._layer_loss(

@@ -17,6 +17,7 @@ Losses are pure modules computed in float32:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -92,7 +93,7 @@ def sample_teacher_layers(num_layers: int, count: int, generator: torch.Generato
     count = max(1, min(count, num_layers))
     bounds = torch.linspace(0, num_layers, count + 1).round().long().tolist()
     layers = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    for lo, hi in itertools.pairwise(bounds):
         hi = max(hi, lo + 1)
         layers.append(lo + int(torch.randint(hi - lo, (1,), generator=generator)))
     return layers

@@ -144,8 +144,10 @@ def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None)
     """
     from aptune.controller import DISTILL_MODULE_NAME
 
-    if any(m is not None and not bool(((m == 0) | (m == 1)).all()) for m in [*controller.state.heads,
-            *controller.state.neurons, controller.state.hidden]):
+    if any(
+        m is not None and not bool(((m == 0) | (m == 1)).all())
+        for m in [*controller.state.heads, *controller.state.neurons, controller.state.hidden]
+    ):
         raise ExportError(
             "the model is inside a soft-mask window (masks between 0 and 1); export after the "
             "pruning event or at the end of training"
@@ -153,7 +155,9 @@ def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None)
     class_name = type(model).__name__
     apt_class = "Apt" + class_name
     if apt_class not in modeling_aptune.__all__:
-        raise ExportError(f"cannot export {class_name}; exportable classes: {sorted(modeling_aptune._BASES.values())}")
+        raise ExportError(
+            f"cannot export {class_name}; exportable classes: {sorted(modeling_aptune._BASES.values())}"
+        )
     state = merged_state_dict(model, skip_prefixes=(DISTILL_MODULE_NAME + ".",))
     plan = build_plan(model, controller, state)
     config = model.config.to_dict()
@@ -163,7 +167,9 @@ def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None)
 
     def fill(folder: Path) -> None:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (folder / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         shutil.copyfile(_HUB_FILE, folder / "modeling_aptune.py")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))

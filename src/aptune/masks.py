@@ -265,7 +265,9 @@ def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> No
         embedding = model.get_submodule(path)
         if id(embedding) not in hooked:
             hooked.add(id(embedding))
-            state.handles.append(embedding.register_forward_hook(_hidden_output_hook(state, ("hidden", "embed", j))))
+            state.handles.append(
+                embedding.register_forward_hook(_hidden_output_hook(state, ("hidden", "embed", j)))
+            )
     for j, path in enumerate(layout.writers()):
         writer = model.get_submodule(path)
         state.handles.append(writer.register_forward_hook(_hidden_output_hook(state, ("hidden", "out", j))))

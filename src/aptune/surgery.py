@@ -119,7 +119,9 @@ def unit_channels(units: torch.Tensor, width: int) -> torch.Tensor:
     return (units[:, None] * width + torch.arange(width, device=units.device)[None, :]).reshape(-1)
 
 
-def prune_units_(model: nn.Module, layout: ModelLayout, site_index: int, keep: torch.Tensor, optimizer=None) -> None:
+def prune_units_(
+    model: nn.Module, layout: ModelLayout, site_index: int, keep: torch.Tensor, optimizer=None
+) -> None:
     """Keep only attention units ``keep`` of one site: q/k/v rows, o columns, head counts.
 
     A unit is a key/value head with its ``group_size`` query heads, so q and o keep
@@ -147,7 +149,9 @@ def prune_units_(model: nn.Module, layout: ModelLayout, site_index: int, keep: t
         set_zero_attention_guard(model, site)
 
 
-def prune_neurons_(model: nn.Module, layout: ModelLayout, site_index: int, keep: torch.Tensor, optimizer=None) -> None:
+def prune_neurons_(
+    model: nn.Module, layout: ModelLayout, site_index: int, keep: torch.Tensor, optimizer=None
+) -> None:
     """Keep only FFN neurons ``keep`` of one site: up (and gate) rows, down columns."""
     site = layout.ffn[site_index]
     keep = keep.long().cpu()

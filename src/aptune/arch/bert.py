@@ -49,7 +49,9 @@ def bert_layout(model: nn.Module) -> ModelLayout:
         )
     config = model.config
     if getattr(config, "add_cross_attention", False) or getattr(config, "is_decoder", False):
-        raise UnsupportedModelError(f"{cls_name} configured as a decoder is not supported; use it as an encoder")
+        raise UnsupportedModelError(
+            f"{cls_name} configured as a decoder is not supported; use it as an encoder"
+        )
     if getattr(config, "position_embedding_type", "absolute") not in ("absolute", None):
         raise UnsupportedModelError(
             f"position_embedding_type={config.position_embedding_type!r} is not supported (only 'absolute')"
@@ -84,7 +86,9 @@ def bert_layout(model: nn.Module) -> ModelLayout:
                 zero_kind="empty_context",
             )
         )
-        ffn.append(FfnSite(up=f"{lp}.intermediate.dense", down=f"{lp}.output.dense", layer=i, stack="encoder"))
+        ffn.append(
+            FfnSite(up=f"{lp}.intermediate.dense", down=f"{lp}.output.dense", layer=i, stack="encoder")
+        )
         norms += [f"{lp}.attention.output.LayerNorm", f"{lp}.output.LayerNorm"]
     embeddings = [f"{prefix}embeddings.word_embeddings", f"{prefix}embeddings.position_embeddings"]
     if getattr(base.embeddings, "token_type_embeddings", None) is not None:

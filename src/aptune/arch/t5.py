@@ -114,7 +114,9 @@ def t5_layout(model: nn.Module) -> ModelLayout:
             attention.append(_attention_site(f"{bp}.layer.0.SelfAttention", i, stack, head_dim, True))
             norms.append(f"{bp}.layer.0.layer_norm")
             if stack == "decoder":
-                attention.append(_attention_site(f"{bp}.layer.1.EncDecAttention", i, "cross", head_dim, False))
+                attention.append(
+                    _attention_site(f"{bp}.layer.1.EncDecAttention", i, "cross", head_dim, False)
+                )
                 norms.append(f"{bp}.layer.1.layer_norm")
             ff = len(blocks[i].layer) - 1
             ffn.append(_ffn_site(f"{bp}.layer.{ff}.DenseReluDense", i, stack, gated))

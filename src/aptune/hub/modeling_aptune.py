@@ -130,14 +130,21 @@ def _t5_own_position_bias(model: nn.Module) -> None:
     """
     for stack in model.modules():
         blocks = getattr(stack, "block", None)
-        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0 or getattr(stack, "_aptune_own_bias", False):
+        if (
+            not isinstance(blocks, nn.ModuleList)
+            or len(blocks) == 0
+            or getattr(stack, "_aptune_own_bias", False)
+        ):
             continue
         table = blocks[0].layer[0].SelfAttention.relative_attention_bias
         for block in blocks:
             attention = block.layer[0].SelfAttention
             if not attention.has_relative_attention_bias:
                 own = nn.Embedding(
-                    table.num_embeddings, table.embedding_dim, device=table.weight.device, dtype=table.weight.dtype
+                    table.num_embeddings,
+                    table.embedding_dim,
+                    device=table.weight.device,
+                    dtype=table.weight.dtype,
                 )
                 with torch.no_grad():
                     own.weight.copy_(table.weight)
@@ -177,7 +184,9 @@ def apply_plan(model: nn.Module, plan: dict) -> None:
     """
     version = plan.get("format_version")
     if version not in READABLE_PLAN_VERSIONS:
-        raise ValueError(f"aptune plan format {version!r} is not supported (reads {list(READABLE_PLAN_VERSIONS)})")
+        raise ValueError(
+            f"aptune plan format {version!r} is not supported (reads {list(READABLE_PLAN_VERSIONS)})"
+        )
     apply_patches_(model, plan.get("patches", []))
     for name, shape in plan["shapes"].items():
         module_path, _, attr = name.rpartition(".")
