@@ -1,15 +1,15 @@
-"""Every bad input ends with exit status 2, one clear line naming problem and fix, and no user file changed."""
+"""Every bad input: exit status 2, one clear line naming problem and fix, no user file changed."""
 
 import hashlib
 import json
 import shutil
 
 import pytest
-from test_cli import _csv, _rows, run_cli, tiny_model_dir  # noqa: F401 (fixture)
-from tiny import tiny_bert
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 import aptune
+from test_cli import _csv, _rows, run_cli, tiny_model_dir  # noqa: F401 (fixture)
+from tiny import tiny_bert
 
 
 def _snapshot(folder):

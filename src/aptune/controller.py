@@ -39,6 +39,7 @@ from aptune.distill import (
     Teacher,
     sample_teacher_layers,
 )
+from aptune.distributed import all_reduce_salience_stats_, check_same_on_all_ranks, rebuild_ddp_
 from aptune.errors import ConfigError, ModelError
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
@@ -224,16 +225,20 @@ class AptController:
         return self.schedule
 
     # ------------------------------------------------------------------ the step
-    def step(self, optimizer=None) -> dict | None:
+    def step(self, optimizer=None, wrapper=None) -> dict | None:
         """Advance one optimizer step; returns the event record when a pruning event happened.
 
         Args:
             optimizer: The optimizer whose state must follow surgery and rank growth.
+            wrapper: A ``DistributedDataParallel`` wrapper of the model, rebuilt after any shape
+                change (see `aptune.distributed`).
         """
         schedule = self._require_schedule()
         self.step_count += 1
         t = self.step_count
+        self._shapes_changed = False
         if self.state.collector.active:
+            all_reduce_salience_stats_(self.state.collector)
             self._fold_salience()
         self.state.collector.reset()
         self._update_adapter_importance()
@@ -257,6 +262,8 @@ class AptController:
         if self.teacher is not None and t >= schedule.distill_end:
             self.teacher = None
         self.state.collector.active = self._collecting(t + 1)
+        if self._shapes_changed and wrapper is not None:
+            rebuild_ddp_(wrapper)
         return event_record
 
     def _pruning_due(self, density_target: float) -> bool:
@@ -495,6 +502,7 @@ class AptController:
         self.state.neurons = [None] * len(self.layout.ffn)
         self.state.hidden = None
         self.state.collector.reset()
+        self._shapes_changed = self._shapes_changed or any(removed.values())
         return removed
 
     def grow_ranks_(self, budget: float, optimizer=None) -> dict[str, tuple[int, int]]:
@@ -527,6 +535,7 @@ class AptController:
             new_rank = min(max_rank, math.floor(adapter.rank * factor))
             if new_rank > adapter.rank:
                 grown[path] = grow_adapter_(adapter, new_rank, optimizer, self.generator)
+        self._shapes_changed = self._shapes_changed or bool(grown)
         return grown
 
     def _event(self, index: int, density_target: float, optimizer) -> dict:
@@ -561,6 +570,10 @@ class AptController:
             "scores": self._score_snapshot(),
             **self.layer_summary(),
         }
+        # every rank must have made the same decision (all-reduced scores make it so)
+        record["keep_checksum"] = check_same_on_all_ranks(
+            [*self.ids.units, *self.ids.neurons, self.ids.hidden], "the kept blocks"
+        )
         self.events.append(record)
         for listener in self.event_listeners:
             listener(record)
@@ -609,6 +622,7 @@ class AptController:
                         "calibration batches must contain labels so that the model returns a loss"
                     )
                 loss.backward()
+                all_reduce_salience_stats_(collector)
                 heads, neurons, hidden = self._current_salience()
                 sums = (
                     (heads, neurons, hidden) if sums is None else _add_scores(sums, (heads, neurons, hidden))
@@ -655,6 +669,7 @@ class AptController:
 
             rows = torch.nonzero(torch.isin(self._transform_out_ids, self.ids.hidden)).squeeze(1)
             slice_linear_(self.transform, rows=rows, optimizer=self._optimizer_ref)
+            self._shapes_changed = True
         self._transform_out_ids = self.ids.hidden.clone()
         self.teacher = Teacher(self.model, self.ids.hidden, skip_prefixes=(DISTILL_MODULE_NAME + ".",))
 
@@ -761,6 +776,7 @@ class AptController:
 
     # ------------------------------------------------------------------ internals used by prepare_
     _optimizer_ref = None
+    _shapes_changed = False
     _transform_out_ids: torch.Tensor
     _c0: float = 1.0
     _n0: int = 0

@@ -105,7 +105,7 @@ class AptCallback(TrainerCallback):
         self._step_started = time.perf_counter()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.controller.step(self.trainer.optimizer)
+        self.controller.step(self.trainer.optimizer, wrapper=self.trainer.model_wrapped)
 
     def _on_event(self, record: dict) -> None:
         self._announce(describe_event(record))

@@ -1,0 +1,491 @@
+"""The methods of the benchmark, one function each; a worker process runs exactly one of them.
+
+All four share the model, the data files written by the harness, the sequence length, the batch
+size, the run length, the evaluation cadence (every ``total_steps // evaluations`` steps plus a final
+evaluation, as `aptune.runner.run_training` does) and the optimiser recipe of the runner (AdamW,
+linear decay, 6 % warm-up, no weight decay).
+
+* `run_ft`: full fine-tuning with `transformers.Trainer`.
+* `run_lora`: the ``peft`` package's LoRA on the adapter roles (default q, v, FFN-up), rank 8,
+  alpha 16, the task head (pooler + classifier) trained; the merged model is saved, and is also
+  phase 1 of LoRA+Prune.
+* `run_lora_prune`: LoRA+Prune. Phase 1 is the LoRA run of the same seed (tuned for the whole
+  budget). Phase 2 prepares the *merged* LoRA model with aptune, prunes it once to the target density
+  from aptune's calibration salience (forward and backward on ``calibration_samples`` training
+  examples) and budgeted selection, then retrains it with aptune's LoRA adapters at a static rank 8
+  (scaling alpha / rank, the same update as peft's), no distillation. Its times add up every phase.
+* `run_apt`: APT through `aptune.runner.run_training` (the path of ``aptune train``).
+
+Every function returns a JSON-ready dict (see `aptune.bench.worker.run_job` for the common fields).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from aptune.bench.config import BenchConfig, Job
+from aptune.bench.measure import MemoryMonitor, curve_from_step_times, step_time_summary
+from aptune.trainer import peak_rss_mb
+
+__all__ = ["RUNNERS", "WorkerContext", "run_apt", "run_ft", "run_lora", "run_lora_prune"]
+
+_SKIP_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+@dataclass
+class WorkerContext:
+    """What every method needs besides its `Job`: the config and the files the harness prepared.
+
+    Attributes:
+        config: The benchmark configuration.
+        workdir: The work folder (``runs/<job>``, ``results/<job>.json``, ``logs/``).
+        train_file: Training data (JSON Lines written by the harness).
+        eval_file: Dev data.
+        model: Model name or folder every method loads.
+        tokenizer: Tokenizer folder or name, or ``None`` (the model's).
+        label_names: Class names (classification with named labels), else ``None``.
+        num_labels: Number of classes (classification), else ``None``.
+        num_train: Training examples (documents for causal LM).
+    """
+
+    config: BenchConfig
+    workdir: Path
+    train_file: str
+    eval_file: str
+    model: str
+    tokenizer: str | None
+    label_names: list[str] | None
+    num_labels: int | None
+    num_train: int
+
+    def run_dir(self, job_id: str) -> Path:
+        """Output folder of a job's training run."""
+        return self.workdir / "runs" / job_id
+
+    def result_path(self, job_id: str) -> Path:
+        """The JSON result of a job."""
+        return self.workdir / "results" / f"{job_id}.json"
+
+
+# ------------------------------------------------------------------------------------------ shared
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric dev metrics without the ``eval_`` prefix and without timing entries."""
+    clean = {}
+    for key, value in metrics.items():
+        name = key.removeprefix("eval_")
+        if isinstance(value, (int, float)) and not name.endswith(_SKIP_METRICS) and name != "epoch":
+            clean[name] = float(value)
+    return clean
+
+
+def total_steps(ctx: WorkerContext, num_train: int) -> int:
+    """Optimizer steps of one run: ``max_steps``, else ``ceil(steps per epoch x epochs)``."""
+    cfg = ctx.config
+    return cfg.max_steps or math.ceil(math.ceil(num_train / cfg.batch_size) * cfg.epochs)
+
+
+def eval_every(ctx: WorkerContext, steps: int) -> int:
+    """The evaluation cadence, the same formula as `aptune.runner.run_training`."""
+    return max(1, steps // ctx.config.evaluations)
+
+
+class StepClock(TrainerCallback):
+    """Times every optimizer step (evaluation excluded), records evaluations and the training peak RSS."""
+
+    def __init__(self, monitor: MemoryMonitor | None = None) -> None:
+        self.monitor = monitor
+        self.step_times: dict[int, float] = {}
+        self.evals: list[tuple[int, dict[str, float]]] = []
+        self.peak_rss_mb: float | None = None
+        self.cuda_max_allocated_mb: float | None = None
+        self._began = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.mark("train_start")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_times[state.global_step] = time.perf_counter() - self._began
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        clean = clean_metrics(metrics or {})
+        if self.evals and self.evals[-1][0] == state.global_step:
+            self.evals[-1] = (state.global_step, clean)
+        else:
+            self.evals.append((state.global_step, clean))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.peak_rss_mb = peak_rss_mb()
+        if torch.cuda.is_available():
+            self.cuda_max_allocated_mb = torch.cuda.max_memory_allocated() / 2**20
+        if self.monitor is not None:
+            self.monitor.mark("train_end")
+
+
+def _training_args(ctx: WorkerContext, job: Job, out: Path, lr: float, steps: int) -> TrainingArguments:
+    cfg = ctx.config
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=lr,
+        weight_decay=0.0,
+        warmup_steps=round(0.06 * steps),
+        lr_scheduler_type="linear",
+        logging_steps=10,
+        eval_strategy="steps",
+        eval_steps=eval_every(ctx, steps),
+        save_strategy="no",
+        report_to=[],
+        seed=job.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def _load(ctx: WorkerContext, path: str | None = None):
+    """Model, tokenizer and task data (the tokenizer of a saved phase-1 model is the same)."""
+    from aptune.runner import load_model_and_tokenizer
+    from aptune.tasks import load_task
+
+    cfg = ctx.config
+    names = ctx.label_names
+    model, tokenizer = load_model_and_tokenizer(
+        path or ctx.model,
+        cfg.task,
+        tokenizer_name=None if path else ctx.tokenizer,
+        num_labels=ctx.num_labels,
+        label_names=names,
+    )
+    task = load_task(cfg.task, tokenizer, train_file=ctx.train_file, eval_file=ctx.eval_file, max_length=cfg.max_length)
+    if names and task.label_names and list(task.label_names) != list(names):
+        raise RuntimeError(f"label order changed: {task.label_names} != {names}")
+    return model, tokenizer, task
+
+
+def _trainer_kwargs(task) -> dict[str, Any]:
+    return {
+        "train_dataset": task.train,
+        "eval_dataset": task.eval,
+        "data_collator": task.collator,
+        "compute_metrics": task.compute_metrics,
+        "preprocess_logits_for_metrics": task.preprocess_logits_for_metrics,
+    }
+
+
+def _train(trainer: Trainer, clock: StepClock, steps: int) -> None:
+    trainer.train()
+    if not clock.evals or clock.evals[-1][0] != steps:
+        trainer.evaluate()  # the final evaluation, as run_training does
+
+
+def _common(task, clock: StepClock, *, offset: float = 0.0, final_from: int = 0) -> dict[str, Any]:
+    curve = curve_from_step_times(clock.step_times, clock.evals, offset=offset, final_from_step=final_from)
+    return {
+        "primary_metric": task.primary_metric,
+        "greater_is_better": task.greater_is_better,
+        "final_metrics": curve[-1]["metrics"] if curve else {},
+        "curve": curve,
+        "step_times": {str(k): v for k, v in sorted(clock.step_times.items())},
+        "train_seconds": offset + sum(clock.step_times.values()),
+        "peak_rss_mb": clock.peak_rss_mb,
+        "cuda_max_allocated_mb": clock.cuda_max_allocated_mb,
+    }
+
+
+def _param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ methods
+def run_ft(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """Full fine-tuning: every parameter trains at ``ft_lr``."""
+    set_seed(job.seed)
+    out = ctx.run_dir(job.id)
+    model, tokenizer, task = _load(ctx)
+    params_before = _param_count(model)
+    steps = total_steps(ctx, len(task.train))
+    clock = StepClock(monitor)
+    trainer = Trainer(
+        model=model,
+        args=_training_args(ctx, job, out, ctx.config.ft_lr, steps),
+        callbacks=[clock],
+        **_trainer_kwargs(task),
+    )
+    _train(trainer, clock, steps)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    result = _common(task, clock)
+    result.update(
+        model_dir=str(out / "model"),
+        total_steps=steps,
+        params_before=params_before,
+        params_after=_param_count(model),
+        trainable_params=params_before,
+        step_summary=step_time_summary(clock.step_times),
+        lr=ctx.config.ft_lr,
+    )
+    return result
+
+
+def lora_targets(model: torch.nn.Module, roles: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Module paths of the LoRA targets (from aptune's layout roles) and of the task head to train."""
+    from aptune.arch import build_layout
+
+    layout = build_layout(model)
+    targets = [path for role in roles for path in layout.role_paths(role)]
+    return targets, list(layout.trainable_heads)
+
+
+def run_lora(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """PEFT LoRA (rank, alpha and roles from the config); saves the merged model."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = ctx.config
+    set_seed(job.seed)
+    out = ctx.run_dir(job.id)
+    model, tokenizer, task = _load(ctx)
+    params_before = _param_count(model)
+    targets, heads = lora_targets(model, cfg.role_list())
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        modules_to_save=heads or None,
+    )
+    model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = total_steps(ctx, len(task.train))
+    clock = StepClock(monitor)
+    trainer = Trainer(
+        model=model,
+        args=_training_args(ctx, job, out, cfg.lora_lr, steps),
+        callbacks=[clock],
+        **_trainer_kwargs(task),
+    )
+    _train(trainer, clock, steps)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    result = _common(task, clock)
+    result.update(
+        model_dir=str(out / "model"),
+        total_steps=steps,
+        params_before=params_before,
+        params_after=_param_count(merged),
+        trainable_params=trainable,
+        step_summary=step_time_summary(clock.step_times),
+        lr=cfg.lora_lr,
+        lora_targets=targets,
+        lora_modules_to_save=heads,
+    )
+    return result
+
+
+def _apt_base(cfg: BenchConfig, job: Job) -> dict[str, Any]:
+    """AptConfig fields shared by APT and the LoRA+Prune retraining."""
+    return {
+        "target_density": job.density,
+        "adapter_targets": cfg.role_list(),
+        "initial_rank": cfg.lora_rank,
+        "max_rank": max(64, cfg.lora_rank),
+        "lora_scaling": cfg.lora_alpha / cfg.lora_rank,
+        "calibration_samples": cfg.calibration_samples,
+        "num_events": cfg.apt_num_events,
+        "seed": job.seed,
+    }
+
+
+def run_lora_prune(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """LoRA+Prune phase 2 (phase 1 is the LoRA job this one depends on); see the module docstring."""
+    from aptune.config import AptConfig
+    from aptune.controller import prepare_
+    from aptune.trainer import AptTrainer
+
+    cfg = ctx.config
+    phase1 = json.loads(ctx.result_path(job.depends[0]).read_text(encoding="utf-8"))
+    set_seed(job.seed)
+    out = ctx.run_dir(job.id)
+    model, tokenizer, task = _load(ctx, phase1["model_dir"])
+    main_steps = total_steps(ctx, len(task.train))
+    steps = max(1, round(main_steps * cfg.retrain_fraction))
+    apt_config = AptConfig(
+        **{**_apt_base(cfg, job), "num_events": 1},
+        pretune_prune=True,
+        distill=False,
+        rank_allocation="static",
+    )
+    controller = prepare_(model, apt_config, total_steps=steps)
+    clock = StepClock(monitor)
+    trainer = AptTrainer(
+        model=model,
+        args=_training_args(ctx, job, out, cfg.lora_lr, steps),
+        processing_class=tokenizer,
+        callbacks=[clock],
+        **_trainer_kwargs(task),
+    )
+    if monitor is not None:
+        monitor.mark("calibration_start")
+    began = time.perf_counter()
+    record = trainer.calibrate_and_prune_()
+    calibration_seconds = time.perf_counter() - began
+    offset = float(phase1["train_seconds"]) + calibration_seconds
+    _train(trainer, clock, steps)
+    small = trainer.export(out / "model")
+    result = _common(task, clock, offset=offset)
+    retrain_seconds = sum(clock.step_times.values())
+    previous = [{**point, "final_structure": False, "phase": "lora"} for point in phase1["curve"]]
+    result["curve"] = previous + [{**point, "phase": "retrain"} for point in result["curve"]]
+    lora_steps = {int(k): v for k, v in phase1["step_times"].items()}
+    start = step_time_summary(lora_steps)["start"]
+    after = statistics.median(clock.step_times.values()) if clock.step_times else None
+    peaks = [p for p in (phase1.get("peak_rss_mb"), clock.peak_rss_mb) if p is not None]
+    result.update(
+        model_dir=str(out / "model"),
+        total_steps=phase1["total_steps"] + steps,
+        retrain_steps=steps,
+        params_before=phase1["params_before"],
+        params_after=_param_count(small),
+        trainable_params=controller.trainable_parameter_count(),
+        density=controller.density(),
+        peak_rss_mb=max(peaks) if peaks else None,
+        phase_peak_rss_mb={"lora": phase1.get("peak_rss_mb"), "prune_retrain": clock.peak_rss_mb},
+        phases={
+            "lora": float(phase1["train_seconds"]),
+            "calibration": calibration_seconds,
+            "retrain": retrain_seconds,
+        },
+        step_summary={
+            "start": start,
+            "after_pruning": after,
+            "end": step_time_summary(clock.step_times)["end"],
+            "ratio_after_pruning": after / start if after is not None and start else None,
+            "steps": len(lora_steps) + len(clock.step_times),
+        },
+        pruning={k: record[k] for k in ("density", "removed", "heads_per_layer", "ffn_per_layer", "hidden_size")},
+        lr=cfg.lora_lr,
+        apt_config=apt_config.to_dict(),
+    )
+    return result
+
+
+def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """APT through `aptune.runner.run_training`; the figures come from its ``report.json``."""
+    from aptune.config import AptConfig
+    from aptune.report import load_report
+    from aptune.runner import RunArguments, run_training
+
+    cfg = ctx.config
+    out = ctx.run_dir(job.id)
+    run_args = RunArguments(
+        model=ctx.model,
+        tokenizer=ctx.tokenizer,
+        task=cfg.task,
+        train_file=ctx.train_file,
+        eval_file=ctx.eval_file,
+        max_length=cfg.max_length,
+        output_dir=str(out),
+        overwrite=True,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or None,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.apt_lr,
+        weight_decay=0.0,
+        warmup_ratio=0.06,
+        evaluations=cfg.evaluations,
+        seed=job.seed,
+    )
+    apt_config = AptConfig(
+        **{
+            **_apt_base(cfg, job),
+            "pretune_prune": cfg.apt_pretune_prune,
+            "distill": cfg.apt_distill,
+            **job.apt_overrides,
+        }
+    )
+    if monitor is not None:
+        monitor.mark("run_start")
+    summary = run_training(run_args, apt_config)
+    report = load_report(out)
+    steps = {int(row["step"]): float(row["step_time"]) for row in report["steps"] if row.get("step_time") is not None}
+    evals: dict[int, dict[str, float]] = {}
+    for entry in report.get("evals", []):
+        evals[int(entry["step"])] = {**evals.get(int(entry["step"]), {}), **clean_metrics(entry["metrics"])}
+    pruning = [e for e in report.get("events", []) if sum((e.get("removed") or {}).values()) > 0]
+    last_prune = max((int(e["step"]) for e in pruning), default=None)
+    first_prune = min((int(e["step"]) for e in pruning), default=None)
+    phases = report.get("phase_times", {})
+    calibration = float(phases.get("calibration", 0.0))
+    curve = curve_from_step_times(
+        steps, sorted(evals.items()), offset=calibration, final_from_step=last_prune or 0
+    )
+    schedule = (report.get("config") or {}).get("schedule") or {}
+    summary_steps = step_time_summary(
+        steps, last_prune_step=last_prune, first_event_step=first_prune if first_prune else None
+    )
+    distill_end = schedule.get("distill_end")
+    if apt_config.distill and distill_end is not None:
+        tail = [t for s, t in steps.items() if s > distill_end]
+        summary_steps["after_distillation"] = statistics.median(tail) if tail else None
+    if monitor is not None and "load" in phases:
+        # run_training has no callback hook: place the marks from its own timings (load phase, step
+        # times, evaluation run times), which is accurate to the duration of one step
+        eval_runtimes = {
+            int(e["step"]): float(e["metrics"].get("eval_runtime") or 0.0) for e in report.get("evals", [])
+        }
+        train_start = monitor.marks["run_start"] + float(phases["load"])
+        monitor.mark("train_start", train_start)
+        if last_prune:
+            before = calibration + sum(t for s, t in steps.items() if s <= last_prune)
+            before += sum(t for s, t in eval_runtimes.items() if s < last_prune)
+            monitor.mark("last_prune", train_start + before)
+        monitor.mark("train_end", train_start + calibration + sum(steps.values()) + sum(eval_runtimes.values()))
+    plan = json.loads((out / "model" / "config.json").read_text(encoding="utf-8")).get("aptune_plan", {})
+    memory = report.get("peak_memory") or {}
+    return {
+        "primary_metric": "accuracy" if cfg.task == "classification" else "perplexity",
+        "greater_is_better": cfg.task == "classification",
+        "final_metrics": curve[-1]["metrics"] if curve else clean_metrics(summary["final_metrics"]),
+        "curve": curve,
+        "step_times": {str(k): v for k, v in sorted(steps.items())},
+        "train_seconds": calibration + sum(steps.values()),
+        "peak_rss_mb": memory.get("peak_rss_mb"),
+        "cuda_max_allocated_mb": memory.get("cuda_max_allocated_mb"),
+        "model_dir": summary["model_dir"],
+        "total_steps": int((report.get("summary") or {}).get("final_step") or max(steps, default=0)),
+        "params_before": summary["params_before"],
+        "params_after": summary["params_after"],
+        "density": summary["density"],
+        "step_summary": summary_steps,
+        "last_prune_step": last_prune,
+        "phases": {k: float(v) for k, v in phases.items()},
+        "teacher_seconds": (report.get("teacher_cost") or {}).get("seconds"),
+        "schedule": schedule,
+        "structure": {k: plan.get(k) for k in ("heads_per_layer", "ffn_per_layer", "hidden_size")},
+        "lr": cfg.apt_lr,
+        "apt_config": apt_config.to_dict(),
+        "report": str(out / "report.md"),
+    }
+
+
+#: Method name -> runner.
+RUNNERS = {"ft": run_ft, "lora": run_lora, "lora-prune": run_lora_prune, "apt": run_apt}

@@ -1,0 +1,216 @@
+"""The worker side of the benchmark: one job (or the latency phase) per process.
+
+The harness writes ``plan.json`` into the work folder and starts, for every job,
+``python -m aptune.bench.worker job <workdir> <job id>``; the worker runs the method, measures, and
+writes ``results/<job id>.json``. ``python -m aptune.bench.worker latency <workdir>`` measures the
+exported models side by side; ``python -m aptune.bench.worker convert <model> <task> <folder>``
+turns a GGUF checkpoint into a plain folder once, so that no job pays for dequantisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aptune.bench.config import BenchConfig, Job
+from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
+
+__all__ = ["PLAN_FILE", "context_from_plan", "convert_model", "main", "run_job", "run_latency"]
+
+PLAN_FILE = "plan.json"
+LATENCY_FILE = "latency.json"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def context_from_plan(workdir: str | Path):
+    """Read ``plan.json`` of a work folder; return ``(WorkerContext, jobs by id)``."""
+    from aptune.bench.methods import WorkerContext
+
+    workdir = Path(workdir)
+    plan = json.loads((workdir / PLAN_FILE).read_text(encoding="utf-8"))
+    data = plan["data"]
+    ctx = WorkerContext(
+        config=BenchConfig.from_dict(plan["config"]),
+        workdir=workdir,
+        train_file=data["train_file"],
+        eval_file=data["eval_file"],
+        model=plan["model"],
+        tokenizer=plan.get("tokenizer"),
+        label_names=data.get("label_names"),
+        num_labels=data.get("num_labels"),
+        num_train=data["num_train"],
+    )
+    jobs = {j["id"]: Job(**j) for j in plan["jobs"]}
+    return ctx, jobs
+
+
+def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
+    """Run one job of the plan in this process and write ``results/<job_id>.json``.
+
+    Besides the method's own figures the result holds ``job``, ``wall_seconds``, ``resting_rss_mb``
+    (after imports, before loading anything), whether the peak-RSS reset worked, and the RSS
+    timeline of the process.
+
+    Returns:
+        The result dict.
+    """
+    from aptune.bench.methods import RUNNERS
+
+    ctx, jobs = context_from_plan(workdir)
+    job = jobs[job_id]
+    monitor = MemoryMonitor()
+    resting = current_rss_mb()
+    reset = reset_peak_rss()
+    began = time.perf_counter()
+    monitor.start()
+    try:
+        result = RUNNERS[job.method](ctx, job, monitor)
+    finally:
+        monitor.stop()
+    result.update(
+        job=job.to_dict(),
+        wall_seconds=time.perf_counter() - began,
+        resting_rss_mb=resting,
+        peak_rss_reset=reset,
+        memory_timeline=monitor.to_dict(),
+    )
+    _write_json(ctx.result_path(job_id), result)
+    return result
+
+
+def convert_model(model: str, task: str, target: str | Path) -> str:
+    """Load ``model`` (e.g. a GGUF built-in) once and save it as a plain folder; return its path."""
+    from aptune.runner import load_model_and_tokenizer
+
+    target = Path(target)
+    loaded, tokenizer = load_model_and_tokenizer(model, task)
+    tmp = target.with_name(target.name + ".tmp")
+    loaded.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _load_exported(path: str, task: str):
+    import transformers
+
+    from aptune.export import load
+
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    if "aptune_plan" in config:
+        return load(path)
+    auto = {
+        "classification": transformers.AutoModelForSequenceClassification,
+        "causal-lm": transformers.AutoModelForCausalLM,
+    }[task]
+    return auto.from_pretrained(path).eval()
+
+
+def run_latency(workdir: str | Path) -> dict[str, Any]:
+    """Latency, throughput and FLOPs of every exported model next to the dense model; writes ``latency.json``.
+
+    Models with the same parameter shapes (the dense model, FT, merged LoRA) are measured once.
+    All models are timed interleaved on the same synthetic batch (see `measure_latencies`).
+    """
+    import torch
+
+    from aptune.bench.measure import count_matmul_flops, measure_latencies
+    from aptune.runner import load_model_and_tokenizer
+
+    ctx, jobs = context_from_plan(workdir)
+    cfg = ctx.config
+    batch, length = cfg.latency_batch, cfg.latency_length
+    dense, _ = load_model_and_tokenizer(
+        ctx.model,
+        cfg.task,
+        tokenizer_name=ctx.tokenizer,
+        num_labels=ctx.num_labels,
+        label_names=ctx.label_names,
+    )
+    dense.eval()
+
+    def signature(model: torch.nn.Module) -> tuple:
+        return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+
+    models: dict[str, torch.nn.Module] = {"dense": dense}
+    keys: dict[tuple, str] = {signature(dense): "dense"}
+    entries: dict[str, dict[str, Any]] = {}
+    for job_id in jobs:
+        path = ctx.result_path(job_id)
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        model_dir = result.get("model_dir")
+        if not model_dir or not Path(model_dir).is_dir():
+            continue
+        model = _load_exported(model_dir, cfg.task)
+        sig = signature(model)
+        key = keys.setdefault(sig, job_id)
+        if key == job_id:
+            models[job_id] = model
+        entries[job_id] = {"key": key, "params": sum(p.numel() for p in model.parameters())}
+    flops = {key: count_matmul_flops(m, length, batch).to_dict() for key, m in models.items()}
+    timings = measure_latencies(
+        models, batch_size=batch, seq_len=length, repeats=cfg.latency_repeats, warmup=cfg.latency_warmup
+    )
+    dense_total = flops["dense"]["total"]
+    dense_ms = timings["dense"]["median_ms"]
+    for entry in entries.values():
+        key = entry["key"]
+        ratio = flops[key]["total"] / dense_total
+        entry.update(
+            flops=flops[key],
+            flop_ratio=ratio,
+            stack_flop_ratio=flops[key]["stack"] / flops["dense"]["stack"],
+            latency=timings[key],
+            latency_ratio=timings[key]["median_ms"] / dense_ms,
+            implied_ms=dense_ms * ratio,
+        )
+    data = {
+        "settings": {
+            "batch_size": batch,
+            "seq_len": length,
+            "repeats": cfg.latency_repeats,
+            "warmup": cfg.latency_warmup,
+            "threads": torch.get_num_threads(),
+            "device": str(next(dense.parameters()).device),
+        },
+        "dense": {
+            "flops": flops["dense"],
+            "latency": timings["dense"],
+            "params": sum(p.numel() for p in dense.parameters()),
+        },
+        "jobs": entries,
+    }
+    _write_json(Path(workdir) / LATENCY_FILE, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m aptune.bench.worker job|latency|convert ...`` (started by the harness)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["job"] and len(args) == 3:
+        run_job(args[1], args[2])
+    elif args[:1] == ["latency"] and len(args) == 2:
+        run_latency(args[1])
+    elif args[:1] == ["convert"] and len(args) == 4:
+        convert_model(args[1], args[2], args[3])
+    else:
+        raise SystemExit("usage: python -m aptune.bench.worker job WORKDIR JOB | latency WORKDIR | convert ...")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
