@@ -144,6 +144,8 @@ def _train(**values) -> None:
         from aptune.runner import run_training
 
         summary = run_training(run_args, config)
+    if summary["params_after"] is None:  # a non-zero rank under torchrun: rank 0 reports
+        return
     metrics = ", ".join(
         f"{k} {v:.4f}"
         for k, v in summary["final_metrics"].items()
@@ -246,11 +248,17 @@ def eval_command(
         click.echo(f"{key}: {value:.4f}")
 
 
-@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    "bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
 def bench_command(ctx: typer.Context) -> None:
-    """Side-by-side benchmark (FT, LoRA, LoRA+Prune, APT). NOT IMPLEMENTED YET: see benchmarks/."""
-    click.echo("aptune bench is not implemented yet; the comparison scripts live in benchmarks/", err=True)
-    raise SystemExit(2)
+    """Side-by-side benchmark: FT, LoRA, LoRA+Prune, APT, ablations, density sweep (--help for options)."""
+    from aptune.bench.cli import bench_command as build
+
+    # the options live on aptune.bench's own command, generated from BenchConfig
+    build().main(args=list(ctx.args), prog_name="aptune bench", standalone_mode=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,12 +15,20 @@ cannot change shape in place.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_salience_stats_", "check_same_on_all_ranks", "is_distributed", "rebuild_ddp_"]
+__all__ = [
+    "all_reduce_gradients_",
+    "all_reduce_salience_stats_",
+    "check_same_on_all_ranks",
+    "exclude_from_ddp_",
+    "is_distributed",
+    "rebuild_ddp_",
+]
 
 
 def is_distributed() -> bool:
@@ -81,7 +89,41 @@ def rebuild_ddp_(wrapper) -> bool:
 
     if not isinstance(wrapper, DistributedDataParallel):
         return False
+    # The old reducer (and the logger that refers to it) hold the parameters' gradient accumulators,
+    # which remember the old shapes; they must be gone before the new reducer asks for accumulators.
+    wrapper.reducer = None
+    wrapper.logger = None
+    gc.collect()
     parameters, expect_sparse_gradient = wrapper._build_params_for_reducer()
     mapping = wrapper._build_debug_param_to_name_mapping(parameters)
     wrapper._ddp_init_helper(parameters, expect_sparse_gradient, mapping, wrapper.static_graph)
     return True
+
+
+def exclude_from_ddp_(model: torch.nn.Module, prefix: str) -> list[str]:
+    """Keep the parameters under ``prefix`` out of DDP's reducer (call before the model is wrapped).
+
+    The distillation transform is used in the loss, outside the model's forward, which DDP's
+    reducer cannot track; its gradients are averaged by `all_reduce_gradients_` instead.
+
+    Returns:
+        The names of the excluded parameters.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = [name for name, _ in model.named_parameters() if name.startswith(prefix)]
+    if names:
+        existing = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, existing + names)
+    return names
+
+
+def all_reduce_gradients_(parameters) -> None:
+    """Average the gradients of ``parameters`` over all ranks (no-op in one process)."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for param in parameters:
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(world)

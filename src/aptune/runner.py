@@ -393,6 +393,17 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
             k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))
         }
     recorder.set("final_metrics", final_metrics)
+    summary = {
+        "output_dir": str(out),
+        "model_dir": str(out / "model"),
+        "report": str(out / "report.md"),
+        "final_metrics": final_metrics,
+        "density": controller.density(),
+        "params_before": total_params_before,
+    }
+    if not trainer.is_world_process_zero():
+        # under torchrun every rank trained the same pruned model; rank 0 writes the results
+        return {**summary, "params_after": None, "seconds": time.perf_counter() - started}
     began = time.perf_counter()
     small = trainer.export(out / "model")
     recorder.set_phase_time("export", time.perf_counter() - began)
@@ -417,16 +428,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     )
     recorder.set("peak_memory", {"peak_rss_mb": peak_rss_mb()})
     paths = write_report(out, recorder)
-    return {
-        "output_dir": str(out),
-        "model_dir": str(out / "model"),
-        "report": str(paths.get("report.md", out / "report.md")),
-        "final_metrics": final_metrics,
-        "density": controller.density(),
-        "params_after": params_after,
-        "params_before": total_params_before,
-        "seconds": time.perf_counter() - started,
-    }
+    summary["report"] = str(paths.get("report.md", out / "report.md"))
+    return {**summary, "params_after": params_after, "seconds": time.perf_counter() - started}
 
 
 _TOKENIZER_FILES = (

@@ -22,7 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from aptune.checkpoint import last_complete_checkpoint, load_controller_state, save_controller_state
 from aptune.config import AptConfig
-from aptune.controller import AptController, prepare_
+from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
+from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
 
@@ -103,6 +104,11 @@ class AptCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_started = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        transform = self.controller.transform
+        if transform is not None:
+            all_reduce_gradients_(transform.parameters())
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.controller.step(self.trainer.optimizer, wrapper=self.trainer.model_wrapped)
@@ -229,6 +235,11 @@ class AptTrainer(Trainer):
             )
         controller = getattr(model, "_aptune_controller", None) or prepare_(model, apt_config)
         self.apt_controller: AptController = controller
+        # the distillation transform lives outside the forward pass: DDP must not track it
+        exclude_from_ddp_(model, DISTILL_MODULE_NAME + ".")
+        if args is not None and getattr(args, "ddp_find_unused_parameters", None) is None:
+            # attention modules that lost every head leave their (empty) projections unused
+            args.ddp_find_unused_parameters = True
         super().__init__(model, args, *more, **kwargs)
         self.apt_callback = AptCallback(self, recorder)
         # first, so that on_log adds density and parameters before the progress bar prints them

@@ -108,6 +108,7 @@ class BenchConfig:
     latency_length: int = field(default=128, metadata={"help": "Tokens per latency sequence."})
     latency_repeats: int = field(default=20, metadata={"help": "Timed forwards per model (median)."})
     latency_warmup: int = field(default=3, metadata={"help": "Untimed forwards per model first."})
+    threads: int = field(default=0, metadata={"help": "torch threads per job (0: torch's default)."})
     est_seconds_per_token: float = field(
         default=0.0, metadata={"help": "FT training seconds per token, for the time estimate (0: none)."}
     )
@@ -152,7 +153,14 @@ class BenchConfig:
             bad("train_file", "give --train-file (and --eval-file) or --dataset-name bbc_news")
         if self.dataset_name and self.dataset_name != "bbc_news":
             bad("dataset_name", "the only built-in data set is bbc_news; pass --train-file/--eval-file")
-        for name in ("max_length", "batch_size", "eval_batch_size", "lora_rank", "latency_batch", "apt_num_events"):
+        for name in (
+            "max_length",
+            "batch_size",
+            "eval_batch_size",
+            "lora_rank",
+            "latency_batch",
+            "apt_num_events",
+        ):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("latency_length",):

@@ -125,7 +125,9 @@ def prepare_data(config: BenchConfig, folder: str | Path) -> dict[str, Any]:
             train, dev = [train[i] for i in train_idx], [train[i] for i in dev_idx]
             source = f"{config.train_file}, 80/20 split, seed 0"
     label_key = "label"
-    train = _subset(train, config.max_train_samples, [r.get(label_key) for r in train] if classification else None)
+    train = _subset(
+        train, config.max_train_samples, [r.get(label_key) for r in train] if classification else None
+    )
     dev = _subset(dev, config.max_eval_samples, [r.get(label_key) for r in dev] if classification else None)
     names: list[str] | None = None
     num_labels: int | None = None
@@ -171,7 +173,9 @@ def _run_isolated(args: list[str], log_file: Path) -> str | None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     with log_file.open("w", encoding="utf-8") as log:
-        proc = subprocess.run(_worker_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.run(
+            _worker_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env, check=False
+        )
     if proc.returncode != 0:
         return f"exit status {proc.returncode}:\n{_tail(log_file)}"
     return None
@@ -197,7 +201,9 @@ def _prepare_model(config: BenchConfig, workdir: Path, log: Callable[[str], None
         return str(target)
     log(f"[bench] converting {config.model} (GGUF) to a plain checkpoint once: {target}")
     if config.isolate:
-        error = _run_isolated(["convert", config.model, config.task, str(target)], workdir / "logs" / "convert.log")
+        error = _run_isolated(
+            ["convert", config.model, config.task, str(target)], workdir / "logs" / "convert.log"
+        )
     else:
         from aptune.bench.worker import convert_model
 
@@ -237,7 +243,8 @@ def _describe(result: dict) -> str:
     metric = result.get("primary_metric", "accuracy")
     value = metrics.get(metric)
     text = f"{metric} {value:.4f}" if isinstance(value, float) else "no metric"
-    return f"{text}, train {result.get('train_seconds', 0):.0f} s, peak RSS {result.get('peak_rss_mb') or 0:.0f} MB"
+    seconds, peak = result.get("train_seconds") or 0.0, result.get("peak_rss_mb") or 0.0
+    return f"{text}, train {seconds:.0f} s, peak RSS {peak:.0f} MB"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -281,8 +288,9 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     data = prepare_data(config, workdir / "data")
     estimate = estimate_seconds(config, jobs, data["num_train"], data["num_eval"])
     log(
-        f"[bench] {config.results_name()}: {len(jobs)} training jobs + latency; data {data['num_train']} train / "
-        f"{data['num_eval']} dev; estimated {format_duration(estimate)} on 2 CPU cores; work folder {workdir}"
+        f"[bench] {config.results_name()}: {len(jobs)} training jobs + latency; data "
+        f"{data['num_train']} train / {data['num_eval']} dev; estimated {format_duration(estimate)} "
+        f"on 2 CPU cores; work folder {workdir}"
     )
     if config.dry_run:
         for job in jobs:
@@ -291,6 +299,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             shutil.rmtree(workdir, ignore_errors=True)
         return BenchOutcome({}, None, jobs, estimate_seconds=estimate, workdir=None)
     failures: dict[str, str] = {}
+    ran_any = False
     try:
         model = _prepare_model(config, workdir, log)
         _write_plan(workdir, config, jobs, data, model)
@@ -300,12 +309,15 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             if result_path.is_file():
                 log(f"{prefix}: done earlier ({_describe(json.loads(result_path.read_text()))})")
                 continue
-            missing = [d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()]
+            missing = [
+                d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()
+            ]
             if missing:
                 failures[job.id] = f"skipped: {', '.join(missing)} did not finish"
                 log(f"{prefix}: {failures[job.id]}")
                 continue
             began = time.perf_counter()
+            ran_any = True
             log(f"{prefix}: {job.label}, density {job.density:g}, seed {job.seed} ...")
             if config.isolate:
                 error = _run_isolated(["job", str(workdir), job.id], workdir / "logs" / f"{job.id}.log")
@@ -321,7 +333,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 log(f"{prefix}: {_describe(result)}; {time.perf_counter() - began:.0f} s")
         latency_path = workdir / LATENCY_FILE
         latency: dict[str, Any] = {}
-        if not latency_path.is_file() or config.workdir == "":
+        if ran_any or not latency_path.is_file():
             log("[bench] latency and FLOPs of the exported models ...")
             if config.isolate:
                 error = _run_isolated(["latency", str(workdir)], workdir / "logs" / "latency.log")

@@ -95,6 +95,26 @@ def _weight_shape(module: nn.Module) -> tuple[int, int]:
     return int(out_features), int(in_features)
 
 
+def _layout(model: nn.Module):
+    """aptune's layout of ``model``; for an exported (``Apt*``) model, that of its stock class.
+
+    Exported models keep the stock module names, so the layout of a stock twin built on the meta
+    device (no memory) names the same modules; their shapes are then read from ``model`` itself.
+    """
+    from aptune.arch import build_layout
+    from aptune.errors import UnsupportedModelError
+
+    try:
+        return build_layout(model)
+    except UnsupportedModelError:
+        stock = next((c for c in type(model).__mro__[1:] if c.__module__.startswith("transformers.")), None)
+        if stock is None:
+            raise
+        with torch.device("meta"):
+            twin = stock(model.config)
+        return build_layout(twin)
+
+
 def count_matmul_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> FlopCount:
     """Count the matrix-multiply FLOPs of one forward pass from the model's current layer shapes.
 
@@ -121,9 +141,7 @@ def count_matmul_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> F
         >>> flops = count_matmul_flops(model, seq_len=128, batch_size=32)
         >>> flops.total / count_matmul_flops(dense, 128, 32).total  # the FLOP ratio
     """
-    from aptune.arch import build_layout
-
-    layout = build_layout(model)
+    layout = _layout(model)
     site_paths: set[str] = set()
     projections = attention = ffn = 0
     for site in layout.attention:

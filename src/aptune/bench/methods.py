@@ -174,7 +174,9 @@ def _load(ctx: WorkerContext, path: str | None = None):
         num_labels=ctx.num_labels,
         label_names=names,
     )
-    task = load_task(cfg.task, tokenizer, train_file=ctx.train_file, eval_file=ctx.eval_file, max_length=cfg.max_length)
+    task = load_task(
+        cfg.task, tokenizer, train_file=ctx.train_file, eval_file=ctx.eval_file, max_length=cfg.max_length
+    )
     if names and task.label_names and list(task.label_names) != list(names):
         raise RuntimeError(f"label order changed: {task.label_names} != {names}")
     return model, tokenizer, task
@@ -380,7 +382,9 @@ def run_lora_prune(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None =
             "ratio_after_pruning": after / start if after is not None and start else None,
             "steps": len(lora_steps) + len(clock.step_times),
         },
-        pruning={k: record[k] for k in ("density", "removed", "heads_per_layer", "ffn_per_layer", "hidden_size")},
+        pruning={
+            k: record[k] for k in ("density", "removed", "heads_per_layer", "ffn_per_layer", "hidden_size")
+        },
         lr=cfg.lora_lr,
         apt_config=apt_config.to_dict(),
     )
@@ -426,7 +430,11 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         monitor.mark("run_start")
     summary = run_training(run_args, apt_config)
     report = load_report(out)
-    steps = {int(row["step"]): float(row["step_time"]) for row in report["steps"] if row.get("step_time") is not None}
+    steps = {
+        int(row["step"]): float(row["step_time"])
+        for row in report["steps"]
+        if row.get("step_time") is not None
+    }
     evals: dict[int, dict[str, float]] = {}
     for entry in report.get("evals", []):
         evals[int(entry["step"])] = {**evals.get(int(entry["step"]), {}), **clean_metrics(entry["metrics"])}
@@ -458,7 +466,9 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
             before = calibration + sum(t for s, t in steps.items() if s <= last_prune)
             before += sum(t for s, t in eval_runtimes.items() if s < last_prune)
             monitor.mark("last_prune", train_start + before)
-        monitor.mark("train_end", train_start + calibration + sum(steps.values()) + sum(eval_runtimes.values()))
+        monitor.mark(
+            "train_end", train_start + calibration + sum(steps.values()) + sum(eval_runtimes.values())
+        )
     plan = json.loads((out / "model" / "config.json").read_text(encoding="utf-8")).get("aptune_plan", {})
     memory = report.get("peak_memory") or {}
     return {

@@ -9,10 +9,12 @@ turns a GGUF checkpoint into a plain folder once, so that no job pays for dequan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,20 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Use ``count`` torch threads inside the block (0: leave torch's setting alone)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def context_from_plan(workdir: str | Path):
@@ -74,7 +90,8 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     began = time.perf_counter()
     monitor.start()
     try:
-        result = RUNNERS[job.method](ctx, job, monitor)
+        with _threads(ctx.config.threads):
+            result = RUNNERS[job.method](ctx, job, monitor)
     finally:
         monitor.stop()
     result.update(
@@ -160,9 +177,10 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
             models[job_id] = model
         entries[job_id] = {"key": key, "params": sum(p.numel() for p in model.parameters())}
     flops = {key: count_matmul_flops(m, length, batch).to_dict() for key, m in models.items()}
-    timings = measure_latencies(
-        models, batch_size=batch, seq_len=length, repeats=cfg.latency_repeats, warmup=cfg.latency_warmup
-    )
+    with _threads(cfg.threads):
+        timings = measure_latencies(
+            models, batch_size=batch, seq_len=length, repeats=cfg.latency_repeats, warmup=cfg.latency_warmup
+        )
     dense_total = flops["dense"]["total"]
     dense_ms = timings["dense"]["median_ms"]
     for entry in entries.values():
@@ -209,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args[:1] == ["convert"] and len(args) == 4:
         convert_model(args[1], args[2], args[3])
     else:
-        raise SystemExit("usage: python -m aptune.bench.worker job WORKDIR JOB | latency WORKDIR | convert ...")
+        raise SystemExit(
+            "usage: python -m aptune.bench.worker job WORKDIR JOB | latency WORKDIR | convert ..."
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

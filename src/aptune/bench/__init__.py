@@ -1,0 +1,47 @@
+"""Side-by-side benchmark of APT against the methods users would pick instead (issue 5).
+
+``aptune bench`` (or `run_benchmark`) trains FT, LoRA (the ``peft`` package), LoRA+Prune and APT with
+its ablations and a density sweep on the same model, data split, sequence length, batch and seeds,
+each job in its own process, then measures the exported models and writes
+``benchmarks/results/<name>.md``, ``.json`` and plots.
+
+    >>> from aptune.bench import run_benchmark, suite_config
+    >>> outcome = run_benchmark(suite_config("minilm-bbc", quick=True))
+    >>> [t["met"] for t in outcome.summary["targets"]]
+
+The measurement functions are usable on their own: `count_matmul_flops`, `measure_latency`,
+`time_to_accuracy`, `step_time_summary`.
+"""
+
+from aptune.bench.config import ABLATIONS, METHODS, SUITES, BenchConfig, Job, plan_jobs, suite_config
+from aptune.bench.harness import BenchOutcome, prepare_data, run_benchmark
+from aptune.bench.measure import (
+    FlopCount,
+    count_matmul_flops,
+    measure_latencies,
+    measure_latency,
+    step_time_summary,
+    time_to_accuracy,
+)
+from aptune.bench.results import summarize, write_results
+
+__all__ = [
+    "ABLATIONS",
+    "METHODS",
+    "SUITES",
+    "BenchConfig",
+    "BenchOutcome",
+    "FlopCount",
+    "Job",
+    "count_matmul_flops",
+    "measure_latencies",
+    "measure_latency",
+    "plan_jobs",
+    "prepare_data",
+    "run_benchmark",
+    "step_time_summary",
+    "suite_config",
+    "summarize",
+    "time_to_accuracy",
+    "write_results",
+]

@@ -1,0 +1,69 @@
+"""``aptune bench``: the command-line face of `aptune.bench.run_benchmark`.
+
+Its options are generated from `BenchConfig` (one option per field, with the field's help). ``--suite``
+picks a preset (and ``--quick`` its quick variant); options given on the command line override the
+preset's values.
+"""
+
+from __future__ import annotations
+
+import click
+
+from aptune.bench.config import SUITES, BenchConfig
+
+__all__ = ["bench_command"]
+
+_EPILOG = (
+    "Suites: "
+    + ", ".join(SUITES)
+    + ". The defaults shown are those of minilm-bbc; another suite (or --quick) brings its own, and "
+    "options given here override them. Examples: `aptune bench --quick` (a few minutes), "
+    "`aptune bench --suite minilm-bbc` (the full comparison), `aptune bench --suite smollm2-bbc`, "
+    "`aptune bench --dry-run` (plan and time estimate)."
+)
+
+
+def _run(**values) -> None:
+    from aptune.bench.config import suite_config
+    from aptune.bench.harness import run_benchmark
+    from aptune.cli import user_errors
+
+    ctx = click.get_current_context()
+    given = {
+        name: value
+        for name, value in values.items()
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        and name not in ("suite", "quick")
+    }
+    with user_errors():
+        config = suite_config(values["suite"], values["quick"], **given)
+        outcome = run_benchmark(config, log=lambda line: click.echo(line, err=True))
+    if outcome.summary is None:
+        return
+    for target in outcome.summary["targets"]:
+        status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[target["met"]]
+        click.echo(f"{status:>12}  {target['claim']}: {target['measured']}")
+    click.echo(f"aptune: results: {outcome.files['md']} and {outcome.files['json']}")
+    if outcome.failures:
+        click.echo(
+            f"aptune: error: {len(outcome.failures)} job(s) failed: {', '.join(outcome.failures)}", err=True
+        )
+        raise SystemExit(1)
+
+
+def bench_command() -> click.Command:
+    """The ``bench`` click command (options from `BenchConfig`)."""
+    from aptune.cli import dataclass_options
+
+    return click.Command(
+        "bench",
+        callback=_run,
+        params=dataclass_options(BenchConfig),
+        help=(
+            "Side-by-side benchmark of FT, LoRA (peft), LoRA+Prune and APT (with ablations and a density "
+            "sweep): accuracy, time to accuracy, training time and memory, step times, exported size, "
+            "latency and FLOPs. Every job runs in its own process; results go to "
+            "<results-dir>/<name>.md, .json and plots."
+        ),
+        epilog=_EPILOG,
+    )
