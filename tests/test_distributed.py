@@ -36,7 +36,8 @@ LOOP = textwrap.dedent(
     for step in range(40):
         ids = torch.randint(3, 120, (16, 12), generator=data)  # the global batch
         shard = slice(rank * 16 // world, (rank + 1) * 16 // world)
-        inputs = {"input_ids": ids[shard], "attention_mask": torch.ones_like(ids[shard]), "labels": ids[shard, 1] % 3}
+        part = ids[shard]
+        inputs = {"input_ids": part, "attention_mask": torch.ones_like(part), "labels": part[:, 1] % 3}
         if controller.distilling:
             teacher = controller.teacher_forward(inputs)
             outputs = wrapper(**inputs, output_hidden_states=True)
