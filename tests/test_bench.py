@@ -256,3 +256,65 @@ def test_bench_help_and_dry_run(tiny_setup, tmp_path, capsys):
     assert not (tmp_path / "results").exists()
     code, _, err = _run(["bench", "--suite", "nope"], capsys)
     assert code == 2 and "unknown bench suite" in err
+
+
+def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
+    """Causal LM: LoRA, LoRA+Prune and APT pruning before tuning, perplexity, LoRA sets the TTA bar."""
+    from aptune.bench import run_benchmark
+
+    word_tokenizer.save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(word_tokenizer),
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=word_tokenizer.pad_token_id,
+        eos_token_id=word_tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    words = ["the", "cat", "sat", "on", "mat", "dog", "river", "city", "flows", "through", "london"]
+    generator = torch.Generator().manual_seed(0)
+    for name, count in (("train", 24), ("dev", 6)):
+        lines = []
+        for _ in range(count):
+            ids = torch.randint(0, len(words), (30,), generator=generator).tolist()
+            lines.append(json.dumps({"text": " ".join(words[i] for i in ids)}))
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    bench = suite_config(
+        "smollm2-bbc",
+        model=str(tmp_path / "model"),
+        dataset_name="",
+        train_file=str(tmp_path / "train.jsonl"),
+        eval_file=str(tmp_path / "dev.jsonl"),
+        max_train_samples=0,
+        max_eval_samples=0,
+        max_length=16,
+        max_steps=18,
+        apt_num_events=2,
+        calibration_samples=4,
+        latency_batch=2,
+        latency_length=16,
+        latency_repeats=3,
+        latency_warmup=1,
+        isolate=False,
+        threads=1,
+        workdir=str(tmp_path / "work"),
+        results_dir=str(tmp_path / "results"),
+        name="llama",
+    )
+    outcome = run_benchmark(bench, log=lambda line: None)
+    assert not outcome.failures
+    summary = outcome.summary
+    assert summary["reference"]["metric"] == "perplexity" and not summary["reference"]["greater_is_better"]
+    rows = {r["id"]: r for r in summary["jobs"]}
+    assert set(rows) == {"lora-s0", "lora-prune-d0.70-s0", "apt-d0.70-s0"}
+    assert rows["lora-s0"]["tta_seconds"] is not None
+    for job in ("lora-prune-d0.70-s0", "apt-d0.70-s0"):
+        assert rows[job]["metric"] > 1 and rows[job]["flop_ratio"] < 0.9
+    assert [t["id"] for t in summary["targets"]] == ["memory_vs_lora"]
+    assert outcome.files["md"].is_file()

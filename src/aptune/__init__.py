@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AptConfig",
     "AptController",
+    "AptSeq2SeqTrainer",
     "AptTrainer",
     "AptuneError",
     "ConfigError",
@@ -36,8 +37,8 @@ __all__ = [
 def __getattr__(name: str):
     # The Trainer subclass pulls in transformers.Trainer (and accelerate); import it lazily so that
     # `import aptune` stays light.
-    if name == "AptTrainer":
-        from aptune.trainer import AptTrainer
+    if name in ("AptTrainer", "AptSeq2SeqTrainer"):
+        from aptune import trainer
 
-        return AptTrainer
+        return getattr(trainer, name)
     raise AttributeError(f"module 'aptune' has no attribute {name!r}")

@@ -246,6 +246,10 @@ def _inference_throughput(model, dataset, collator, batch_size: int, batches: in
     for start in range(0, len(rows), batch_size):
         chunk = [{k: r[k] for k in columns if k in r} for r in rows[start : start + batch_size]]
         inputs = {k: v.to(device) for k, v in collator(chunk).items() if torch.is_tensor(v) and k in columns}
+        if getattr(model.config, "is_encoder_decoder", False):
+            # as in the paper's inference measurement: the encoder pass plus two decoder tokens
+            start = model.config.decoder_start_token_id or 0
+            inputs["decoder_input_ids"] = torch.full((len(chunk), 2), start, dtype=torch.long, device=device)
         began = time.perf_counter()
         model(**inputs)
         times.append(time.perf_counter() - began)
@@ -268,11 +272,11 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     Raises:
         ConfigError, DataError, ModelError: bad options, data or model (clear messages).
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments, set_seed
 
     from aptune.report import RunRecorder, write_report
     from aptune.tasks import load_task
-    from aptune.trainer import AptTrainer, peak_rss_mb
+    from aptune.trainer import AptSeq2SeqTrainer, AptTrainer, peak_rss_mb
 
     run_args.validate()
     out = Path(run_args.output_dir)
@@ -328,7 +332,11 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     (out / RUN_ARGS_FILE).write_text(json.dumps(asdict(run_args), indent=2) + "\n", encoding="utf-8")
     apt_config.to_json(out / APT_CONFIG_FILE)
 
-    args = TrainingArguments(
+    # seq2seq metrics (ROUGE) need generated text: evaluation calls generate()
+    args_class = Seq2SeqTrainingArguments if task.kind == "seq2seq" else TrainingArguments
+    extra_args = {"predict_with_generate": True} if task.kind == "seq2seq" else {}
+    args = args_class(
+        **extra_args,
         output_dir=str(out / "checkpoints"),
         max_steps=total_steps,
         per_device_train_batch_size=run_args.batch_size,
@@ -364,7 +372,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
     )
     recorder.set_phase_time("load", load_seconds)
     recorder.set("data", task.info)
-    trainer = AptTrainer(
+    trainer_class = AptSeq2SeqTrainer if task.kind == "seq2seq" else AptTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=task.train,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -27,7 +27,7 @@ from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
 
-__all__ = ["AptCallback", "AptTrainer", "TrainingDivergedError", "peak_rss_mb"]
+__all__ = ["AptCallback", "AptSeq2SeqTrainer", "AptTrainer", "TrainingDivergedError", "peak_rss_mb"]
 
 logger = logging.getLogger("aptune")
 
@@ -94,13 +94,13 @@ class AptCallback(TrainerCallback):
             raise ConfigError("AptTrainer needs a known run length: set max_steps or num_train_epochs")
         if controller.schedule is None or controller.schedule.total_steps != state.max_steps:
             controller.set_total_steps(state.max_steps)
+        if self._on_event not in controller.event_listeners:
+            controller.event_listeners.append(self._on_event)  # announces and records every event
         if controller.config.pretune_prune and not controller._pretuned:
             started = time.perf_counter()
-            record = self.trainer.calibrate_and_prune_()
+            self.trainer.calibrate_and_prune_()
             self._phase_times["calibration"] = time.perf_counter() - started
-            self._announce(describe_event(record))
         self._phase_started = time.perf_counter()
-        controller.event_listeners.append(self._on_event)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_started = time.perf_counter()
@@ -211,6 +211,8 @@ class AptCallback(TrainerCallback):
 class AptTrainer(Trainer):
     """`transformers.Trainer` with APT: adapters, pruning during training, self-distillation.
 
+    For generation-based evaluation of seq2seq tasks use `AptSeq2SeqTrainer`.
+
     Accepts every `Trainer` argument plus:
 
     Args:
@@ -318,3 +320,8 @@ class AptTrainer(Trainer):
     def export(self, out_dir) -> torch.nn.Module:
         """Merge adapters and write ``out_dir`` (see `aptune.export`); returns the small model."""
         return export_model(self.model, self.apt_controller, out_dir, tokenizer=self.processing_class)
+
+
+class AptSeq2SeqTrainer(AptTrainer, Seq2SeqTrainer):
+    """`AptTrainer` whose evaluation can call ``generate()`` (``Seq2SeqTrainingArguments`` with
+    ``predict_with_generate=True``), for metrics on generated text such as ROUGE."""

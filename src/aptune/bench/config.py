@@ -20,6 +20,7 @@ __all__ = [
     "SUITES",
     "BenchConfig",
     "Job",
+    "config_command",
     "estimate_seconds",
     "plan_jobs",
     "suite_config",
@@ -328,8 +329,29 @@ def suite_config(suite: str, quick: bool = False, **overrides: Any) -> BenchConf
     if suite not in SUITES:
         raise ConfigError(f"unknown bench suite {suite!r}; choose one of {', '.join(SUITES)}")
     full, fast = SUITES[suite]
-    values = {**(fast if quick else full), "suite": suite, "quick": quick, **overrides}
+    preset = fast if quick else full
+    values = {**preset, "suite": suite, "quick": quick, **overrides}
+    default_model = preset.get("model", BenchConfig.model)
+    if values.get("model", default_model) != default_model and "est_seconds_per_token" not in overrides:
+        values["est_seconds_per_token"] = 0.0  # the suite's per-token cost is for its own model
     return BenchConfig.from_dict(values)
+
+
+def config_command(config: BenchConfig) -> str:
+    """The ``aptune bench`` command line that reproduces ``config`` (options that differ from its suite)."""
+    base = suite_config(config.suite, config.quick)
+    parts = ["aptune bench", f"--suite {config.suite}"] + (["--quick"] if config.quick else [])
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in ("suite", "quick", "dry_run") or value == getattr(base, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            text = str(value)
+            parts.append(f"{flag} {text if text and ' ' not in text else repr(text)}")
+    return " ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ jobs

@@ -247,6 +247,13 @@ def _describe(result: dict) -> str:
     return f"{text}, train {seconds:.0f} s, peak RSS {peak:.0f} MB"
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+
+
 def format_duration(seconds: float | None) -> str:
     """``"1 h 12 min"``, ``"4 min 5 s"`` or ``"unknown"``."""
     if seconds is None:
@@ -280,6 +287,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     from aptune.bench.results import summarize, write_results
 
     started = time.perf_counter()
+    load_at_start = _load_average()
     config.validate()
     jobs = plan_jobs(config)
     temporary = not config.workdir
@@ -290,7 +298,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     log(
         f"[bench] {config.results_name()}: {len(jobs)} training jobs + latency; data "
         f"{data['num_train']} train / {data['num_eval']} dev; estimated {format_duration(estimate)} "
-        f"on 2 CPU cores; work folder {workdir}"
+        f"on 2 CPU cores; work folder {workdir if not config.dry_run else '(none: dry run)'}"
     )
     if config.dry_run:
         for job in jobs:
@@ -353,7 +361,15 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 results[job.id] = json.loads(path.read_text(encoding="utf-8"))
         seconds = time.perf_counter() - started
         summary = summarize(
-            config, jobs, results, latency, data=data, failures=failures, seconds=seconds, estimate=estimate
+            config,
+            jobs,
+            results,
+            latency,
+            data=data,
+            failures=failures,
+            seconds=seconds,
+            estimate=estimate,
+            load_at_start=load_at_start,
         )
         files = write_results(config, summary, results, latency)
         log(f"[bench] done in {format_duration(seconds)}: {files['md']}")

@@ -439,9 +439,13 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
     for entry in report.get("evals", []):
         evals[int(entry["step"])] = {**evals.get(int(entry["step"]), {}), **clean_metrics(entry["metrics"])}
     pruning = [e for e in report.get("events", []) if sum((e.get("removed") or {}).values()) > 0]
+    phases = report.get("phase_times", {})
+    if apt_config.pretune_prune and "calibration" in phases:
+        # the one-shot pruning before step 1 is not among report.json's events (the trainer starts
+        # listening to events after it), so it is placed at step 0 here
+        pruning.append({"step": 0})
     last_prune = max((int(e["step"]) for e in pruning), default=None)
     first_prune = min((int(e["step"]) for e in pruning), default=None)
-    phases = report.get("phase_times", {})
     calibration = float(phases.get("calibration", 0.0))
     curve = curve_from_step_times(
         steps, sorted(evals.items()), offset=calibration, final_from_step=last_prune or 0

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aptune.bench.config import BenchConfig, Job
+from aptune.bench.config import BenchConfig, Job, config_command
 from aptune.bench.measure import time_to_accuracy
 
 __all__ = ["spread", "summarize", "write_results"]
@@ -370,6 +370,7 @@ def summarize(
     failures: dict[str, str] | None = None,
     seconds: float | None = None,
     estimate: float | None = None,
+    load_at_start: list[float] | None = None,
 ) -> dict[str, Any]:
     """Everything the result files show: per-job rows, groups with medians and spreads, targets.
 
@@ -397,8 +398,9 @@ def summarize(
         "name": config.results_name(),
         "suite": config.suite,
         "quick": config.quick,
+        "command": config_command(config),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "environment": _environment(),
+        "environment": {**_environment(), "load_average_at_start": load_at_start},
         "config": config.to_dict(),
         "data": data or {},
         "reference": {
@@ -626,7 +628,7 @@ def _setup_lines(summary: dict) -> list[str]:
 def _markdown(summary: dict, plots: dict[str, str]) -> str:
     cfg = summary["config"]
     d0 = cfg["target_density"]
-    command = f"aptune bench --suite {summary['suite']}" + (" --quick" if summary["quick"] else "")
+    command = summary["command"]
     minutes = _fmt((summary["seconds"] or 0) / 60, 1)
     estimated = _fmt((summary["estimate_seconds"] or 0) / 60, 1)
     lines = [
@@ -637,6 +639,15 @@ def _markdown(summary: dict, plots: dict[str, str]) -> str:
         "all of them, per job.",
         "",
     ]
+    env = summary["environment"]
+    loads = [x[0] for x in (env.get("load_average_at_start"), env.get("load_average_at_end")) if x]
+    if loads and env.get("cpu_count") and max(loads) > 0.5 * env["cpu_count"]:
+        lines += [
+            f"**The machine was busy** (1-minute load average {max(loads):.1f} on {env['cpu_count']} CPUs "
+            "at the start or the end of the run): times and memory of concurrent jobs are mixed into "
+            "these figures; rerun on an otherwise idle machine before quoting them.",
+            "",
+        ]
     if summary["quick"]:
         lines += [
             "**Quick mode**: a small subset, short runs and one seed, to check that everything works. "
@@ -737,7 +748,8 @@ def _plot_accuracy_vs_latency(summary: dict, results: dict) -> Any:
     ax.set_ylabel(f"dev {_metric_name(summary)}" + (" (%)" if scale == 100 else ""))
     ax.set_title("Density sweep: accuracy vs latency (labels: density)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -811,7 +823,8 @@ def _plot_curves(summary: dict, results: dict) -> Any:
     ax.set_ylabel(f"dev {metric}")
     ax.set_title(f"Dev {metric} over training time (seed {summary['config']['seeds'].split(',')[0]})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -840,7 +853,8 @@ def _plot_memory(summary: dict, results: dict) -> Any:
     ax.set_ylabel("resident memory (MB)")
     ax.set_title("Process RSS during training (LoRA+Prune: its prune-and-retrain process)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -1,0 +1,19 @@
+"""MiniLM-L6 on BBC News: FT, LoRA, LoRA+Prune and APT (ablations, density sweep), issue 5.
+
+    python benchmarks/bench_minilm_bbc.py            # the full suite (about 80 minutes on 2 cores)
+    python benchmarks/bench_minilm_bbc.py --quick    # a few minutes, to check the pipeline
+    python benchmarks/bench_minilm_bbc.py --dry-run  # the plan and the time estimate
+
+Same as ``aptune bench --suite minilm-bbc [options]``; any ``aptune bench`` option works here.
+Writes ``benchmarks/results/minilm-bbc[-quick].md``, ``.json`` and plots.
+"""
+
+import sys
+from pathlib import Path
+
+from aptune.bench.cli import bench_command
+
+if __name__ == "__main__":
+    results = str(Path(__file__).resolve().parent / "results")  # options given later win
+    args = ["--suite", "minilm-bbc", "--results-dir", results, *sys.argv[1:]]
+    bench_command().main(args, prog_name="bench_minilm_bbc.py")
