@@ -603,7 +603,7 @@ def _setup_lines(summary: dict) -> list[str]:
         f"{cfg['lora_rank']}, alpha {cfg['lora_alpha']:g}.",
         "- LoRA+Prune: phase 1 is the LoRA run of the same seed; then aptune's calibration salience on "
         f"{cfg['calibration_samples']} training examples, one-shot budgeted pruning to the target "
-        f"density, and LoRA retraining for {cfg['retrain_fraction']:g} of the run length. Its times "
+        f"density, and LoRA retraining for {cfg['retrain_fraction']:g}x the run's steps. Its times "
         "include every phase.",
         f"- TTA: training seconds (evaluation excluded) until the dev {ref['metric']} first reaches "
         f"{ref['fraction']:g} x the {ref['method'].upper()} median ({_fmt(ref['value'], 4)}), i.e. "
@@ -811,15 +811,28 @@ def _plot_curves(summary: dict, results: dict) -> Any:
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot()
     for label, result in picked:
-        curve = result.get("curve") or []
-        xs = [p["train_seconds"] for p in curve if p["metrics"].get(metric) is not None]
-        ys = [p["metrics"][metric] for p in curve if p["metrics"].get(metric) is not None]
+        curve = [p for p in result.get("curve") or [] if p["metrics"].get(metric) is not None]
+        final = [p for p in curve if p.get("final_structure", True)]
+        earlier = [p for p in curve if not p.get("final_structure", True)]
+        if earlier:  # before the last pruning (LoRA+Prune: its LoRA phase, i.e. the LoRA curve)
+            xs, ys = [p["train_seconds"] for p in earlier], [p["metrics"][metric] for p in earlier]
+            ax.plot(xs, ys, linestyle="--", linewidth=1, color=_COLORS.get(label), alpha=0.7)
+            if final:
+                ax.plot(
+                    [xs[-1], final[0]["train_seconds"]],
+                    [ys[-1], final[0]["metrics"][metric]],
+                    linestyle="--",
+                    linewidth=1,
+                    color=_COLORS.get(label),
+                    alpha=0.7,
+                )
+        xs, ys = [p["train_seconds"] for p in final], [p["metrics"][metric] for p in final]
         ax.plot(xs, ys, marker=".", color=_COLORS.get(label), label=label)
     if summary["reference"]["threshold"] is not None:
         ax.axhline(
             summary["reference"]["threshold"], color="0.4", linestyle="--", linewidth=1, label="TTA bar"
         )
-    ax.set_xlabel("training seconds (evaluation excluded; LoRA+Prune includes its LoRA phase)")
+    ax.set_xlabel("training seconds (evaluation excluded); dashed: before the final structure")
     ax.set_ylabel(f"dev {metric}")
     ax.set_title(f"Dev {metric} over training time (seed {summary['config']['seeds'].split(',')[0]})")
     ax.grid(alpha=0.3)
