@@ -76,6 +76,8 @@ class AptConfig:
         pretune_prune: Prune once to ``target_density`` before tuning, from a calibration pass
             with forward and backward (the paper's LLaMA mode); then no further pruning.
         calibration_samples: Number of examples of the calibration pass.
+        calibration_batch_size: Examples per forward/backward of the calibration pass (the salience
+            sums add up over micro-batches, so a small one only lowers the peak memory).
         adapter_targets: Roles that get adapters (``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"up"``,
             ``"gate"``, ``"down"``). ``None``: q, v and FFN-up for encoders, q and v for decoders.
         min_heads_per_layer: Heads every attention module keeps (0 lets a layer lose all heads;
@@ -124,6 +126,9 @@ class AptConfig:
     layer_mapping: str = field(default="nearest", metadata={"help": "nearest | same."})
     pretune_prune: bool = field(default=False, metadata={"help": "One-shot pruning before tuning."})
     calibration_samples: int = field(default=64, metadata={"help": "Examples in the calibration pass."})
+    calibration_batch_size: int | None = field(
+        default=None, metadata={"help": "Micro-batch of the calibration pass (default: the training batch)."}
+    )
     adapter_targets: tuple[str, ...] | None = field(
         default=None, metadata={"help": "Roles with adapters (q,k,v,o,up,gate,down)."}
     )
@@ -207,6 +212,8 @@ class AptConfig:
         if self.layer_mapping not in _LAYER_MAPPINGS:
             bad("layer_mapping", f"choose one of {', '.join(_LAYER_MAPPINGS)}")
         integer("calibration_samples", 1)
+        if self.calibration_batch_size is not None:
+            integer("calibration_batch_size", 1)
         if self.adapter_targets is not None:
             roles = {"q", "k", "v", "o", "up", "gate", "down"}
             if not isinstance(self.adapter_targets, tuple) or not self.adapter_targets:

@@ -97,7 +97,8 @@ class RunArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Checkpoint folder to resume from, or 'last' (same output_dir)."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of data split, initialisation and training."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and training."})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the train/dev split and of sample subsets."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (CUDA or recent CPUs)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (CUDA)."})
     cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when CUDA is available."})
@@ -139,7 +140,7 @@ class RunArguments:
             "dataset_name": dataset_name,
             "dataset_config": self.dataset_config,
             "max_length": self.max_length,
-            "seed": self.seed,
+            "seed": self.data_seed,
             "max_train_samples": self.max_train_samples,
             "max_eval_samples": self.max_eval_samples,
         }
@@ -263,11 +264,16 @@ def _inference_throughput(model, dataset, collator, batch_size: int, batches: in
     }
 
 
-def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=None) -> dict:
+def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: list | None = None) -> dict:
     """Train, prune, evaluate and export; write the run folder; return a short summary.
 
     The folder gets ``model/`` (the exported model), ``report.json``, ``report.md``, ``plots/``,
     ``run_args.json`` and ``apt_config.json``.
+
+    Args:
+        run_args: Model, data, training length and output options.
+        apt_config: The APT configuration.
+        callbacks: Extra `transformers.TrainerCallback` objects (e.g. for measurements).
 
     Raises:
         ConfigError, DataError, ModelError: bad options, data or model (clear messages).
@@ -383,6 +389,7 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
         compute_metrics=task.compute_metrics,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
         recorder=recorder,
+        callbacks=callbacks,
     )
     if resume == "last":
         from aptune.checkpoint import last_complete_checkpoint
@@ -435,7 +442,10 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, on_progress=N
             **_inference_throughput(small, task.eval, task.collator, run_args.eval_batch_size),
         },
     )
-    recorder.set("peak_memory", {"peak_rss_mb": peak_rss_mb()})
+    # the callback recorded the peak at the end of training; the export may raise the process peak
+    memory = dict(recorder.to_dict().get("peak_memory") or {})
+    memory["peak_rss_mb_after_export"] = peak_rss_mb()
+    recorder.set("peak_memory", memory)
     paths = write_report(out, recorder)
     summary["report"] = str(paths.get("report.md", out / "report.md"))
     return {**summary, "params_after": params_after, "seconds": time.perf_counter() - started}

@@ -309,10 +309,17 @@ class AptTrainer(Trainer):
         """One-shot pruning before tuning from ``calibration_samples`` training examples."""
         controller = self.apt_controller
         needed = controller.config.calibration_samples
+        micro = controller.config.calibration_batch_size
         batches, seen = [], 0
         for batch in self.get_train_dataloader():
-            batches.append(batch)
-            seen += len(next(iter(batch.values())))
+            size = len(next(iter(batch.values())))
+            step = micro or size
+            # split into micro-batches: the salience sums add up, the peak memory drops
+            for start in range(0, size, step):
+                batches.append(
+                    {k: v[start : start + step] if torch.is_tensor(v) else v for k, v in batch.items()}
+                )
+            seen += size
             if seen >= needed:
                 break
         return controller.calibrate_and_prune_(batches, self.optimizer)
