@@ -77,28 +77,21 @@ def save_controller_state(controller, folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {"hidden_ids": controller.ids.hidden}
-    for i, ids in enumerate(controller.ids.units):
-        tensors[f"unit_ids.{i}"] = ids
-    for i, ids in enumerate(controller.ids.neurons):
-        tensors[f"neuron_ids.{i}"] = ids
-    state = controller.state
-    for i, mask in enumerate(state.heads):
-        if mask is not None:
-            tensors[f"mask.heads.{i}"] = mask
-    for i, mask in enumerate(state.neurons):
-        if mask is not None:
-            tensors[f"mask.neurons.{i}"] = mask
-    if state.hidden is not None:
-        tensors["mask.hidden"] = state.hidden
-    scores = controller.scores
-    for i, score in enumerate(scores.heads):
-        if score is not None:
-            tensors[f"score.heads.{i}"] = score
-    for i, score in enumerate(scores.neurons):
-        if score is not None:
-            tensors[f"score.neurons.{i}"] = score
-    if scores.hidden is not None:
-        tensors["score.hidden"] = scores.hidden
+    state, scores = controller.state, controller.scores
+    named_lists = {
+        "unit_ids": controller.ids.units,
+        "neuron_ids": controller.ids.neurons,
+        "mask.heads": state.heads,
+        "mask.neurons": state.neurons,
+        "score.heads": scores.heads,
+        "score.neurons": scores.neurons,
+    }
+    for prefix, values in named_lists.items():
+        # one tensor per site; None (an all-ones mask, no score yet) is simply not stored
+        tensors.update({f"{prefix}.{i}": v for i, v in enumerate(values) if v is not None})
+    for name, value in (("mask.hidden", state.hidden), ("score.hidden", scores.hidden)):
+        if value is not None:
+            tensors[name] = value
     if controller.transform is not None:
         tensors["transform_out_ids"] = controller._transform_out_ids
     teacher_names, teacher_shared = [], []
