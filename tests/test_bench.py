@@ -128,7 +128,7 @@ def test_plan_of_the_full_suite():
         assert set(job.depends) <= done
         done.add(job.id)
     assert all(j.depends == [f"lora-s{j.seed}"] for j in jobs if j.method == "lora-prune")
-    assert {j.variant for j in jobs} == {"", "static", "uniform", "no-distill", "kurtosis-on"}
+    assert {j.variant for j in jobs} == {"", "static", "uniform", "distill", "kurtosis-on"}
     assert estimate_seconds(config, jobs, 1780, 445) < 90 * 60
     quick = suite_config("minilm-bbc", quick=True)
     assert estimate_seconds(quick, plan_jobs(quick), 320, 120) < 5 * 60

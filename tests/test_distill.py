@@ -57,7 +57,7 @@ def test_layer_loss_picks_the_better_neighbour():
 
 def test_teacher_keeps_its_structure_after_student_surgery():
     model = tiny_bert()
-    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=100)
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4, distill=True), total_steps=100)
     _randomise_adapters(controller)
     inputs = batch()
     inputs.pop("labels")
@@ -85,7 +85,7 @@ def test_teacher_keeps_its_structure_after_student_surgery():
 
 def test_distillation_loss_mixes_with_mu():
     model = tiny_bert()
-    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=100)
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4, distill=True), total_steps=100)
     controller._snapshot_teacher()
     inputs = batch()
     model.train()

@@ -25,7 +25,8 @@ LOOP = textwrap.dedent(
         dist.init_process_group("gloo")
     torch.manual_seed(0)
     model = tiny_bert()
-    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.5, num_events=3), total_steps=40)
+    config = aptune.AptConfig(target_density=0.5, num_events=3, distill=True)
+    controller = aptune.prepare_(model, config, total_steps=40)
     exclude_from_ddp_(model, DISTILL_MODULE_NAME + ".")
     wrapper = model
     if world > 1:

@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent(
             if state.global_step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    config = aptune.AptConfig(target_density=0.5, num_events=3)
+    config = aptune.AptConfig(target_density=0.5, num_events=3, distill=True)
     trainer = aptune.AptTrainer(
         model=tiny_bert(), args=args, apt_config=config, train_dataset=data,
         callbacks=[Kill()],

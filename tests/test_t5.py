@@ -234,7 +234,7 @@ def test_calibration_pass_on_t5_scores_every_block_kind():
 
 def test_trainer_distils_encoder_and_decoder_states_and_exports(tmp_path):
     model = tiny_t5("relu")
-    config = aptune.AptConfig(target_density=0.5, num_events=2, initial_rank=2)
+    config = aptune.AptConfig(target_density=0.5, num_events=2, initial_rank=2, distill=True)
     args = TrainingArguments(
         str(tmp_path / "run"),
         max_steps=30,

@@ -35,7 +35,7 @@ def _args(tmp_path, steps=60):
 
 def test_trainer_prunes_to_target_and_exports(tmp_path):
     model = tiny_bert()
-    config = aptune.AptConfig(target_density=0.5, num_events=3)
+    config = aptune.AptConfig(target_density=0.5, num_events=3, distill=True)
     trainer = aptune.AptTrainer(
         model=model,
         args=_args(tmp_path),

@@ -64,7 +64,11 @@ class AptConfig:
             between two events.
         mask_step: Per-step change of a soft mask inside the window. ``None``: ``2 / window``, so a
             mask goes from 1 to 0 within half a window.
-        distill: Self-distillation from a snapshot of the model's own adapters.
+        distill: Self-distillation from a snapshot of the model's own adapters (the paper's D_S).
+            Off by default: on the short runs measured here (MiniLM-L6, 3 epochs of BBC News, 40 %
+            density) it cost about one point of dev accuracy (95.5 % with it, 96.6 % without),
+            because the task loss weight falls to 0 while the teacher is still an early snapshot;
+            the paper's runs are 40 epochs long with distillation over 20 of them.
         distill_end: Schedule point at which distillation stops and student-only tuning begins.
         alpha_pred: Weight of the prediction (KL) term inside the distillation loss.
         alpha_layer: Weight of the layer (MSE) term inside the distillation loss.
@@ -114,7 +118,9 @@ class AptConfig:
         default=None, metadata={"help": "Soft-mask window before each event (fraction or steps)."}
     )
     mask_step: float | None = field(default=None, metadata={"help": "Per-step soft-mask change."})
-    distill: bool = field(default=True, metadata={"help": "Self-distillation from the model's own snapshot."})
+    distill: bool = field(
+        default=False, metadata={"help": "Self-distillation from the model's own snapshot (off: see docs)."}
+    )
     distill_end: float | int = field(
         default=0.7, metadata={"help": "End of distillation (fraction or step)."}
     )

@@ -34,6 +34,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "static": ("APT static rank", {"rank_allocation": "static"}),
     "uniform": ("APT uniform rank growth", {"rank_allocation": "uniform"}),
     "no-distill": ("APT w/o self-distillation", {"distill": False}),
+    "distill": ("APT with self-distillation", {"distill": True}),
     "kurtosis-on": ("APT kurtosis on", {"use_kurtosis": True}),
     "kurtosis-off": ("APT kurtosis off", {"use_kurtosis": False}),
 }
@@ -83,8 +84,8 @@ class BenchConfig:
         default="0.3,0.4,0.5,0.6,0.7", metadata={"help": "Density sweep of APT and LoRA+Prune ('' off)."}
     )
     ablations: str = field(
-        default="static,uniform,no-distill,kurtosis-on",
-        metadata={"help": "APT ablations: static, uniform, no-distill, kurtosis-on, kurtosis-off."},
+        default="static,uniform,distill,kurtosis-on",
+        metadata={"help": "APT ablations: static, uniform, distill, no-distill, kurtosis-on, kurtosis-off."},
     )
     reference: str = field(default="ft", metadata={"help": "Method whose final metric sets the TTA bar."})
     tta_fraction: float = field(default=0.97, metadata={"help": "TTA bar: this share of the reference."})
@@ -103,7 +104,9 @@ class BenchConfig:
     apt_pretune_prune: bool = field(
         default=False, metadata={"help": "APT prunes once before tuning (the paper's LLaMA mode)."}
     )
-    apt_distill: bool = field(default=True, metadata={"help": "APT self-distillation."})
+    apt_distill: bool = field(
+        default=False, metadata={"help": "APT self-distillation (aptune's default: off)."}
+    )
     apt_num_events: int = field(default=6, metadata={"help": "APT pruning events (AptConfig.num_events)."})
     latency_batch: int = field(default=32, metadata={"help": "Sequences per latency forward."})
     latency_length: int = field(default=128, metadata={"help": "Tokens per latency sequence."})
