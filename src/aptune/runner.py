@@ -217,6 +217,8 @@ def load_model_and_tokenizer(
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+    if "gguf_file" in extra and getattr(model, "is_quantized", False):
+        model.is_quantized = False  # the GGUF weights were dequantised into ordinary float tensors
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
