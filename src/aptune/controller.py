@@ -21,7 +21,11 @@ What happens at optimizer step ``t`` (1-based, counted by the controller):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -503,6 +507,8 @@ class AptController:
         self.state.hidden = None
         self.state.collector.reset()
         self._shapes_changed = self._shapes_changed or any(removed.values())
+        if any(removed.values()):
+            release_freed_memory()
         return removed
 
     def grow_ranks_(self, budget: float, optimizer=None) -> dict[str, tuple[int, int]]:
@@ -780,6 +786,18 @@ class AptController:
     _transform_out_ids: torch.Tensor
     _c0: float = 1.0
     _n0: int = 0
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by surgery back to the operating system (CPU, glibc only).
+
+    Surgery frees the old, larger weight tensors; glibc keeps freed heap blocks mapped, so the
+    process would otherwise keep the memory of the unpruned model on top of the pruned one.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to do
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
