@@ -213,11 +213,6 @@ def test_missing_default_assets_name_the_pip_command(tmp_path, monkeypatch, caps
     assert len(stderr.strip().splitlines()) == 1
 
 
-def _save_word_tokenizer(tokenizer, folder):
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     from test_llama import tiny_llama
 
@@ -225,7 +220,7 @@ def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     model = tiny_llama()
     model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
     model.save_pretrained(folder)
-    _save_word_tokenizer(word_tokenizer, folder)
+    word_tokenizer.save_pretrained(folder)
     texts = ["the cat sat on the mat and the dog sat on the mat", "paris is the capital of france"] * 20
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
@@ -282,7 +277,7 @@ def test_train_seq2seq_reports_rouge(tmp_path, word_tokenizer, capsys):
     model.generation_config.decoder_start_token_id = word_tokenizer.pad_token_id
     model.generation_config.max_new_tokens = 6
     model.save_pretrained(folder)
-    _save_word_tokenizer(word_tokenizer, folder)
+    word_tokenizer.save_pretrained(folder)
     pairs = [("the cat sat on the mat", "cat sat"), ("the dog sat on the mat", "dog sat")] * 16
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(json.dumps({"source": s, "target": t}) for s, t in pairs) + "\n")

@@ -28,7 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -85,7 +85,6 @@ class LossParts:
     pred: float | None = None
     layer: float | None = None
     mu: float | None = None
-    extras: dict = field(default_factory=dict)
 
 
 class AptController:
@@ -552,6 +551,9 @@ class AptController:
             if not self._masks_are_hard():
                 self.set_hard_masks(self.select(density_target))
             removed = self.prune_to_masks_(optimizer)
+        if self.teacher is not None:
+            # the student just shrank; the teacher keeps the old tensors alive: that is its memory cost
+            self.teacher_peak_bytes = max(self.teacher_peak_bytes, self.teacher.extra_bytes(self.model))
         budget = schedule.budgets[index] * self._n0
         grown = self.grow_ranks_(budget, optimizer)
         self.adapter_importance.clear()

@@ -244,7 +244,7 @@ def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> No
         down = model.get_submodule(site.down)
         state.handles.append(down.register_forward_pre_hook(_neuron_pre_hook(state, i)))
     if layout.hidden_mask_style not in ("post_norm", "pre_norm"):
-        raise NotImplementedError(f"hidden mask style {layout.hidden_mask_style!r}")
+        raise ValueError(f"unknown hidden mask style {layout.hidden_mask_style!r} (post_norm or pre_norm)")
     post_norm = layout.hidden_mask_style == "post_norm"
     for i, path in enumerate(layout.norms):
         parent_path, _, name = path.rpartition(".")

@@ -22,7 +22,7 @@ from aptune.config import AptConfig
 from aptune.errors import ConfigError, ModelError
 from aptune.schedule import build_schedule
 
-__all__ = ["RunArguments", "evaluate_run", "load_model_and_tokenizer", "run_training"]
+__all__ = ["RunArguments", "evaluate_run", "load_model_and_tokenizer", "load_tokenizer", "run_training"]
 
 RUN_ARGS_FILE = "run_args.json"
 APT_CONFIG_FILE = "apt_config.json"
@@ -172,10 +172,14 @@ def load_model_and_tokenizer(
     task: str,
     *,
     tokenizer_name: str | None = None,
+    tokenizer=None,
     num_labels: int | None = None,
     label_names: list[str] | None = None,
 ):
     """Load a model for ``task`` and its tokenizer; built-in names resolve to pip-shipped files.
+
+    Args:
+        tokenizer: An already loaded tokenizer to use instead of loading it again.
 
     Raises:
         ModelError: the path is not a model, the tokenizer is missing, or loading failed.
@@ -183,14 +187,9 @@ def load_model_and_tokenizer(
     import transformers
 
     path, extra = resolve_model_name(name)
-    local = Path(path)
-    if local.exists() and not (local / "config.json").is_file() and "gguf_file" not in extra:
-        raise ModelError(
-            f"{path} is not a model folder (no config.json); "
-            "pass a folder written by save_pretrained or a hub name"
-        )
-    if not local.exists() and (path.startswith((".", "/", "~")) or (os.sep in path and path.count("/") > 1)):
-        raise ModelError(f"model path {path} does not exist")
+    _check_model_path(path, extra)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name, tokenizer_name)
     auto = getattr(transformers, _MODEL_CLASSES[task])
     kwargs: dict[str, Any] = dict(extra)
     if task == "classification":
@@ -202,13 +201,6 @@ def load_model_and_tokenizer(
     if "gguf_file" in extra:
         kwargs["dtype"] = torch.float32
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_name or path, **extra)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"no tokenizer could be loaded from {tokenizer_name or path} ({str(exc).splitlines()[0]}); "
-            "pass --tokenizer with a folder that holds the tokenizer files"
-        ) from None
-    try:
         model = auto.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelError(f"could not load a model from {path}: {str(exc).splitlines()[0]}") from None
@@ -219,8 +211,6 @@ def load_model_and_tokenizer(
             del model.config.quantization_config
     if "gguf_file" in extra and getattr(model, "is_quantized", False):
         model.is_quantized = False  # the GGUF weights were dequantised into ordinary float tensors
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -311,7 +301,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
     _check_default_assets(run_args)
     # the tokenizer is needed to read the data, and the data decides the number of labels
     model_name = run_args.model
-    _, tokenizer = _load_tokenizer_only(run_args)
+    tokenizer = load_tokenizer(run_args.model, run_args.tokenizer)
+    _check_supported(*resolve_model_name(run_args.model))
     task = load_task(run_args.task, tokenizer, **run_args.data_source())
     if task.train is None or len(task.train) == 0:
         raise ConfigError("no training data: pass --train-file (or a dataset with a training split)")
@@ -325,7 +316,7 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
     model, tokenizer = load_model_and_tokenizer(
         model_name,
         task.kind,
-        tokenizer_name=run_args.tokenizer,
+        tokenizer=tokenizer,
         num_labels=task.num_labels,
         label_names=task.label_names,
     )
@@ -503,31 +494,40 @@ def _check_default_assets(run_args: RunArguments) -> None:
         )
 
 
-def _load_tokenizer_only(run_args: RunArguments):
-    import transformers
-
-    path, extra = resolve_model_name(run_args.model)
-    name = run_args.tokenizer or path
-    if not Path(name).exists() and (name.startswith((".", "/", "~"))):
-        raise ModelError(f"model path {name} does not exist")
-    model_dir = Path(path)
-    if model_dir.is_dir() and not (model_dir / "config.json").is_file() and "gguf_file" not in extra:
+def _check_model_path(path: str, extra: dict) -> None:
+    """A local path must exist and hold a model (hub names pass through to ``from_pretrained``)."""
+    local = Path(path)
+    if local.exists() and not (local / "config.json").is_file() and "gguf_file" not in extra:
         raise ModelError(
             f"{path} is not a model folder (no config.json); "
             "pass a folder written by save_pretrained or a hub name"
         )
-    _check_tokenizer_files(name, extra)
+    if not local.exists() and (path.startswith((".", "/", "~")) or (os.sep in path and path.count("/") > 1)):
+        raise ModelError(f"model path {path} does not exist")
+
+
+def load_tokenizer(name: str | None, tokenizer_name: str | None = None):
+    """Load the tokenizer of model ``name`` (or ``tokenizer_name``), with a padding token.
+
+    Raises:
+        ModelError: the model path is not a model, or no tokenizer files are there.
+    """
+    import transformers
+
+    path, extra = resolve_model_name(name)
+    _check_model_path(path, extra)
+    source = tokenizer_name or path
+    _check_tokenizer_files(source, extra)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **extra)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **extra)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(
-            f"no tokenizer could be loaded from {name} ({str(exc).splitlines()[0]}); pass --tokenizer with a "
-            "folder that holds the tokenizer files"
+            f"no tokenizer could be loaded from {source} ({str(exc).splitlines()[0]}); "
+            "pass --tokenizer with a folder that holds the tokenizer files"
         ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    _check_supported(path, extra)
-    return path, tokenizer
+    return tokenizer
 
 
 def _check_supported(path: str, extra: dict) -> None:

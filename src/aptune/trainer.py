@@ -148,17 +148,18 @@ class AptCallback(TrainerCallback):
                 self._phase_times.get(self._phase, 0.0) + now - self._phase_started
             )
             self._phase, self._phase_started = phase, now
+        # one parameter count per step serves the progress bar and the recorder
+        params = controller.param_count()
+        density = params / controller.initial_param_count
         for callback in self.trainer.callback_handler.callbacks:
             bar = getattr(callback, "training_bar", None)
             if isinstance(callback, ProgressCallback) and bar is not None:
-                bar.set_postfix(
-                    density=f"{controller.density():.3f}", params=_format_count(controller.param_count())
-                )
+                bar.set_postfix(density=f"{density:.3f}", params=_format_count(params))
         if self.recorder is not None:
             parts = controller.last_loss_parts
             values = {
-                "density": controller.density(),
-                "params": controller.param_count(),
+                "density": density,
+                "params": params,
                 "trainable_params": controller.trainable_parameter_count(),
                 "step_time": now - self._step_started,
             }
@@ -204,7 +205,11 @@ class AptCallback(TrainerCallback):
             self.recorder.set("peak_memory", memory)
             self.recorder.set(
                 "teacher_cost",
-                {"seconds": self.controller.teacher_seconds, "note": "no-grad teacher forwards"},
+                {
+                    "seconds": self.controller.teacher_seconds,
+                    "peak_extra_mb": self.controller.teacher_peak_bytes / 2**20,
+                    "note": "no-grad teacher forwards; memory the snapshot keeps alive beyond the student",
+                },
             )
 
 
