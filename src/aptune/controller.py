@@ -21,11 +21,7 @@ What happens at optimizer step ``t`` (1-based, counted by the controller):
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -45,6 +41,7 @@ from aptune.distill import (
 )
 from aptune.distributed import all_reduce_salience_stats_, check_same_on_all_ranks, rebuild_ddp_
 from aptune.errors import ConfigError, ModelError
+from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
 from aptune.salience import block_kurtosis
@@ -790,18 +787,6 @@ class AptController:
     _n0: int = 0
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by surgery back to the operating system (CPU, glibc only).
-
-    Surgery frees the old, larger weight tensors; glibc keeps freed heap blocks mapped, so the
-    process would otherwise keep the memory of the unpruned model on top of the pruned one.
-    """
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to do
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     parts = [p.float().cpu() for p in parts]
     return torch.cat(parts) if parts else torch.zeros(0)
@@ -831,7 +816,9 @@ def prepare_(
     T5), freezes every other backbone parameter, keeps the task head trainable (a deliberate
     deviation from the authors' code, which never trains RoBERTa's ``out_proj``), installs masks and
     salience hooks, and (with distillation on) registers the distillation transform as
-    ``model.aptune_distill`` so that any optimizer built afterwards trains it.
+    ``model.aptune_distill`` so that any optimizer built afterwards trains it. For a model on the
+    CPU it also pins glibc's mmap threshold (`aptune.host_memory.pin_mmap_threshold`), without
+    which the changing activation sizes fragment the heap after every pruning event.
 
     Args:
         model: A HuggingFace model of a supported family.
@@ -880,6 +867,8 @@ def prepare_(
         controller.transform = transform
         controller._transform_out_ids = torch.arange(layout.hidden_size)
     model._aptune_controller = controller
+    if next(model.parameters()).device.type == "cpu":
+        pin_mmap_threshold()  # pruning changes activation sizes: see aptune.host_memory
     if total_steps is not None:
         controller.set_total_steps(total_steps)
     return controller

@@ -16,7 +16,9 @@ from aptune.errors import ConfigError
 
 __all__ = [
     "ABLATIONS",
+    "LATENCY_FILE",
     "METHODS",
+    "PLAN_FILE",
     "SUITES",
     "BenchConfig",
     "Job",
@@ -25,6 +27,10 @@ __all__ = [
     "plan_jobs",
     "suite_config",
 ]
+
+#: Work-folder files: the job plan the workers read, and the latency phase's output.
+PLAN_FILE = "plan.json"
+LATENCY_FILE = "latency.json"
 
 #: Methods a benchmark can run (``lora-prune`` needs the ``lora`` run of the same seed as its phase 1).
 METHODS: tuple[str, ...] = ("ft", "lora", "lora-prune", "apt")

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aptune.bench.config import BenchConfig, Job, estimate_seconds, plan_jobs
-from aptune.bench.worker import LATENCY_FILE, PLAN_FILE
+from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job, estimate_seconds, plan_jobs
 from aptune.errors import ConfigError
 
 __all__ = ["BenchOutcome", "prepare_data", "run_benchmark"]

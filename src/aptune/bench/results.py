@@ -580,6 +580,19 @@ def _profile_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _allocator_text(summary: dict) -> str:
+    thresholds = set(summary.get("mmap_thresholds") or [])
+    if len(thresholds) == 1:
+        value = thresholds.pop()
+        return f"glibc's mmap threshold pinned at {value / 2**20:g} MiB (`aptune.host_memory`)"
+    if not thresholds:
+        user = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        if user:
+            return f"MALLOC_MMAP_THRESHOLD_={user} from the environment"
+        return "the C library's default allocator settings"
+    return "differing allocator settings (" + ", ".join(f"{t} B" for t in sorted(thresholds)) + ")"
+
+
 def _setup_lines(summary: dict) -> list[str]:
     cfg, data, env = summary["config"], summary["data"], summary["environment"]
     length = f"{cfg['max_steps']} steps" if cfg["max_steps"] else f"{cfg['epochs']:g} epoch(s)"
@@ -612,7 +625,7 @@ def _setup_lines(summary: dict) -> list[str]:
         "earlier evaluations (the paper's literal reading).",
         "- Peak RSS: the process's peak resident memory from just after the imports to the end of "
         "training (Linux VmHWM reset at the start of every job); LoRA+Prune takes the larger of its "
-        "two phases.",
+        f"two phases. Every job, whatever the method, runs with {_allocator_text(summary)}.",
         f"- Latency: exported merged models, batch {lat_batch} x {lat_len} tokens, {lat_warm} warm-up "
         f"forwards, median of {lat_rep}, torch.inference_mode, all models interleaved in one process "
         f"({settings.get('threads', '?')} threads). The FLOP ratio counts matrix-multiply FLOPs from "
@@ -640,12 +653,14 @@ def _markdown(summary: dict, plots: dict[str, str]) -> str:
         "",
     ]
     env = summary["environment"]
-    loads = [x[0] for x in (env.get("load_average_at_start"), env.get("load_average_at_end")) if x]
-    if loads and env.get("cpu_count") and max(loads) > 0.5 * env["cpu_count"]:
+    # only the load before the first job says whether others were busy: at the end, the load
+    # average still counts the benchmark's own jobs
+    start_load = (env.get("load_average_at_start") or [None])[0]
+    if start_load is not None and env.get("cpu_count") and start_load > 0.5 * env["cpu_count"]:
         lines += [
-            f"**The machine was busy** (1-minute load average {max(loads):.1f} on {env['cpu_count']} CPUs "
-            "at the start or the end of the run): times and memory of concurrent jobs are mixed into "
-            "these figures; rerun on an otherwise idle machine before quoting them.",
+            f"**The machine was busy** (1-minute load average {start_load:.1f} on {env['cpu_count']} CPUs "
+            "before the first job): times and memory of concurrent jobs are mixed into these figures; "
+            "rerun on an otherwise idle machine before quoting them.",
             "",
         ]
     if summary["quick"]:
@@ -889,6 +904,8 @@ def write_results(
     """
     out = Path(config.results_dir)
     name = config.results_name()
+    thresholds = {r.get("mmap_threshold") for r in results.values() if isinstance(r, dict)}
+    summary = {**summary, "mmap_thresholds": sorted(t for t in thresholds if t is not None)}
     plot_dir = out / name
     plot_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}

@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aptune.bench.config import BenchConfig, Job
+from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
 from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
+from aptune.host_memory import pin_mmap_threshold
 
-__all__ = ["PLAN_FILE", "context_from_plan", "convert_model", "main", "run_job", "run_latency"]
-
-PLAN_FILE = "plan.json"
-LATENCY_FILE = "latency.json"
+__all__ = ["context_from_plan", "convert_model", "main", "run_job", "run_latency"]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -74,8 +72,9 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     """Run one job of the plan in this process and write ``results/<job_id>.json``.
 
     Besides the method's own figures the result holds ``job``, ``wall_seconds``, ``resting_rss_mb``
-    (after imports, before loading anything), whether the peak-RSS reset worked, and the RSS
-    timeline of the process.
+    (after imports, before loading anything), whether the peak-RSS reset worked, the glibc mmap
+    threshold the job ran with (`aptune.host_memory.pin_mmap_threshold`, the same for every
+    method) and the RSS timeline of the process.
 
     Returns:
         The result dict.
@@ -85,6 +84,9 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     ctx, jobs = context_from_plan(workdir)
     job = jobs[job_id]
     monitor = MemoryMonitor()
+    # every method runs under the allocator setting aptune's own runs use (see aptune.host_memory),
+    # so that memory figures compare methods, not malloc configurations
+    mmap_threshold = pin_mmap_threshold()
     resting = current_rss_mb()
     reset = reset_peak_rss()
     began = time.perf_counter()
@@ -99,6 +101,7 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - began,
         resting_rss_mb=resting,
         peak_rss_reset=reset,
+        mmap_threshold=mmap_threshold,
         memory_timeline=monitor.to_dict(),
     )
     _write_json(ctx.result_path(job_id), result)
