@@ -97,3 +97,38 @@ def test_distillation_loss_mixes_with_mu():
     torch.testing.assert_close(loss, torch.tensor(0.1 * parts.pred + 0.9 * parts.layer), rtol=1e-5, atol=1e-6)
     loss.backward()
     assert controller.transform.lora_A.grad is not None
+
+
+def _hand_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-position KL(p_t || p_s) at temperature tau, times tau**2, written out by hand."""
+    p_t = torch.softmax(teacher / tau, dim=-1)
+    return (p_t * (torch.log(p_t) - torch.log_softmax(student / tau, dim=-1))).sum(-1) * tau**2
+
+
+def test_kl_factor_applies_to_per_example_predictions_only():
+    from types import SimpleNamespace
+
+    model = tiny_bert()
+    config = aptune.AptConfig(target_density=0.4, distill=True, kl_scale=10.0, token_kl_scale=1.0)
+    controller = aptune.prepare_(model, config, total_steps=100)
+    controller.step_count = controller.schedule.end
+    tau = config.temperature
+    gen = torch.Generator().manual_seed(3)
+    task_loss = torch.tensor(0.0)
+
+    # classification: (batch, classes), factor 10
+    s, t = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    _, parts = controller.distillation_loss(
+        SimpleNamespace(logits=s), SimpleNamespace(logits=t), task_loss, {"attention_mask": torch.ones(4, 6)}
+    )
+    assert abs(parts.pred - 10.0 * _hand_kl(s, t, tau).mean().item()) < 1e-5
+
+    # token level: (batch, T, vocab), padded positions excluded, no factor
+    s, t = torch.randn(2, 5, 7, generator=gen), torch.randn(2, 5, 7, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    _, parts = controller.distillation_loss(
+        SimpleNamespace(logits=s), SimpleNamespace(logits=t), task_loss, {"attention_mask": mask}
+    )
+    per_position = _hand_kl(s, t, tau)
+    expected = per_position[mask.bool()].mean().item()
+    assert abs(parts.pred - expected) < 1e-5

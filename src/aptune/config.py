@@ -74,7 +74,10 @@ class AptConfig:
         alpha_pred: Weight of the prediction (KL) term inside the distillation loss.
         alpha_layer: Weight of the layer (MSE) term inside the distillation loss.
         temperature: Softmax temperature of the prediction term.
-        kl_scale: Constant factor on the KL term (the authors' code uses 10 for classification).
+        kl_scale: Constant factor on the KL term of per-example predictions (classification
+            logits, QA start/end logits); the authors' code uses 10.
+        token_kl_scale: Constant factor on the KL term of token-level predictions (causal LM and
+            seq2seq logits, averaged over the counted target tokens); the authors' code uses none (1).
         num_teacher_layers: How many teacher layers are matched per step (one per block).
         layer_mapping: ``"nearest"`` (same index if alive, else the better nearest alive
             neighbour) or ``"same"`` (same index, skipped if dead).
@@ -128,7 +131,12 @@ class AptConfig:
     alpha_pred: float = field(default=0.1, metadata={"help": "Weight of the prediction KL term."})
     alpha_layer: float = field(default=0.9, metadata={"help": "Weight of the layer MSE term."})
     temperature: float = field(default=2.0 / 3.0, metadata={"help": "Distillation softmax temperature."})
-    kl_scale: float = field(default=10.0, metadata={"help": "Constant factor on the KL term."})
+    kl_scale: float = field(
+        default=10.0, metadata={"help": "KL factor, per-example predictions (classification, QA)."}
+    )
+    token_kl_scale: float = field(
+        default=1.0, metadata={"help": "KL factor, token-level predictions (LM, seq2seq)."}
+    )
     num_teacher_layers: int = field(default=4, metadata={"help": "Teacher layers matched per step."})
     layer_mapping: str = field(default="nearest", metadata={"help": "nearest | same."})
     pretune_prune: bool = field(default=False, metadata={"help": "One-shot pruning before tuning."})
@@ -210,7 +218,7 @@ class AptConfig:
             bad("prune_end", f"must come after prune_start ({self.prune_start})")
         if self.mask_step is not None and not 0.0 < number("mask_step") <= 1.0:
             bad("mask_step", "must lie in (0, 1]")
-        for name in ("alpha_pred", "alpha_layer", "kl_scale"):
+        for name in ("alpha_pred", "alpha_layer", "kl_scale", "token_kl_scale"):
             if number(name) < 0:
                 bad(name, "must be >= 0")
         if number("temperature") <= 0:

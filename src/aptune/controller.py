@@ -115,7 +115,7 @@ class AptController:
         self.last_loss_parts = LossParts()
         self.teacher_seconds = 0.0
         self.teacher_peak_bytes = 0
-        self._pred_loss = PredictionDistillLoss(config.temperature, config.kl_scale)
+        self._pred_loss = PredictionDistillLoss(config.temperature)
         self._layer_loss = LayerDistillLoss()
         self._pretuned = False
 
@@ -719,9 +719,11 @@ class AptController:
             t = getattr(teacher_outputs, name, None)
             if s is None or t is None:
                 continue
-            # token-level logits (..., T, V) count only real target positions
-            mask = valid if valid is not None and s.dim() == 3 and valid.shape == s.shape[:2] else None
-            pred_terms.append(self._pred_loss(s, t, mask))
+            if s.dim() == 3:  # token-level logits (batch, T, V): only real target positions count
+                mask = valid if valid is not None and valid.shape == s.shape[:2] else None
+                pred_terms.append(self._pred_loss(s, t, mask) * cfg.token_kl_scale)
+            else:  # one prediction per example (classification; QA start/end over positions)
+                pred_terms.append(self._pred_loss(s, t) * cfg.kl_scale)
         pred = torch.stack(pred_terms).mean() if pred_terms else task_loss.new_zeros(())
         layer = task_loss.new_zeros(())
         layer_terms = []
