@@ -85,7 +85,10 @@ class AptConfig:
             with forward and backward (the paper's LLaMA mode); then no further pruning.
         calibration_samples: Number of examples of the calibration pass.
         calibration_batch_size: Examples per forward/backward of the calibration pass (the salience
-            sums add up over micro-batches, so a small one only lowers the peak memory).
+            sums add up over micro-batches, so a small one only lowers the peak memory). ``None``:
+            half the training batch, so that this pass through the dense model stays below the
+            memory of a training step of the pruned model (SmolLM2-135M, batch 4 x 128: calibration
+            peak 2.37 GB in micro-batches of 4, 1.72 GB in micro-batches of 2, training 1.87 GB).
         adapter_targets: Roles that get adapters (``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"up"``,
             ``"gate"``, ``"down"``). ``None``: q, v and FFN-up for encoders, q and v for decoders.
         min_heads_per_layer: Heads every attention module keeps (0 lets a layer lose all heads;
@@ -142,7 +145,7 @@ class AptConfig:
     pretune_prune: bool = field(default=False, metadata={"help": "One-shot pruning before tuning."})
     calibration_samples: int = field(default=64, metadata={"help": "Examples in the calibration pass."})
     calibration_batch_size: int | None = field(
-        default=None, metadata={"help": "Micro-batch of the calibration pass (default: the training batch)."}
+        default=None, metadata={"help": "Calibration micro-batch (default: half the training batch)."}
     )
     adapter_targets: tuple[str, ...] | None = field(
         default=None, metadata={"help": "Roles with adapters (q,k,v,o,up,gate,down)."}

@@ -504,7 +504,7 @@ class AptController:
         self.state.collector.reset()
         self._shapes_changed = self._shapes_changed or any(removed.values())
         if any(removed.values()):
-            release_freed_memory()
+            release_freed_memory(self.model)
         return removed
 
     def grow_ranks_(self, budget: float, optimizer=None) -> dict[str, tuple[int, int]]:

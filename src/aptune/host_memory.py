@@ -17,18 +17,36 @@ threshold would return even more memory but costs about 50 % step time in page f
 allocator alone, or a number of bytes to choose another threshold. An explicit
 ``MALLOC_MMAP_THRESHOLD_`` in the environment always wins (glibc reads it at start-up).
 
-Everything here is a no-op off Linux/glibc.
+`own_file_backed_tensors_` is the second half: transformers loads safetensors weights as views of
+a memory-mapped file, and the file's pages count as resident memory once touched. After pruning, the
+removed weights are gone from the model but the mapping stays alive as long as any tensor (the
+embeddings, a layer that lost nothing) still points into it, so the process kept the whole dense
+checkpoint resident next to the pruned copies (SmolLM2-135M: about 540 MB). Giving the remaining
+file-backed tensors their own memory lets the mapping go.
+
+Everything here is a no-op off Linux (and the allocator calls off glibc).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import gc
 import os
 import sys
+from pathlib import Path
 
-__all__ = ["DEFAULT_MMAP_THRESHOLD", "pin_mmap_threshold", "release_freed_memory"]
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_MMAP_THRESHOLD",
+    "file_backed_ranges",
+    "own_file_backed_tensors_",
+    "pin_mmap_threshold",
+    "release_freed_memory",
+]
 
 #: Threshold `pin_mmap_threshold` uses unless ``APTUNE_PIN_MMAP_THRESHOLD`` says otherwise (bytes).
 DEFAULT_MMAP_THRESHOLD = 4 * 1024 * 1024
@@ -83,12 +101,68 @@ def pin_mmap_threshold(nbytes: int | None = None) -> int | None:
     return _pinned
 
 
-def release_freed_memory() -> None:
-    """Hand heap memory freed by surgery back to the operating system (glibc ``malloc_trim``).
+def file_backed_ranges(maps: str | Path = "/proc/self/maps") -> list[tuple[int, int]]:
+    """Address ranges ``[start, end)`` of this process that map a regular file (Linux; else ``[]``).
 
-    Surgery frees the old, larger weight tensors; glibc keeps freed heap pages mapped, so the
-    process would otherwise keep the memory of the unpruned model on top of the pruned one.
+    Args:
+        maps: The ``/proc/<pid>/maps`` file to read (a parameter for tests).
     """
+    try:
+        text = Path(maps).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    ranges = []
+    for line in text.splitlines():
+        # "start-end perms offset dev inode [path]"; inode 0 = anonymous memory, heap or stack
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        ranges.append((start, end))
+    return sorted(ranges)
+
+
+def own_file_backed_tensors_(module: nn.Module) -> int:
+    """Give every CPU parameter and buffer of ``module`` that points into a mapped file its own copy.
+
+    The tensors keep their identity (``.data`` is replaced, as surgery does), so optimizers, ties and
+    hooks are unaffected. Returns the number of bytes copied (0 off Linux or when nothing was mapped).
+    """
+    ranges = file_backed_ranges()
+    if not ranges:
+        return 0
+    starts = [start for start, _ in ranges]
+
+    def mapped(tensor: torch.Tensor) -> bool:
+        if tensor.device.type != "cpu" or tensor.numel() == 0:
+            return False
+        address = tensor.data_ptr()
+        i = bisect.bisect_right(starts, address) - 1
+        return i >= 0 and address < ranges[i][1]
+
+    copied = 0
+    seen: set[int] = set()
+    tensors = [*module.parameters(), *module.buffers()]
+    with torch.no_grad():
+        for tensor in tensors:
+            if id(tensor) in seen or not mapped(tensor):
+                continue
+            seen.add(id(tensor))
+            tensor.data = tensor.data.clone()
+            copied += tensor.numel() * tensor.element_size()
+    return copied
+
+
+def release_freed_memory(module: nn.Module | None = None) -> None:
+    """Hand memory freed by surgery back to the operating system.
+
+    Surgery frees the old, larger weight tensors. With ``module``, its tensors that still point into
+    a memory-mapped checkpoint get their own copies first (see `own_file_backed_tensors_`), so that
+    the mapping of the dense checkpoint can be released; then glibc returns free heap pages
+    (``malloc_trim``), which it would otherwise keep.
+    """
+    if module is not None:
+        own_file_backed_tensors_(module)
     gc.collect()
     libc = _glibc()
     if libc is not None:

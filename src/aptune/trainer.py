@@ -318,7 +318,7 @@ class AptTrainer(Trainer):
         batches, seen = [], 0
         for batch in self.get_train_dataloader():
             size = len(next(iter(batch.values())))
-            step = micro or size
+            step = micro or max(1, size // 2)  # see AptConfig.calibration_batch_size
             # split into micro-batches: the salience sums add up, the peak memory drops
             for start in range(0, size, step):
                 batches.append(
