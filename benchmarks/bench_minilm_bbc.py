@@ -1,6 +1,6 @@
 """MiniLM-L6 on BBC News: FT, LoRA, LoRA+Prune and APT (ablations, density sweep), issue 5.
 
-    python benchmarks/bench_minilm_bbc.py            # the full suite (about 80 minutes on 2 cores)
+    python benchmarks/bench_minilm_bbc.py            # the full suite (53 minutes on 2 idle cores)
     python benchmarks/bench_minilm_bbc.py --quick    # a few minutes, to check the pipeline
     python benchmarks/bench_minilm_bbc.py --dry-run  # the plan and the time estimate
 

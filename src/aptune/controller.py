@@ -504,6 +504,9 @@ class AptController:
         self.state.collector.reset()
         self._shapes_changed = self._shapes_changed or any(removed.values())
         if any(removed.values()):
+            if self._device().type == "cpu":
+                # from now on activation sizes change at every event: see aptune.host_memory
+                pin_mmap_threshold()
             release_freed_memory(self.model)
         return removed
 
@@ -818,9 +821,7 @@ def prepare_(
     T5), freezes every other backbone parameter, keeps the task head trainable (a deliberate
     deviation from the authors' code, which never trains RoBERTa's ``out_proj``), installs masks and
     salience hooks, and (with distillation on) registers the distillation transform as
-    ``model.aptune_distill`` so that any optimizer built afterwards trains it. For a model on the
-    CPU it also pins glibc's mmap threshold (`aptune.host_memory.pin_mmap_threshold`), without
-    which the changing activation sizes fragment the heap after every pruning event.
+    ``model.aptune_distill`` so that any optimizer built afterwards trains it.
 
     Args:
         model: A HuggingFace model of a supported family.
@@ -869,8 +870,6 @@ def prepare_(
         controller.transform = transform
         controller._transform_out_ids = torch.arange(layout.hidden_size)
     model._aptune_controller = controller
-    if next(model.parameters()).device.type == "cpu":
-        pin_mmap_threshold()  # pruning changes activation sizes: see aptune.host_memory
     if total_steps is not None:
         controller.set_total_steps(total_steps)
     return controller

@@ -11,9 +11,11 @@ batch 16 x 128: about +250 MiB over plain LoRA).
 
 `pin_mmap_threshold` fixes the threshold (4 MiB by default): activation-sized tensors (several MiB
 each) are then mapped separately and go back to the operating system as soon as they are freed,
-while the many small tensors still come from the heap, so the step time stays as it was (a 128 KiB
-threshold would return even more memory but costs about 50 % step time in page faults).
-`prepare_` calls it once for models on the CPU; set ``APTUNE_PIN_MMAP_THRESHOLD=0`` to leave the
+while the many small tensors still come from the heap. Mapping fresh pages for every large tensor
+has a price: with the dense MiniLM-L6 shapes, peft LoRA's step is about 14 % slower pinned
+(`benchmarks/allocator_ab.py`), while APT's step after pruning, with smaller tensors, pays about 3 %.
+So the controller pins the threshold at the first pruning event that removes something, on the CPU
+(steps before it run exactly as without aptune); set ``APTUNE_PIN_MMAP_THRESHOLD=0`` to leave the
 allocator alone, or a number of bytes to choose another threshold. An explicit
 ``MALLOC_MMAP_THRESHOLD_`` in the environment always wins (glibc reads it at start-up).
 
@@ -45,6 +47,7 @@ __all__ = [
     "file_backed_ranges",
     "own_file_backed_tensors_",
     "pin_mmap_threshold",
+    "pinned_mmap_threshold",
     "release_freed_memory",
 ]
 
@@ -151,6 +154,11 @@ def own_file_backed_tensors_(module: nn.Module) -> int:
             tensor.data = tensor.data.clone()
             copied += tensor.numel() * tensor.element_size()
     return copied
+
+
+def pinned_mmap_threshold() -> int | None:
+    """The threshold `pin_mmap_threshold` set in this process, or None if it set none."""
+    return _pinned
 
 
 def release_freed_memory(module: nn.Module | None = None) -> None:

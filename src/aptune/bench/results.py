@@ -581,16 +581,18 @@ def _profile_lines(summary: dict) -> list[str]:
 
 
 def _allocator_text(summary: dict) -> str:
-    thresholds = set(summary.get("mmap_thresholds") or [])
-    if len(thresholds) == 1:
-        value = thresholds.pop()
-        return f"glibc's mmap threshold pinned at {value / 2**20:g} MiB (`aptune.host_memory`)"
+    user = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if user:
+        return f"Every job ran with MALLOC_MMAP_THRESHOLD_={user} from the environment."
+    thresholds = sorted(set(summary.get("mmap_thresholds") or []))
     if not thresholds:
-        user = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        if user:
-            return f"MALLOC_MMAP_THRESHOLD_={user} from the environment"
-        return "the C library's default allocator settings"
-    return "differing allocator settings (" + ", ".join(f"{t} B" for t in sorted(thresholds)) + ")"
+        return "Every job ran with the C library's default allocator settings."
+    values = ", ".join(f"{t / 2**20:g} MiB" for t in thresholds)
+    return (
+        "FT and LoRA ran with the C library's default allocator settings, as their users would; "
+        f"aptune (APT, LoRA+Prune) pinned glibc's mmap threshold at {values} from its first pruning "
+        "event on (`aptune.host_memory`)."
+    )
 
 
 def _setup_lines(summary: dict) -> list[str]:
@@ -625,7 +627,7 @@ def _setup_lines(summary: dict) -> list[str]:
         "earlier evaluations (the paper's literal reading).",
         "- Peak RSS: the process's peak resident memory from just after the imports to the end of "
         "training (Linux VmHWM reset at the start of every job); LoRA+Prune takes the larger of its "
-        f"two phases. Every job, whatever the method, runs with {_allocator_text(summary)}.",
+        f"two phases. {_allocator_text(summary)}",
         f"- Latency: exported merged models, batch {lat_batch} x {lat_len} tokens, {lat_warm} warm-up "
         f"forwards, median of {lat_rep}, torch.inference_mode, all models interleaved in one process "
         f"({settings.get('threads', '?')} threads). The FLOP ratio counts matrix-multiply FLOPs from "

@@ -20,7 +20,7 @@ from typing import Any
 
 from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
 from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
-from aptune.host_memory import pin_mmap_threshold
+from aptune.host_memory import pinned_mmap_threshold
 
 __all__ = ["context_from_plan", "convert_model", "main", "run_job", "run_latency"]
 
@@ -73,8 +73,8 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
 
     Besides the method's own figures the result holds ``job``, ``wall_seconds``, ``resting_rss_mb``
     (after imports, before loading anything), whether the peak-RSS reset worked, the glibc mmap
-    threshold the job ran with (`aptune.host_memory.pin_mmap_threshold`, the same for every
-    method) and the RSS timeline of the process.
+    threshold aptune pinned during the job (None for the baselines) and the RSS timeline of the
+    process.
 
     Returns:
         The result dict.
@@ -84,9 +84,6 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     ctx, jobs = context_from_plan(workdir)
     job = jobs[job_id]
     monitor = MemoryMonitor()
-    # every method runs under the allocator setting aptune's own runs use (see aptune.host_memory),
-    # so that memory figures compare methods, not malloc configurations
-    mmap_threshold = pin_mmap_threshold()
     resting = current_rss_mb()
     reset = reset_peak_rss()
     began = time.perf_counter()
@@ -101,7 +98,9 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - began,
         resting_rss_mb=resting,
         peak_rss_reset=reset,
-        mmap_threshold=mmap_threshold,
+        # the baselines run with the C library's defaults, as their users would; aptune pins the
+        # mmap threshold at its first pruning event (APT, LoRA+Prune), see aptune.host_memory
+        mmap_threshold=pinned_mmap_threshold(),
         memory_timeline=monitor.to_dict(),
     )
     _write_json(ctx.result_path(job_id), result)
