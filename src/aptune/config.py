@@ -84,8 +84,9 @@ class AptConfig:
         pretune_prune: Prune once to ``target_density`` before tuning, from a calibration pass
             with forward and backward (the paper's LLaMA mode); then no further pruning.
         calibration_samples: Number of examples of the calibration pass.
-        calibration_batch_size: Examples per forward/backward of the calibration pass (the salience
-            sums add up over micro-batches, so a small one only lowers the peak memory). ``None``:
+        calibration_batch_size: Examples per forward/backward of the calibration pass. The
+            salience (a product of per-channel sums) is computed per micro-batch and then summed,
+            so the split changes the scores somewhat, and dropout is active. ``None``:
             half the training batch, so that this pass through the dense model stays below the
             memory of a training step of the pruned model (SmolLM2-135M, batch 4 x 128: calibration
             peak 2.37 GB in micro-batches of 4, 1.72 GB in micro-batches of 2, training 1.87 GB).

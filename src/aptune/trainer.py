@@ -319,7 +319,7 @@ class AptTrainer(Trainer):
         for batch in self.get_train_dataloader():
             size = len(next(iter(batch.values())))
             step = micro or max(1, size // 2)  # see AptConfig.calibration_batch_size
-            # split into micro-batches: the salience sums add up, the peak memory drops
+            # micro-batches lower the peak memory (the salience is summed over them)
             for start in range(0, size, step):
                 batches.append(
                     {k: v[start : start + step] if torch.is_tensor(v) else v for k, v in batch.items()}
