@@ -12,8 +12,8 @@ batch 16 x 128: about +250 MiB over plain LoRA).
 `pin_mmap_threshold` fixes the threshold (4 MiB by default): activation-sized tensors (several MiB
 each) are then mapped separately and go back to the operating system as soon as they are freed,
 while the many small tensors still come from the heap. Mapping fresh pages for every large tensor
-has a price: with the dense MiniLM-L6 shapes, peft LoRA's step is about 14 % slower pinned
-(`benchmarks/allocator_ab.py`), while APT's step after pruning, with smaller tensors, pays about 3 %.
+has a price: with the dense MiniLM-L6 shapes, peft LoRA's step is about 17 % slower pinned
+(`benchmarks/allocator_ab.py`), while APT's step after pruning, with smaller tensors, is unchanged.
 So the controller pins the threshold at the first pruning event that removes something, on the CPU
 (steps before it run exactly as without aptune); set ``APTUNE_PIN_MMAP_THRESHOLD=0`` to leave the
 allocator alone, or a number of bytes to choose another threshold. An explicit
