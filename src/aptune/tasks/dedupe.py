@@ -58,7 +58,7 @@ class DedupeReport:
         }
 
     def describe(self) -> str:
-        """One line for logs and pages, e.g. ``"removed 31 duplicates (28 exact, 2 normalised, 1 prefix)"``."""
+        """One line for logs and pages: the removed count per test and the rows kept."""
         return (
             f"removed {self.removed} duplicate rows ({self.exact} exact, {self.normalised} after "
             f"normalising case/whitespace, {self.prefix} identical in the first tokens); kept {self.kept}"
