@@ -62,7 +62,7 @@ def test_teacher_keeps_its_structure_after_student_surgery():
     inputs = batch()
     inputs.pop("labels")
     reference = copy.deepcopy(model)
-    controller._snapshot_teacher()
+    controller.snapshot_teacher()
     # the student keeps training and shrinks
     with torch.no_grad():
         for adapter in controller.adapters.values():
@@ -86,7 +86,7 @@ def test_teacher_keeps_its_structure_after_student_surgery():
 def test_distillation_loss_mixes_with_mu():
     model = tiny_bert()
     controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4, distill=True), total_steps=100)
-    controller._snapshot_teacher()
+    controller.snapshot_teacher()
     inputs = batch()
     model.train()
     teacher_out = controller.teacher_forward(inputs)

@@ -55,8 +55,8 @@ SCRIPT = textwrap.dedent(
     with torch.no_grad():
         logits = model(input_ids=ids[:8], attention_mask=torch.ones_like(ids[:8])).logits
     torch.save(
-        {"logits": logits, "hidden": controller.ids.hidden, "units": controller.ids.units,
-         "neurons": controller.ids.neurons, "ranks": controller.ranks(), "events": len(controller.events),
+        {"logits": logits, "hidden": controller.blocks.hidden, "units": controller.blocks.units,
+         "neurons": controller.blocks.neurons, "ranks": controller.ranks(), "events": len(controller.events),
          "first_step": Kill.first_step},
         os.path.join(out, "final.pt"),
     )

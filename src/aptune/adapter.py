@@ -50,7 +50,7 @@ class AptLinear(nn.Module):
 
     Example:
         >>> layer = AptLinear(nn.Linear(16, 8), rank=2)
-        >>> layer.grow_rank_(4)   # output unchanged, two new rank rows
+        >>> grow_adapter_(layer, 4)   # aptune.surgery: output unchanged, two new rank rows
     """
 
     def __init__(self, base_layer: nn.Linear, rank: int, scaling: float = 2.0) -> None:
@@ -126,32 +126,6 @@ class AptLinear(nn.Module):
         if self.merged:
             self.base_layer.weight.sub_(self.get_delta_weight().to(self.base_layer.weight.dtype))
             self.merged = False
-
-    @torch.no_grad()
-    def grow_rank_(self, new_rank: int, generator: torch.Generator | None = None) -> tuple[int, int]:
-        """Grow the rank in place; the layer output is unchanged (new ``B`` columns are zero).
-
-        The Parameter objects stay the same (their ``.data`` is replaced) so an optimizer that holds
-        them keeps working; `aptune.surgery.grow_adapter_` also extends the optimizer state.
-
-        Args:
-            new_rank: Target rank (>= current rank).
-            generator: Optional RNG for the new ``A`` rows.
-
-        Returns:
-            ``(old_rank, new_rank)``.
-        """
-        old_rank = self.rank
-        if new_rank < old_rank:
-            raise ValueError(f"cannot shrink an adapter by growth ({old_rank} -> {new_rank})")
-        if new_rank == old_rank:
-            return old_rank, new_rank
-        extra = new_rank - old_rank
-        A, B = self.lora_A, self.lora_B
-        new_rows = kaiming_rows(extra, A.shape[1], device=A.device, dtype=A.dtype, generator=generator)
-        A.data = torch.cat([A.data, new_rows], dim=0)
-        B.data = torch.cat([B.data, B.data.new_zeros(B.shape[0], extra)], dim=1)
-        return old_rank, new_rank
 
     def to_linear(self) -> nn.Linear:
         """Return a plain ``nn.Linear`` holding the merged weight (the adapter is folded in)."""
