@@ -42,7 +42,7 @@ from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
 from aptune.ranks import allocate_ranks
 from aptune.schedule import Schedule, build_schedule
-from aptune.scores import Salience, ScoreTracker, measure_salience
+from aptune.scores import Salience, ScoreTracker, measure_salience, summed_salience
 from aptune.select import KeepSet
 from aptune.surgery import grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
 
@@ -208,8 +208,7 @@ class AptController:
         self._shapes_changed = False
         collector = self.state.collector
         if collector.active:
-            all_reduce_salience_stats_(collector)
-            self.scores.fold(self.current_salience())
+            self.scores.fold(self._reduced_salience())
         collector.reset()
         self.scores.update_adapter_importance(self.adapters)
 
@@ -238,7 +237,7 @@ class AptController:
         params_before = self.param_count()
         removed = {"heads": 0, "neurons": 0, "hidden": 0}
         if self._pruning_due(density):
-            if not self._masks_are_hard():
+            if not self.state.is_hard():
                 self.set_hard_masks(self.select(density))
             removed = self.prune_to_masks_(optimizer)
         # the student just shrank; the teacher keeps the old tensors alive: that is its memory cost
@@ -281,6 +280,10 @@ class AptController:
             self.state.collector, self.layout, self._merged_weight, self.scores.use_kurtosis
         )
 
+    def _reduced_salience(self) -> Salience:
+        all_reduce_salience_stats_(self.state.collector)
+        return self.current_salience()
+
     def _merged_weight(self, path: str) -> torch.Tensor:
         layer = self.model.get_submodule(path)
         if isinstance(layer, AptLinear):
@@ -301,20 +304,12 @@ class AptController:
         self._move_masks(keep, None)
 
     def _move_masks(self, keep: KeepSet, step: float | None) -> None:
-        # step None: the masks become the keep-set's 0/1 flags; else they move by step towards it
         heads, neurons = self.blocks.split(keep)
-        device = next(self.model.parameters()).device
-        state = self.state
-        state.heads = [_moved(m, k, step).to(device) for m, k in zip(state.heads, heads, strict=True)]
-        state.neurons = [_moved(m, k, step).to(device) for m, k in zip(state.neurons, neurons, strict=True)]
-        if self.config.prune_hidden:
-            state.hidden = _moved(state.hidden, keep.hidden, step).to(device)
-        elif step is None:
-            state.hidden = None
+        hidden = keep.hidden if self.config.prune_hidden else None
+        self.state.move_(heads, neurons, hidden, step, self._device())
 
-    def _masks_are_hard(self) -> bool:
-        present = [m for m in (*self.state.heads, *self.state.neurons, self.state.hidden) if m is not None]
-        return bool(present) and all(bool(((m == 0) | (m == 1)).all()) for m in present)
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ surgery and rank growth
     @torch.no_grad()
@@ -324,36 +319,47 @@ class AptController:
         Returns:
             Counts of removed heads, neurons and hidden dimensions.
         """
-        removed = {"heads": 0, "neurons": 0, "hidden": 0}
-        for kind, masks, prune in (
-            ("heads", self.state.heads, prune_units_),
-            ("neurons", self.state.neurons, prune_neurons_),
-        ):
-            for i, mask in enumerate(masks):
-                keep = _kept(mask)
-                if keep is None:
-                    continue
-                per_unit = self.layout.attention[i].group_size if kind == "heads" else 1
-                removed[kind] += (mask.numel() - keep.numel()) * per_unit
-                prune(self.model, self.layout, i, keep, optimizer)
-                self.blocks.keep_(kind, i, keep)
-                self.scores.keep_(kind, i, keep)
-        keep = _kept(self.state.hidden)
-        if keep is not None:
-            removed["hidden"] = self.state.hidden.numel() - keep.numel()
-            prune_hidden_(self.model, self.layout, keep, optimizer, extra_readers=self._hidden_readers())
-            self.blocks.keep_("hidden", None, keep)
-            self.scores.keep_("hidden", None, keep)
-        self.state.heads = [None] * len(self.layout.attention)
-        self.state.neurons = [None] * len(self.layout.ffn)
-        self.state.hidden = None
-        self.state.collector.reset()
+        state = self.state
+        removed = self._remove_(
+            [_kept(m) for m in state.heads], [_kept(m) for m in state.neurons], _kept(state.hidden), optimizer
+        )
+        state.clear()
+        state.collector.reset()
         if any(removed.values()):
-            self._shapes_changed = True
-            if next(self.model.parameters()).device.type == "cpu":
+            if self._device().type == "cpu":
                 # from now on activation sizes change at every event: see aptune.host_memory
                 pin_mmap_threshold()
             release_freed_memory(self.model)
+        return removed
+
+    def _remove_(
+        self,
+        units: list[torch.Tensor | None],
+        neurons: list[torch.Tensor | None],
+        hidden: torch.Tensor | None,
+        optimizer,
+    ) -> dict:
+        # Surgery: keep only the given positions (None: the site keeps everything); the book and the
+        # scores follow. Returns the counts removed (query heads, neurons, hidden dimensions).
+        removed = {"heads": 0, "neurons": 0, "hidden": 0}
+        for kind, keeps, counts, prune in (
+            ("heads", units, self.blocks.unit_counts(), prune_units_),
+            ("neurons", neurons, self.blocks.neuron_counts(), prune_neurons_),
+        ):
+            for i, keep in enumerate(keeps):
+                if keep is None:
+                    continue
+                per_unit = self.layout.attention[i].group_size if kind == "heads" else 1
+                removed[kind] += (counts[i] - keep.numel()) * per_unit
+                prune(self.model, self.layout, i, keep, optimizer)
+                self.blocks.keep_(kind, i, keep)
+                self.scores.keep_(kind, i, keep)
+        if hidden is not None:
+            removed["hidden"] = self.blocks.hidden_size - hidden.numel()
+            prune_hidden_(self.model, self.layout, hidden, optimizer, extra_readers=self._hidden_readers())
+            self.blocks.keep_("hidden", None, hidden)
+            self.scores.keep_("hidden", None, hidden)
+        self._shapes_changed = self._shapes_changed or any(removed.values())
         return removed
 
     def _hidden_readers(self) -> list[nn.Module]:
@@ -386,9 +392,9 @@ class AptController:
     def calibrate_and_prune_(self, batches: Iterable[dict], optimizer=None) -> dict:
         """One-shot pruning to ``target_density`` before tuning (the paper's LLaMA recipe).
 
-        Runs forward *and* backward on every batch (no optimizer step; gradients are cleared
-        afterwards), sums the per-batch salience (plus kurtosis when enabled), selects the keep-set
-        once and removes the rest physically. Later events only grow ranks.
+        Sums the salience of every batch (`aptune.scores.summed_salience`: forward and backward,
+        no optimizer step), selects the keep-set once and removes the rest physically. Later events
+        only grow ranks.
 
         Args:
             batches: Model-input dicts that include labels (the model must return ``loss``).
@@ -400,34 +406,7 @@ class AptController:
         Raises:
             ModelError: a batch has no labels, or there are no batches.
         """
-        collector = self.state.collector
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.train()
-        total: Salience | None = None
-        seen = 0
-        try:
-            for batch in batches:
-                collector.reset()
-                collector.active = True
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                loss = self.model(**batch).loss
-                if loss is None:
-                    raise ModelError(
-                        "calibration batches must contain labels so that the model returns a loss"
-                    )
-                loss.backward()
-                all_reduce_salience_stats_(collector)
-                salience = self.current_salience()
-                total = salience if total is None else total + salience
-                seen += 1
-        finally:
-            collector.active = False
-            collector.reset()
-            self.model.zero_grad(set_to_none=True)
-            self.model.train(was_training)
-        if total is None:
-            raise ModelError("the calibration pass received no batches")
+        total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
         self.scores.replace(total)
         params_before = self.param_count()
         self.set_hard_masks(self.select(self.config.target_density))
@@ -497,11 +476,7 @@ class AptController:
             "ranks": self.ranks(),
             "blocks": self.blocks.state_dict(),
             "scores": self.scores.state_dict(),
-            "masks": {
-                "heads": {str(i): m for i, m in enumerate(self.state.heads) if m is not None},
-                "neurons": {str(i): m for i, m in enumerate(self.state.neurons) if m is not None},
-                "hidden": self.state.hidden,
-            },
+            "masks": self.state.state_dict(),
             "distiller": self.distiller.state_dict(self.model),
             "events": [{k: v for k, v in e.items() if k != "scores"} for e in self.events],
             "generator": self.generator.get_state(),
@@ -533,29 +508,19 @@ class AptController:
             )
         if state["total_steps"] is not None:
             self.set_total_steps(state["total_steps"])
+        # re-apply the surgery: the saved original ids are positions in this full-size model
         blocks = state["blocks"]
-        # re-apply the surgery: original ids -> positions in the full model
-        for i, count in enumerate(self.blocks.unit_counts()):
-            keep = blocks["units"][str(i)].long()
-            if keep.numel() != count:
-                prune_units_(self.model, self.layout, i, keep, optimizer)
-        for i, count in enumerate(self.blocks.neuron_counts()):
-            keep = blocks["neurons"][str(i)].long()
-            if keep.numel() != count:
-                prune_neurons_(self.model, self.layout, i, keep, optimizer)
-        hidden = blocks["hidden"].long()
-        if hidden.numel() != self.blocks.hidden_size:
-            prune_hidden_(self.model, self.layout, hidden, optimizer, extra_readers=self._hidden_readers())
+
+        def changed(ids: torch.Tensor, count: int) -> torch.Tensor | None:
+            return ids.long() if ids.numel() != count else None
+
+        units = [changed(blocks["units"][str(i)], n) for i, n in enumerate(self.blocks.unit_counts())]
+        neurons = [changed(blocks["neurons"][str(i)], n) for i, n in enumerate(self.blocks.neuron_counts())]
+        self._remove_(units, neurons, changed(blocks["hidden"], self.blocks.hidden_size), optimizer)
         self.blocks.load_state_dict(blocks)
         for path, rank in state["ranks"].items():
             grow_adapter_(self.adapters[path], rank, optimizer)
-        device = next(self.model.parameters()).device
-        masks = state["masks"]
-        self.state.heads = [
-            _to(masks["heads"].get(str(i)), device) for i in range(len(self.layout.attention))
-        ]
-        self.state.neurons = [_to(masks["neurons"].get(str(i)), device) for i in range(len(self.layout.ffn))]
-        self.state.hidden = _to(masks["hidden"], device)
+        self.state.load_state_dict(state["masks"], self._device())
         self.scores.load_state_dict(state["scores"])
         self.distiller.load_state_dict(state["distiller"], self.model, optimizer)
         self.pretuned = bool(state["pretuned"])
@@ -567,25 +532,12 @@ class AptController:
         self.state.collector.active = self._collecting(self.step_count + 1)
 
 
-def _moved(mask: torch.Tensor | None, kept: torch.Tensor, step: float | None) -> torch.Tensor:
-    # A mask moved by ``step`` towards the keep-set flags (a missing mask is all ones); step None: the flags.
-    kept = kept.float()
-    if step is None:
-        return kept
-    mask = torch.ones_like(kept) if mask is None else mask.float().cpu()
-    return torch.where(kept > 0, (mask + step).clamp(max=1.0), (mask - step).clamp(min=0.0))
-
-
 def _kept(mask: torch.Tensor | None) -> torch.Tensor | None:
     # Positions whose mask is 1, or None when the mask removes nothing.
     if mask is None:
         return None
     keep = torch.nonzero(mask.cpu() > 0.5).squeeze(1)
     return keep if keep.numel() < mask.numel() else None
-
-
-def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return tensor.to(device) if tensor is not None else None
 
 
 def prepare_(

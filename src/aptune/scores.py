@@ -8,15 +8,17 @@ blocks still present, and the moving average of every adapter's importance (pape
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 from aptune.arch import ModelLayout
+from aptune.errors import ModelError
 from aptune.salience import SalienceCollector, block_kurtosis
 
-__all__ = ["Salience", "ScoreTracker", "measure_salience"]
+__all__ = ["Salience", "ScoreTracker", "measure_salience", "summed_salience"]
 
 
 class Salience(NamedTuple):
@@ -85,6 +87,56 @@ def measure_salience(
             if channel is not None:
                 hidden = _add(hidden, channel)
     return Salience(heads, neurons, hidden)
+
+
+def summed_salience(
+    model: nn.Module,
+    batches: Iterable[dict],
+    collector: SalienceCollector,
+    measure: Callable[[], Salience],
+) -> tuple[Salience, int]:
+    """The salience summed over calibration batches (one-shot pruning before tuning).
+
+    Runs forward *and* backward on every batch in training mode (no optimizer step); the
+    gradients are cleared and the collector is switched off afterwards.
+
+    Args:
+        model: The prepared model (its masks feed ``collector``).
+        batches: Model-input dicts that include labels (the model must return ``loss``).
+        collector: The collector the mask hooks feed.
+        measure: Reads the salience of the batch from ``collector`` (after any all-reduce).
+
+    Returns:
+        ``(summed salience, number of batches)``.
+
+    Raises:
+        ModelError: a batch has no labels, or there are no batches.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()
+    total: Salience | None = None
+    seen = 0
+    try:
+        for batch in batches:
+            collector.reset()
+            collector.active = True
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            loss = model(**batch).loss
+            if loss is None:
+                raise ModelError("calibration batches must contain labels so that the model returns a loss")
+            loss.backward()
+            salience = measure()
+            total = salience if total is None else total + salience
+            seen += 1
+    finally:
+        collector.active = False
+        collector.reset()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if total is None:
+        raise ModelError("the calibration pass received no batches")
+    return total, seen
 
 
 class ScoreTracker:
