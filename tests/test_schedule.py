@@ -209,6 +209,28 @@ def test_hard_step_with_a_one_step_window() -> None:
     assert all(schedule.window_index(step) is not None for step in hard)
 
 
+@pytest.mark.parametrize("mask_window", [None, 1, 2, 5])
+def test_mask_moves_soft_then_hard_inside_each_window(mask_window) -> None:
+    schedule = build_schedule(AptConfig(mask_window=mask_window), 1000)
+    window, lead = schedule.window, 2 if schedule.window >= 2 else 1
+    expected = {}
+    for event in schedule.events:
+        # written out from the rule: soft from the window's first step up to the hard step, hard on it,
+        # nothing on the step between the hard step and the event
+        expected.update({step: "soft" for step in range(event - window, event - lead)})
+        expected[event - lead] = "hard"
+    assert {step: schedule.mask_move(step) for step in range(1001) if schedule.mask_move(step)} == expected
+    assert [s for s in range(1001) if schedule.opens_window(s)] == [e - window for e in schedule.events]
+
+
+def test_salience_is_collected_from_start_to_end(example: Schedule) -> None:
+    assert [s for s in range(1001) if example.collects(s)] == list(range(example.start, example.end + 1))
+
+
+def test_budget_factor_at_each_event(example: Schedule) -> None:
+    assert [example.budget_factor(e) for e in example.events] == list(example.budgets)
+
+
 def test_density_target_by_step(example: Schedule) -> None:
     first, second = example.events[0], example.events[1]
     assert example.density_target(0) == 1.0
