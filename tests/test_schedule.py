@@ -91,7 +91,7 @@ def test_budget_growth_one_keeps_budget_flat() -> None:
 
 
 def test_paper_sst2_densities_are_reproduced() -> None:
-    # apt-method.md 4.1 / timeline: RoBERTa-base SST-2, 10 events, 1-epoch warm-up.
+    # The authors' RoBERTa-base SST-2 timeline: 10 events, 1-epoch warm-up.
     config = AptConfig(
         prune_start=200, prune_end=6315, density_warmup=2105, num_events=10, target_density=0.4
     )
