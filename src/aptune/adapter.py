@@ -2,8 +2,8 @@
 
 The adapter computes ``y = base(x) + s * (x @ A.T) @ B.T`` with a *fixed* scaling ``s`` (the paper
 uses 2 whatever the rank, which the authors' code realises by scaling alpha with the rank). ``B``
-starts at zero so a new adapter is a no-op, and growth appends rows to ``A`` and zero columns to
-``B`` so the output is unchanged at the moment of growth.
+starts at zero so a new adapter is a no-op, and growth (`aptune.surgery.grow_adapter_`) appends rows to
+``A`` and zero columns to ``B`` so the output is unchanged at the moment of growth.
 
 Structured masks are not per adapter: they act on activations at model level (see `aptune.masks`),
 as in the authors' code. All sizes are read from the tensors, never from cached attributes, so the
@@ -50,7 +50,7 @@ class AptLinear(nn.Module):
 
     Example:
         >>> layer = AptLinear(nn.Linear(16, 8), rank=2)
-        >>> grow_adapter_(layer, 4)   # aptune.surgery: output unchanged, two new rank rows
+        >>> aptune.surgery.grow_adapter_(layer, 4)   # output unchanged, two new rank rows
     """
 
     def __init__(self, base_layer: nn.Linear, rank: int, scaling: float = 2.0) -> None:
