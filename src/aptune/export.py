@@ -86,10 +86,11 @@ def build_plan(model: nn.Module, controller, state: dict[str, torch.Tensor]) -> 
     """The versioned per-layer plan stored in the exported config."""
     layout = controller.layout
     attributes, zero_attention = {}, {}
+    units = controller.structure()["units"]
     for i, site in enumerate(layout.attention):
         module = model.get_submodule(site.module)
         attributes[site.module] = {name: getattr(module, name) for name in site.count_attrs}
-        if controller._num_units(i) == 0:
+        if units[i] == 0:
             zero_attention[site.module] = site.zero_kind
     summary = controller.layer_summary()
     return {

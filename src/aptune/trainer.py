@@ -96,7 +96,7 @@ class AptCallback(TrainerCallback):
             controller.set_total_steps(state.max_steps)
         if self._on_event not in controller.event_listeners:
             controller.event_listeners.append(self._on_event)  # announces and records every event
-        if controller.config.pretune_prune and not controller._pretuned:
+        if controller.config.pretune_prune and not controller.pretuned:
             started = time.perf_counter()
             self.trainer.calibrate_and_prune_()
             self._phase_times["calibration"] = time.perf_counter() - started
