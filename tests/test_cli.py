@@ -70,6 +70,7 @@ def test_help_lists_commands_and_generated_options(capsys):
     assert code == 0 and "LoRA+Prune" in out
 
 
+@pytest.mark.integration
 def test_train_end_to_end_writes_model_and_report(tmp_path, tiny_model_dir, capsys):
     train = _csv(tmp_path / "train.csv", _rows(48))
     dev = _csv(tmp_path / "dev.csv", _rows(16))
@@ -173,6 +174,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, 
     assert len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_error_in_a_real_process_has_no_traceback(tmp_path):
     result = subprocess.run(
         [
@@ -213,6 +215,7 @@ def test_missing_default_assets_name_the_pip_command(tmp_path, monkeypatch, caps
     assert len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     from test_llama import tiny_llama
 
@@ -262,6 +265,7 @@ def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     assert (out / "model" / "modeling_aptune.py").exists()
 
 
+@pytest.mark.integration
 def test_train_seq2seq_reports_rouge(tmp_path, word_tokenizer, capsys):
     from test_t5 import tiny_t5
 
