@@ -22,9 +22,10 @@ import transformers
 from torch import nn
 
 PLAN_KEY = "aptune_plan"
-PLAN_FORMAT_VERSION = 2
-# Version 1 plans (no "patches" key) mean the same thing under version 2.
-READABLE_PLAN_VERSIONS = (1, 2)
+PLAN_FORMAT_VERSION = 3
+# Version 1 plans (no "patches" key) and version 2 plans (no "weights_sha256" key, the content hash of
+# model.safetensors that version 3 records) mean the same thing under version 3.
+READABLE_PLAN_VERSIONS = (1, 2, 3)
 
 _BASES = {
     "AptBertModel": "BertModel",
