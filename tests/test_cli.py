@@ -316,3 +316,38 @@ def test_train_seq2seq_reports_rouge(tmp_path, word_tokenizer, capsys):
     report = json.loads((out / "report.json").read_text())
     assert {"rouge1", "rouge2", "rougeL"} <= set(report["final_metrics"])
     assert report["summary"]["final_density"] <= 0.6 + 1e-6
+
+
+def test_export_command_writes_the_model_in_another_dtype(tmp_path, tiny_model_dir, capsys):
+    import torch
+    from safetensors import safe_open
+
+    import aptune
+    from test_surgery import _random_keep
+    from tiny import batch
+
+    model = tiny_bert(num_labels=2)
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4))
+    controller.set_hard_masks(_random_keep(controller, seed=7))
+    controller.prune_to_masks_()
+    tokenizer = BertTokenizerFast.from_pretrained(str(tiny_model_dir))
+    aptune.export(model, controller, tmp_path / "run" / "model", tokenizer=tokenizer)
+    out = tmp_path / "small-bf16"
+    code, stdout, stderr = run_cli(
+        ["export", str(tmp_path / "run"), "--out", str(out), "--dtype", "bfloat16"], capsys
+    )
+    assert code == 0, stderr
+    assert str(out) in stdout
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}  # noqa: SIM118
+    assert (out / "tokenizer_config.json").is_file() and (out / "modeling_aptune.py").is_file()
+    inputs = batch(num_labels=2)
+    inputs.pop("labels")
+    small = aptune.load(out)  # the content hash was written for the new weights
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        got = small.float()(**inputs).logits
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
+    code, _, stderr = run_cli(["export", str(tmp_path / "run"), "--out", str(out), "--dtype", "int8"], capsys)
+    assert code == 2 and "--dtype" in stderr and len(stderr.strip().splitlines()) == 1
