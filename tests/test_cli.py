@@ -351,3 +351,36 @@ def test_export_command_writes_the_model_in_another_dtype(tmp_path, tiny_model_d
     torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
     code, _, stderr = run_cli(["export", str(tmp_path / "run"), "--out", str(out), "--dtype", "int8"], capsys)
     assert code == 2 and "--dtype" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_accelerate_launch_two_processes_on_cpu(tmp_path, tiny_model_dir):
+    """The README's multi-process command, as a user types it, on a machine without GPUs."""
+    train = _csv(tmp_path / "train.csv", _rows(48))
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
+    result = subprocess.run(
+        [
+            *launch,
+            *("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
+            *("--dynamo_backend", "no", "--main_process_port", "29541"),
+            *("-m", "aptune.cli", "train", "--model", str(tiny_model_dir), "--train-file", str(train)),
+            *("--output-dir", str(out), "--max-steps", "12", "--batch-size", "4", "--num-events", "2"),
+            *("--target-density", "0.5", "--max-length", "16", "--evaluations", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("aptune: done") == 1  # rank 0 reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["data_parallel"] == {"processes": 2, "global_batch_size": 8}
+    assert len(report["events"]) == 2 and report["summary"]["final_density"] <= 0.5 + 1e-6
+    import aptune
+
+    assert (
+        sum(p.numel() for p in aptune.load(out / "model").parameters())
+        < report["export"]["total_params_before"]
+    )

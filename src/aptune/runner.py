@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -283,7 +284,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
     )
     params_before = sum(p.numel() for p in model.parameters())
     load_seconds = time.perf_counter() - started
-    _start_run_folder(out, run_args, apt_config)
+    if _launch_rank() == 0:  # under torchrun / accelerate launch, rank 0 owns the run folder
+        _start_run_folder(out, run_args, apt_config)
     trainer, recorder = _build_trainer(model, params_before, run_args, apt_config, data, out, callbacks)
     recorder.set_phase_time("load", load_seconds)
     train_output, final_metrics = _train_and_evaluate(trainer, recorder, resume)
@@ -301,10 +303,29 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
         return {**summary, "params_after": None, "seconds": time.perf_counter() - started}
     small = _export(trainer, recorder, out / "model", params_before)
     _record_throughput(recorder, train_output, small, data.task, run_args.eval_batch_size)
+    recorder.set(
+        "data_parallel",
+        {
+            "processes": trainer.args.world_size,
+            "global_batch_size": trainer.args.world_size
+            * run_args.batch_size
+            * run_args.gradient_accumulation_steps,
+        },
+    )
     paths = _write_report(out, recorder)
     summary["report"] = str(paths.get("report.md", out / "report.md"))
     params_after = sum(p.numel() for p in small.parameters())
     return {**summary, "params_after": params_after, "seconds": time.perf_counter() - started}
+
+
+def _launched_processes() -> int:
+    """Number of processes started by torchrun or accelerate launch (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _launch_rank() -> int:
+    """This process's rank among those started by torchrun or accelerate launch (0 when run directly)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _check_options(run_args: RunArguments, apt_config: AptConfig, out: Path) -> str | None:
@@ -317,7 +338,8 @@ def _check_options(run_args: RunArguments, apt_config: AptConfig, out: Path) -> 
         raise ConfigError(
             "--overwrite would delete the checkpoints to resume from; drop one of the two options"
         )
-    _check_output_dir(out, run_args.overwrite, resuming)
+    if _launch_rank() == 0:  # the other ranks would see the folder rank 0 has started writing
+        _check_output_dir(out, run_args.overwrite, resuming)
     resume = resolve_checkpoint(run_args.resume_from_checkpoint, out / CHECKPOINTS_DIR)
     if resuming and (out / APT_CONFIG_FILE).is_file():
         saved = AptConfig.from_json(out / APT_CONFIG_FILE)
@@ -393,7 +415,8 @@ def _training_arguments(run_args: RunArguments, data: _RunData, out: Path):
         seed=run_args.seed,
         bf16=run_args.bf16,
         fp16=run_args.fp16,
-        use_cpu=run_args.cpu,
+        # without CUDA, launched processes join a gloo group only with use_cpu (else each trains alone)
+        use_cpu=run_args.cpu or (_launched_processes() > 1 and not torch.cuda.is_available()),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
