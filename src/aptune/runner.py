@@ -302,16 +302,7 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
         # under torchrun every rank trained the same pruned model; rank 0 writes the results
         return {**summary, "params_after": None, "seconds": time.perf_counter() - started}
     small = _export(trainer, recorder, out / "model", params_before)
-    _record_throughput(recorder, train_output, small, data.task, run_args.eval_batch_size)
-    recorder.set(
-        "data_parallel",
-        {
-            "processes": trainer.args.world_size,
-            "global_batch_size": trainer.args.world_size
-            * run_args.batch_size
-            * run_args.gradient_accumulation_steps,
-        },
-    )
+    _record_throughput(recorder, trainer, train_output, small, data.task)
     paths = _write_report(out, recorder)
     summary["report"] = str(paths.get("report.md", out / "report.md"))
     params_after = sum(p.numel() for p in small.parameters())
@@ -498,13 +489,24 @@ def _export(trainer, recorder, model_dir: Path, params_before: int):
     return small
 
 
-def _record_throughput(recorder, train_output, small, task, batch_size: int) -> None:
+def _record_throughput(recorder, trainer, train_output, small, task) -> None:
+    """Training and inference throughput, and the data-parallel setup they were measured with."""
+    args = trainer.args
     recorder.set(
         "throughput",
         {
             "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
             "train_steps_per_second": train_output.metrics.get("train_steps_per_second"),
-            **_inference_throughput(small, task.eval, task.collator, batch_size),
+            **_inference_throughput(small, task.eval, task.collator, args.per_device_eval_batch_size),
+        },
+    )
+    recorder.set(
+        "data_parallel",
+        {
+            "processes": args.world_size,
+            "global_batch_size": args.world_size
+            * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps,
         },
     )
 
