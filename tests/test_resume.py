@@ -77,6 +77,7 @@ def _run(folder: Path, mode: str, kill_at: int) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_sigkill_mid_window_then_resume_matches_uninterrupted_run(tmp_path):
     straight = _run(tmp_path / "straight", "fresh", 0)
     assert straight.returncode == 0, straight.stderr[-3000:]
