@@ -435,7 +435,7 @@ class CausalLMTask(Task):
         )
 
     def duplicate_text(self, ctx: LoadContext, example: str | tuple[str, str]) -> str:
-        """The document, or an instruction example's prompt and response joined with ``"\x1f"``."""
+        """The document, or an instruction example's prompt and response joined with ``"\\x1f"``."""
         return example if isinstance(example, str) else "\x1f".join(example)
 
     def prefix_ids(self, ctx: LoadContext, examples: Sequence[Any]) -> list[list[int]] | None:

@@ -424,7 +424,7 @@ class ClassificationTask(Task):
         )
 
     def duplicate_text(self, ctx: LoadContext, example: _Example) -> str:
-        """The text, or both texts of a pair joined with ``"\x1f"`` (the label is not compared)."""
+        """The text, or both texts of a pair joined with ``"\\x1f"`` (the label is not compared)."""
         return "\x1f".join(example.texts)
 
     def prefix_ids(self, ctx: LoadContext, examples: Sequence[_Example]) -> list[list[int]]:

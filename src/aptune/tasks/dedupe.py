@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 __all__ = ["DedupeReport", "dedupe_records", "normalise_text"]
 
 _WHITESPACE = re.compile(r"\s+")
+_SEPARATOR = "\x1f"  # joins the parts of one row (see dedupe_records)
 
 #: A row of any type (a dict read from a file, or a task's parsed example).
 Row = TypeVar("Row")
@@ -71,11 +72,18 @@ class DedupeReport:
 def normalise_text(text: str) -> str:
     """NFKC, case-folded, every whitespace run collapsed to one space, ends stripped.
 
+    The parts of a row joined with ``"\\x1f"`` (e.g. a sentence pair) are normalised one by one and
+    stay apart: Python counts ``"\\x1f"`` as whitespace, and collapsing it would make the pair
+    ("the cat", "sat") a copy of ("the", "cat sat").
+
     Example:
         >>> normalise_text("  Hello\\n\\tWORLD ")
         'hello world'
     """
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return _SEPARATOR.join(
+        _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", part).casefold()).strip()
+        for part in text.split(_SEPARATOR)
+    )
 
 
 def dedupe_records(

@@ -87,7 +87,7 @@ def split_sentences(text: str) -> str:
 
     Example:
         >>> split_sentences("The cat sat. The dog ran!")
-        'The cat sat.\nThe dog ran!'
+        'The cat sat.\\nThe dog ran!'
     """
     splitter = _sentence_splitter()
     return "\n".join(
