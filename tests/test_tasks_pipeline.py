@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 
-import pytest
-
 from aptune.tasks import load_task
 from aptune.tasks.dedupe import normalise_text
 

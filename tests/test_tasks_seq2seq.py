@@ -160,3 +160,22 @@ def test_seq2seq_trainer_with_generation(tmp_path, wordpiece_tokenizer):
     expected = rouge_scores(generated, [t for _, t in PAIRS])
     assert metrics["eval_rougeL"] == pytest.approx(expected["rougeL"])
     assert metrics["eval_rouge1"] == pytest.approx(expected["rouge1"])
+
+
+def test_rouge_lsum_is_summary_level_over_sentences():
+    # Reference sentences "the cat sat" / "the dog ran"; the prediction has them in the other order.
+    # rougeL (one sequence): LCS of [the cat sat the dog ran] and [the dog ran the cat sat] is 3 of 6
+    # tokens -> F = 0.5. rougeLsum: each reference sentence is matched in full by one predicted
+    # sentence (union LCS 3 + 3 of 6) -> P = R = 1. rouge2: 4 of the 5 bigrams are shared -> 0.8.
+    scores = rouge_scores(["The dog ran. The cat sat."], ["The cat sat.\nThe dog ran."])
+    assert scores == pytest.approx({"rouge1": 1.0, "rouge2": 0.8, "rougeL": 0.5, "rougeLsum": 1.0})
+    assert split_sentences("The dog ran. The cat sat.") == "The dog ran.\nThe cat sat."
+    assert split_sentences("One line\nTwo lines") == "One line\nTwo lines"
+
+
+def test_rouge_uses_porter_stemming_as_reported_for_cnn_dailymail():
+    # Stemmed: [the cat are run] vs [the cat is run] -> 3 of 4 unigrams -> 0.75 (0.25 unstemmed);
+    # bigrams "the cat" of 3 -> 1/3.
+    scores = rouge_scores(["the cats are running"], ["the cat is run"])
+    assert scores["rouge1"] == pytest.approx(0.75) and scores["rouge2"] == pytest.approx(1 / 3)
+    assert scores["rougeL"] == pytest.approx(0.75)
