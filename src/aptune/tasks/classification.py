@@ -259,6 +259,69 @@ def _texts(records: Sequence[dict[str, Any]], columns: Sequence[str], source: st
     ]
 
 
+def _label_scheme(
+    train: tuple[list[dict[str, Any]] | None, str],
+    held: tuple[list[dict[str, Any]] | None, str],
+    label_column: str,
+    names: list[str] | None,
+    num_labels: int | None,
+) -> tuple[list[int] | None, list[int] | None, list[str] | None, int]:
+    """Label ids of both sides, class names and the number of classes.
+
+    The training data fixes the scheme (ids or names) and the name order (sorted names).
+
+    Args:
+        train: Training records (or ``None``) and their source.
+        held: Evaluation records (or ``None``) and their source.
+        label_column: The label column.
+        names: Class names given by the user or the data set, or ``None``.
+        num_labels: The number of classes given by the user, or ``None`` to infer it.
+
+    Returns:
+        ``(train_ids, eval_ids, names, num_labels)``.
+
+    Raises:
+        DataError: Empty, unknown, negative or out-of-range labels, a single training class, or names
+            in eval-only data without ``label_names``.
+    """
+    (train_records, train_source), (eval_records, eval_source) = train, held
+    train_ids: list[int] | None = None
+    if train_records is not None:
+        raw = _raw_labels(train_records, label_column, train_source)
+        if names is None and any(_as_int(value) is None for value in raw):
+            names = sorted({str(value) for value in raw})
+        train_ids = _label_ids(raw, names, train_source, label_column)
+    eval_ids: list[int] | None = None
+    if eval_records is not None:
+        raw_eval = _raw_labels(eval_records, label_column, eval_source)
+        if names is None and train_records is None and any(_as_int(value) is None for value in raw_eval):
+            raise DataError(
+                f"{eval_source}: column {label_column!r} holds class names, but there is no training "
+                "data to fix their order. Pass label_names=[...] (the model's config.id2label values in "
+                "id order)."
+            )
+        eval_ids = _label_ids(raw_eval, names, eval_source, label_column)
+
+    inferred = (
+        len(names) if names is not None else 1 + max(train_ids if train_ids is not None else eval_ids or [0])
+    )
+    if train_ids is not None and len(set(train_ids)) < 2:
+        only = train_records[0][label_column] if train_records else None
+        raise DataError(
+            f"{train_source}: column {label_column!r} holds a single class ({only!r}); training a "
+            "classifier needs at least 2. Check the label column."
+        )
+    first_source = train_source if train_records is not None else eval_source
+    if num_labels is None:
+        num_labels = max(inferred, 2)
+    elif names is not None and len(names) > num_labels:
+        raise DataError(
+            f"{first_source}: column {label_column!r} has {len(names)} classes {names}, more than "
+            f"num_labels={num_labels}. Pass num_labels={len(names)} or fix the labels."
+        )
+    return train_ids, eval_ids, names, num_labels
+
+
 def _columns(
     data: Any,
     train_records: list[dict[str, Any]] | None,
@@ -356,44 +419,9 @@ class ClassificationTask(Task):
         columns = _columns(data, train_records, eval_records, train_source, eval_source)
         label_column = data.label_column
 
-        # Labels: the training data fixes the scheme (ids or names) and the name order.
-        train_ids: list[int] | None = None
-        if train_records is not None:
-            raw = _raw_labels(train_records, label_column, train_source)
-            if names is None and any(_as_int(value) is None for value in raw):
-                names = sorted({str(value) for value in raw})
-            train_ids = _label_ids(raw, names, train_source, label_column)
-        eval_ids: list[int] | None = None
-        if eval_records is not None:
-            raw_eval = _raw_labels(eval_records, label_column, eval_source)
-            if names is None and train_records is None and any(_as_int(value) is None for value in raw_eval):
-                raise DataError(
-                    f"{eval_source}: column {label_column!r} holds class names, but there is no training "
-                    "data to fix their order. Pass label_names=[...] (the model's config.id2label values in "
-                    "id order)."
-                )
-            eval_ids = _label_ids(raw_eval, names, eval_source, label_column)
-
-        inferred = (
-            len(names)
-            if names is not None
-            else 1 + max(train_ids if train_ids is not None else eval_ids or [0])
+        train_ids, eval_ids, names, num_labels = _label_scheme(
+            (train_records, train_source), (eval_records, eval_source), label_column, names, data.num_labels
         )
-        if train_ids is not None and len(set(train_ids)) < 2:
-            only = train_records[0][label_column] if train_records else None
-            raise DataError(
-                f"{train_source}: column {label_column!r} holds a single class ({only!r}); training a "
-                "classifier needs at least 2. Check the label column."
-            )
-        num_labels = data.num_labels
-        first_source = train_source if train_records is not None else eval_source
-        if num_labels is None:
-            num_labels = max(inferred, 2)
-        elif names is not None and len(names) > num_labels:
-            raise DataError(
-                f"{first_source}: column {label_column!r} has {len(names)} classes {names}, more than "
-                f"num_labels={num_labels}. Pass num_labels={len(names)} or fix the labels."
-            )
         sides: dict[str, list[_Example] | None] = {"train": None, "eval": None}
         for ids, records, source in (
             (train_ids, train_records, train_source),
