@@ -1,4 +1,4 @@
-"""Seq2seq: source/target files, label padding, and ROUGE computed locally."""
+"""Seq2seq: source/target files, label padding, and ROUGE from rouge-score (stemmed, rougeLsum)."""
 
 from __future__ import annotations
 
