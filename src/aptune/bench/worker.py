@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aptune.atomic import replace_dir_atomic, write_json_atomic
 from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
 from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
 from aptune.host_memory import pinned_mmap_threshold
 
 __all__ = ["context_from_plan", "convert_model", "main", "run_job", "run_latency"]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -103,7 +96,7 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
         mmap_threshold=pinned_mmap_threshold(),
         memory_timeline=monitor.to_dict(),
     )
-    _write_json(ctx.result_path(job_id), result)
+    write_json_atomic(ctx.result_path(job_id), result)
     return result
 
 
@@ -113,10 +106,12 @@ def convert_model(model: str, task: str, target: str | Path) -> str:
 
     target = Path(target)
     loaded, tokenizer = load_model_and_tokenizer(model, task)
-    tmp = target.with_name(target.name + ".tmp")
-    loaded.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+
+    def fill(folder: Path) -> None:
+        loaded.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    replace_dir_atomic(target, fill)
     return str(target)
 
 
@@ -212,7 +207,7 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
         },
         "jobs": entries,
     }
-    _write_json(Path(workdir) / LATENCY_FILE, data)
+    write_json_atomic(Path(workdir) / LATENCY_FILE, data)
     return data
 
 
