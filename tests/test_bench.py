@@ -1,121 +1,18 @@
-"""The benchmark harness: FLOPs against hand counts, latency, TTA, step times, the plan, a tiny run."""
+"""The benchmark harness: the plan, the command line, and tiny end-to-end runs (encoder and decoder)."""
 
 import json
-import statistics
 
 import pytest
 import torch
 from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
 import aptune
-from aptune.bench import (
-    BenchConfig,
-    count_matmul_flops,
-    measure_latency,
-    plan_jobs,
-    step_time_summary,
-    suite_config,
-    time_to_accuracy,
-)
+from aptune.bench import BenchConfig, plan_jobs, suite_config
 from aptune.bench.config import estimate_seconds
-from aptune.bench.measure import curve_from_step_times
 from aptune.cli import main
-from tiny import batch, tiny_bert
+from tiny import tiny_bert
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "plot", "very", "the", "was"]
-
-
-def _bert_flops(t, b, layers, hidden, labels):
-    """Hand count for BERT: per layer and token q, k, v, o (2 * in * out each) and the FFN; scores and
-    context 2 * T^2 * head_dim per head each; pooler and classifier once per sequence."""
-    per_sequence = 0
-    for heads_width, ffn in layers:
-        per_sequence += t * (3 * 2 * hidden * heads_width + 2 * heads_width * hidden)  # q, k, v, o
-        per_sequence += 2 * 2 * t * t * heads_width  # Q K^T and P V over all heads
-        per_sequence += t * (2 * hidden * ffn + 2 * ffn * hidden)  # up, down
-    per_sequence += 2 * hidden * hidden + 2 * hidden * labels  # pooler, classifier
-    return b * per_sequence
-
-
-def test_flops_match_a_hand_count_dense_pruned_and_exported(tmp_path):
-    model = tiny_bert(num_labels=3)  # 2 layers, hidden 32, 4 heads of 8, FFN 64
-    flops = count_matmul_flops(model, seq_len=16, batch_size=2)
-    assert flops.total == _bert_flops(16, 2, [(32, 64), (32, 64)], 32, 3)
-    assert flops.attention == 2 * 2 * (4 * 16 * 16 * 32)
-    assert flops.head == 2 * (2 * 32 * 32 + 2 * 32 * 3)
-
-    # prune heads and neurons (not the hidden size) with aptune, then count from the new shapes
-    config = aptune.AptConfig(target_density=0.5, prune_hidden=False, distill=False)
-    controller = aptune.prepare_(model, config, total_steps=100)
-    controller.calibrate_and_prune_([batch(num_labels=3)])
-    summary = controller.layer_summary()
-    layers = [(h * 8, f) for h, f in zip(summary["heads_per_layer"], summary["ffn_per_layer"], strict=True)]
-    assert layers != [(32, 64), (32, 64)]
-    expected = _bert_flops(16, 2, layers, 32, 3)
-    assert count_matmul_flops(model, 16, 2).total == expected
-    # the exported model (an Apt* class) counts the same
-    exported = aptune.export(model, controller, tmp_path / "small")
-    assert count_matmul_flops(exported, 16, 2).total == expected
-
-
-def test_flops_grouped_query_attention_and_lm_head():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=24,
-        intermediate_size=40,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(config)
-    t, h, d = 8, 24, 4
-    kv = 2 * d
-    per_layer = t * (2 * h * h + 2 * 2 * h * kv + 2 * h * h)  # q, k, v, o
-    per_layer += 4 * t * t * h  # scores and context over the 6 query heads
-    per_layer += t * 3 * 2 * h * 40  # gate, up, down
-    expected = 2 * per_layer + t * 2 * h * 50  # the LM head runs on every token
-    assert count_matmul_flops(model, t, 1).total == expected
-
-
-def test_latency_is_the_median_of_the_requested_repeats():
-    model = tiny_bert(num_labels=2)
-    stats = measure_latency(model, batch_size=2, seq_len=8, repeats=7, warmup=1)
-    assert stats["repeats"] == 7 and len(stats["times_ms"]) == 7
-    assert stats["median_ms"] == pytest.approx(statistics.median(stats["times_ms"]))
-    assert stats["min_ms"] <= stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"] <= stats["max_ms"]
-    assert stats["throughput"] == pytest.approx(2 / (stats["median_ms"] / 1000))
-    with pytest.raises(ValueError):
-        measure_latency(model, repeats=0)
-
-
-def test_time_to_accuracy_on_a_synthetic_curve():
-    step_times = {s: 0.5 for s in range(1, 41)}  # 40 steps of half a second
-    evals = [
-        (10, {"accuracy": 0.95}),
-        (20, {"accuracy": 0.80}),
-        (30, {"accuracy": 0.92}),
-        (40, {"accuracy": 0.97}),
-    ]
-    # a dense model that reaches the bar at step 10 and is pruned at step 15 does not count
-    curve = curve_from_step_times(step_times, evals, offset=100.0, final_from_step=15)
-    assert [p["train_seconds"] for p in curve] == [105.0, 110.0, 115.0, 120.0]
-    assert [p["final_structure"] for p in curve] == [False, True, True, True]
-    assert time_to_accuracy(curve, 0.9, "accuracy") == 115.0
-    assert time_to_accuracy(curve, 0.9, "accuracy", final_structure_only=False) == 105.0
-    assert time_to_accuracy(curve, 0.99, "accuracy") is None
-    # lower is better (perplexity): the first point at or below the bar
-    ppl = [{"train_seconds": s, "metrics": {"perplexity": p}} for s, p in [(1, 30.0), (2, 20.5), (3, 19.0)]]
-    assert time_to_accuracy(ppl, 20.0 / 0.97, "perplexity", greater_is_better=False) == 2
-
-
-def test_step_time_summary_start_after_pruning_and_ratio():
-    times = {1: 9.0, **{s: 1.0 for s in range(2, 21)}, **{s: 0.4 for s in range(21, 41)}}
-    summary = step_time_summary(times, last_prune_step=20, first_event_step=15)
-    assert summary["start"] == 1.0  # step 1 (warm-up) is left out
-    assert summary["after_pruning"] == 0.4 and summary["ratio_after_pruning"] == pytest.approx(0.4)
-    assert step_time_summary({})["start"] is None
 
 
 def test_plan_of_the_full_suite():
