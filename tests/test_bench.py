@@ -95,13 +95,14 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
     workdir, results = tmp_path / "work", tmp_path / "results"
     code, out, err = _run(_bench_args(tiny_setup, workdir, results), capsys)
     assert code == 0, err[-3000:]
-    assert "MET" in out or "MISSED" in out
+    assert "MET" in out or "MISSED" in out or "NOT EVALUATED" in out
     for name in ("tiny.md", "tiny.json"):
         assert (results / name).is_file()
-    for plot in ("accuracy_vs_latency", "tta", "curves", "memory"):
-        assert (results / "tiny" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((results / "tiny.json").read_text())
     assert not data["failures"]
+    has_bar = data["reference"]["threshold"] is not None  # needs the reference's test metric
+    for plot in ("accuracy_vs_latency", "curves", "memory", *(["tta"] if has_bar else [])):
+        assert (results / "tiny" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["id"]: r for r in data["jobs"]}
     assert set(rows) == {
         "ft-s0",
@@ -113,11 +114,13 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
         "lora-prune-d0.70-s0",
     }
     for row in rows.values():
-        assert 0 <= row["metric"] <= 1 and row["train_seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert 0 <= row["dev_metric"] <= 1 and row["train_seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert row["metric"] is None or 0 <= row["metric"] <= 1  # the test split, when the record has it
         assert row["latency_ms"] > 0 and row["throughput"] > 0 and row["flop_ratio"] > 0
         assert row["step_start_s"] > 0
     assert rows["ft-s0"]["flop_ratio"] == 1.0 and rows["ft-s0"]["latency_ratio"] == 1.0
-    assert rows["ft-s0"]["tta_seconds"] is not None  # FT's final metric sets the bar, so FT reaches it
+    if has_bar:  # FT's final metric sets the bar, so FT reaches it
+        assert rows["ft-s0"]["tta_seconds"] is not None
     for job in ("apt-d0.50-s0", "lora-prune-d0.50-s0"):
         assert rows[job]["flop_ratio"] < 0.75 and rows[job]["params_after"] < rows["ft-s0"]["params_after"]
         assert rows[job]["step_after_pruning_s"] > 0
@@ -126,6 +129,12 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
     lp = data["results"]["lora-prune-d0.50-s0"]
     assert lp["train_seconds"] > data["results"]["lora-s0"]["train_seconds"]
     assert lp["curve"][0]["phase"] == "lora" and not lp["curve"][0]["final_structure"]
+    # ... and its retraining's clock starts after the LoRA phase AND the calibration
+    first_retrain = next(p for p in lp["curve"] if p["final_structure"])
+    assert first_retrain["train_seconds"] > lp["phases"]["lora"] + lp["phases"]["calibration"]
+    # every job's peak is its own VmHWM since its start, with the allocator setting it ran under
+    assert all(r["peak_rss_reset"] for r in data["results"].values())
+    assert {r["allocator"] for r in rows.values()} <= {"default", "pinned"}
     assert {t["id"] for t in data["targets"]} == {
         "accuracy_vs_ft",
         "accuracy_vs_lora_prune",
@@ -135,7 +144,12 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
         "latency_vs_flops",
         "step_after_pruning",
     }
-    assert all(t["met"] is not None for t in data["targets"])
+    measured = {t["id"]: t["met"] for t in data["targets"]}
+    assert all(
+        measured[k] is not None for k in ("latency_vs_dense", "latency_vs_flops", "step_after_pruning")
+    )
+    if has_bar:
+        assert measured["accuracy_vs_ft"] is not None and measured["tta_vs_lora_prune"] is not None
     page = (results / "tiny.md").read_text()
     assert "## Targets" in page and "tiny/accuracy_vs_latency.png" in page and "## Density sweep" in page
 
@@ -210,8 +224,9 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
     assert summary["reference"]["metric"] == "perplexity" and not summary["reference"]["greater_is_better"]
     rows = {r["id"]: r for r in summary["jobs"]}
     assert set(rows) == {"lora-s0", "lora-prune-d0.70-s0", "apt-d0.70-s0"}
-    assert rows["lora-s0"]["tta_seconds"] is not None
+    if summary["reference"]["threshold"] is not None:  # needs the reference's test metric
+        assert rows["lora-s0"]["tta_seconds"] is not None
     for job in ("lora-prune-d0.70-s0", "apt-d0.70-s0"):
-        assert rows[job]["metric"] > 1 and rows[job]["flop_ratio"] < 0.9
+        assert rows[job]["dev_metric"] > 1 and rows[job]["flop_ratio"] < 0.9
     assert [t["id"] for t in summary["targets"]] == ["memory_vs_lora"]
     assert outcome.files["md"].is_file()
