@@ -327,7 +327,7 @@ def test_page_and_json_show_the_medians_both_tta_readings_and_both_allocator_set
     summary = summarize(config, jobs, results, latency)
     files = write_results(config, summary, results, latency)
     page = files["md"].read_text()
-    assert "| APT | 0.4 | 6 | 96.0 [95.5–99.0] |" in page  # median [min–max] over seeds
+    assert "| APT | 0.4 | 3 | 96.0 [95.5–99.0] |" in page  # median [min–max] over seeds
     # time to accuracy: both readings, per-phase times, and why the target uses the first
     tta_section = page.split("## Time to accuracy")[1].split("## Peak memory")[0]
     assert "| APT | 0.4 | 50.0 [45.0–55.0] | 10.0 [9.00–11.0] |" in tta_section

@@ -793,13 +793,15 @@ def _group_table(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]
     classification = metric == "accuracy"
     scale, digits = (100.0, 1) if classification else (1.0, 2)
     unit = " (%)" if classification else ""
+    settings = _allocator_settings(groups)
     head = ["method", "density", "seeds", f"test {metric}{unit}", f"dev {metric}{unit}"]
     if classification:
         head.append("test macro-F1 (%)")
     head += [
         "TTA (s)",
         "train time (s)",
-        "peak RSS (MB)",
+        "peak RSS (MB)"
+        + (", " + " / ".join(ALLOCATOR_NAMES.get(s, s) for s in settings) if len(settings) > 1 else ""),
         "step start → after pruning (s)",
         "exported params",
         "latency (ms)",
@@ -813,7 +815,7 @@ def _group_table(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]
         row = [
             g["label"],
             f"{g['density']:g}",
-            str(len(g["seeds"])),
+            str(len(set(g["seeds"]))),
             fmt_spread(g["metric"], digits, scale),
             fmt_spread(g["dev_metric"], digits, scale),
         ]
@@ -825,7 +827,7 @@ def _group_table(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]
         row += [
             _tta_cell(g["tta_seconds"]),
             fmt_spread(g["train_seconds"], None),
-            fmt_spread(g["peak_rss_mb"], 0),
+            " / ".join(_memory_cell(g, s) for s in settings) if settings else DASH,
             steps,
             DASH if params is None else f"{params / 1e6:.2f} M ({100 * (g['params_ratio'] or 0):.0f} %)",
             fmt_spread(g["latency_ms"], None),
@@ -849,7 +851,7 @@ def _tta_lines(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]) 
     bar = f"{'>=' if ref['greater_is_better'] else '<='} {fmt_fixed(ref['threshold'], 4)}"
     lines = [
         f"Bar: {ref['fraction']:g} x {ref['method'].upper()}'s median {ref['split']} {ref['metric']} "
-        f"({fmt_fixed(ref['value'], 4)} over {ref['seeds']} seeds), i.e. {ref['metric']} {bar} at an "
+        f"({fmt_fixed(ref['value'], 4)} over {ref['seeds']} runs), i.e. {ref['metric']} {bar} at an "
         f"evaluation on the {ref.get('curve_split', 'dev')} split during training. Medians over seeds "
         "[min–max of the seeds that reached it].",
         "",
@@ -873,15 +875,18 @@ def _tta_lines(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]) 
     return [*lines, *md_table(head, table, "llrrr" + "r" * len(phase_names)), "", _TTA_WHY, ""]
 
 
+def _allocator_name(setting: str) -> str:
+    return ALLOCATOR_NAMES.get(setting, setting)
+
+
+def _allocator_settings(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The allocator settings with a peak in any group: the defaults first, then pinned."""
+    found = {s for g in groups for s, stats in (g.get("peak_rss_mb_by_allocator") or {}).items() if stats}
+    return [s for s in ("default", "pinned") if s in found] + sorted(found - {"default", "pinned"})
+
+
 def _memory_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
-    settings = [
-        s
-        for s in ("default", "pinned")
-        if any((g.get("peak_rss_mb_by_allocator") or {}).get(s) for g in groups)
-    ]
-    settings += sorted(
-        {s for g in groups for s in g.get("peak_rss_mb_by_allocator") or {} if s not in settings}
-    )
+    settings = _allocator_settings(groups)
     if not settings:
         return ["No peak memory was measured.", ""]
     head = ["method", "density", *[f"peak RSS (MB), {ALLOCATOR_NAMES.get(s, s)}" for s in settings]]
@@ -971,6 +976,9 @@ def _profile_lines(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+_LR_FIELDS = (("FT", "ft_lr"), ("LoRA and LoRA+Prune retraining", "lora_lr"), ("APT", "apt_lr"))
+
+
 def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
     cfg, data, env = summary["config"], summary["data"], summary["environment"]
     length = f"{cfg['max_steps']} steps" if cfg["max_steps"] else f"{cfg['epochs']:g} epoch(s)"
@@ -992,6 +1000,9 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
         f"{cfg['evaluations']} cadence evaluations plus a final one; headline seeds {cfg['seeds']}; "
         f"ablations and sweep with seed {first_seed}. Headline figures are medians over seeds on the test "
         "split; dev is for choices only.",
+        "- Learning rates: "
+        + ", ".join(f"{name} {cfg[key]:g}" for name, key in _LR_FIELDS if cfg.get(key) is not None)
+        + ".",
         "- Time-to-accuracy: see the section above; per-run values in the last table.",
         "- Peak RSS: see the memory section.",
         f"- Latency: exported merged models, batch {lat_batch} x {lat_len} tokens, {lat_warm} untimed "
