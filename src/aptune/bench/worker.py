@@ -18,18 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aptune.atomic import replace_dir_atomic, write_json_atomic
 from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
-from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
+from aptune.bench.measure import JobPeakMemory, MemoryMonitor, allocator_setting, current_rss_mb
 from aptune.host_memory import pinned_mmap_threshold
 
 __all__ = ["context_from_plan", "convert_model", "main", "run_job", "run_latency"]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -72,9 +66,11 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     """Run one job of the plan in this process and write ``results/<job_id>.json``.
 
     Besides the method's own figures the result holds ``job``, ``wall_seconds``, ``resting_rss_mb``
-    (after imports, before loading anything), whether the peak-RSS reset worked, the glibc mmap
-    threshold aptune pinned during the job (None for the baselines) and the RSS timeline of the
-    process.
+    (after imports, before loading anything), ``peak_rss_mb``: the job process's own peak RSS
+    (``VmHWM`` reset after the imports, see `JobPeakMemory`; ``None`` with ``peak_rss_reset=False``
+    when the reset failed), the method's own figure as ``method_peak_rss_mb``, the C allocator
+    setting of the job (``allocator``, see `allocator_setting`; ``mmap_threshold`` is the value
+    aptune pinned, None for the baselines) and the RSS timeline of the process.
 
     Returns:
         The result dict.
@@ -85,7 +81,8 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     job = jobs[job_id]
     monitor = MemoryMonitor()
     resting = current_rss_mb()
-    reset = reset_peak_rss()
+    memory = JobPeakMemory()
+    memory.start()
     began = time.perf_counter()
     monitor.start()
     try:
@@ -97,13 +94,15 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
         job=job.to_dict(),
         wall_seconds=time.perf_counter() - began,
         resting_rss_mb=resting,
-        peak_rss_reset=reset,
-        # the baselines run with the C library's defaults, as their users would; aptune pins the
-        # mmap threshold at its first pruning event (APT, LoRA+Prune), see aptune.host_memory
+        method_peak_rss_mb=result.get("peak_rss_mb"),
+        **memory.to_dict(),
+        # aptune pins the mmap threshold at its first pruning event (APT, LoRA+Prune), see
+        # aptune.host_memory; the environment can pin it for every method
         mmap_threshold=pinned_mmap_threshold(),
+        allocator=allocator_setting(os.environ, pinned_mmap_threshold()),
         memory_timeline=monitor.to_dict(),
     )
-    _write_json(ctx.result_path(job_id), result)
+    write_json_atomic(ctx.result_path(job_id), result)
     return result
 
 
@@ -113,10 +112,12 @@ def convert_model(model: str, task: str, target: str | Path) -> str:
 
     target = Path(target)
     loaded, tokenizer = load_model_and_tokenizer(model, task)
-    tmp = target.with_name(target.name + ".tmp")
-    loaded.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+
+    def fill(folder: Path) -> None:
+        loaded.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    replace_dir_atomic(target, fill)
     return str(target)
 
 
@@ -212,7 +213,7 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
         },
         "jobs": entries,
     }
-    _write_json(Path(workdir) / LATENCY_FILE, data)
+    write_json_atomic(Path(workdir) / LATENCY_FILE, data)
     return data
 
 

@@ -36,7 +36,7 @@ def _run(**values) -> None:
     if outcome.summary is None:
         return
     for target in outcome.summary["targets"]:
-        status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[target["met"]]
+        status = {True: "MET", False: "MISSED", None: "NOT EVALUATED"}[target["met"]]
         click.echo(f"{status:>12}  {target['claim']}: {target['measured']}")
     click.echo(f"aptune: results: {outcome.files['md']} and {outcome.files['json']}")
     if outcome.failures:
