@@ -386,6 +386,7 @@ class AptController:
                 min_hidden=min(self.config.min_hidden, self.layout.hidden_size),
                 prune_hidden=self.config.prune_hidden,
                 num_hidden=self.layout.hidden_size,
+                layout=self.config.layout,
             )
 
         budget = density_target * self._c0
