@@ -28,6 +28,7 @@ from torch import nn
 
 from aptune.adapter import AptLinear
 from aptune.errors import ExportError
+from aptune.formats.hf_stock import write_stock_folder
 from aptune.hub import modeling_aptune
 from aptune.hub.modeling_aptune import PLAN_FORMAT_VERSION, PLAN_KEY, READABLE_PLAN_VERSIONS
 
@@ -166,6 +167,10 @@ def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None)
     config["architectures"] = [apt_class]
 
     def fill(folder: Path) -> None:
+        if controller.config.layout == "uniform" and write_stock_folder(
+            model, controller, folder, state=state, plan=plan, tokenizer=tokenizer
+        ):
+            return
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         (folder / "config.json").write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -232,7 +237,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
             f"(reads {', '.join(map(str, READABLE_PLAN_VERSIONS))}); upgrade aptune"
         )
     architectures = config.get("architectures") or []
-    cls = getattr(modeling_aptune, architectures[0], None) if architectures else None
+    name = architectures[0] if architectures else ""
+    cls = getattr(modeling_aptune, name if name.startswith("Apt") else "Apt" + name, None)  # stock folders too
     if cls is None:
         raise ExportError(f"{folder}: architecture {architectures!r} is not one aptune can load")
     _check_plan_against_weights(folder, plan)

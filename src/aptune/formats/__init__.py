@@ -1,0 +1,1 @@
+"""Export formats for serving engines: stock HF folders, ONNX (encoders), GGUF (LLaMA family)."""

@@ -1,0 +1,113 @@
+"""Uniform-layout exports are stock folders: plain ``from_pretrained`` loads them, logits match."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    LlamaForCausalLM,
+    TrainingArguments,
+)
+
+import aptune
+from test_llama import _causal_lm_dataset, _inputs, tiny_llama
+from test_trainer import _dataset
+from tiny import tiny_bert
+
+
+def _train(model, config, dataset, tmp_path, steps=24):
+    args = TrainingArguments(
+        str(tmp_path / "run"),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = aptune.AptTrainer(model=model, args=args, apt_config=config, train_dataset=dataset)
+    trainer.train()
+    return trainer
+
+
+def _assert_stock_folder(folder) -> dict:
+    files = set(os.listdir(folder))
+    assert "modeling_aptune.py" not in files
+    config = json.loads((folder / "config.json").read_text())
+    assert "auto_map" not in config
+    return config
+
+
+def test_uniform_llama_exports_a_stock_folder(tmp_path):
+    model = tiny_llama()
+    config = aptune.AptConfig(target_density=0.5, num_events=2, initial_rank=2, layout="uniform")
+    trainer = _train(model, config, _causal_lm_dataset(), tmp_path)
+    summary = trainer.apt_controller.layer_summary()
+    assert len(set(summary["heads_per_layer"])) == 1 and len(set(summary["ffn_per_layer"])) == 1
+    assert summary["ffn_per_layer"][0] < 64 or summary["hidden_size"] < 48  # something was pruned
+    inputs = _inputs()
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    trainer.export(tmp_path / "model")
+    stock = _assert_stock_folder(tmp_path / "model")
+    assert stock["num_attention_heads"] == summary["heads_per_layer"][0]
+    assert stock["num_attention_heads"] // stock["num_key_value_heads"] == 3  # the GQA group size is kept
+    assert stock["intermediate_size"] == summary["ffn_per_layer"][0]
+    assert stock["hidden_size"] == summary["hidden_size"] and stock["head_dim"] == 8
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    assert type(loaded) is LlamaForCausalLM
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+    again = aptune.load(tmp_path / "model")  # aptune's own loader reads stock folders too
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_uniform_bert_with_all_heads_exports_a_stock_folder(tmp_path):
+    model = tiny_bert()
+    config = aptune.AptConfig(
+        target_density=0.6, num_events=2, layout="uniform", prune_hidden=False, min_heads_per_layer=4
+    )
+    trainer = _train(model, config, _dataset(), tmp_path)
+    summary = trainer.apt_controller.layer_summary()
+    assert summary["heads_per_layer"] == [4, 4] and len(set(summary["ffn_per_layer"])) == 1
+    assert summary["ffn_per_layer"][0] < 64
+    inputs = {k: torch.tensor(v) for k, v in _dataset(4, seed=3)[:4].items() if k != "labels"}
+    inputs["attention_mask"][0, -4:] = 0
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    trainer.export(tmp_path / "model")
+    stock = _assert_stock_folder(tmp_path / "model")
+    assert stock["intermediate_size"] == summary["ffn_per_layer"][0]
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    assert type(loaded) is BertForSequenceClassification
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_uniform_bert_plan_a_stock_config_cannot_express_falls_back(tmp_path, caplog):
+    model = tiny_bert()
+    config = aptune.AptConfig(target_density=0.4, num_events=2, layout="uniform", min_heads_per_layer=1)
+    trainer = _train(model, config, _dataset(), tmp_path, steps=16)
+    summary = trainer.apt_controller.layer_summary()
+    # fewer heads of size 8 than hidden_size / 8: the stock BERT config would derive another head size
+    assert summary["heads_per_layer"][0] * 8 != summary["hidden_size"]
+    inputs = {k: torch.tensor(v) for k, v in _dataset(4, seed=3)[:4].items() if k != "labels"}
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    with caplog.at_level(logging.WARNING, logger="aptune"):
+        small = trainer.export(tmp_path / "model")
+    assert any("hidden_size / num_attention_heads" in r.getMessage() for r in caplog.records)
+    assert "modeling_aptune.py" in os.listdir(tmp_path / "model")
+    with torch.no_grad():
+        torch.testing.assert_close(small(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
