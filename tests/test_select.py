@@ -368,7 +368,9 @@ def test_uniform_equals_free_with_one_layer() -> None:
 
 def test_uniform_minimums_and_bad_layout() -> None:
     case = _uniform_case(4)
-    keep = select_keep_set(**case, budget=0.0, layout="uniform", min_heads_per_group=2, min_neurons_per_group=1)
+    keep = select_keep_set(
+        **case, budget=0.0, layout="uniform", min_heads_per_group=2, min_neurons_per_group=1
+    )
     assert keep.heads.view(3, 3).sum(1).tolist() == [2, 2, 2]
     assert keep.neurons.view(3, 4).sum(1).tolist() == [1, 1, 1]
     with pytest.raises(ConfigError, match="layout"):

@@ -238,7 +238,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         )
     architectures = config.get("architectures") or []
     name = architectures[0] if architectures else ""
-    cls = getattr(modeling_aptune, name if name.startswith("Apt") else "Apt" + name, None)  # stock folders too
+    # stock (uniform-layout) folders name the stock class; aptune loads them with its Apt subclass
+    cls = getattr(modeling_aptune, name if name.startswith("Apt") else "Apt" + name, None)
     if cls is None:
         raise ExportError(f"{folder}: architecture {architectures!r} is not one aptune can load")
     _check_plan_against_weights(folder, plan)

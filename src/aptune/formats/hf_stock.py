@@ -109,7 +109,7 @@ def write_stock_folder(
     """
     problem = stock_plan_problem(controller)
     if problem is not None:
-        logger.warning("aptune: exporting with the loader file (free layout) instead of a stock config: %s", problem)
+        logger.warning("aptune: exporting with the loader file instead of a stock config: %s", problem)
         return False
     config = stock_config(model, controller)
     config["aptune_plan"] = {**plan, "layout": "uniform"}
