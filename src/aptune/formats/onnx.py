@@ -49,7 +49,9 @@ def _load_model(model_or_folder: nn.Module | str | Path) -> nn.Module:
     return load(model_or_folder)
 
 
-def export_onnx(model_or_folder: nn.Module | str | Path, out_path: str | Path, *, opset: int = _OPSET) -> Path:
+def export_onnx(
+    model_or_folder: nn.Module | str | Path, out_path: str | Path, *, opset: int = _OPSET
+) -> Path:
     """Write an ONNX file of a (pruned) BERT or RoBERTa model, in float32.
 
     Args:
@@ -89,7 +91,8 @@ def export_onnx(model_or_folder: nn.Module | str | Path, out_path: str | Path, *
         raise ExportError(f"{type(model).__name__} returns none of {_PREDICTION_FIELDS}; nothing to export")
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     for name in output_names:
-        dynamic_axes[name] = {0: "batch"} if name == "logits" and probe[name].dim() == 2 else {0: "batch", 1: "sequence"}
+        per_token = name != "logits" or probe[name].dim() == 3  # QA and token-classification outputs
+        dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
