@@ -185,10 +185,18 @@ train_command = click.Command(
 @app.command("export")
 def export_command(
     run_dir: Path = typer.Argument(..., help="A run folder written by `aptune train`."),
-    out: Path = typer.Option(..., "--out", help="Where to write the model folder."),
+    out: Path = typer.Option(..., "--out", help="Where to write the model folder (hf) or file (gguf, onnx)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    fmt: str = typer.Option("hf", "--format", help="hf | gguf (LLaMA family) | onnx (BERT/RoBERTa)."),
 ) -> None:
-    """Write the run's exported model to another folder (optionally in another dtype)."""
+    """Write the run's exported model to another folder or serving format (optionally in another dtype)."""
+    if fmt != "hf":
+        from aptune.formats import export_format
+
+        with user_errors():
+            export_format(run_dir, out, fmt, dtype)
+        click.echo(f"aptune: wrote {out}")
+        return
     import torch
 
     from aptune.errors import ConfigError
