@@ -43,3 +43,33 @@ def test_onnx_refuses_decoders(tmp_path):
     with pytest.raises(ExportError, match="ONNX export supports bert, roberta"):
         export_onnx(tiny_llama(), tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_command_writes_onnx_and_rejects_bad_options(tmp_path, capsys):
+    from aptune.cli import main
+
+    model, controller = _pruned(tiny_bert, 1)
+    model.eval()
+    aptune.export(model, controller, tmp_path / "run" / "model")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"), "--format", "onnx"])
+    assert exit_info.value.code == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    inputs = batch(num_labels=model.config.num_labels)
+    inputs.pop("labels")
+    inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+    with torch.no_grad():
+        expected = model(**inputs).logits.numpy()
+    (got,) = session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    for options, message in (
+        (["--format", "tflite"], "--format 'tflite' is not one of hf, gguf, onnx"),
+        (["--format", "onnx", "--dtype", "float16"], "not available for ONNX"),
+        (["--format", "gguf"], "GGUF export supports llama, mistral, qwen2"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), *options])
+        assert exit_info.value.code == 2
+        stderr = capsys.readouterr().err
+        assert message in stderr and len(stderr.strip().splitlines()) == 1
