@@ -90,11 +90,20 @@ def _pruned_export(tmp_path, tokenizer, units_per_layer, neurons_per_layer, layo
     generator = torch.Generator().manual_seed(5)
     heads = [torch.arange(2) < count for count in units_per_layer]
     neurons = [torch.randperm(64, generator=generator) < count for count in neurons_per_layer]
-    hidden = torch.randperm(48, generator=generator) < 40
+    # 42 hidden dims: a multiple of 3 query heads, which transformers' LlamaConfig needs for a stock folder
+    hidden = torch.randperm(48, generator=generator) < (42 if layout == "uniform" else 40)
     controller.set_hard_masks(KeepSet(torch.cat(heads), torch.cat(neurons), hidden, 0.0))
     controller.prune_to_masks_()
     aptune.export(model, controller, tmp_path / "model", tokenizer=tokenizer if with_tokenizer else None)
     return aptune.load(tmp_path / "model")
+
+
+def _llama(path):
+    """llama.cpp with an f32 KV cache (its default f16 cache alone moves logits by about 1e-3)."""
+    f32 = llama_cpp.GGML_TYPE_F32
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1, type_k=f32, type_v=f32
+    )
 
 
 def _llama_cpp_logits(llm, ids: list[int]) -> np.ndarray:
@@ -129,6 +138,7 @@ def _reader_field(reader, key):
 )
 def test_llama_cpp_matches_transformers(tmp_path, bpe_tokenizer, units, neurons, layout, arch):
     exported = _pruned_export(tmp_path, bpe_tokenizer, units, neurons, layout)
+    assert (tmp_path / "model" / "modeling_aptune.py").exists() == (layout == "free")
     path = export_gguf(tmp_path / "model", tmp_path / "model.gguf", dtype="f32")
     reader = gguf.GGUFReader(str(path))
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == arch
@@ -137,7 +147,7 @@ def test_llama_cpp_matches_transformers(tmp_path, bpe_tokenizer, units, neurons,
         assert heads[1:] == [3 * u for u in units[1:]]  # query heads; layer 0 may hold a zero group
         assert _reader_field(reader, "deci.attention.head_count_kv")[1:] == units[1:]
     assert "tokenizer.chat_template" in reader.fields
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    llm = _llama(path)
     for prompt in _PROMPTS:
         ids = bpe_tokenizer(prompt)["input_ids"]
         assert llm.tokenize(prompt.encode(), add_bos=False) == ids
@@ -155,7 +165,7 @@ def test_llama_cpp_matches_transformers(tmp_path, bpe_tokenizer, units, neurons,
 def test_f16_weights_stay_close(tmp_path, bpe_tokenizer):
     exported = _pruned_export(tmp_path, bpe_tokenizer, [0, 1, 2], [40, 0, 21], "free")
     path = export_gguf(tmp_path / "model", tmp_path / "model-f16.gguf", dtype="f16")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    llm = _llama(path)
     ids = bpe_tokenizer(_PROMPTS[0])["input_ids"]
     with torch.no_grad():
         expected = exported(input_ids=torch.tensor([ids])).logits[0].numpy()

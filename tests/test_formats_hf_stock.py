@@ -111,3 +111,19 @@ def test_uniform_bert_plan_a_stock_config_cannot_express_falls_back(tmp_path, ca
     assert "modeling_aptune.py" in os.listdir(tmp_path / "model")
     with torch.no_grad():
         torch.testing.assert_close(small(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_uniform_llama_with_a_hidden_size_llama_config_rejects_falls_back(tmp_path, caplog):
+    from aptune.select import KeepSet
+
+    model = tiny_llama()
+    controller = aptune.prepare_(model, aptune.AptConfig(layout="uniform"))
+    hidden = torch.arange(48) < 40  # 40 is not a multiple of the 3 query heads kept per layer
+    controller.set_hard_masks(
+        KeepSet(torch.tensor([True, False] * 2), torch.arange(128) % 64 < 32, hidden, 0.0)
+    )
+    controller.prune_to_masks_()
+    with caplog.at_level(logging.WARNING, logger="aptune"):
+        aptune.export(model, controller, tmp_path / "model")
+    assert any("LlamaConfig rejects" in r.getMessage() for r in caplog.records)
+    assert "modeling_aptune.py" in os.listdir(tmp_path / "model")

@@ -9,7 +9,8 @@ loads it without ``trust_remote_code``, and so do serving engines that read stoc
 What a stock config can express:
 
 * LLaMA / Mistral / Qwen2: any uniform plan with at least one KV group and one FFN neuron per layer
-  (``head_dim`` is written explicitly, so the hidden size may shrink).
+  (``head_dim`` is written explicitly, so the hidden size may shrink), except that transformers'
+  ``LlamaConfig`` insists on a hidden size that is a multiple of the number of query heads.
 * BERT / RoBERTa: the head size is ``hidden_size / num_attention_heads``, so only plans whose hidden
   size equals ``heads * head_dim``: e.g. every head kept and hidden dimensions not pruned, FFN uniform.
   Other encoder plans deploy through ONNX (`aptune.formats.onnx`) or the free export.
@@ -34,11 +35,16 @@ logger = logging.getLogger("aptune")
 _STOCK_FAMILIES = ("llama", "bert")
 
 
-def stock_plan_problem(controller) -> str | None:
+def stock_plan_problem(model: nn.Module, controller) -> str | None:
     """Why the controller's current plan cannot be written as a stock config, or None if it can.
 
+    Besides the shapes, the resized config must pass its own class's validation (transformers'
+    ``LlamaConfig`` requires ``hidden_size`` to be a multiple of ``num_attention_heads`` even with an
+    explicit ``head_dim``).
+
     Args:
-        controller: The `AptController` of a pruned model (masks hard, blocks physically removed).
+        model: The pruned model.
+        controller: Its `AptController` (masks hard, blocks physically removed).
 
     Returns:
         A one-sentence reason, or None when a stock config expresses the plan.
@@ -63,6 +69,11 @@ def stock_plan_problem(controller) -> str | None:
             "prune_hidden=False and min_heads_per_layer equal to the head count for a stock encoder, or "
             "export to ONNX"
         )
+    config = stock_config(model, controller)
+    try:
+        type(model.config).from_dict(config)
+    except Exception as exc:  # the config classes raise several kinds of validation errors
+        return f"{type(model.config).__name__} rejects the resized config ({exc})"
     return None
 
 
@@ -107,7 +118,7 @@ def write_stock_folder(
     Returns:
         True when the stock folder was written, False when the plan needs the free-layout export.
     """
-    problem = stock_plan_problem(controller)
+    problem = stock_plan_problem(model, controller)
     if problem is not None:
         logger.warning("aptune: exporting with the loader file instead of a stock config: %s", problem)
         return False
