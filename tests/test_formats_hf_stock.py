@@ -21,7 +21,7 @@ from test_trainer import _dataset
 from tiny import tiny_bert
 
 
-def _train(model, config, dataset, tmp_path, steps=24):
+def _train(model, config, dataset, tmp_path, steps=16):
     args = TrainingArguments(
         str(tmp_path / "run"),
         max_steps=steps,
@@ -95,18 +95,20 @@ def test_uniform_bert_with_all_heads_exports_a_stock_folder(tmp_path):
 
 
 def test_uniform_bert_plan_a_stock_config_cannot_express_falls_back(tmp_path, caplog):
+    from aptune.select import KeepSet
+
     model = tiny_bert()
-    config = aptune.AptConfig(target_density=0.4, num_events=2, layout="uniform", min_heads_per_layer=1)
-    trainer = _train(model, config, _dataset(), tmp_path, steps=16)
-    summary = trainer.apt_controller.layer_summary()
-    # fewer heads of size 8 than hidden_size / 8: the stock BERT config would derive another head size
-    assert summary["heads_per_layer"][0] * 8 != summary["hidden_size"]
+    controller = aptune.prepare_(model, aptune.AptConfig(layout="uniform", prune_hidden=False))
+    # one head of size 8 per layer with hidden size 32: a stock BertConfig would derive head size 32
+    heads = torch.tensor([True, False, False, False] * 2)
+    neurons, hidden = torch.arange(128) % 64 < 40, torch.ones(32, dtype=torch.bool)
+    controller.set_hard_masks(KeepSet(heads, neurons, hidden, 0.0))
+    controller.prune_to_masks_()
     inputs = {k: torch.tensor(v) for k, v in _dataset(4, seed=3)[:4].items() if k != "labels"}
-    model.eval()
     with torch.no_grad():
         expected = model(**inputs).logits
     with caplog.at_level(logging.WARNING, logger="aptune"):
-        small = trainer.export(tmp_path / "model")
+        small = aptune.export(model, controller, tmp_path / "model")
     assert any("hidden_size / num_attention_heads" in r.getMessage() for r in caplog.records)
     assert "modeling_aptune.py" in os.listdir(tmp_path / "model")
     with torch.no_grad():
