@@ -377,3 +377,12 @@ def test_uniform_minimums_and_bad_layout() -> None:
         select_keep_set(**case, budget=1.0, layout="ragged")
     with pytest.raises(ValueError):
         select_keep_set(**dict(case, head_costs=torch.zeros(9)), budget=1.0, layout="uniform")
+
+
+def test_config_layout_field() -> None:
+    from aptune import AptConfig
+
+    assert AptConfig().layout == "free"
+    assert AptConfig.from_json(AptConfig(layout="uniform").to_json()).layout == "uniform"
+    with pytest.raises(ConfigError, match="layout"):
+        AptConfig(layout="ragged")
