@@ -271,3 +271,118 @@ def test_bad_input_raises(change: dict, error: type[Exception]) -> None:
     args = {**_random_case(0), "budget": 100.0, **change}
     with pytest.raises(error):
         select_keep_set(**args)
+
+
+# ---------------------------------------------------------------------------------------------- uniform
+def _uniform_case(seed: int, layers: int = 3, units: int = 3, neurons: int = 4, hidden: int = 5) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "head_scores": torch.rand(layers * units, generator=gen, dtype=torch.float64) * 10,
+        "neuron_scores": torch.rand(layers * neurons, generator=gen, dtype=torch.float64),
+        "hidden_scores": torch.rand(hidden, generator=gen, dtype=torch.float64) * 5,
+        "head_costs": torch.full((layers * units,), 24.0, dtype=torch.float64),  # GQA groups, g=2, d_h=4
+        "neuron_costs": torch.full((layers * neurons,), 3.0, dtype=torch.float64),  # gated FFN
+        "head_groups": torch.arange(layers * units) // units,
+        "neuron_groups": torch.arange(layers * neurons) // neurons,
+    }
+
+
+def _uniform_brute_force(case: dict, budget: float, min_hidden: int = 1) -> tuple[set, set, set]:
+    """Plain-Python reference of the documented rule.
+
+    Candidates are every (heads per layer k, neurons per layer m, hidden dims d) with each layer's top-k
+    units, top-m neurons and the top-d hidden dims; the order of the greedy over slices is reproduced
+    by ranking slices (sum of the j-th best scores over the layers, divided by their width) and the
+    keep-set is the longest prefix of that ranking that fits, like `_brute_force`.
+    """
+
+    def per_layer_ranking(scores, groups):
+        layers = {}
+        for index, (score, group) in enumerate(zip(scores.tolist(), groups.tolist(), strict=True)):
+            layers.setdefault(group, []).append((-score, index))
+        return [[index for _, index in sorted(members)] for _, members in sorted(layers.items())]
+
+    head_rank = per_layer_ranking(case["head_scores"], case["head_groups"])
+    neuron_rank = per_layer_ranking(case["neuron_scores"], case["neuron_groups"])
+    slice_case = {
+        "head_scores": torch.tensor(
+            [sum(case["head_scores"][r[j]].item() for r in head_rank) for j in range(len(head_rank[0]))]
+        ),
+        "neuron_scores": torch.tensor(
+            [sum(case["neuron_scores"][r[j]].item() for r in neuron_rank) for j in range(len(neuron_rank[0]))]
+        ),
+        "hidden_scores": case["hidden_scores"],
+        "head_costs": torch.tensor(
+            [sum(case["head_costs"][r[j]].item() for r in head_rank) for j in range(len(head_rank[0]))]
+        ),
+        "neuron_costs": torch.tensor(
+            [sum(case["neuron_costs"][r[j]].item() for r in neuron_rank) for j in range(len(neuron_rank[0]))]
+        ),
+    }
+    head_slices, neuron_slices, hidden = _brute_force(slice_case, budget, min_hidden)
+    heads = {r[j] for j in head_slices for r in head_rank}
+    neurons = {r[j] for j in neuron_slices for r in neuron_rank}
+    return heads, neurons, hidden
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_uniform_matches_brute_force(seed: int) -> None:
+    case = _uniform_case(seed)
+    full = _full_count(case)
+    for fraction in (0.0, 0.05, 0.2, 0.4, 0.7, 1.0):
+        keep = select_keep_set(**case, budget=fraction * full, layout="uniform")
+        assert _as_sets(keep) == _uniform_brute_force(case, fraction * full)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_uniform_keeps_the_same_top_k_in_every_layer(seed: int) -> None:
+    case = _uniform_case(seed, layers=4, units=4, neurons=8, hidden=12)
+    full = _full_count(case)
+    for fraction in (0.1, 0.3, 0.5, 0.8):
+        keep = select_keep_set(**case, budget=fraction * full, layout="uniform")
+        assert keep.params <= fraction * full
+        assert keep.params == parameter_count(
+            case["head_costs"][keep.heads], case["neuron_costs"][keep.neurons], int(keep.hidden.sum())
+        )
+        for mask, scores, size in (
+            (keep.heads, case["head_scores"], 4),
+            (keep.neurons, case["neuron_scores"], 8),
+        ):
+            per_layer = mask.view(4, size)  # (layers, blocks per layer)
+            counts = per_layer.sum(1)
+            assert bool((counts == counts[0]).all()), counts
+            k = int(counts[0])
+            for layer in range(4):
+                best = set(scores.view(4, size)[layer].argsort(descending=True)[:k].tolist())
+                assert set(torch.nonzero(per_layer[layer]).flatten().tolist()) == best
+
+
+def test_uniform_equals_free_with_one_layer() -> None:
+    case = _uniform_case(3, layers=1, units=6, neurons=10, hidden=6)
+    full = _full_count(case)
+    for fraction in (0.1, 0.4, 0.9):
+        free = select_keep_set(**case, budget=fraction * full)
+        uniform = select_keep_set(**case, budget=fraction * full, layout="uniform")
+        assert _as_sets(free) == _as_sets(uniform)
+
+
+def test_uniform_minimums_and_bad_layout() -> None:
+    case = _uniform_case(4)
+    keep = select_keep_set(
+        **case, budget=0.0, layout="uniform", min_heads_per_group=2, min_neurons_per_group=1
+    )
+    assert keep.heads.view(3, 3).sum(1).tolist() == [2, 2, 2]
+    assert keep.neurons.view(3, 4).sum(1).tolist() == [1, 1, 1]
+    with pytest.raises(ConfigError, match="layout"):
+        select_keep_set(**case, budget=1.0, layout="ragged")
+    with pytest.raises(ValueError):
+        select_keep_set(**dict(case, head_costs=torch.zeros(9)), budget=1.0, layout="uniform")
+
+
+def test_config_layout_field() -> None:
+    from aptune import AptConfig
+
+    assert AptConfig().layout == "free"
+    assert AptConfig.from_json(AptConfig(layout="uniform").to_json()).layout == "uniform"
+    with pytest.raises(ConfigError, match="layout"):
+        AptConfig(layout="ragged")

@@ -162,6 +162,7 @@ class BlockBook:
                 min_hidden=min(config.min_hidden, hidden_size),
                 prune_hidden=config.prune_hidden,
                 num_hidden=hidden_size,
+                layout=config.layout,
             )
 
         budget = density * self.initial_params

@@ -24,6 +24,7 @@ CONFIG_FORMAT_VERSION = 1
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
 _LAYER_MAPPINGS = ("nearest", "same")
+_LAYOUTS = ("free", "uniform")
 _SCHEDULE_POINTS = ("prune_start", "prune_end", "density_warmup", "distill_end", "mask_window")
 
 
@@ -97,6 +98,10 @@ class AptConfig:
         min_neurons_per_layer: FFN neurons every layer keeps (0 allows removing the whole FFN).
         min_hidden: Hidden dimensions always kept.
         seed: Seed of the teacher-layer sampling and of new adapter rows.
+        layout: ``"free"``: every layer keeps its own number of heads and FFN neurons (the export
+            loads in transformers through a small loader file). ``"uniform"``: every layer keeps the
+            same number of attention units (KV groups for GQA) and FFN neurons, each layer its most
+            salient ones, so decoders export as a stock config folder that serving engines load.
     """
 
     target_density: float = field(
@@ -155,6 +160,9 @@ class AptConfig:
     min_neurons_per_layer: int = field(default=0, metadata={"help": "FFN neurons every layer keeps."})
     min_hidden: int = field(default=1, metadata={"help": "Hidden dimensions always kept."})
     seed: int = field(default=0, metadata={"help": "Seed of teacher sampling and new adapter rows."})
+    layout: str = field(
+        default="free", metadata={"help": "free | uniform (same heads and FFN width in every layer)."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter_targets, list):
@@ -244,6 +252,8 @@ class AptConfig:
         integer("min_neurons_per_layer", 0)
         integer("min_hidden", 1)
         integer("seed", 0)
+        if self.layout not in _LAYOUTS:
+            bad("layout", f"choose one of {', '.join(_LAYOUTS)}")
         for name in ("prune_hidden", "distill", "pretune_prune"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "expected true or false")

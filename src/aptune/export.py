@@ -31,6 +31,7 @@ from torch import nn
 
 from aptune.adapter import AptLinear
 from aptune.errors import ExportError
+from aptune.formats.hf_stock import stock_export_config
 from aptune.hub import modeling_aptune
 from aptune.hub.modeling_aptune import PLAN_FORMAT_VERSION, PLAN_KEY, READABLE_PLAN_VERSIONS
 
@@ -167,11 +168,12 @@ def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None)
         )
     state = merged_state_dict(model, skip_prefixes=(DISTILL_MODULE_NAME + ".",))
     plan = build_plan(model, controller, state)
-    config = model.config.to_dict()
-    config[PLAN_KEY] = plan
-    config["auto_map"] = {_auto_class(class_name): f"modeling_aptune.{apt_class}"}
-    config["architectures"] = [apt_class]
-
+    config = stock_export_config(model, controller, plan) if controller.config.layout == "uniform" else None
+    if config is None:
+        config = model.config.to_dict()
+        config[PLAN_KEY] = plan
+        config["auto_map"] = {_auto_class(class_name): f"modeling_aptune.{apt_class}"}
+        config["architectures"] = [apt_class]
     _write_folder(Path(out_dir), state, config, tokenizer=tokenizer)
     return load(out_dir, device=next(model.parameters()).device)
 
@@ -225,7 +227,8 @@ def _write_folder(
         (folder / "config.json").write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        shutil.copyfile(_HUB_FILE, folder / "modeling_aptune.py")
+        if "auto_map" in config:  # stock (uniform-layout) folders need no loader file
+            shutil.copyfile(_HUB_FILE, folder / "modeling_aptune.py")
         for item in copy_files:
             shutil.copyfile(item, folder / Path(item).name)
         if tokenizer is not None:
@@ -304,7 +307,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
             f"(reads {', '.join(map(str, READABLE_PLAN_VERSIONS))}); upgrade aptune"
         )
     architectures = config.get("architectures") or []
-    cls = getattr(modeling_aptune, architectures[0], None) if architectures else None
+    name = architectures[0] if architectures else ""
+    # stock (uniform-layout) folders name the stock class; aptune loads them with its Apt subclass
+    cls = getattr(modeling_aptune, name if name.startswith("Apt") else "Apt" + name, None)
     if cls is None:
         raise ExportError(f"{folder}: architecture {architectures!r} is not one aptune can load")
     _check_plan_against_weights(folder, plan)

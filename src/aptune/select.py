@@ -16,6 +16,14 @@ both come from this formula here).
 
 `select_keep_set` is the greedy knapsack of the paper (Eq. 13-14, App. C): blocks are sorted by
 salience per parameter and the longest prefix whose parameter count fits the budget is kept.
+
+With ``layout="uniform"`` the same knapsack runs over *slices* instead of single units and neurons:
+slice ``j`` of the attention units is the ``j``-th most salient unit of every group (layer), its
+salience the sum of theirs and its width the sum of their widths; FFN neurons are sliced the same way.
+Within a layer the units are sorted by salience, so slice saliences never increase with ``j`` and
+(with equal widths per slice) the greedy takes slices in the order 0, 1, 2, ...: every layer keeps
+its top-``k`` units and its top-``m`` neurons, with ``k``, ``m`` and the hidden dimensions chosen by
+salience per parameter under the budget, exactly as in the free layout.
 """
 
 from __future__ import annotations
@@ -27,11 +35,14 @@ from torch import Tensor
 
 from aptune.errors import ConfigError
 
-__all__ = ["KeepSet", "parameter_count", "select_keep_set"]
+__all__ = ["LAYOUTS", "KeepSet", "parameter_count", "select_keep_set"]
 
 # Block types in the concatenated order used for sorting; ties in density break by this order, then
 # by index, so the result never depends on the sort implementation.
 _HEAD, _NEURON, _HIDDEN = 0, 1, 2
+
+#: Selection layouts: ``"free"`` (any count per layer) and ``"uniform"`` (the same count in every layer).
+LAYOUTS = ("free", "uniform")
 
 
 def parameter_count(head_costs: Tensor, neuron_costs: Tensor, num_hidden: int) -> float:
@@ -93,6 +104,7 @@ def select_keep_set(
     min_hidden: int = 1,
     prune_hidden: bool = True,
     num_hidden: int | None = None,
+    layout: str = "free",
 ) -> KeepSet:
     """Choose the blocks to keep under a parameter budget, by salience per parameter.
 
@@ -127,12 +139,16 @@ def select_keep_set(
         prune_hidden: Whether hidden dimensions compete; False keeps all of them.
         num_hidden: Number of hidden dimensions; needed only when ``hidden_scores`` is None, checked
             against it otherwise.
+        layout: ``"free"`` (blocks compete one by one) or ``"uniform"`` (every group of
+            ``head_groups`` / ``neuron_groups`` keeps the same number of its best units / neurons;
+            see the module docstring). A group smaller than the chosen count keeps all its members.
 
     Returns:
         The `KeepSet`, its masks on the device of ``head_scores``.
 
     Raises:
-        ConfigError: ``budget`` is negative or not finite, or a ``min_*`` value is negative.
+        ConfigError: ``budget`` is negative or not finite, a ``min_*`` value is negative, or
+            ``layout`` is unknown.
         ValueError: tensors are not 1-D, lengths disagree, scores are negative or not finite, costs
             are not positive, or the number of hidden dimensions is unknown or zero.
 
@@ -143,6 +159,24 @@ def select_keep_set(
         >>> keep.heads.tolist(), keep.neurons.tolist(), keep.hidden.tolist(), keep.params
         ([True, True], [True, False, True], [True, False], 12.0)
     """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout == "uniform":
+        return _select_uniform(
+            head_scores,
+            neuron_scores,
+            hidden_scores,
+            head_costs,
+            neuron_costs,
+            budget,
+            head_groups=head_groups,
+            neuron_groups=neuron_groups,
+            min_heads_per_group=min_heads_per_group,
+            min_neurons_per_group=min_neurons_per_group,
+            min_hidden=min_hidden,
+            prune_hidden=prune_hidden,
+            num_hidden=num_hidden,
+        )
     device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
     h_score = _as_vector(head_scores, "head_scores")
     n_score = _as_vector(neuron_scores, "neuron_scores")
@@ -234,6 +268,87 @@ def select_keep_set(
     return KeepSet(
         heads=keep_h.to(device), neurons=keep_n.to(device), hidden=keep_d.to(device), params=params
     )
+
+
+def _select_uniform(
+    head_scores: Tensor,
+    neuron_scores: Tensor,
+    hidden_scores: Tensor | None,
+    head_costs: Tensor,
+    neuron_costs: Tensor,
+    budget: float,
+    *,
+    head_groups: Tensor | None,
+    neuron_groups: Tensor | None,
+    min_heads_per_group: int,
+    min_neurons_per_group: int,
+    min_hidden: int,
+    prune_hidden: bool,
+    num_hidden: int | None,
+) -> KeepSet:
+    """`select_keep_set` over per-rank slices of every group (the uniform layout)."""
+    device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
+    h_score, h_cost = _as_vector(head_scores, "head_scores"), _as_vector(head_costs, "head_costs")
+    n_score, n_cost = _as_vector(neuron_scores, "neuron_scores"), _as_vector(neuron_costs, "neuron_costs")
+    for name, score in (("head_scores", h_score), ("neuron_scores", n_score)):
+        _check_scores(score, name)
+    for name, cost in (("head_costs", h_cost), ("neuron_costs", n_cost)):
+        if not bool(torch.isfinite(cost).all()) or bool((cost <= 0).any()):
+            raise ValueError(f"{name} must be finite and > 0 (parameters per hidden dimension)")
+    if h_cost.numel() != h_score.numel() or n_cost.numel() != n_score.numel():
+        raise ValueError("head_costs / neuron_costs need one entry per head / neuron score")
+    h_members = _rank_slices(h_score, head_groups, "head_groups")
+    n_members = _rank_slices(n_score, neuron_groups, "neuron_groups")
+    # Each slice is one block of the free selection: summed salience and summed width of its members.
+    slice_keep = select_keep_set(
+        torch.stack([h_score[m].sum() for m in h_members]) if h_members else h_score[:0],
+        torch.stack([n_score[m].sum() for m in n_members]) if n_members else n_score[:0],
+        hidden_scores,
+        torch.stack([h_cost[m].sum() for m in h_members]) if h_members else h_cost[:0],
+        torch.stack([n_cost[m].sum() for m in n_members]) if n_members else n_cost[:0],
+        budget,
+        min_heads_per_group=min_heads_per_group,
+        min_neurons_per_group=min_neurons_per_group,
+        min_hidden=min_hidden,
+        prune_hidden=prune_hidden,
+        num_hidden=num_hidden,
+    )
+    keep_h = _unslice(h_members, slice_keep.heads, h_score.numel())
+    keep_n = _unslice(n_members, slice_keep.neurons, n_score.numel())
+    params = parameter_count(h_cost[keep_h], n_cost[keep_n], int(slice_keep.hidden.sum().item()))
+    return KeepSet(
+        heads=keep_h.to(device), neurons=keep_n.to(device), hidden=slice_keep.hidden.to(device), params=params
+    )
+
+
+def _unslice(members: list[Tensor], kept_slices: Tensor, size: int) -> Tensor:
+    """Bool mask over ``size`` blocks: the members of every kept slice."""
+    mask = torch.zeros(size, dtype=torch.bool)
+    for slice_members, is_kept in zip(members, kept_slices.cpu().tolist(), strict=True):
+        if is_kept:
+            mask[slice_members] = True
+    return mask
+
+
+def _rank_slices(scores: Tensor, groups: Tensor | None, name: str) -> list[Tensor]:
+    """Slice ``j``: the indices of the ``j``-th best-scored member of every group (ties to the lower index).
+
+    Groups with fewer than ``j + 1`` members are absent from slice ``j``.
+    """
+    if scores.numel() == 0:
+        return []
+    if groups is None:
+        group_ids = torch.zeros(scores.numel(), dtype=torch.long)
+    else:
+        group_ids = torch.as_tensor(groups).detach().to("cpu")
+        if group_ids.dim() != 1 or group_ids.numel() != scores.numel():
+            raise ValueError(f"{name} must be 1-D with one group id per block ({scores.numel()})")
+    ranked = []  # per group: its member indices, best first
+    for group in torch.unique(group_ids):
+        members = torch.nonzero(group_ids == group).flatten()
+        ranked.append(members[_descending_stable(scores[members])])
+    depth = max(len(r) for r in ranked)
+    return [torch.stack([r[j] for r in ranked if len(r) > j]) for j in range(depth)]
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -43,6 +43,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "distill": ("APT with self-distillation", {"distill": True}),
     "kurtosis-on": ("APT kurtosis on", {"use_kurtosis": True}),
     "kurtosis-off": ("APT kurtosis off", {"use_kurtosis": False}),
+    "apt-uniform": ("APT uniform layout", {"layout": "uniform"}),
 }
 
 _LABELS = {"ft": "FT", "lora": "LoRA", "lora-prune": "LoRA+Prune", "apt": "APT"}

@@ -1,4 +1,4 @@
-"""``aptune export``: write a run's exported model to another folder, optionally in another dtype."""
+"""``aptune export``: write a run's exported model to another folder or a serving format."""
 
 from __future__ import annotations
 
@@ -10,28 +10,35 @@ from aptune.cli.errors import user_errors
 
 __all__ = ["export_command"]
 
-_DTYPES = ("float32", "bfloat16", "float16")
-
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the model folder."
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where to write the model folder (hf) or file (gguf, onnx).",
 )
-@click.option("--dtype", default="float32", show_default=True, help=" | ".join(_DTYPES) + ".")
-def export_command(run_dir: Path, out: Path, dtype: str) -> None:
-    """Write the run's exported model to another folder (optionally in another dtype).
+@click.option(
+    "--format",
+    "fmt",
+    default="hf",
+    show_default=True,
+    help="hf | gguf (llama, mistral, qwen2: llama.cpp, Ollama) | onnx (BERT, RoBERTa: ONNX Runtime).",
+)
+@click.option(
+    "--dtype",
+    default="float32",
+    show_default=True,
+    help="float32 | bfloat16 | float16 (gguf: float32 | float16; onnx: float32).",
+)
+def export_command(run_dir: Path, out: Path, fmt: str, dtype: str) -> None:
+    """Write the run's exported model to another folder or serving format (optionally in another dtype).
 
     RUN_DIR is a run folder written by `aptune train` (or an exported model folder).
     """
-    import torch
-
-    from aptune.errors import ConfigError
-    from aptune.export import reexport
+    from aptune.formats import export_format
 
     with user_errors():
-        if dtype not in _DTYPES:
-            raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
-        source = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
-        reexport(source, out, dtype=getattr(torch, dtype))
+        export_format(run_dir, out, fmt, dtype)
     click.echo(f"aptune: wrote {out}")
