@@ -23,6 +23,8 @@ __all__ = ["CONFIG_FORMAT_VERSION", "AptConfig"]
 CONFIG_FORMAT_VERSION = 1
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
+_HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
+_HIDDEN_COSTS = ("current", "initial")
 _LAYER_MAPPINGS = ("nearest", "same")
 _SCHEDULE_POINTS = ("prune_start", "prune_end", "density_warmup", "distill_end", "mask_window")
 
@@ -97,6 +99,23 @@ class AptConfig:
         min_neurons_per_layer: FFN neurons every layer keeps (0 allows removing the whole FFN).
         min_hidden: Hidden dimensions always kept.
         seed: Seed of the teacher-layer sampling and of new adapter rows.
+        hidden_salience: How hidden dimensions are scored. ``"block_inputs"``: activation x
+            gradient at the inputs of the q, k, v and FFN up (and gate) projections, summed over
+            them (the gradient into the attention and FFN blocks only, the paper's definition);
+            ``"residual"``: at the norm outputs (post-norm) or the sub-layer outputs and embeddings
+            (pre-norm), residual path included; ``"norm_weighted"`` (decoders): the order of the
+            channels by ``|norm weight| x RMS of the normalised activation`` summed over the norms
+            reading the residual stream, scaled to the total of the block-input salience, and never
+            pruned one-shot before tuning. ``None``: ``"block_inputs"`` for encoders,
+            ``"residual"`` for decoders.
+        hidden_cost: Parameters a hidden dimension is charged in the salience-per-parameter order:
+            ``"current"`` (from the units and neurons present now, the paper's formula) or
+            ``"initial"`` (from the structure at preparation, so that hidden dimensions do not look
+            cheaper after heads and neurons are removed).
+        lm_loss_chunk: Causal LMs: compute the logits and the cross-entropy this many tokens at a
+            time (`aptune.losses`), so the vocabulary logits of a step never exist at once. Steps
+            with prediction distillation still compute full logits (the KL needs the teacher's and
+            the student's). ``None``: the model's own loss.
     """
 
     target_density: float = field(
@@ -155,6 +174,14 @@ class AptConfig:
     min_neurons_per_layer: int = field(default=0, metadata={"help": "FFN neurons every layer keeps."})
     min_hidden: int = field(default=1, metadata={"help": "Hidden dimensions always kept."})
     seed: int = field(default=0, metadata={"help": "Seed of teacher sampling and new adapter rows."})
+    hidden_salience: str | None = field(
+        default=None,
+        metadata={"help": "block_inputs | residual | norm_weighted (default: block_inputs for encoders)."},
+    )
+    hidden_cost: str = field(default="current", metadata={"help": "current | initial hidden-dim cost."})
+    lm_loss_chunk: int | None = field(
+        default=None, metadata={"help": "Tokens per logits block of the causal-LM loss (None: full)."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter_targets, list):
@@ -244,6 +271,12 @@ class AptConfig:
         integer("min_neurons_per_layer", 0)
         integer("min_hidden", 1)
         integer("seed", 0)
+        if self.hidden_salience is not None and self.hidden_salience not in _HIDDEN_SALIENCES:
+            bad("hidden_salience", f"choose one of {', '.join(_HIDDEN_SALIENCES)} (or null)")
+        if self.hidden_cost not in _HIDDEN_COSTS:
+            bad("hidden_cost", f"choose one of {', '.join(_HIDDEN_COSTS)}")
+        if self.lm_loss_chunk is not None:
+            integer("lm_loss_chunk", 1)
         for name in ("prune_hidden", "distill", "pretune_prune"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "expected true or false")
