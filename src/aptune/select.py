@@ -20,6 +20,7 @@ salience per parameter and the longest prefix whose parameter count fits the bud
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,7 @@ def select_keep_set(
     min_hidden: int = 1,
     prune_hidden: bool = True,
     num_hidden: int | None = None,
+    hidden_unit_cost: float | None = None,
 ) -> KeepSet:
     """Choose the blocks to keep under a parameter budget, by salience per parameter.
 
@@ -127,6 +129,10 @@ def select_keep_set(
         prune_hidden: Whether hidden dimensions compete; False keeps all of them.
         num_hidden: Number of hidden dimensions; needed only when ``hidden_scores`` is None, checked
             against it otherwise.
+        hidden_unit_cost: Parameters a hidden dimension is charged in the density order. None: the
+            current ``sum a + sum c`` (the paper). A fixed value (e.g. the initial structure's) keeps
+            hidden dimensions from looking cheap once units and neurons are gone. The budget curve
+            always counts the real parameters.
 
     Returns:
         The `KeepSet`, its masks on the device of ``head_scores``.
@@ -199,6 +205,10 @@ def select_keep_set(
 
     # ---- density scores (salience per parameter of the block in the current model)
     width_total = h_cost.sum() + n_cost.sum()
+    if hidden_unit_cost is not None:
+        if not (float(hidden_unit_cost) > 0 and math.isfinite(float(hidden_unit_cost))):
+            raise ValueError(f"hidden_unit_cost={hidden_unit_cost!r} must be finite and > 0")
+        width_total = torch.tensor(float(hidden_unit_cost), dtype=torch.float64)
     h_density = h_score / (num_d * h_cost)
     n_density = n_score / (num_d * n_cost)
     # Without any unit or neuron a hidden dim costs nothing; its raw score still orders the dims.
