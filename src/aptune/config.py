@@ -107,7 +107,12 @@ class AptConfig:
             channels by ``|norm weight| x RMS of the normalised activation`` summed over the norms
             reading the residual stream, scaled to the total of the block-input salience, and never
             pruned one-shot before tuning. ``None``: ``"block_inputs"`` for encoders,
-            ``"residual"`` for decoders.
+            ``"residual"`` for decoders. Probe on SmolLM2-135M (8 calibration blocks of 128 BBC
+            tokens, dev perplexity 29.0 dense, the lowest-scored hidden dims masked, no tuning):
+            dropping 28 / 57 of 576 dims gives 41.1 / 70.0 by ``norm_weighted``, 43.0 / 74.6 by
+            ``block_inputs``, 47.8 / 225 by ``residual`` (45.8 / 126 with kurtosis), 54.2 at random
+            for 28. ``norm_weighted`` stays opt-in until gradual hidden pruning during tuning has
+            been measured end to end.
         hidden_cost: Parameters a hidden dimension is charged in the salience-per-parameter order:
             ``"current"`` (from the units and neurons present now, the paper's formula) or
             ``"initial"`` (from the structure at preparation, so that hidden dimensions do not look
