@@ -92,3 +92,18 @@ def test_trainer_uses_the_chunked_loss_with_masks_in_place(tmp_path, monkeypatch
     assert calls == [4]
     full = model(**batch).loss
     assert torch.allclose(chunked, full, atol=1e-5)
+
+
+def test_works_on_a_peft_model_as_a_baseline_would_call_it():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_llama().train(), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    batch = _batch()
+    reference = model(**batch).loss
+    reference.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    loss = chunked_lm_forward(model, batch, 6)
+    loss.backward()
+    assert torch.allclose(loss, reference, atol=1e-5)
+    for name, grad in expected.items():
+        assert torch.allclose(_grads(model)[name], grad, atol=1e-5, rtol=1e-4), name
