@@ -96,7 +96,8 @@ def test_trainer_uses_the_chunked_loss_with_masks_in_place(tmp_path, monkeypatch
 
 def test_works_on_a_peft_model_as_a_baseline_would_call_it():
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_llama().train(), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(tiny_llama().train(), lora)
     batch = _batch()
     reference = model(**batch).loss
     reference.backward()
