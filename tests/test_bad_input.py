@@ -193,6 +193,9 @@ def test_density_so_low_that_layers_lose_every_head_is_handled(tmp_path, tiny_mo
             "16",
             "--evaluations",
             "0",
+            # with the residual hidden salience this tiny model empties a layer's attention
+            "--hidden-salience",
+            "residual",
         ],
         capsys,
     )

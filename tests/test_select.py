@@ -386,3 +386,54 @@ def test_config_layout_field() -> None:
     assert AptConfig.from_json(AptConfig(layout="uniform").to_json()).layout == "uniform"
     with pytest.raises(ConfigError, match="layout"):
         AptConfig(layout="ragged")
+
+
+# ------------------------------------------------------------------ hidden-dimension cost
+def test_hidden_unit_cost_charges_hidden_dims_a_fixed_price():
+    # 2 hidden dims; units of width 4, neurons of width 2. Current width total: 8 + 6 = 14.
+    heads, neurons = torch.tensor([8.0, 8.0]), torch.tensor([3.0, 3.0, 3.0])
+    hidden = torch.tensor([100.0, 20.0])
+    h_cost, n_cost = torch.tensor([4.0, 4.0]), torch.tensor([2.0, 2.0, 2.0])
+    kwargs = dict(min_hidden=1)
+    current = select_keep_set(heads, neurons, hidden, h_cost, n_cost, 20.0, **kwargs)
+    # densities: units 8 / (2 * 4) = 1, neurons 3 / 4 = 0.75, hidden 20 / 14 = 1.43 > 1: kept first
+    assert current.hidden.tolist() == [True, True]
+    # charged as in a twice larger initial model (28 per dim): 20 / 28 = 0.71 < 0.75, ranked last
+    initial = select_keep_set(heads, neurons, hidden, h_cost, n_cost, 20.0, hidden_unit_cost=28.0, **kwargs)
+    assert initial.hidden.tolist() == [True, False]
+    assert initial.params <= 20.0 and current.params <= 20.0
+    with pytest.raises(ValueError, match="hidden_unit_cost"):
+        select_keep_set(heads, neurons, hidden, h_cost, n_cost, 20.0, hidden_unit_cost=0.0)
+
+
+def test_initial_hidden_cost_on_a_pruned_tiny_model_keeps_fewer_hidden_dims():
+    import aptune
+    from tiny import tiny_bert
+
+    kept = {}
+    for mode in ("current", "initial"):
+        model = tiny_bert()
+        config = aptune.AptConfig(distill=False, hidden_cost=mode)
+        controller = aptune.prepare_(model, config)
+        book = controller.blocks
+        initial_width = sum(float(c.sum()) for c in book.costs())
+        assert book.initial_hidden_cost == pytest.approx(initial_width)
+        # the model after a first event: half of every site's units and neurons removed
+        for i, ids in enumerate(book.units):
+            book.keep_("heads", i, torch.arange(ids.numel() // 2))
+        for i, ids in enumerate(book.neurons):
+            book.keep_("neurons", i, torch.arange(ids.numel() // 2))
+        assert sum(float(c.sum()) for c in book.costs()) == pytest.approx(initial_width / 2)
+        g = torch.Generator().manual_seed(0)
+        head_count, neuron_count = sum(book.unit_counts()), sum(book.neuron_counts())
+        scores = (
+            torch.rand(head_count, generator=g) * 1000,
+            torch.rand(neuron_count, generator=g) * 10,
+            torch.rand(book.hidden_size, generator=g) * 400,
+        )
+        keep = book.select(scores, 0.3, config)
+        assert keep.params <= 0.3 * book.initial_params + 1e-6
+        kept[mode] = int(keep.hidden.sum())
+        state = book.state_dict()
+        assert state["initial_hidden_cost"] == pytest.approx(initial_width)
+    assert kept["initial"] < kept["current"]

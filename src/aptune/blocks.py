@@ -45,6 +45,8 @@ class BlockBook:
         self.hidden = torch.arange(layout.hidden_size)
         self.original = self.structure()
         self.initial_params = self.param_count()
+        # parameters per hidden dimension at preparation (AptConfig.hidden_cost="initial")
+        self.initial_hidden_cost = self.initial_params / max(self.hidden_size, 1)
 
     # ------------------------------------------------------------------ counts
     def unit_counts(self) -> list[int]:
@@ -125,7 +127,11 @@ class BlockBook:
 
     # ------------------------------------------------------------------ selection
     def select(
-        self, scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor], density: float, config: AptConfig
+        self,
+        scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        density: float,
+        config: AptConfig,
+        prune_hidden: bool | None = None,
     ) -> KeepSet:
         """Keep-set of the current blocks for ``density`` (of the initial parameter count).
 
@@ -136,12 +142,16 @@ class BlockBook:
         Args:
             scores: Flat head, neuron and hidden scores (`aptune.scores.ScoreTracker.vectors`).
             density: Target density.
-            config: Floors (``min_*``) and whether hidden dimensions are pruned.
+            config: Floors (``min_*``), whether hidden dimensions are pruned and their cost
+                (``hidden_cost``).
+            prune_hidden: Overrides ``config.prune_hidden`` (False: hidden dimensions stay).
 
         Returns:
             The `aptune.select.KeepSet` over the current blocks.
         """
         head_scores, neuron_scores, hidden_scores = scores
+        prune_hidden = config.prune_hidden if prune_hidden is None else prune_hidden
+        hidden_cost = self.initial_hidden_cost if config.hidden_cost == "initial" else None
         head_costs, neuron_costs = self.costs()
         hidden_size = self.hidden_size
         head_groups = cat_cpu([torch.full((n,), i) for i, n in enumerate(self.unit_counts())])
@@ -151,7 +161,7 @@ class BlockBook:
             return select_keep_set(
                 head_scores,
                 neuron_scores,
-                hidden_scores if config.prune_hidden else None,
+                hidden_scores if prune_hidden else None,
                 head_costs,
                 neuron_costs,
                 max(budget, 0.0),
@@ -160,9 +170,10 @@ class BlockBook:
                 min_heads_per_group=config.min_heads_per_layer,
                 min_neurons_per_group=config.min_neurons_per_layer,
                 min_hidden=min(config.min_hidden, hidden_size),
-                prune_hidden=config.prune_hidden,
+                prune_hidden=prune_hidden,
                 num_hidden=hidden_size,
                 layout=config.layout,
+                hidden_unit_cost=hidden_cost,
             )
 
         budget = density * self.initial_params
@@ -220,6 +231,7 @@ class BlockBook:
             "neurons": {str(i): ids for i, ids in enumerate(self.neurons)},
             "hidden": self.hidden,
             "initial_params": self.initial_params,
+            "initial_hidden_cost": self.initial_hidden_cost,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -228,6 +240,7 @@ class BlockBook:
         self.neurons = [state["neurons"][str(i)].long().clone() for i in range(len(self.neurons))]
         self.hidden = state["hidden"].long().clone()
         self.initial_params = float(state["initial_params"])
+        self.initial_hidden_cost = float(state.get("initial_hidden_cost", self.initial_hidden_cost))
 
 
 def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

@@ -42,7 +42,7 @@ from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
 from aptune.ranks import allocate_ranks
 from aptune.schedule import Schedule, build_schedule
-from aptune.scores import Salience, ScoreTracker, measure_salience, summed_salience
+from aptune.scores import Salience, ScoreTracker, hidden_salience_mode, measure_salience, summed_salience
 from aptune.select import KeepSet
 from aptune.surgery import grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
 
@@ -80,6 +80,7 @@ class AptController:
         self.blocks = BlockBook(layout, units, neurons)
         use_kurtosis = layout.is_decoder if config.use_kurtosis is None else config.use_kurtosis
         self.scores = ScoreTracker(len(layout.attention), len(layout.ffn), config.salience_beta, use_kurtosis)
+        self.state.hidden_salience = hidden_salience_mode(config.hidden_salience, layout)
         self.generator = torch.Generator().manual_seed(config.seed)
         encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self.distiller = SelfDistiller(config, None, self.generator, encoder_decoder)
@@ -295,9 +296,9 @@ class AptController:
             self.blocks.unit_counts(), self.blocks.neuron_counts(), self.blocks.hidden_size
         )
 
-    def select(self, density_target: float) -> KeepSet:
+    def select(self, density_target: float, prune_hidden: bool | None = None) -> KeepSet:
         """Keep-set of the current blocks for ``density_target`` (see `aptune.blocks.BlockBook.select`)."""
-        return self.blocks.select(self._score_vectors(), density_target, self.config)
+        return self.blocks.select(self._score_vectors(), density_target, self.config, prune_hidden)
 
     def set_hard_masks(self, keep: KeepSet) -> None:
         """Set 0/1 masks from a keep-set (used by tests and one-shot pruning)."""
@@ -409,7 +410,9 @@ class AptController:
         total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
         self.scores.replace(total)
         params_before = self.param_count()
-        self.set_hard_masks(self.select(self.config.target_density))
+        # norm-weighted hidden dimensions leave only gradually, during tuning
+        gradual_hidden = self.state.hidden_salience == "norm_weighted"
+        self.set_hard_masks(self.select(self.config.target_density, False if gradual_hidden else None))
         removed = self.prune_to_masks_(optimizer)
         self.pretuned = True
         return self._record_event(

@@ -11,8 +11,13 @@ modeling file:
   output by the mask. Pre-norm families (LLaMA, T5) multiply the embedding outputs and the outputs of
   every sub-layer output projection (``o``, ``down``) by the mask, so the residual stream is exactly
   zero on pruned dimensions, and every RMS norm is replaced by `MaskedRMSNorm`, which takes the
-  mean square over the kept dimensions only. Hidden salience is read at the sub-layer outputs
-  (as the authors' code does).
+  mean square over the kept dimensions only.
+
+Hidden salience (``MaskState.hidden_salience``) is read either at the inputs of the q, k, v, up and
+gate projections (``"block_inputs"``: the gradient flowing into the attention and FFN blocks, the
+paper's definition for encoders), or on the residual stream (``"residual"``: the masked LayerNorm
+outputs of post-norm models, the embedding and sub-layer outputs of pre-norm ones, as the authors'
+LLaMA and T5 code does). ``"norm_weighted"`` adds the output magnitudes of the RMS norms.
 
 The same hooks hand the activations to the `SalienceCollector`. `MaskState.enabled` switches all of
 it off for the teacher's forward pass.
@@ -36,6 +41,7 @@ __all__ = [
     "MaskState",
     "MaskedLayerNorm",
     "MaskedRMSNorm",
+    "block_input_paths",
     "clear_zero_attention_guard",
     "install_masks",
     "remove_masks",
@@ -54,6 +60,10 @@ class MaskState:
         hidden: Hidden-dimension mask, shared by the whole model.
         enabled: False while the teacher runs (no masking, no salience).
         collector: Where masked activations are reported for salience.
+        hidden_salience: Where hidden dimensions are scored (`aptune.config.AptConfig.hidden_salience`,
+            resolved): ``"residual"`` at the norm outputs (post-norm) or the embedding and sub-layer
+            outputs (pre-norm); ``"block_inputs"`` at the inputs of q, k, v, up and gate;
+            ``"norm_weighted"`` as ``"block_inputs"`` plus the output magnitudes of the RMS norms.
     """
 
     heads: list[torch.Tensor | None]
@@ -62,6 +72,7 @@ class MaskState:
     enabled: bool = True
     collector: SalienceCollector = field(default_factory=SalienceCollector)
     handles: list = field(default_factory=list)
+    hidden_salience: str = "residual"
 
     def move_(
         self,
@@ -168,7 +179,8 @@ class MaskedLayerNorm(nn.LayerNorm):
         mask = state.hidden
         if mask is None:
             out = F.layer_norm(x, width, self.weight, self.bias, self.eps)
-            state.collector.observe(("hidden", self._apt_site), out, out)
+            if state.hidden_salience == "residual":
+                state.collector.observe(("hidden", self._apt_site), out, out)
             return out
         kept = torch.nonzero(mask > 0).squeeze(1)
         if kept.numel() == mask.numel():
@@ -179,7 +191,8 @@ class MaskedLayerNorm(nn.LayerNorm):
             part = F.layer_norm(x.index_select(-1, kept), (kept.numel(),), weight, bias, self.eps)
             normed = x.new_zeros(x.shape).index_copy(-1, kept, part.to(x.dtype))
         out = normed * mask.to(normed.dtype)
-        state.collector.observe(("hidden", self._apt_site), normed, out)
+        if state.hidden_salience == "residual":
+            state.collector.observe(("hidden", self._apt_site), normed, out)
         return out
 
 
@@ -227,17 +240,24 @@ class MaskedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self._apt_state
-        mask = state.hidden if state is not None and state.enabled else None
+        active = state is not None and state.enabled
+        mask = state.hidden if active else None
         if mask is None:
-            return self._norm(x)
+            normed = self._norm(x)
+            if active and state.hidden_salience == "norm_weighted":
+                state.collector.observe_magnitude(("norm", self._apt_site), normed)
+            return normed
         kept = mask > 0
         n_kept = int(kept.sum())
-        if n_kept == mask.numel():
-            return self._norm(x) * mask.to(x.dtype)
         if n_kept == 0:
             return torch.zeros_like(x)
-        scale = math.sqrt(mask.numel() / n_kept)
-        normed = self._norm(x * kept.to(x.dtype) * scale) / scale
+        if n_kept == mask.numel():
+            normed = self._norm(x)
+        else:
+            scale = math.sqrt(mask.numel() / n_kept)
+            normed = self._norm(x * kept.to(x.dtype) * scale) / scale
+        if state.hidden_salience == "norm_weighted":
+            state.collector.observe_magnitude(("norm", self._apt_site), normed)
         return normed * mask.to(normed.dtype)
 
     def extra_repr(self) -> str:
@@ -286,12 +306,50 @@ def _hidden_output_hook(state: MaskState, key: tuple):
         x = output[0] if isinstance(output, tuple) else output
         mask = state.hidden
         y = x if mask is None else x * mask.to(x.dtype)
-        state.collector.observe(key, x, y)
+        if state.hidden_salience == "residual":
+            state.collector.observe(key, x, y)
         if mask is None:
             return None
         return (y, *output[1:]) if isinstance(output, tuple) else y
 
     return hook
+
+
+def _reader_pre_hook(state: MaskState, key: tuple):
+    # Hidden salience at the input of one linear that reads the hidden state (q, k, v, up, gate).
+    # A view of the input gives this linear its own gradient, the one flowing into this block only
+    # (not through the residual path or the other readers of the same tensor).
+    def hook(module: nn.Module, args: tuple):
+        if (
+            not state.enabled
+            or state.hidden_salience == "residual"
+            or not state.collector.active
+            or not torch.is_grad_enabled()
+        ):
+            return None
+        x = args[0]
+        # without a gradient upstream (frozen embeddings and norm) the input becomes a leaf
+        y = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
+        mask = state.hidden
+        pre = x
+        if mask is not None:
+            # the activation before the hidden mask, so a fading dimension keeps its score
+            m = mask.to(x.dtype)
+            pre = torch.where(m > 0, x / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(x))
+        state.collector.observe(key, pre, y)
+        return (y, *args[1:])
+
+    return hook
+
+
+def block_input_paths(layout: ModelLayout) -> list[str]:
+    """The linears whose inputs carry the block-input hidden salience: q, k, v, up and gate."""
+    paths = []
+    for site in layout.attention:
+        paths += [site.q, site.k, site.v]
+    for site in layout.ffn:
+        paths += [site.up] + ([site.gate] if site.gate else [])
+    return paths
 
 
 def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> None:
@@ -306,6 +364,9 @@ def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> No
     for i, site in enumerate(layout.ffn):
         down = model.get_submodule(site.down)
         state.handles.append(down.register_forward_pre_hook(_neuron_pre_hook(state, i)))
+    for j, path in enumerate(block_input_paths(layout)):
+        reader = model.get_submodule(path)
+        state.handles.append(reader.register_forward_pre_hook(_reader_pre_hook(state, ("hidden", "in", j))))
     if layout.hidden_mask_style not in ("post_norm", "pre_norm"):
         raise ValueError(f"unknown hidden mask style {layout.hidden_mask_style!r} (post_norm or pre_norm)")
     post_norm = layout.hidden_mask_style == "post_norm"

@@ -81,6 +81,32 @@ class SalienceCollector:
 
         post_mask.register_hook(on_grad)
 
+    def observe_magnitude(self, key: tuple, normed: torch.Tensor) -> None:
+        """Record the per-channel sum of squares of a norm's output (no gradient needed).
+
+        Stored as a `ChannelStats` whose ``act_abs`` holds the sum of squares over tokens (so the
+        distributed all-reduce of the stats covers it); `channel_rms` reads it back.
+        """
+        if not self.active:
+            return
+        channels = normed.shape[-1]
+        with torch.no_grad():
+            flat = normed.detach().reshape(-1, channels).float()  # (tokens, C)
+            stats = self.stats.get(key)
+            if stats is None or stats.act_abs.shape[0] != channels:
+                zeros = flat.new_zeros(channels)
+                stats = ChannelStats(zeros.clone(), zeros.clone(), zeros.clone())
+                self.stats[key] = stats
+            stats.act_abs += flat.pow(2).sum(0)
+            stats.tokens += flat.shape[0]
+
+    def channel_rms(self, key: tuple) -> torch.Tensor | None:
+        """RMS over tokens per channel of what `observe_magnitude` recorded at ``key``."""
+        stats = self.stats.get(key)
+        if stats is None or stats.tokens == 0:
+            return None
+        return (stats.act_abs / stats.tokens).sqrt()
+
     def reset(self) -> None:
         """Forget all sums (after they were folded into the EMA, or after surgery)."""
         self.stats.clear()

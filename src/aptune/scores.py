@@ -15,10 +15,17 @@ import torch
 from torch import nn
 
 from aptune.arch import ModelLayout
-from aptune.errors import ModelError
+from aptune.errors import ConfigError, ModelError
 from aptune.salience import SalienceCollector, block_kurtosis
 
-__all__ = ["Salience", "ScoreTracker", "measure_salience", "summed_salience"]
+__all__ = [
+    "Salience",
+    "ScoreTracker",
+    "hidden_salience_mode",
+    "measure_salience",
+    "norm_weighted_hidden",
+    "summed_salience",
+]
 
 
 class Salience(NamedTuple):
@@ -54,6 +61,8 @@ def measure_salience(
     """
     heads, neurons = [], []
     hidden = None
+    # norm_weighted: the kurtosis bonus would make every hidden dimension unprunable on decoders
+    norm_weighted = any(key[0] == "norm" for key in collector.stats)
     for i, site in enumerate(layout.attention):
         channel = collector.channel_salience(("head", i))
         if channel is None:
@@ -67,7 +76,8 @@ def measure_salience(
                 merged_weight(site.o), stats.mean_activation(), site.unit_width
             )
             score = score + bonus.to(score.device)
-            hidden = _add(hidden, hidden_bonus)
+            if not norm_weighted:
+                hidden = _add(hidden, hidden_bonus)
         heads.append(score)
     for i, site in enumerate(layout.ffn):
         channel = collector.channel_salience(("neuron", i))
@@ -79,14 +89,63 @@ def measure_salience(
             stats = collector.stats[("neuron", i)]
             bonus, hidden_bonus = block_kurtosis(merged_weight(site.down), stats.mean_activation(), 1)
             score = score + bonus.to(score.device)
-            hidden = _add(hidden, hidden_bonus)
+            if not norm_weighted:
+                hidden = _add(hidden, hidden_bonus)
         neurons.append(score)
     for key in list(collector.stats):
         if key[0] == "hidden":
             channel = collector.channel_salience(key)
             if channel is not None:
                 hidden = _add(hidden, channel)
+    if norm_weighted:
+        hidden = norm_weighted_hidden(collector, hidden)
     return Salience(heads, neurons, hidden)
+
+
+def norm_weighted_hidden(collector: SalienceCollector, gradient_scores: torch.Tensor | None):
+    """Hidden scores ordered by norm-weighted magnitude, on the scale of the gradient salience.
+
+    Per channel ``c``, the magnitude ``sum over norms of |w_c| * RMS_tokens(x_hat_c)`` (``x_hat``
+    the normalised activation, ``w`` the norm weight: the RMS over tokens of the norm's output)
+    predicts how much a residual channel feeds every block, as width pruning of LLMs measures it.
+    It is scaled so that its total equals the total block-input salience of the same step, so
+    that hidden dimensions compete with heads and neurons on their activation x gradient scale.
+
+    Args:
+        collector: Holds the norm magnitudes (``("norm", i)`` keys).
+        gradient_scores: Block-input activation x gradient salience per hidden dimension.
+
+    Returns:
+        The scores, or None without a gradient (no backward pass since the last reset).
+    """
+    magnitude = None
+    for key in list(collector.stats):
+        if key[0] == "norm":
+            magnitude = _add(magnitude, collector.channel_rms(key))
+    if magnitude is None or gradient_scores is None or float(magnitude.sum()) == 0:
+        return gradient_scores
+    return magnitude * (gradient_scores.sum() / magnitude.sum())
+
+
+def hidden_salience_mode(config_value: str | None, layout: ModelLayout) -> str:
+    """The hidden salience a run uses (`aptune.config.AptConfig.hidden_salience` resolved).
+
+    ``None`` picks ``"block_inputs"`` for post-norm encoders (BERT, RoBERTa: the paper scores a
+    hidden dimension by the gradient flowing into the attention and FFN blocks, not the residual
+    path) and ``"residual"`` for pre-norm families (LLaMA-like decoders and T5, as the authors'
+    scorers read the sub-layer outputs there).
+
+    Raises:
+        ConfigError: ``"norm_weighted"`` on a model without RMS norms (post-norm LayerNorm models).
+    """
+    if config_value is None:
+        return "block_inputs" if layout.hidden_mask_style == "post_norm" else "residual"
+    if config_value == "norm_weighted" and layout.hidden_mask_style != "pre_norm":
+        raise ConfigError(
+            f"hidden_salience='norm_weighted' needs a pre-norm model with RMS norms; {layout.family} is "
+            "post-norm: use 'block_inputs' or 'residual'"
+        )
+    return config_value
 
 
 def summed_salience(

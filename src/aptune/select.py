@@ -28,6 +28,7 @@ salience per parameter under the budget, exactly as in the free layout.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,7 @@ def select_keep_set(
     prune_hidden: bool = True,
     num_hidden: int | None = None,
     layout: str = "free",
+    hidden_unit_cost: float | None = None,
 ) -> KeepSet:
     """Choose the blocks to keep under a parameter budget, by salience per parameter.
 
@@ -142,6 +144,10 @@ def select_keep_set(
         layout: ``"free"`` (blocks compete one by one) or ``"uniform"`` (every group of
             ``head_groups`` / ``neuron_groups`` keeps the same number of its best units / neurons;
             see the module docstring). A group smaller than the chosen count keeps all its members.
+        hidden_unit_cost: Parameters a hidden dimension is charged in the density order. None: the
+            current ``sum a + sum c`` (the paper). A fixed value (e.g. the initial structure's) keeps
+            hidden dimensions from looking cheap once units and neurons are gone. The budget curve
+            always counts the real parameters.
 
     Returns:
         The `KeepSet`, its masks on the device of ``head_scores``.
@@ -176,6 +182,7 @@ def select_keep_set(
             min_hidden=min_hidden,
             prune_hidden=prune_hidden,
             num_hidden=num_hidden,
+            hidden_unit_cost=hidden_unit_cost,
         )
     device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
     h_score = _as_vector(head_scores, "head_scores")
@@ -233,6 +240,10 @@ def select_keep_set(
 
     # ---- density scores (salience per parameter of the block in the current model)
     width_total = h_cost.sum() + n_cost.sum()
+    if hidden_unit_cost is not None:
+        if not (float(hidden_unit_cost) > 0 and math.isfinite(float(hidden_unit_cost))):
+            raise ValueError(f"hidden_unit_cost={hidden_unit_cost!r} must be finite and > 0")
+        width_total = torch.tensor(float(hidden_unit_cost), dtype=torch.float64)
     h_density = h_score / (num_d * h_cost)
     n_density = n_score / (num_d * n_cost)
     # Without any unit or neuron a hidden dim costs nothing; its raw score still orders the dims.
@@ -285,6 +296,7 @@ def _select_uniform(
     min_hidden: int,
     prune_hidden: bool,
     num_hidden: int | None,
+    hidden_unit_cost: float | None,
 ) -> KeepSet:
     """`select_keep_set` over per-rank slices of every group (the uniform layout)."""
     device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
@@ -312,6 +324,7 @@ def _select_uniform(
         min_hidden=min_hidden,
         prune_hidden=prune_hidden,
         num_hidden=num_hidden,
+        hidden_unit_cost=hidden_unit_cost,
     )
     keep_h = _unslice(h_members, slice_keep.heads, h_score.numel())
     keep_n = _unslice(n_members, slice_keep.neurons, n_score.numel())

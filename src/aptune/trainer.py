@@ -26,6 +26,7 @@ from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
 from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
+from aptune.losses import chunked_lm_forward
 
 __all__ = [
     "AptCallback",
@@ -289,6 +290,13 @@ class AptTrainer(Trainer):
         """Task loss, or the distillation mixture while a teacher snapshot is active."""
         controller = self.apt_controller
         if not (controller.distilling and model.training):
+            if self._chunked_lm_loss(model, inputs, return_outputs):
+                # logits per block of tokens (aptune.losses); the Trainer divides by the
+                # accumulation steps itself unless the loss is normalised by num_items_in_batch
+                items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+                loss = chunked_lm_forward(model, inputs, controller.config.lm_loss_chunk, items)
+                self._check_finite(loss)
+                return loss
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
@@ -303,6 +311,13 @@ class AptTrainer(Trainer):
             # the Trainer skips its own division when the model normalises by num_items_in_batch
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
+
+    def _chunked_lm_loss(self, model, inputs: dict, return_outputs: bool) -> bool:
+        # Training steps of a causal LM with labels, when no caller needs the logits.
+        if self.apt_controller.config.lm_loss_chunk is None or return_outputs or not model.training:
+            return False
+        name = type(self.accelerator.unwrap_model(model)).__name__
+        return name.endswith("ForCausalLM") and inputs.get("labels") is not None
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not self.model.training:

@@ -1,0 +1,142 @@
+"""Causal-LM loss computed in blocks of tokens, so the full vocabulary logits never exist at once.
+
+For a small decoder with a large vocabulary (SmolLM2-135M: 49,152 words, width 576) the logits of a
+training step and their gradient dominate its memory. `chunked_causal_lm_loss` projects the final
+hidden states onto the vocabulary one block of tokens at a time; each block is wrapped in
+`torch.utils.checkpoint`, so only the block's hidden states are kept for the backward pass and its
+logits are recomputed there. The value and the gradients equal those of the Hugging Face causal-LM
+loss (labels shifted by one, ``-100`` ignored, mean over the counted tokens, or sum divided by
+``num_items_in_batch`` under gradient accumulation).
+
+`chunked_lm_forward` runs a causal LM's decoder without its output projection and returns that loss;
+an overridden ``compute_loss`` of a plain `transformers.Trainer` can call it, so that a baseline run
+(e.g. peft LoRA) uses the same loss and memory as aptune.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from aptune.errors import ConfigError
+
+__all__ = ["IGNORE_INDEX", "causal_lm_hidden_and_head", "chunked_causal_lm_loss", "chunked_lm_forward"]
+
+IGNORE_INDEX = -100
+
+
+def _block_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets):
+    # (tokens, d) @ (d, vocab) -> (tokens, vocab), in float32 as the HF loss upcasts the logits
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def chunked_causal_lm_loss(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The causal-LM cross-entropy, with the logits computed ``chunk_size`` tokens at a time.
+
+    Args:
+        hidden_states: Final hidden states (after the last norm), shape ``(batch, seq, d_model)``.
+        lm_head: The output projection (an ``nn.Linear``-like module with ``weight`` of shape
+            ``(vocab, d_model)`` and optional ``bias``; an adapter-wrapped head is called as a module).
+        labels: Token ids, shape ``(batch, seq)``; position ``t`` predicts ``labels[t + 1]``;
+            ``-100`` is ignored.
+        chunk_size: Tokens per block (after flattening batch and sequence).
+        num_items_in_batch: Divide the summed loss by this (the Trainer's count over all
+            accumulated micro-batches) instead of by this batch's counted tokens.
+
+    Returns:
+        The scalar loss (float32). With no counted token it is 0 (connected to the graph).
+
+    Raises:
+        ConfigError: ``chunk_size`` is not a positive int.
+        ValueError: ``labels`` does not match ``hidden_states`` in batch and sequence.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size={chunk_size!r} must be an int >= 1 (tokens per logits block)")
+    if labels.shape != hidden_states.shape[:-1]:
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match hidden states {tuple(hidden_states.shape)}"
+        )
+    # shift: position t predicts token t + 1
+    # (batch, seq - 1, d) -> (tokens, d) and (batch, seq - 1) -> (tokens,)
+    hidden = hidden_states[:, :-1, :].reshape(-1, hidden_states.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    plain = type(lm_head) is nn.Linear
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        block = hidden[start : start + chunk_size]
+        block_targets = targets[start : start + chunk_size]
+        if not bool((block_targets != IGNORE_INDEX).any()):
+            continue
+        if plain:
+            part = checkpoint(
+                _block_loss_sum, block, lm_head.weight, lm_head.bias, block_targets, use_reentrant=False
+            )
+        else:
+            part = checkpoint(_module_block_loss_sum, lm_head, block, block_targets, use_reentrant=False)
+        total = total + part
+    if num_items_in_batch is not None:
+        count = torch.as_tensor(num_items_in_batch, device=total.device, dtype=torch.float32)
+    else:
+        count = (targets != IGNORE_INDEX).sum().float()
+    if float(count) == 0:
+        return total + 0.0 * hidden.sum()
+    return total / count
+
+
+def _module_block_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def causal_lm_hidden_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack and the output projection of a Hugging Face causal LM.
+
+    Args:
+        model: A ``*ForCausalLM`` model (possibly wrapped by peft, whose ``base_model.model`` is used).
+
+    Returns:
+        ``(decoder, lm_head)``: calling ``decoder(input_ids=..., attention_mask=...)`` returns the
+        final hidden states as ``last_hidden_state``.
+
+    Raises:
+        ValueError: the model has no decoder or no output embeddings.
+    """
+    inner = model
+    # peft: PeftModel.base_model (LoraModel).model is the transformers model
+    while not hasattr(inner, "get_output_embeddings") and hasattr(inner, "base_model"):
+        inner = inner.base_model
+    if hasattr(inner, "model") and not hasattr(inner, "get_decoder") and hasattr(inner.model, "get_decoder"):
+        inner = inner.model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
+    if head is None or decoder is None:
+        raise ValueError(f"{type(model).__name__} is not a causal LM with a decoder and an output projection")
+    return decoder, head
+
+
+def chunked_lm_forward(
+    model: nn.Module, inputs: dict, chunk_size: int, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run a causal LM's decoder on ``inputs`` and return the chunked loss against ``inputs["labels"]``.
+
+    Args:
+        model: A Hugging Face causal LM (see `causal_lm_hidden_and_head`).
+        inputs: The batch; ``labels`` is required, other keys go to the decoder.
+        chunk_size: Tokens per logits block.
+        num_items_in_batch: See `chunked_causal_lm_loss`.
+
+    Returns:
+        The scalar loss.
+    """
+    decoder, head = causal_lm_hidden_and_head(model)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    return chunked_causal_lm_loss(hidden, head, inputs["labels"], chunk_size, num_items_in_batch)

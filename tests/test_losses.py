@@ -1,0 +1,110 @@
+"""The chunked causal-LM loss equals the model's own loss, in value and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aptune.errors import ConfigError
+from aptune.losses import chunked_causal_lm_loss, chunked_lm_forward
+from test_llama import tiny_llama
+
+
+def _batch(seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (3, 11), generator=g)
+    labels = ids.clone()
+    labels[0, :4] = -100  # a prompt that is not counted
+    labels[2, 7:] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 1000])
+def test_equals_the_models_loss_and_gradients(chunk):
+    model = tiny_llama().train()
+    batch = _batch()
+    reference = model(**batch).loss
+    reference.backward()
+    expected = _grads(model)
+    model.zero_grad()
+
+    loss = chunked_lm_forward(model, batch, chunk)
+    loss.backward()
+    got = _grads(model)
+    assert torch.allclose(loss, reference, atol=1e-5, rtol=1e-5)
+    assert expected.keys() == got.keys() and len(got) > 5
+    for name, grad in expected.items():
+        assert torch.allclose(got[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_num_items_in_batch_divides_the_sum():
+    model = tiny_llama()
+    batch = _batch()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    hidden = model.model(**inputs).last_hidden_state
+    mean = chunked_causal_lm_loss(hidden, model.lm_head, batch["labels"], 4)
+    counted = int((batch["labels"][:, 1:] != -100).sum())
+    summed = chunked_causal_lm_loss(hidden, model.lm_head, batch["labels"], 4, num_items_in_batch=2 * counted)
+    assert torch.allclose(summed, mean / 2)
+    reference = model(**batch, num_items_in_batch=2 * counted).loss
+    assert torch.allclose(summed, reference, atol=1e-6)
+
+
+def test_no_counted_token_gives_zero_and_bad_chunk_is_named():
+    model = tiny_llama()
+    hidden = torch.randn(2, 5, model.config.hidden_size, requires_grad=True)
+    labels = torch.full((2, 5), -100)
+    loss = chunked_causal_lm_loss(hidden, model.lm_head, labels, 3)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and hidden.grad is not None
+    with pytest.raises(ConfigError, match="chunk_size"):
+        chunked_causal_lm_loss(hidden, model.lm_head, labels, 0)
+
+
+def test_trainer_uses_the_chunked_loss_with_masks_in_place(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    import aptune
+    import aptune.trainer
+
+    model = tiny_llama().train()
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.5, lm_loss_chunk=4))
+    # soft masks, so the chunked path must run through the masked decoder like the full one
+    keep = controller.select(0.5)
+    controller._move_masks(keep, 0.4)
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = aptune.AptTrainer(model=model, args=args, apt_config=controller.config)
+    batch = _batch()
+    calls = []
+
+    def spy(model, inputs, chunk_size, items=None):
+        calls.append(chunk_size)
+        return chunked_lm_forward(model, inputs, chunk_size, items)
+
+    monkeypatch.setattr(aptune.trainer, "chunked_lm_forward", spy)
+    chunked = trainer.compute_loss(model, batch)
+    assert calls == [4]
+    full = model(**batch).loss
+    assert torch.allclose(chunked, full, atol=1e-5)
+
+
+def test_works_on_a_peft_model_as_a_baseline_would_call_it():
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(tiny_llama().train(), lora)
+    batch = _batch()
+    reference = model(**batch).loss
+    reference.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    loss = chunked_lm_forward(model, batch, 6)
+    loss.backward()
+    assert torch.allclose(loss, reference, atol=1e-5)
+    for name, grad in expected.items():
+        assert torch.allclose(_grads(model)[name], grad, atol=1e-5, rtol=1e-4), name
