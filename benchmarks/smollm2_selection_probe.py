@@ -153,11 +153,12 @@ def main() -> None:
         "neuron_act_per_token": sums["act_per_token"],
     }
     print("\nlayer  head-sal  neuron-sal  neuron-median  kurt-bonus  |grad|/tok  |act|/tok")
+    d = diagnostics
     for i in range(len(plain.neurons)):
         print(
-            f"{i:5d} {diagnostics['head_salience'][i]:9.3g} {diagnostics['neuron_salience'][i]:11.3g} "
-            f"{diagnostics['neuron_salience_median'][i]:14.3g} {diagnostics['neuron_kurtosis_bonus'][i]:11.3g} "
-            f"{sums['grad_per_token'][i]:11.3g} {sums['act_per_token'][i]:10.3g}",
+            f"{i:5d} {d['head_salience'][i]:9.3g} {d['neuron_salience'][i]:11.3g} "
+            f"{d['neuron_salience_median'][i]:14.3g} {d['neuron_kurtosis_bonus'][i]:11.3g} "
+            f"{d['neuron_grad_per_token'][i]:11.3g} {d['neuron_act_per_token'][i]:10.3g}",
             flush=True,
         )
 
@@ -188,8 +189,15 @@ def main() -> None:
 
     if args.json is not None:
         args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "dense": dense,
-                        "diagnostics": diagnostics, "results": results}, indent=1)
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "dense": dense,
+                    "diagnostics": diagnostics,
+                    "results": results,
+                },
+                indent=1,
+            )
         )
 
 
