@@ -87,7 +87,8 @@ def calibrate(model, controller, blocks: torch.Tensor, micro: int) -> dict:
     grad_mean = [0.0] * len(layout.ffn)
     act_mean = [0.0] * len(layout.ffn)
     model.train()
-    for chunk in blocks.split(micro):
+    for index, chunk in enumerate(blocks.split(micro)):
+        print(f"calibration batch {index + 1}/{len(blocks.split(micro))}", flush=True)
         collector.reset()
         collector.active = True
         model(input_ids=chunk, labels=chunk).loss.backward()
@@ -126,8 +127,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["global", "layer"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--scores-cache", type=Path, default=None, help="save / reuse the calibration sums")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tokenizer = load_model(args.model_dir)
     train, dev, _ = bbc_news_records()
@@ -141,7 +146,12 @@ def main() -> None:
 
     config = aptune.AptConfig(target_density=min(args.densities), prune_hidden=False, distill=False)
     controller = aptune.prepare_(model, config)
-    sums = calibrate(model, controller, calib, args.micro_batch)
+    if args.scores_cache is not None and args.scores_cache.is_file():
+        sums = torch.load(args.scores_cache, weights_only=False)
+    else:
+        sums = calibrate(model, controller, calib, args.micro_batch)
+        if args.scores_cache is not None:
+            torch.save(sums, args.scores_cache)
     plain, kurt = sums["plain"], sums["kurtosis"]
     bonus = [k - p for k, p in zip(kurt.neurons, plain.neurons, strict=True)]
     diagnostics = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import aptune
-from aptune.blocks import layer_balanced_scores
+from aptune.blocks import layer_balanced_scores, site_median_scores
 from aptune.config import AptConfig
 from aptune.select import select_keep_set
 from test_llama import tiny_llama
@@ -34,11 +34,12 @@ def _per_layer(book, keep) -> tuple[list[int], list[int]]:
     return [int(h.sum()) for h in heads], [int(n.sum()) for n in neurons]
 
 
-def test_global_ranking_strips_the_low_scale_layer_and_layer_scale_does_not() -> None:
+@pytest.mark.parametrize("mode", ["layer", "site"])
+def test_global_ranking_strips_the_low_scale_layer_and_rescaled_ones_do_not(mode: str) -> None:
     controller, book, scores = _book_and_scores(scale_of_layer_1=1000.0)
     config = controller.config
     old = book.select(scores, 0.5, dataclasses.replace(config, selection_scale="global"))
-    new = book.select(scores, 0.5, dataclasses.replace(config, selection_scale="layer"))
+    new = book.select(scores, 0.5, dataclasses.replace(config, selection_scale=mode))
     old_heads, old_neurons = _per_layer(book, old)
     new_heads, new_neurons = _per_layer(book, new)
     assert old_neurons[1] == 0 and old_heads[1] == 0  # the raw ranking removes layer 1 entirely
@@ -49,12 +50,14 @@ def test_global_ranking_strips_the_low_scale_layer_and_layer_scale_does_not() ->
         assert keep.params <= 0.5 * book.initial_params
 
 
+@pytest.mark.parametrize("mode", ["layer"])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 7.0, 1e4])
-def test_layer_scale_selection_ignores_a_layer_wide_factor(scale: float) -> None:
-    # The defining property: multiplying one layer's scores by any constant changes nothing.
+def test_rescaled_selection_ignores_a_layer_wide_factor(scale: float, mode: str) -> None:
+    # The defining property: multiplying one layer's scores by any constant changes nothing. (Not
+    # exactly for "site": the common median that units and neurons are brought to moves with it.)
     controller, book, reference = _book_and_scores(scale_of_layer_1=1.0)
     _, _, scaled = _book_and_scores(scale_of_layer_1=scale)
-    config = dataclasses.replace(controller.config, selection_scale="layer")
+    config = dataclasses.replace(controller.config, selection_scale=mode)
     a = book.select(reference, 0.5, config)
     b = book.select(scaled, 0.5, config)
     assert torch.equal(a.heads, b.heads) and torch.equal(a.neurons, b.neurons)
@@ -79,6 +82,22 @@ def test_layer_scale_equals_the_greedy_knapsack_on_per_layer_means() -> None:
     config = dataclasses.replace(controller.config, selection_scale="layer")
     got = book.select((heads, neurons, hidden), 0.6, config)
     assert torch.equal(got.heads.cpu(), expected.heads) and torch.equal(got.neurons.cpu(), expected.neurons)
+
+
+def test_site_median_scores_against_a_hand_computation() -> None:
+    scores = torch.tensor([1.0, 2.0, 4.0, 10.0, 30.0, 50.0, 0.0, 0.0])
+    out = site_median_scores(scores, [3, 3, 2])
+    overall = float(torch.tensor([0.0, 0.0, 1.0, 2.0, 4.0, 10.0, 30.0, 50.0]).quantile(0.5))  # 3.0
+    expected = [
+        1.0 * overall / 2,
+        2.0 * overall / 2,
+        4.0 * overall / 2,
+        10 * overall / 30,
+        overall,
+        50 * overall / 30,
+    ]
+    torch.testing.assert_close(out[:6], torch.tensor(expected))
+    assert out[6:].tolist() == [0.0, 0.0]  # a site with median 0 is left as it is
 
 
 def test_balanced_scores_keep_the_overall_scale_and_leave_equal_layers_alone() -> None:

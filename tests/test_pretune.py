@@ -41,7 +41,7 @@ def test_pretune_target_per_family(fields: dict, is_decoder: bool, expected: flo
         ({"target_density": 0.7, "pretune_density": 1.2}, "pretune_density=1.2 is invalid: must lie in"),
         ({"pretune_density": 0.9, "pretune_prune": False}, "while pretune_prune is false"),
         ({"pretune_prune": "yes"}, "pretune_prune='yes' is invalid"),
-        ({"selection_scale": "site"}, "selection_scale='site' is invalid: choose one of global, layer"),
+        ({"selection_scale": "row"}, "selection_scale='row' is invalid: choose one of global, layer, site"),
     ],
 )
 def test_bad_pretune_fields_are_one_clear_error(fields: dict, needle: str) -> None:

@@ -19,7 +19,7 @@ from aptune.config import AptConfig
 from aptune.scores import cat_cpu
 from aptune.select import KeepSet, parameter_count, select_keep_set
 
-__all__ = ["BlockBook", "layer_balanced_scores"]
+__all__ = ["BlockBook", "layer_balanced_scores", "site_median_scores"]
 
 
 class BlockBook:
@@ -148,6 +148,9 @@ class BlockBook:
             head_scores, neuron_scores = layer_balanced_scores(
                 head_scores, neuron_scores, head_costs, neuron_costs, *self.layer_ids()
             )
+        elif config.selection_scale == "site":
+            head_scores = site_median_scores(head_scores, self.unit_counts())
+            neuron_scores = site_median_scores(neuron_scores, self.neuron_counts())
         head_groups = cat_cpu([torch.full((n,), i) for i, n in enumerate(self.unit_counts())])
         neuron_groups = cat_cpu([torch.full((n,), i) for i, n in enumerate(self.neuron_counts())])
 
@@ -305,6 +308,31 @@ def layer_balanced_scores(
     factor = torch.where(per_layer > 0, overall / per_layer.clamp_min(1e-300), torch.ones_like(per_layer))
     balanced = (scores * factor[layers]).float()
     return balanced[: head_scores.numel()], balanced[head_scores.numel() :]
+
+
+def site_median_scores(scores: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Rescale every site's scores so that its median equals the median over all sites.
+
+    Args:
+        scores: Flat scores of one block kind (units or neurons), site after site.
+        counts: Blocks per site, in the same order.
+
+    Returns:
+        The rescaled scores, float32 on the CPU; a site whose median is 0 is left as it is.
+
+    Example:
+        >>> site_median_scores(torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), [3, 3])
+        tensor([3.2500, 6.5000, 9.7500, 3.2500, 6.5000, 9.7500])
+    """
+    flat = scores.detach().double().cpu()
+    if flat.numel() == 0:
+        return flat.float()
+    overall = float(flat.quantile(0.5))
+    parts = []
+    for part in torch.split(flat, list(counts)):
+        median = float(part.quantile(0.5)) if part.numel() else 0.0
+        parts.append(part * (overall / median) if median > 0 else part)
+    return torch.cat(parts).float()
 
 
 def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ CONFIG_FORMAT_VERSION = 1
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
 _LAYER_MAPPINGS = ("nearest", "same")
-_SELECTION_SCALES = ("global", "layer")
+_SELECTION_SCALES = ("global", "layer", "site")
 _SCHEDULE_POINTS = ("prune_start", "prune_end", "density_warmup", "distill_end", "mask_window")
 
 
@@ -87,7 +87,9 @@ class AptConfig:
             as in the paper. ``"layer"``: every layer's unit and neuron scores are first rescaled
             to the same mean salience per parameter (`aptune.blocks.layer_balanced_scores`), so the
             ranking compares importance within a layer and the gradient's change of scale with
-            depth cannot strip whole layers.
+            depth cannot strip whole layers. ``"site"``: every attention site's unit scores and
+            every FFN site's neuron scores are rescaled to the same median
+            (`aptune.blocks.site_median_scores`).
         pretune_prune: Prune once before tuning, from a calibration pass with forward and backward
             (the paper's LLaMA mode), down to ``pretune_density``; the cubic schedule then continues
             from there to ``target_density`` during tuning with the running salience. ``None``:
@@ -162,7 +164,7 @@ class AptConfig:
     num_teacher_layers: int = field(default=4, metadata={"help": "Teacher layers matched per step."})
     layer_mapping: str = field(default="nearest", metadata={"help": "nearest | same."})
     selection_scale: str = field(
-        default="global", metadata={"help": "global | layer (scores rescaled per layer before ranking)."}
+        default="global", metadata={"help": "global | layer | site (scores rescaled per layer / site before ranking)."}
     )
     pretune_prune: bool | None = field(
         default=None,
