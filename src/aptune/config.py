@@ -164,7 +164,8 @@ class AptConfig:
     num_teacher_layers: int = field(default=4, metadata={"help": "Teacher layers matched per step."})
     layer_mapping: str = field(default="nearest", metadata={"help": "nearest | same."})
     selection_scale: str = field(
-        default="global", metadata={"help": "global | layer | site (scores rescaled per layer / site before ranking)."}
+        default="global",
+        metadata={"help": "global | layer | site (scores rescaled per layer / site before ranking)."},
     )
     pretune_prune: bool | None = field(
         default=None,
