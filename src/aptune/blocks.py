@@ -273,10 +273,10 @@ def layer_balanced_scores(
     heads against neurons inside a layer is untouched) are multiplied by ``m / m_l``, where ``m_l``
     is the layer's total score over its total cost and ``m`` the same ratio over all layers. The
     global ranking then compares how important a block is *within its layer*, and the widths of
-    the layers follow from how concentrated each layer's salience is, not from how the loss
-    gradient's scale changes with depth (on SmolLM2 it shrinks towards the output, so the raw
-    ranking strips the last layers). The overall scale, and so the competition with hidden
-    dimensions, is kept. A layer whose scores are all 0 is left as it is.
+    the layers follow from how concentrated each layer's salience is, not from how the scale of
+    the scores changes with depth. The overall scale, and so the competition with hidden
+    dimensions, is kept. A layer whose scores are all 0 is left as it is. (On SmolLM2 at density
+    0.7 this selected worse than the global ranking: benchmarks/results/smollm2-selection.md.)
 
     Args:
         head_scores: Score of every attention unit, 1-D.
