@@ -86,10 +86,11 @@ class AptConfig:
             ``"global"``: the raw salience (per parameter) of every block competes in one ranking,
             as in the paper. ``"layer"``: every layer's unit and neuron scores are first rescaled
             to the same mean salience per parameter (`aptune.blocks.layer_balanced_scores`), so the
-            ranking compares importance within a layer and the gradient's change of scale with
-            depth cannot strip whole layers. ``"site"``: every attention site's unit scores and
-            every FFN site's neuron scores are rescaled to the same median
-            (`aptune.blocks.site_median_scores`).
+            ranking compares importance within a layer. ``"site"``: every attention site's unit
+            scores and every FFN site's neuron scores are rescaled to the same median
+            (`aptune.blocks.site_median_scores`). On SmolLM2-135M (one-shot, BBC News) neither
+            beat ``"global"`` at density 0.7; ``"site"`` did at 0.85
+            (benchmarks/results/smollm2-selection.md).
         pretune_prune: Prune once before tuning, from a calibration pass with forward and backward
             (the paper's LLaMA mode), down to ``pretune_density``; the cubic schedule then continues
             from there to ``target_density`` during tuning with the running salience. ``None``:
