@@ -306,7 +306,8 @@ def _causal_lm_dataset(n=48, length=12, seed=0):
 
 def test_calibration_pass_scores_and_prunes_to_target():
     model = tiny_llama()
-    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.5, distill=False))
+    config = aptune.AptConfig(target_density=0.5, pretune_density=0.5, distill=False)
+    controller = aptune.prepare_(model, config)
     data = _causal_lm_dataset(16)
     batches = [{k: torch.tensor(data[i : i + 4][k]) for k in data.column_names} for i in range(0, 16, 4)]
     record = controller.calibrate_and_prune_(batches)

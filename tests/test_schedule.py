@@ -118,8 +118,8 @@ def test_warmup_reaching_end_drops_at_the_last_event_only() -> None:
     assert schedule.densities == (1.0, 1.0, 0.3)
 
 
-def test_pretune_prune_is_at_target_from_the_start() -> None:
-    schedule = build_schedule(AptConfig(pretune_prune=True, target_density=0.7), 1000)
+def test_pretune_to_the_target_is_at_target_from_the_start() -> None:
+    schedule = build_schedule(AptConfig(pretune_density=0.7, target_density=0.7), 1000)
     assert schedule.densities == (0.7,) * 6
     assert schedule.initial_density == 0.7
     assert schedule.density_target(0) == 0.7

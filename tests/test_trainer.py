@@ -70,7 +70,9 @@ def test_trainer_prunes_to_target_and_exports(tmp_path):
 
 def test_trainer_pretune_prune_mode(tmp_path):
     model = tiny_bert()
-    config = aptune.AptConfig(target_density=0.5, num_events=3, pretune_prune=True, calibration_samples=16)
+    config = aptune.AptConfig(
+        target_density=0.5, num_events=3, pretune_prune=True, pretune_density=0.5, calibration_samples=16
+    )
     trainer = aptune.AptTrainer(
         model=model, args=_args(tmp_path, steps=30), apt_config=config, train_dataset=_dataset()
     )

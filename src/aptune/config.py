@@ -27,6 +27,7 @@ _HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
 _HIDDEN_COSTS = ("current", "initial")
 _LAYER_MAPPINGS = ("nearest", "same")
 _LAYOUTS = ("free", "uniform")
+_SELECTION_SCALES = ("global", "layer", "site")
 _SCHEDULE_POINTS = ("prune_start", "prune_end", "density_warmup", "distill_end", "mask_window")
 
 
@@ -84,15 +85,35 @@ class AptConfig:
         num_teacher_layers: How many teacher layers are matched per step (one per block).
         layer_mapping: ``"nearest"`` (same index if alive, else the better nearest alive
             neighbour) or ``"same"`` (same index, skipped if dead).
-        pretune_prune: Prune once to ``target_density`` before tuning, from a calibration pass
-            with forward and backward (the paper's LLaMA mode); then no further pruning.
-        calibration_samples: Number of examples of the calibration pass.
-        calibration_batch_size: Examples per forward/backward of the calibration pass. The
-            salience (a product of per-channel sums) is computed per micro-batch and then summed,
-            so the split changes the scores somewhat, and dropout is active. ``None``:
-            half the training batch, so that this pass through the dense model stays below the
-            memory of a training step of the pruned model (SmolLM2-135M, batch 4 x 128: calibration
-            peak 2.37 GB in micro-batches of 4, 1.72 GB in micro-batches of 2, training 1.87 GB).
+        selection_scale: How block scores compare across layers in the budgeted selection.
+            ``"global"``: the raw salience (per parameter) of every block competes in one ranking,
+            as in the paper. ``"layer"``: every layer's unit and neuron scores are first rescaled
+            to the same mean salience per parameter (`aptune.blocks.layer_balanced_scores`), so the
+            ranking compares importance within a layer. ``"site"``: every attention site's unit
+            scores and every FFN site's neuron scores are rescaled to the same median
+            (`aptune.blocks.site_median_scores`). On SmolLM2-135M (one-shot, BBC News) neither
+            beat ``"global"`` at density 0.7; ``"site"`` did at 0.85
+            (benchmarks/results/smollm2-selection.md).
+        pretune_prune: Prune once before tuning, from a calibration pass with forward and backward
+            (the paper's LLaMA mode), down to ``pretune_density``; the cubic schedule then continues
+            from there to ``target_density`` during tuning with the running salience. ``None``:
+            the family default, on for decoders (the authors' LLaMA recipe), off for encoders and
+            encoder-decoders (they start the cubic schedule from density 1). Setting
+            ``pretune_density`` turns it on.
+        pretune_density: Density of the one-shot pruning before tuning, in
+            ``[target_density, 1]``. ``None``: half of what is to be removed goes before tuning,
+            ``1 - (1 - target_density) / 2`` (0.85 on the way to 0.7 as in the authors' LLaMA
+            script, 0.7 on the way to 0.4). ``target_density`` itself prunes everything before
+            tuning (no pruning during tuning, only rank growth).
+        calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
+            decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
+        calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
+            run's max length. The salience (a product of per-channel sums) is computed per
+            micro-batch and then summed, so the split changes the scores somewhat, and dropout is
+            active. ``None``: 2 for decoders (the authors' recipe); half the training batch
+            otherwise, so that this pass through the dense model stays below the memory of a
+            training step of the pruned model (SmolLM2-135M, batch 4 x 128: calibration peak
+            2.37 GB in micro-batches of 4, 1.72 GB in micro-batches of 2, training 1.87 GB).
         adapter_targets: Roles that get adapters (``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"up"``,
             ``"gate"``, ``"down"``). ``None``: q, v and FFN-up for encoders, q and v for decoders.
         min_heads_per_layer: Heads every attention module keeps (0 lets a layer lose all heads;
@@ -172,10 +193,31 @@ class AptConfig:
     )
     num_teacher_layers: int = field(default=4, metadata={"help": "Teacher layers matched per step."})
     layer_mapping: str = field(default="nearest", metadata={"help": "nearest | same."})
-    pretune_prune: bool = field(default=False, metadata={"help": "One-shot pruning before tuning."})
-    calibration_samples: int = field(default=64, metadata={"help": "Examples in the calibration pass."})
+    selection_scale: str = field(
+        default="global",
+        metadata={"help": "global | layer | site (scores rescaled per layer / site before ranking)."},
+    )
+    pretune_prune: bool | None = field(
+        default=None,
+        metadata={"help": "One-shot pruning to pretune_density before tuning (default: decoders only)."},
+    )
+    pretune_density: float | None = field(
+        default=None,
+        metadata={
+            "help": "Density of the pruning before tuning, in [target_density, 1] "
+            "(default: 1 - (1 - target_density) / 2, e.g. 0.85 for 0.7)."
+        },
+    )
+    calibration_samples: int | None = field(
+        default=None,
+        metadata={"help": "Examples in the calibration pass (default: 128 for decoders, 64 otherwise)."},
+    )
     calibration_batch_size: int | None = field(
-        default=None, metadata={"help": "Calibration micro-batch (default: half the training batch)."}
+        default=None,
+        metadata={
+            "help": "Calibration micro-batch at the run's max length (default: 2 for decoders, "
+            "half the training batch otherwise)."
+        },
     )
     adapter_targets: tuple[str, ...] | None = field(
         default=None, metadata={"help": "Roles with adapters (q,k,v,o,up,gate,down)."}
@@ -270,7 +312,10 @@ class AptConfig:
         integer("num_teacher_layers", 1)
         if self.layer_mapping not in _LAYER_MAPPINGS:
             bad("layer_mapping", f"choose one of {', '.join(_LAYER_MAPPINGS)}")
-        integer("calibration_samples", 1)
+        if self.selection_scale not in _SELECTION_SCALES:
+            bad("selection_scale", f"choose one of {', '.join(_SELECTION_SCALES)}")
+        if self.calibration_samples is not None:
+            integer("calibration_samples", 1)
         if self.calibration_batch_size is not None:
             integer("calibration_batch_size", 1)
         if self.adapter_targets is not None:
@@ -292,9 +337,62 @@ class AptConfig:
             bad("hidden_cost", f"choose one of {', '.join(_HIDDEN_COSTS)}")
         if self.lm_loss_chunk is not None:
             integer("lm_loss_chunk", 1)
-        for name in ("prune_hidden", "distill", "pretune_prune"):
+        for name in ("prune_hidden", "distill"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "expected true or false")
+        if self.pretune_prune is not None and not isinstance(self.pretune_prune, bool):
+            bad("pretune_prune", "expected true, false or null")
+        if self.pretune_density is not None:
+            if not density <= number("pretune_density") <= 1.0:
+                bad(
+                    "pretune_density",
+                    f"must lie in [target_density, 1] = [{density}, 1]: the one-shot pruning before tuning "
+                    "cannot go below the final density; lower target_density or raise pretune_density",
+                )
+            if self.pretune_prune is False:
+                bad(
+                    "pretune_density",
+                    "is set while pretune_prune is false; drop pretune_density or set pretune_prune",
+                )
+
+    # ------------------------------------------------------------------ family defaults
+    def pretune_target(self, is_decoder: bool) -> float | None:
+        """Density of the one-shot pruning before tuning for this model family, or None for none.
+
+        Args:
+            is_decoder: Whether the model is a decoder LM (`aptune.arch.ModelLayout.is_decoder`).
+
+        Returns:
+            ``pretune_density`` when set; else, when pruning before tuning is on (``pretune_prune``
+            true, or None on a decoder), ``1 - (1 - target_density) / 2``; None when it is off or
+            there is nothing to prune (``target_density`` 1).
+        """
+        enabled = self.pretune_prune
+        if enabled is None:
+            enabled = is_decoder or self.pretune_density is not None
+        if not enabled or self.target_density >= 1.0:
+            return None
+        if self.pretune_density is not None:
+            return float(self.pretune_density)
+        return 1.0 - (1.0 - float(self.target_density)) / 2.0
+
+    def calibration_plan(self, is_decoder: bool, train_batch_size: int) -> tuple[int, int]:
+        """Examples and micro-batch size of the calibration pass for this model family.
+
+        Args:
+            is_decoder: Whether the model is a decoder LM.
+            train_batch_size: Examples per training batch (the encoders' micro-batch is half of it).
+
+        Returns:
+            ``(calibration_samples, micro_batch)``, each resolved from its family default when None.
+        """
+        samples = self.calibration_samples
+        if samples is None:
+            samples = 128 if is_decoder else 64
+        micro = self.calibration_batch_size
+        if micro is None:
+            micro = 2 if is_decoder else max(1, train_batch_size // 2)
+        return samples, micro
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class AptController:
         events: Records of the pruning events so far.
         event_listeners: Callables that receive every event record.
         pretuned: Whether the model was pruned once before tuning (`calibrate_and_prune_`).
+        pretune_density: Density of that pruning for this model and config, or None.
         initial_adapter_params: Adapter parameters at preparation time (the budget's unit).
     """
 
@@ -177,13 +178,20 @@ class AptController:
         Raises:
             ConfigError: the run is too short for the configured events.
         """
-        self.schedule = build_schedule(self.config, total_steps)
+        self.schedule = build_schedule(self.config, total_steps, is_decoder=self.layout.is_decoder)
         self.state.collector.active = self._collecting(self.step_count + 1)
         return self.schedule
 
+    @property
+    def pretune_density(self) -> float | None:
+        """Density of the one-shot pruning before tuning, or None (see `AptConfig.pretune_target`)."""
+        return self.config.pretune_target(self.layout.is_decoder)
+
     def _collecting(self, step: int) -> bool:
-        if self.schedule is None or self.config.target_density >= 1.0 or self.pretuned:
+        if self.schedule is None or self.config.target_density >= 1.0:
             return False
+        if self.pretuned and self.density() <= self.config.target_density * (1 + 1e-9):
+            return False  # pruned to the target before tuning: nothing left to score for
         return self.schedule.collects(step)
 
     def _require_schedule(self) -> Schedule:
@@ -391,11 +399,14 @@ class AptController:
 
     # ------------------------------------------------------------------ pre-tuning pruning
     def calibrate_and_prune_(self, batches: Iterable[dict], optimizer=None) -> dict:
-        """One-shot pruning to ``target_density`` before tuning (the paper's LLaMA recipe).
+        """One-shot pruning before tuning (the paper's LLaMA recipe), to `pretune_density`.
 
         Sums the salience of every batch (`aptune.scores.summed_salience`: forward and backward,
-        no optimizer step), selects the keep-set once and removes the rest physically. Later events
-        only grow ranks.
+        no optimizer step), selects the keep-set once and removes the rest physically. The density
+        is `pretune_density` (``target_density`` when pruning before tuning is off for this
+        config, e.g. an encoder without ``pretune_prune``). When it lies above the target, the
+        schedule's cubic continues from it during tuning with the running salience, which starts
+        afresh (the calibration sums are on another scale); otherwise later events only grow ranks.
 
         Args:
             batches: Model-input dicts that include labels (the model must return ``loss``).
@@ -407,23 +418,30 @@ class AptController:
         Raises:
             ModelError: a batch has no labels, or there are no batches.
         """
+        density = self.pretune_density
+        if density is None:
+            density = self.config.target_density
         total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
         self.scores.replace(total)
         params_before = self.param_count()
         # norm-weighted hidden dimensions leave only gradually, during tuning
         gradual_hidden = self.state.hidden_salience == "norm_weighted"
-        self.set_hard_masks(self.select(self.config.target_density, False if gradual_hidden else None))
+        self.set_hard_masks(self.select(density, False if gradual_hidden else None))
         removed = self.prune_to_masks_(optimizer)
         self.pretuned = True
-        return self._record_event(
+        record = self._record_event(
             index=-1,
             kind="pretune",
             calibration_batches=seen,
-            target_density=self.config.target_density,
+            target_density=density,
             params_before=params_before,
             removed=removed,
             grown={},
         )
+        if density > self.config.target_density:
+            self.scores.clear()
+        self.state.collector.active = self._collecting(self.step_count + 1)
+        return record
 
     # ------------------------------------------------------------------ distillation
     def snapshot_teacher(self, optimizer=None) -> None:

@@ -11,7 +11,8 @@ Readings taken where the paper and the authors' code disagree:
 * Density follows the cubic *density* schedule of the authors' code, not the paper's literal sparsity
   formula: ``density(e) = min(1, d_T + (1 - d_T) * ((end - e) / (end - warmup_end)) ** 3)``,
   sampled at the events only, so it is 1 at every event up to ``warmup_end`` and exactly ``d_T`` at
-  the last event.
+  the last event. When the model was pruned once before tuning (the authors' LLaMA recipe,
+  `AptConfig.pretune_target`), the cubic starts from that density instead of 1.
 * Events are ``linspace(start, end, K + 1)[1:]`` rounded to the nearest integer step (ties to even,
   like ``numpy.round``); the authors' code truncates, which moves some events by one step.
 * Masks move only inside a window before each event and snap to 0/1 two steps before it. The
@@ -104,8 +105,8 @@ class Schedule:
             contains an event step or ``start``).
         mask_step: Change of a soft mask per window step.
         distill_end: Step at which self-distillation stops (in ``[end, total_steps]``).
-        initial_density: Density before any event: 1, or the target when the model was pruned before
-            tuning (``AptConfig.pretune_prune``).
+        initial_density: Density before any event: 1, or the density of the one-shot pruning before
+            tuning (`AptConfig.pretune_target`); the cubic runs from it to the target.
 
     Example:
         >>> s = build_schedule(AptConfig(target_density=0.4), total_steps=1000)
@@ -286,18 +287,22 @@ class Schedule:
         }
 
 
-def build_schedule(config: AptConfig, total_steps: int) -> Schedule:
+def build_schedule(config: AptConfig, total_steps: int, *, is_decoder: bool = False) -> Schedule:
     """Lay out the pruning, tuning and distillation timeline of a run.
 
     Args:
         config: The run's configuration (``prune_start``, ``prune_end``, ``density_warmup``,
             ``num_events``, ``target_density``, ``budget_growth``, ``mask_window``, ``mask_step``,
-            ``distill_end``, ``pretune_prune`` are read).
+            ``distill_end``, ``pretune_prune``, ``pretune_density`` are read).
         total_steps: Number of optimizer steps of the run.
+        is_decoder: Whether the model is a decoder LM (decoders prune before tuning by default,
+            see `AptConfig.pretune_target`).
 
     Returns:
-        The `Schedule`. With ``pretune_prune`` every event density is the target (the model is pruned
-        before tuning) while the budgets still grow at the events.
+        The `Schedule`. When the model is pruned before tuning, the cubic starts from that density
+        (``initial_density``) instead of 1: ``d_T + (d_0 - d_T) * ((end - e) / (end - warmup_end))
+        ** 3``. With ``pretune_density == target_density`` every event density is the target while
+        the budgets still grow at the events.
 
     Raises:
         ConfigError: ``total_steps`` is not a positive int; ``prune_start`` or ``prune_end`` is a step
@@ -335,10 +340,9 @@ def build_schedule(config: AptConfig, total_steps: int) -> Schedule:
 
     warmup_end = min(start + resolve_point(config.density_warmup, total_steps), end)
     target = float(config.target_density)
-    if config.pretune_prune:
-        densities = tuple(target for _ in events)
-    else:
-        densities = tuple(_cubic_density(e, end, warmup_end, target) for e in events)
+    pretune = config.pretune_target(is_decoder)
+    initial = 1.0 if pretune is None else pretune
+    densities = tuple(_cubic_density(e, end, warmup_end, target, initial) for e in events)
 
     growth = float(config.budget_growth)
     # The last budget is set exactly (1 + (g - 1) * 1.0 can differ from g in the last bit).
@@ -368,7 +372,7 @@ def build_schedule(config: AptConfig, total_steps: int) -> Schedule:
         window=window,
         mask_step=mask_step,
         distill_end=distill_end,
-        initial_density=target if config.pretune_prune else 1.0,
+        initial_density=initial,
     )
 
 
@@ -395,13 +399,14 @@ def _event_steps(start: int, end: int, num_events: int) -> tuple[int, ...]:
     return (*inner, end)
 
 
-def _cubic_density(event: int, end: int, warmup_end: int, target: float) -> float:
+def _cubic_density(event: int, end: int, warmup_end: int, target: float, initial: float = 1.0) -> float:
+    # The cubic from ``initial`` (1, or the density reached before tuning) down to ``target``.
     if event >= end:
         return target
     if event <= warmup_end:
-        return 1.0
+        return initial
     remaining = (end - event) / (end - warmup_end)
-    return min(1.0, target + (1.0 - target) * remaining**3)
+    return min(initial, target + (initial - target) * remaining**3)
 
 
 def _is_feasible(config: AptConfig, total_steps: int) -> bool:

@@ -247,6 +247,13 @@ class ScoreTracker:
         self.hidden = salience.hidden.cpu() if salience.hidden is not None else None
         self.updates = 0
 
+    def clear(self) -> None:
+        """Forget every block score (the next `fold` starts the moving average afresh)."""
+        self.heads = [None] * len(self.heads)
+        self.neurons = [None] * len(self.neurons)
+        self.hidden = None
+        self.updates = 0
+
     def update_adapter_importance(self, adapters: Mapping[str, Any]) -> None:
         """Fold each adapter's importance of this step into its moving average.
 

@@ -130,7 +130,7 @@ class AptCallback(TrainerCallback):
             controller.set_total_steps(state.max_steps)
         if self._on_event not in controller.event_listeners:
             controller.event_listeners.append(self._on_event)  # announces and records every event
-        if controller.config.pretune_prune and not controller.pretuned:
+        if controller.pretune_density is not None and not controller.pretuned:
             started = time.perf_counter()
             self.trainer.calibrate_and_prune_()
             self._phase_times["calibration"] = time.perf_counter() - started
@@ -351,20 +351,25 @@ class AptTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def calibrate_and_prune_(self) -> dict:
-        """One-shot pruning before tuning from ``calibration_samples`` training examples."""
+        """One-shot pruning before tuning from ``calibration_samples`` training examples.
+
+        Sample count and micro-batch come from `aptune.AptConfig.calibration_plan` (decoders: 128
+        examples in micro-batches of 2 at the run's max length).
+        """
         controller = self.apt_controller
-        needed = controller.config.calibration_samples
-        micro = controller.config.calibration_batch_size
+        needed, micro = controller.config.calibration_plan(
+            controller.layout.is_decoder, self.args.per_device_train_batch_size
+        )
         batches, seen = [], 0
         for batch in self.get_train_dataloader():
             size = len(next(iter(batch.values())))
-            step = micro or max(1, size // 2)  # see AptConfig.calibration_batch_size
             # micro-batches lower the peak memory (the salience is summed over them)
-            for start in range(0, size, step):
-                batches.append(
-                    {k: v[start : start + step] if torch.is_tensor(v) else v for k, v in batch.items()}
-                )
-            seen += size
+            for start in range(0, size, micro):
+                stop = min(start + micro, size, start + needed - seen)
+                batches.append({k: v[start:stop] if torch.is_tensor(v) else v for k, v in batch.items()})
+                seen += stop - start
+                if seen >= needed:
+                    break
             if seen >= needed:
                 break
         return controller.calibrate_and_prune_(batches, self.optimizer)

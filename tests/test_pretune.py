@@ -1,0 +1,151 @@
+"""Pruning before tuning to ``pretune_density``, then the cubic schedule to ``target_density``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+import aptune
+from aptune.cli.options import dataclass_options
+from aptune.config import AptConfig
+from aptune.errors import ConfigError
+from aptune.schedule import build_schedule
+from test_llama import _causal_lm_dataset, tiny_llama
+from tiny import tiny_bert
+
+
+# ---------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("fields", "is_decoder", "expected"),
+    [
+        ({"target_density": 0.7}, True, 0.85),  # the authors' LLaMA recipe
+        ({"target_density": 0.4}, True, 0.7),  # half of what is removed goes before tuning
+        ({"target_density": 0.7}, False, None),  # encoders start the cubic from 1
+        ({"target_density": 0.7, "pretune_prune": True}, False, 0.85),  # the old flag: scaled default
+        ({"target_density": 0.7, "pretune_prune": False}, True, None),
+        ({"target_density": 0.7, "pretune_density": 0.9}, False, 0.9),  # setting the density turns it on
+        ({"target_density": 0.7, "pretune_density": 0.7}, True, 0.7),  # everything before tuning
+        ({"target_density": 1.0}, True, None),  # nothing to prune
+    ],
+)
+def test_pretune_target_per_family(fields: dict, is_decoder: bool, expected: float | None) -> None:
+    value = AptConfig(**fields).pretune_target(is_decoder)
+    assert value == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"target_density": 0.7, "pretune_density": 0.6}, "pretune_density=0.6 is invalid: must lie in"),
+        ({"target_density": 0.7, "pretune_density": 1.2}, "pretune_density=1.2 is invalid: must lie in"),
+        ({"pretune_density": 0.9, "pretune_prune": False}, "while pretune_prune is false"),
+        ({"pretune_prune": "yes"}, "pretune_prune='yes' is invalid"),
+        ({"selection_scale": "row"}, "selection_scale='row' is invalid: choose one of global, layer, site"),
+    ],
+)
+def test_bad_pretune_fields_are_one_clear_error(fields: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        AptConfig(**fields)
+
+
+def test_calibration_plan_defaults_per_family() -> None:
+    assert AptConfig().calibration_plan(True, 8) == (128, 2)  # the authors' 128 batches of 2
+    assert AptConfig().calibration_plan(False, 8) == (64, 4)  # half the training batch
+    assert AptConfig().calibration_plan(False, 1) == (64, 1)
+    assert AptConfig(calibration_samples=10, calibration_batch_size=3).calibration_plan(True, 8) == (10, 3)
+
+
+def test_cli_has_the_pretune_options() -> None:
+    names = {opt.name for opt in dataclass_options(AptConfig)}
+    assert {"pretune_density", "pretune_prune", "selection_scale", "calibration_samples"} <= names
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def test_decoder_schedule_runs_the_cubic_from_the_pretune_density() -> None:
+    config = AptConfig(target_density=0.7, prune_start=0.05, prune_end=0.4, density_warmup=0.05, num_events=6)
+    schedule = build_schedule(config, 1000, is_decoder=True)
+    assert schedule.initial_density == pytest.approx(0.85)
+    assert schedule.density_target(0) == pytest.approx(0.85)
+    # independent of the implementation: d_T + (d_0 - d_T) * ((end - e) / (end - warmup_end)) ** 3
+    end, warm = schedule.end, schedule.warmup_end
+    expected = [0.85 if e <= warm else 0.7 + 0.15 * ((end - e) / (end - warm)) ** 3 for e in schedule.events]
+    assert list(schedule.densities) == pytest.approx(expected)
+    assert schedule.densities[-1] == 0.7
+    assert all(b <= a for a, b in zip(schedule.densities, schedule.densities[1:], strict=False))
+    # an encoder with the same config still starts from 1
+    encoder = build_schedule(config, 1000)
+    assert encoder.initial_density == 1.0 and encoder.densities[-1] == 0.7
+    assert max(encoder.densities) > 0.85
+
+
+# ---------------------------------------------------------------------------------------------- controller
+def _largest_block_share(controller) -> float:
+    head_costs, neuron_costs = controller.blocks.costs()
+    largest = float(torch.cat([head_costs, neuron_costs]).max()) * controller.blocks.hidden_size
+    return largest / controller.initial_param_count
+
+
+def test_calibration_prunes_to_the_pretune_density_within_one_block() -> None:
+    model = tiny_llama()
+    config = AptConfig(target_density=0.4, prune_hidden=False, distill=False)
+    controller = aptune.prepare_(model, config, total_steps=40)
+    data = _causal_lm_dataset(8)
+    batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    record = controller.calibrate_and_prune_(batches)
+    assert controller.pretune_density == pytest.approx(0.7)
+    assert record["target_density"] == pytest.approx(0.7)
+    assert 0.7 - _largest_block_share(controller) <= controller.density() <= 0.7 + 1e-9
+    # the running salience starts afresh and is collected again: more pruning is to come
+    assert controller.scores.heads == [None] * len(controller.scores.heads)
+    assert controller._collecting(controller.schedule.start)
+
+
+def test_trainer_pretunes_then_reaches_the_target_at_the_end_of_pruning(tmp_path) -> None:
+    model = tiny_llama()
+    config = AptConfig(
+        target_density=0.4,
+        num_events=3,
+        initial_rank=2,
+        distill=False,
+        prune_hidden=False,
+        calibration_samples=8,
+        prune_start=0.1,
+        prune_end=0.6,
+        density_warmup=0.0,
+    )
+    args = TrainingArguments(
+        str(tmp_path / "run"),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = aptune.AptTrainer(model=model, args=args, apt_config=config, train_dataset=_causal_lm_dataset())
+    trainer.train()
+    controller = trainer.apt_controller
+    schedule = controller.schedule
+    pretune, *events = controller.events
+    assert pretune["kind"] == "pretune"
+    assert pretune["calibration_batches"] == 4  # 8 examples in micro-batches of 2 (decoder default)
+    block = _largest_block_share(controller)
+    assert 0.7 - block <= pretune["density"] <= 0.7 + 1e-9
+    assert schedule.initial_density == pytest.approx(0.7) and schedule.densities[-1] == 0.4
+    # the events of the schedule pruned further with the running salience ...
+    assert [e["step"] for e in events] == list(schedule.events)
+    assert sum(e["removed"]["heads"] + e["removed"]["neurons"] for e in events) > 0
+    assert all(e["density"] <= d + 1e-9 for e, d in zip(events, schedule.densities, strict=True))
+    # ... and reached the target at the last one (within one block)
+    assert 0.4 - block <= events[-1]["density"] <= 0.4 + 1e-9
+    assert controller.density() == events[-1]["density"]
+
+
+def test_encoder_without_pretune_does_not_calibrate(tmp_path) -> None:
+    model = tiny_bert()
+    config = AptConfig(target_density=0.5, num_events=2, distill=False)
+    controller = aptune.prepare_(model, config, total_steps=40)
+    assert controller.pretune_density is None
+    assert controller.schedule.initial_density == 1.0
