@@ -167,8 +167,10 @@ def _bench_args(folder, workdir, results):
         *("--train-file", str(folder / "train.csv"), "--eval-file", str(folder / "dev.csv")),
         *("--max-length", "16", "--batch-size", "4", "--eval-batch-size", "16", "--max-steps", "24"),
         *("--evaluations", "3", "--seeds", "0", "--target-density", "0.5", "--densities", "0.5,0.7"),
-        *("--ablations", "no-distill", "--apt-num-events", "3", "--calibration-samples", "8"),
-        *("--retrain-fraction", "0.5", "--ft-lr", "0.002", "--lora-lr", "0.005", "--apt-lr", "0.005"),
+        *("--ablations", "no-distill,one-shot", "--apt-num-events", "3", "--calibration-samples", "8"),
+        *("--retrain-fraction", "0.5", "--ft-lr-grid", "0.002", "--adapter-lr-grid", "0.005,0.01"),
+        *("--methods", "ft,lora,lora-prune-kwon,lora-prune-tp,apt", "--prune-samples", "8"),
+        *("--dev-fraction", "0.25", "--test-fraction", "0.25", "--pinned-seeds", ""),
         *(
             "--latency-batch",
             "2",

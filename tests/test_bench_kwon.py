@@ -155,3 +155,37 @@ def test_kwon_prune_keeps_the_budget_and_the_pruned_model_matches_the_masked_one
         after = model(**probe).logits
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     assert result.to_dict()["heads_per_layer"] == [int(k.sum()) for k in result.keep_heads]
+
+
+def test_torch_pruning_taylor_path_prunes_to_the_budget_and_the_model_runs():
+    from aptune.bench.tp_pruning import taylor_keep_sets, taylor_scores
+    from aptune.surgery import prune_neurons_, prune_units_
+
+    model = tiny_bert(num_labels=3)
+    layout = build_layout(model)
+    batches = _batches()
+    heads, neurons = taylor_scores(model, layout, batches)
+    assert [h.shape for h in heads] == [(4,), (4,)] and [n.shape for n in neurons] == [(64,), (64,)]
+    assert all(p.grad is None for p in model.parameters())  # the calibration leaves no gradient
+    # the Taylor score of a neuron is |w * grad| over its up row (+bias) and down column, mean-normalised
+    model.zero_grad()
+    for b in batches:
+        model(**b).loss.backward()
+    up, down = model.bert.encoder.layer[1].intermediate.dense, model.bert.encoder.layer[1].output.dense
+    raw = (up.weight * up.weight.grad).abs().sum(1) + (up.bias * up.bias.grad).abs()
+    raw = raw + (down.weight * down.weight.grad).abs().sum(0)
+    assert torch.corrcoef(torch.stack([raw.detach() / raw.mean(), neurons[1]]))[0, 1] > 0.99
+    model.zero_grad(set_to_none=True)
+
+    keep_h, keep_n, record = taylor_keep_sets(model, layout, batches, density=0.5)
+    head_cost, neuron_cost = block_costs(model, layout)
+    kept = head_cost * int(torch.cat(keep_h).sum()) + neuron_cost * int(torch.cat(keep_n).sum())
+    assert kept == record["kept_params"] <= record["budget"] == 0.5 * record["total_params"]
+    assert kept > 0.45 * record["total_params"]
+    for i, keep in enumerate(keep_h):
+        prune_units_(model, layout, i, torch.nonzero(keep).squeeze(1))
+    for i, keep in enumerate(keep_n):
+        prune_neurons_(model, layout, i, torch.nonzero(keep).squeeze(1))
+    out = model(**batch(size=2, seed=5))
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+    assert model.bert.encoder.layer[0].intermediate.dense.weight.shape[0] == int(keep_n[0].sum())

@@ -85,7 +85,9 @@ class MaskHooks:
     def __enter__(self) -> MaskHooks:
         for i, site in enumerate(self.layout.attention):
             module = self.model.get_submodule(site.o)
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook("heads", i, site.unit_width)))
+            self._handles.append(
+                module.register_forward_pre_hook(self._pre_hook("heads", i, site.unit_width))
+            )
             self._handles.append(module.register_forward_hook(self._post_hook(site.o)))
         for i, site in enumerate(self.layout.ffn):
             module = self.model.get_submodule(site.down)
@@ -409,10 +411,12 @@ def tune_masks(
             if normal is not None and ones.numel():
                 gram = normal.gram
                 ridge = damping * float(torch.diagonal(gram).mean()) + 1e-12
-                solved = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], device=device), normal.rhs)
-                if torch.isfinite(solved).all() and solved.abs().max() <= bound:
-                    if normal.error(solved) < before:
-                        scales = solved
+                solved = torch.linalg.solve(
+                    gram + ridge * torch.eye(gram.shape[0], device=device), normal.rhs
+                )
+                bounded = bool(torch.isfinite(solved).all()) and float(solved.abs().max()) <= bound
+                if bounded and normal.error(solved) < before:
+                    scales = solved
             after = normal.error(scales) if normal is not None else 0.0
             masks = hooks.heads if kind == "heads" else hooks.neurons
             new = torch.zeros_like(masks[index])
@@ -428,7 +432,9 @@ def tune_masks(
 
 
 @torch.no_grad()
-def fold_scales_(model: nn.Module, layout: ModelLayout, heads: list[torch.Tensor], neurons: list[torch.Tensor]):
+def fold_scales_(
+    model: nn.Module, layout: ModelLayout, heads: list[torch.Tensor], neurons: list[torch.Tensor]
+):
     """Multiply each output-projection column by its mask value (0 for pruned blocks), in place.
 
     Afterwards the dense forward equals the masked forward, and the pruned blocks can be removed.
@@ -541,4 +547,3 @@ def kwon_prune(
         seconds={"calibration_search": searched - began, "mask_tuning": tuned - searched},
         examples=sum(int(b["input_ids"].shape[0]) for b in batches),
     )
-

@@ -20,9 +20,18 @@ from typing import Any
 
 from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
 from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
+from aptune.bench.measure import peak_rss_mb as measured_peak_rss_mb
 from aptune.host_memory import pinned_mmap_threshold
 
-__all__ = ["context_from_plan", "convert_model", "main", "run_job", "run_latency"]
+__all__ = [
+    "apply_allocator",
+    "context_from_plan",
+    "convert_model",
+    "evaluate_test",
+    "main",
+    "run_job",
+    "run_latency",
+]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -58,6 +67,7 @@ def context_from_plan(workdir: str | Path):
         workdir=workdir,
         train_file=data["train_file"],
         eval_file=data["eval_file"],
+        test_file=data["test_file"],
         model=plan["model"],
         tokenizer=plan.get("tokenizer"),
         label_names=data.get("label_names"),
@@ -68,38 +78,75 @@ def context_from_plan(workdir: str | Path):
     return ctx, jobs
 
 
+def apply_allocator(setting: str) -> int | None:
+    """Put this process under an allocator setting before any tensor is made; return the threshold.
+
+    ``"default"``: the C library's defaults for the whole job (``APTUNE_PIN_MMAP_THRESHOLD=0``, so not
+    even aptune's pruning pins the threshold). ``"pinned"``: aptune's fixed mmap threshold from the
+    first step, for every method (`aptune.host_memory.pin_mmap_threshold`).
+    """
+    from aptune.host_memory import pin_mmap_threshold
+
+    if setting == "default":
+        os.environ["APTUNE_PIN_MMAP_THRESHOLD"] = "0"
+        return None
+    if setting == "pinned":
+        os.environ.pop("APTUNE_PIN_MMAP_THRESHOLD", None)
+        return pin_mmap_threshold()
+    raise ValueError(f"unknown allocator setting {setting!r}")
+
+
+def evaluate_test(ctx, result: dict[str, Any]) -> dict[str, Any]:
+    """The exported model of a job, reloaded from its folder, on the test split: metrics and seconds."""
+    from aptune.bench.methods import evaluate_model, load_test
+    from aptune.runner import load_tokenizer
+
+    began = time.perf_counter()
+    model = _load_exported(result["model_dir"], ctx.config.task)
+    tokenizer = load_tokenizer(ctx.model, ctx.tokenizer)
+    test = load_test(ctx, tokenizer)
+    metrics = evaluate_model(model, test.eval, test.collator, ctx.config.eval_batch_size, ctx.config.task)
+    return {"test_metrics": metrics, "test_eval_seconds": time.perf_counter() - began}
+
+
 def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     """Run one job of the plan in this process and write ``results/<job_id>.json``.
 
-    Besides the method's own figures the result holds ``job``, ``wall_seconds``, ``resting_rss_mb``
-    (after imports, before loading anything), whether the peak-RSS reset worked, the glibc mmap
-    threshold aptune pinned during the job (None for the baselines) and the RSS timeline of the
-    process.
+    The process first resets its peak-RSS counter and applies the job's allocator setting. Besides
+    the method's own figures the result holds ``job``, ``allocator`` (the setting) and
+    ``mmap_threshold`` (the threshold in force at the end, None for the C library's dynamic one),
+    ``wall_seconds``, ``resting_rss_mb`` (after imports, before loading anything), ``peak_rss_reset``
+    (whether the reset worked), ``process_peak_rss_mb`` (this process's VmHWM at the end, after the
+    test evaluation; ``peak_rss_mb`` is the training peak), ``test_metrics`` and
+    ``test_eval_seconds`` (the exported model reloaded and evaluated on the test split), and the RSS
+    timeline of the process.
 
     Returns:
         The result dict.
     """
     from aptune.bench.methods import RUNNERS
 
+    reset = reset_peak_rss()
     ctx, jobs = context_from_plan(workdir)
     job = jobs[job_id]
+    apply_allocator(job.allocator)
     monitor = MemoryMonitor()
     resting = current_rss_mb()
-    reset = reset_peak_rss()
     began = time.perf_counter()
     monitor.start()
     try:
         with _threads(ctx.config.threads):
             result = RUNNERS[job.method](ctx, job, monitor)
+            result.update(evaluate_test(ctx, result))
     finally:
         monitor.stop()
     result.update(
         job=job.to_dict(),
+        allocator=job.allocator,
         wall_seconds=time.perf_counter() - began,
         resting_rss_mb=resting,
         peak_rss_reset=reset,
-        # the baselines run with the C library's defaults, as their users would; aptune pins the
-        # mmap threshold at its first pruning event (APT, LoRA+Prune), see aptune.host_memory
+        process_peak_rss_mb=measured_peak_rss_mb(),
         mmap_threshold=pinned_mmap_threshold(),
         memory_timeline=monitor.to_dict(),
     )
