@@ -693,7 +693,7 @@ def run_one_shot(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = N
     set_seed(job.seed)
     model, tokenizer, task = _load(ctx, phase1["model_dir"])
     steps = max(1, round(total_steps(ctx, len(task.train)) * cfg.retrain_fraction))
-    rank = matched_rank(ctx, job, model)
+    rank = matched_rank(ctx, job, model)  # on the dense shapes: aptune's pass prunes after prepare_
     apt_config = _retrain_config(ctx, job, rank["rank"], prune_hidden=True)
     controller = prepare_(model, apt_config, total_steps=steps)
     if monitor is not None:
@@ -701,7 +701,8 @@ def run_one_shot(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = N
     began = time.perf_counter()
     batches = calibration_batches(task, cfg.calibration_samples, cfg.batch_size, job.seed)
     record = controller.calibrate_and_prune_(batches)
-    seconds = {"calibration_search": time.perf_counter() - began, "mask_tuning": 0.0}
+    # aptune's one-shot pass removes the blocks itself: the surgery is inside calibration_search
+    seconds = {"calibration_search": time.perf_counter() - began, "mask_tuning": 0.0, "surgery": 0.0}
     pruning = {k: record[k] for k in ("density", "removed") if k in record}
     pruning.update({k: v for k, v in controller.layer_summary().items()})
     return _retrain(
