@@ -326,7 +326,7 @@ def test_bench_help_and_dry_run(tiny_setup, tmp_path, capsys):
     args = [*_bench_args(tiny_setup, tmp_path / "work", tmp_path / "results"), "--dry-run"]
     code, _, err = _run(args, capsys)
     assert code == 0 and "16 training jobs" in err and "apt-no-distill-d0.50-s0" in err
-    assert "lora-s0: LoRA, density 1, seed 0, rate from the grid, default allocator, reuses" in err
+    assert "lora-s0: LoRA, density 1, seed 0, rate from the grid, default allocator, reuses the grid" in err
     assert not (tmp_path / "results").exists()
     code, _, err = _run(["bench", "--suite", "nope"], capsys)
     assert code == 2 and "unknown bench suite" in err
@@ -386,9 +386,9 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
     summary = outcome.summary
     assert summary["reference"]["metric"] == "perplexity" and not summary["reference"]["greater_is_better"]
     rows = {r["id"]: r for r in summary["jobs"]}
-    assert set(rows) == {"lora-s0", "lora-prune-d0.70-s0", "apt-d0.70-s0"}
+    assert set(rows) == {"lora-s0", "lora-prune-kwon-d0.70-s0", "apt-d0.70-s0"}
     assert rows["lora-s0"]["tta_seconds"] is not None
-    for job in ("lora-prune-d0.70-s0", "apt-d0.70-s0"):
+    for job in ("lora-prune-kwon-d0.70-s0", "apt-d0.70-s0"):
         assert rows[job]["metric"] > 1 and rows[job]["flop_ratio"] < 0.9
     assert [t["id"] for t in summary["targets"]] == ["memory_vs_lora"]
     assert outcome.files["md"].is_file()

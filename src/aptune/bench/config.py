@@ -568,7 +568,16 @@ def _job(
 
 
 def _fixed_rates(config: BenchConfig) -> dict[str, float]:
-    return {method: float(getattr(config, name)) for method, name in LR_FIELDS.items()}
+    """The configured rates; with the grid on, stand-ins from the grid until it has chosen (the
+    configured rate when the grid holds it, else the grid's first), so that a plan made before the
+    grid ran names the runs it will reuse."""
+    rates = {method: float(getattr(config, name)) for method, name in LR_FIELDS.items()}
+    if config.grid:
+        for method, rate in rates.items():
+            grid = config.lr_grid(method)
+            if grid and not any(math.isclose(rate, g) for g in grid):
+                rates[method] = grid[0]
+    return rates
 
 
 def plan_grid(config: BenchConfig, rates: dict[str, float] | None = None) -> tuple[list[Job], list[Job]]:

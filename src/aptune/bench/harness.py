@@ -514,7 +514,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     if config.dry_run:
         for job in planned:
             rate = "rate from the grid" if job.phase == "headline" and config.grid else f"lr {job.lr:g}"
-            reuse = f", reuses {job.reuse}" if job.reuse else ""
+            reuse = ", reuses the grid run at the chosen rate" if job.reuse else ""
             log(
                 f"[bench]   {job.id}: {job.label}, density {job.density:g}, seed {job.seed}, {rate}, "
                 f"{job.allocator} allocator{reuse}"
