@@ -168,7 +168,7 @@ class BenchConfig:
         default=128, metadata={"help": "Examples of APT's (and one-shot's) calibration pass."}
     )
     prune_samples: int = field(
-        default=512,
+        default=256,
         metadata={"help": "Calibration examples of the LoRA+Prune pruning (Fisher, Taylor, mask tuning)."},
     )
     retrain_rank: int = field(
