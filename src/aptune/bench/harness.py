@@ -581,8 +581,13 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         if latency_path.is_file():
             latency = json.loads(latency_path.read_text(encoding="utf-8"))
         results = _read_results(workdir, headline)
+        from aptune.bench.methods import apt_settings
+
+        headline_apt = next((j for j in headline if j.method == "apt" and not j.variant), None)
         data = {
             **data,
+            # APT's settings, fixed in the suite before any test figure (its rate comes from the grid)
+            "apt_settings": apt_settings(config, headline_apt).to_dict() if headline_apt else None,
             "grid": {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
             if config.grid
             else None,

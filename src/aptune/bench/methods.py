@@ -46,6 +46,7 @@ __all__ = [
     "RUNNERS",
     "EpochTest",
     "WorkerContext",
+    "apt_settings",
     "evaluate_model",
     "run_apt",
     "run_ft",
@@ -722,9 +723,22 @@ def run_one_shot(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = N
     )
 
 
+def apt_settings(cfg: BenchConfig, job: Job):
+    """The `AptConfig` of an APT job: the suite's frozen settings plus the job's ablation overrides."""
+    from aptune.config import AptConfig
+
+    return AptConfig(
+        **{
+            **_apt_base(cfg, job),
+            "pretune_prune": cfg.apt_pretune_prune,
+            "distill": cfg.apt_distill,
+            **job.apt_overrides,
+        }
+    )
+
+
 def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
     """APT through `aptune.runner.run_training`; the figures come from its ``report.json``."""
-    from aptune.config import AptConfig
     from aptune.report import load_report
     from aptune.runner import RunArguments, run_training
 
@@ -749,14 +763,7 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         evaluations=cfg.evaluations,
         seed=job.seed,
     )
-    apt_config = AptConfig(
-        **{
-            **_apt_base(cfg, job),
-            "pretune_prune": cfg.apt_pretune_prune,
-            "distill": cfg.apt_distill,
-            **job.apt_overrides,
-        }
-    )
+    apt_config = apt_settings(cfg, job)
     if monitor is not None:
         monitor.mark("run_start")
     from aptune.runner import load_tokenizer
