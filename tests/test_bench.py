@@ -232,6 +232,11 @@ def _run(args, capsys):
 
 
 def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
+    from aptune.host_memory import pinned_mmap_threshold
+
+    # jobs run inside this process here: a threshold pinned by an earlier test stays pinned; a
+    # default-allocator job must not pin one itself (in the suite, every job is a fresh process)
+    pinned_before = pinned_mmap_threshold()
     workdir, results = tmp_path / "work", tmp_path / "results"
     code, out, err = _run(_bench_args(tiny_setup, workdir, results), capsys)
     assert code == 0, err[-3000:]
@@ -275,7 +280,7 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
         # dev during training, test once at the end; one allocator setting per job, VmHWM reset
         assert 0 <= record["final_metrics"]["accuracy"] <= 1 and 0 <= record["test_metrics"]["accuracy"] <= 1
         assert record["test_metrics"]["examples"] == data["data"]["num_test"] > 0
-        assert record["allocator"] == "default" and record["mmap_threshold"] is None
+        assert record["allocator"] == "default" and record["mmap_threshold"] == pinned_before
         assert record["peak_rss_reset"] is True and record["process_peak_rss_mb"] >= record["peak_rss_mb"] > 0
     for job_id in ("ft-s0", "lora-s0", "apt-d0.50-s0", "lora-prune-kwon-d0.50-s0"):
         assert records[job_id]["reused_from"].startswith("grid-")
@@ -290,7 +295,7 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
         lora = records[lp["job"]["depends"][0]]
         # the clock starts at LoRA's first step and adds every phase; evaluations are apart
         assert set(lp["phases"]) == {"lora", "calibration_search", "mask_tuning", "surgery", "retrain"}
-        assert lp["phases"]["lora"] == lora["train_seconds"]
+        assert lp["phases"]["lora"] == lora["train_seconds"] and lp["phases"]["calibration_search"] > 0
         assert lp["train_seconds"] == pytest.approx(sum(lp["phases"].values()))
         assert lp["curve"][0]["phase"] == "lora" and not lp["curve"][0]["final_structure"]
         assert lp["curve"][-1]["phase"] == "retrain" and lp["curve"][-1]["final_structure"]
