@@ -167,6 +167,13 @@ def test_plan_of_the_full_suite():
     assert estimate_seconds(config, jobs, 1480, 318, 318) < 2.6 * 3600
     quick = suite_config("minilm-bbc", quick=True)
     assert estimate_seconds(quick, plan_jobs(quick), 160, 48, 48) < 5 * 60
+    # APT's schedule fits the quick run (160 examples, batch 8, 1 epoch) and the full one
+    from aptune.bench.methods import apt_settings
+    from aptune.schedule import build_schedule
+
+    for suite, steps in ((quick, 20), (config, 3 * 93)):
+        apt_job = next(j for j in plan_jobs(suite) if j.method == "apt")
+        build_schedule(apt_settings(suite, apt_job), steps)
     decoder = suite_config("smollm2-bbc", seeds="0")
     assert [j.method for j in plan_jobs(decoder)] == ["lora", "apt", "lora-prune-kwon"]
     with pytest.raises(aptune.ConfigError, match="methods"):

@@ -360,6 +360,7 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "ablations": "",
             "calibration_samples": 32,
             "prune_samples": 32,
+            "apt_num_events": 3,  # 20 steps: 6 events would not fit between prune_start and prune_end
             "latency_batch": 8,
             "latency_warmup": 2,
             "latency_repeats": 10,
