@@ -11,7 +11,7 @@ Writes ``benchmarks/results/minilm-bbc[-quick].md``, ``.json`` and plots.
 import sys
 from pathlib import Path
 
-from aptune.bench.cli import bench_command
+from aptune.cli.bench import bench_command
 
 if __name__ == "__main__":
     results = str(Path(__file__).resolve().parent / "results")  # options given later win

@@ -70,6 +70,7 @@ def test_help_lists_commands_and_generated_options(capsys):
     assert code == 0 and "LoRA+Prune" in out
 
 
+@pytest.mark.integration
 def test_train_end_to_end_writes_model_and_report(tmp_path, tiny_model_dir, capsys):
     train = _csv(tmp_path / "train.csv", _rows(48))
     dev = _csv(tmp_path / "dev.csv", _rows(16))
@@ -173,6 +174,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, 
     assert len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_error_in_a_real_process_has_no_traceback(tmp_path):
     result = subprocess.run(
         [
@@ -213,6 +215,7 @@ def test_missing_default_assets_name_the_pip_command(tmp_path, monkeypatch, caps
     assert len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     from test_llama import tiny_llama
 
@@ -262,6 +265,7 @@ def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     assert (out / "model" / "modeling_aptune.py").exists()
 
 
+@pytest.mark.integration
 def test_train_seq2seq_reports_rouge(tmp_path, word_tokenizer, capsys):
     from test_t5 import tiny_t5
 
@@ -312,3 +316,71 @@ def test_train_seq2seq_reports_rouge(tmp_path, word_tokenizer, capsys):
     report = json.loads((out / "report.json").read_text())
     assert {"rouge1", "rouge2", "rougeL"} <= set(report["final_metrics"])
     assert report["summary"]["final_density"] <= 0.6 + 1e-6
+
+
+def test_export_command_writes_the_model_in_another_dtype(tmp_path, tiny_model_dir, capsys):
+    import torch
+    from safetensors import safe_open
+
+    import aptune
+    from test_surgery import _random_keep
+    from tiny import batch
+
+    model = tiny_bert(num_labels=2)
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4))
+    controller.set_hard_masks(_random_keep(controller, seed=7))
+    controller.prune_to_masks_()
+    tokenizer = BertTokenizerFast.from_pretrained(str(tiny_model_dir))
+    aptune.export(model, controller, tmp_path / "run" / "model", tokenizer=tokenizer)
+    out = tmp_path / "small-bf16"
+    code, stdout, stderr = run_cli(
+        ["export", str(tmp_path / "run"), "--out", str(out), "--dtype", "bfloat16"], capsys
+    )
+    assert code == 0, stderr
+    assert str(out) in stdout
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}  # noqa: SIM118
+    assert (out / "tokenizer_config.json").is_file() and (out / "modeling_aptune.py").is_file()
+    inputs = batch(num_labels=2)
+    inputs.pop("labels")
+    small = aptune.load(out)  # the content hash was written for the new weights
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        got = small.float()(**inputs).logits
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
+    code, _, stderr = run_cli(["export", str(tmp_path / "run"), "--out", str(out), "--dtype", "int8"], capsys)
+    assert code == 2 and "--dtype" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_accelerate_launch_two_processes_on_cpu(tmp_path, tiny_model_dir):
+    """The README's multi-process command, as a user types it, on a machine without GPUs."""
+    train = _csv(tmp_path / "train.csv", _rows(48))
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
+    result = subprocess.run(
+        [
+            *launch,
+            *("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"),
+            *("--dynamo_backend", "no", "--main_process_port", "29541"),
+            *("-m", "aptune.cli", "train", "--model", str(tiny_model_dir), "--train-file", str(train)),
+            *("--output-dir", str(out), "--max-steps", "12", "--batch-size", "4", "--num-events", "2"),
+            *("--target-density", "0.5", "--max-length", "16", "--evaluations", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("aptune: done") == 1  # rank 0 reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["data_parallel"] == {"processes": 2, "global_batch_size": 8}
+    assert len(report["events"]) == 2 and report["summary"]["final_density"] <= 0.5 + 1e-6
+    import aptune
+
+    assert (
+        sum(p.numel() for p in aptune.load(out / "model").parameters())
+        < report["export"]["total_params_before"]
+    )

@@ -62,7 +62,7 @@ def test_teacher_keeps_its_structure_after_student_surgery():
     inputs = batch()
     inputs.pop("labels")
     reference = copy.deepcopy(model)
-    controller._snapshot_teacher()
+    controller.snapshot_teacher()
     # the student keeps training and shrinks
     with torch.no_grad():
         for adapter in controller.adapters.values():
@@ -86,7 +86,7 @@ def test_teacher_keeps_its_structure_after_student_surgery():
 def test_distillation_loss_mixes_with_mu():
     model = tiny_bert()
     controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4, distill=True), total_steps=100)
-    controller._snapshot_teacher()
+    controller.snapshot_teacher()
     inputs = batch()
     model.train()
     teacher_out = controller.teacher_forward(inputs)
@@ -132,3 +132,30 @@ def test_kl_factor_applies_to_per_example_predictions_only():
     per_position = _hand_kl(s, t, tau)
     expected = per_position[mask.bool()].mean().item()
     assert abs(parts.pred - expected) < 1e-5
+
+
+def test_self_distiller_mixes_with_the_mu_and_alive_layers_it_is_given():
+    from types import SimpleNamespace
+
+    from aptune.distill import DistillTransform, SelfDistiller
+
+    config = aptune.AptConfig(distill=True, kl_scale=10.0, alpha_pred=0.25, alpha_layer=0.75)
+    transform = DistillTransform(3, rank=2)  # identity at start: Tr(h) == h
+    distiller = SelfDistiller(config, transform, torch.Generator().manual_seed(0), encoder_decoder=False)
+    gen = torch.Generator().manual_seed(5)
+    s_logits, t_logits = torch.randn(4, 2, generator=gen), torch.randn(4, 2, generator=gen)
+    zeros, ones = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
+    # embeddings, then one state per layer; every teacher layer is sampled (3 layers, 4 blocks asked).
+    # Layer 0 matches (0); student layer 1 is dead, so teacher layer 1 (ones) takes the better of
+    # student layers 0 (zeros, MSE 1) and 2 (ones, MSE 0); layer 2 is off by one everywhere (1).
+    student = SimpleNamespace(logits=s_logits, hidden_states=[zeros, zeros, 9 * ones, ones])
+    teacher = SimpleNamespace(logits=t_logits, hidden_states=[zeros, zeros, ones, zeros])
+    task = torch.tensor(2.0)
+    loss, parts = distiller.loss(student, teacher, task, mu=0.4, alive={None: [True, False, True]})
+    pred = 10.0 * _hand_kl(s_logits, t_logits, config.temperature).mean()
+    torch.testing.assert_close(torch.tensor(parts.pred), pred)
+    assert parts.layer == 1.0 and parts.mu == 0.4 and distiller.last_parts is parts
+    torch.testing.assert_close(loss, 0.4 * (0.25 * pred + 0.75 * 1.0) + 0.6 * task)
+    # told that layer 1 is alive, the distiller matches it directly: MSE(9, 1) = 64 more
+    _, parts = distiller.loss(student, teacher, task, mu=0.4, alive={None: [True, True, True]})
+    assert parts.layer == 65.0

@@ -92,6 +92,7 @@ def _launch(tmp_path: Path, name: str, processes: int) -> list[dict]:
     return [torch.load(out / f"final-{r}.pt", weights_only=True) for r in range(processes)]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     (single,) = _launch(tmp_path, "one", 1)

@@ -106,3 +106,113 @@ def test_export_refuses_soft_masks(tmp_path):
     with pytest.raises(ExportError, match="soft-mask window"):
         aptune.export(model, controller, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _encoder(family: str, head: str):
+    """A tiny BERT or RoBERTa (configs of tests/tiny.py) with the given head: ``token`` or ``bare``."""
+    from transformers import (
+        BertForTokenClassification,
+        BertModel,
+        RobertaForTokenClassification,
+        RobertaModel,
+    )
+
+    config = (tiny_bert if family == "bert" else tiny_roberta)().config
+    classes = {
+        ("bert", "token"): BertForTokenClassification,
+        ("bert", "bare"): BertModel,
+        ("roberta", "token"): RobertaForTokenClassification,
+        ("roberta", "bare"): RobertaModel,
+    }
+    torch.manual_seed(0)
+    return classes[family, head](config)
+
+
+def _outputs(model, inputs) -> dict[str, torch.Tensor]:
+    out = model(**inputs)
+    if "logits" in out:
+        return {"logits": out.logits}
+    return {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("head", ["token", "bare"])
+def test_token_classification_and_bare_encoders_train_export_and_reload(tmp_path, family, head):
+    model = _encoder(family, head)
+    inputs = batch(num_labels=2)
+    inputs.pop("labels")
+    token_labels = torch.randint(0, 2, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(2))
+    steps = 16
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.5, num_events=2), total_steps=steps)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        if head == "token":
+            loss = model(**inputs, labels=token_labels).loss
+        else:  # no head and no loss: any differentiable function of the outputs trains the adapters
+            loss = model(**inputs).last_hidden_state.pow(2).mean()
+        loss.backward()
+        del loss  # its graph refers to the shapes before the step's surgery
+        optimizer.step()
+        controller.step(optimizer)
+        optimizer.zero_grad()
+    assert len(controller.events) == 2 and controller.density() <= 0.5 + 1e-6
+    model.eval()
+    with torch.no_grad():
+        expected = _outputs(model, inputs)
+    aptune.export(model, controller, tmp_path / "out")
+    again = aptune.load(tmp_path / "out")
+    assert type(again).__name__ == "Apt" + type(model).__name__
+    with torch.no_grad():
+        got = _outputs(again, inputs)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4, msg=name)
+    dense = _encoder(family, head)
+    assert sum(p.numel() for p in again.parameters()) < sum(p.numel() for p in dense.parameters())
+
+
+def test_a_weight_changed_after_export_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, controller = _pruned(tiny_bert)
+    out = tmp_path / "out"
+    aptune.export(model, controller, out)
+    weights = load_file(out / "model.safetensors")
+    name = next(iter(weights))
+    weights[name].view(-1)[0] += 1.0  # same names, shapes and dtype: only the content differs
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=r"model\.safetensors was modified after export") as caught:
+        aptune.load(out)
+    assert "export the model again" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "head"),
+    [("text-classification", "sequence"), ("token-classification", "token"), ("feature-extraction", "bare")],
+)
+def test_pipelines_accept_exported_encoders_without_a_warning(tmp_path, wordpiece_tokenizer, task, head):
+    import logging
+
+    import transformers
+
+    model = tiny_bert() if head == "sequence" else _encoder("bert", head)
+    model.resize_token_embeddings(len(wordpiece_tokenizer))
+    controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4))
+    controller.set_hard_masks(_random_keep(controller, seed=7))
+    controller.prune_to_masks_()
+    aptune.export(model, controller, tmp_path / "out", tokenizer=wordpiece_tokenizer)
+    messages: list[str] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    library_logger = logging.getLogger("transformers")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    library_logger.addHandler(handler)
+    try:
+        pipe = transformers.pipeline(task, model=aptune.load(tmp_path / "out"), tokenizer=wordpiece_tokenizer)
+        result = pipe("the cat sat on the mat")
+    finally:
+        library_logger.removeHandler(handler)
+        transformers.logging.set_verbosity(verbosity)
+    assert result
+    assert not [m for m in messages if "not supported" in m], messages

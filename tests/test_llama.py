@@ -282,7 +282,7 @@ def test_kurtosis_bonus_per_kv_group_matches_brute_force():
     inputs = _inputs()
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     handle.remove()
-    heads, _, _ = controller._current_salience()
+    heads, _, _ = controller.current_salience()
     channel = controller.state.collector.channel_salience(("head", 1))
     bonus = heads[1] - channel.reshape(-1, site.unit_width).sum(1)
     mean_input = captured[0].reshape(-1, captured[0].shape[-1]).mean(0)  # over every token

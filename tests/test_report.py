@@ -241,12 +241,12 @@ def test_many_adapters_use_a_heat_map_and_final_metrics_win(tmp_path: Path) -> N
 def test_a_failing_plot_is_skipped_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import aptune.report as report
+    import aptune.report.plots as plots
 
     def broken(data: dict) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(report._PLOT_FUNCTIONS, "salience", broken)
+    monkeypatch.setitem(plots.PLOT_FUNCTIONS, "salience", broken)
     with caplog.at_level(logging.WARNING, logger="aptune.report"):
         written = write_report(tmp_path, _recorder())
     assert "salience.png" not in written and "density.png" in written
@@ -339,3 +339,31 @@ def test_markdown_formats_free_form_fields_and_pretune_event(tmp_path: Path) -> 
         "| pre-tune | 0 | – | 0.750 | 7,500 |",
     ):
         assert row in md, f"missing row: {row}"
+
+
+def test_memory_fields_with_a_unit_word_inside_the_key_use_that_unit(tmp_path: Path) -> None:
+    """``peak_rss_mb_after_export`` holds MiB: 1610 MiB is 1.57 GiB, not 1,610 bytes (1.57 KiB)."""
+    rec = RunRecorder({}, _model_info())
+    rec.set("peak_memory", {"peak_rss_mb": 1500.0, "peak_rss_mb_after_export": 1610.0, "total_bytes": 2048})
+    md = write_report(tmp_path, rec, plots=False)["report.md"].read_text(encoding="utf-8")
+    assert "| Peak memory: peak_rss_mb_after_export | 1.57 GiB |" in md
+    assert "| Peak memory: peak_rss_mb | 1.46 GiB |" in md
+    assert "| Peak memory: total_bytes | 2.00 KiB |" in md
+    assert "KiB" not in md.split("total_bytes")[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "text"),
+    [
+        ("peak_rss_mb_after_export", 1610.0, "1.57 GiB"),
+        ("vram_gib", 2.0, "2.00 GiB"),
+        ("cache_kib_at_end", 512, "512.00 KiB"),
+        ("peak_memory", 3 * 1024**3, "3.00 GiB"),  # no unit word: bytes
+        ("rss_mb_ratio", 1.0834, "1.083"),  # a ratio has no unit
+        ("teacher_seconds", 75.0, "1 min 15 s"),
+    ],
+)
+def test_fmt_value_units(key: str, value: float, text: str) -> None:
+    from aptune.report.format import fmt_value
+
+    assert fmt_value(key, value) == text

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL inside a pruning window resumes to the same masks and logits."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -55,8 +56,8 @@ SCRIPT = textwrap.dedent(
     with torch.no_grad():
         logits = model(input_ids=ids[:8], attention_mask=torch.ones_like(ids[:8])).logits
     torch.save(
-        {"logits": logits, "hidden": controller.ids.hidden, "units": controller.ids.units,
-         "neurons": controller.ids.neurons, "ranks": controller.ranks(), "events": len(controller.events),
+        {"logits": logits, "hidden": controller.blocks.hidden, "units": controller.blocks.units,
+         "neurons": controller.blocks.neurons, "ranks": controller.ranks(), "events": len(controller.events),
          "first_step": Kill.first_step},
         os.path.join(out, "final.pt"),
     )
@@ -76,6 +77,7 @@ def _run(folder: Path, mode: str, kill_at: int) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_sigkill_mid_window_then_resume_matches_uninterrupted_run(tmp_path):
     straight = _run(tmp_path / "straight", "fresh", 0)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -120,3 +122,61 @@ def test_interrupted_checkpoint_folders_are_skipped(tmp_path):
             (folder / "aptune_state.json").write_text("{}")
             (folder / "aptune_state.safetensors").write_bytes(b"")
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+
+
+def _train_step(model, controller, optimizer, seed):
+    from tiny import batch
+
+    inputs = batch(seed=seed)
+    if controller.distilling:
+        teacher = controller.teacher_forward(inputs)
+        out = model(**inputs, output_hidden_states=True)
+        loss, _ = controller.distillation_loss(out, teacher, out.loss, inputs)
+    else:
+        loss = model(**inputs).loss
+    loss.backward()
+    optimizer.step()
+    controller.step(optimizer)
+    optimizer.zero_grad()
+
+
+def test_state_saved_inside_a_window_resumes_in_process(tmp_path):
+    """Saved mid-window (soft masks, a teacher, grown ranks), reloaded on a fresh model: same run."""
+    from tiny import batch, tiny_bert
+
+    config = aptune.AptConfig(target_density=0.5, num_events=3, distill=True)
+
+    def fresh():
+        model = tiny_bert().train()
+        controller = aptune.prepare_(model, config, total_steps=60)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+        return model, controller, optimizer
+
+    model, controller, optimizer = fresh()
+    schedule = controller.schedule
+    stop = next(s for s in range(schedule.events[0] + 1, 61) if schedule.mask_move(s) == "soft")
+    for step in range(1, stop + 1):
+        _train_step(model, controller, optimizer, seed=step)
+    assert controller.distilling and controller.events and any(m is not None for m in controller.state.heads)
+    save_controller_state(controller, tmp_path)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model2, controller2, optimizer2 = fresh()
+    load_controller_state(controller2, tmp_path)
+    model2.load_state_dict(weights)
+    optimizer2 = torch.optim.AdamW([p for p in model2.parameters() if p.requires_grad], lr=5e-3)
+    optimizer2.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # no shared state tensors
+    assert controller2.structure() == controller.structure() and controller2.ranks() == controller.ranks()
+    assert controller2.step_count == stop and len(controller2.events) == len(controller.events)
+    for a, b in zip(controller.state.heads, controller2.state.heads, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert controller2.scores.adapter_importance == controller.scores.adapter_importance
+    assert sorted(controller2.teacher.tensors) == sorted(controller.teacher.tensors)
+    for step in range(stop + 1, 61):
+        _train_step(model, controller, optimizer, seed=step)
+        _train_step(model2, controller2, optimizer2, seed=step)
+    assert controller2.structure() == controller.structure() and controller2.ranks() == controller.ranks()
+    inputs = batch(seed=99)
+    inputs.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(model2.eval()(**inputs).logits, model.eval()(**inputs).logits)

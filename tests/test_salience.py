@@ -41,7 +41,7 @@ def test_collected_salience_equals_brute_force():
             total[name] = (a + act, g + grad)
     h1.remove()
     h2.remove()
-    heads, neurons, _ = controller._current_salience()
+    heads, neurons, _ = controller.current_salience()
     act, grad = total["o"]
     expected_heads = (act * grad).reshape(-1, site.head_dim).sum(1)  # (heads, d_h) -> per head
     torch.testing.assert_close(heads[1], expected_heads, rtol=1e-5, atol=1e-8)
@@ -56,13 +56,13 @@ def test_ema_folds_steps():
     model.train()
     controller.state.collector.active = True
     model(**batch(seed=1)).loss.backward()
-    first = controller._current_salience()[1][0].clone()
-    controller._fold_salience()
+    first = controller.current_salience()[1][0].clone()
+    controller.scores.fold(controller.current_salience())
     controller.state.collector.reset()
     model.zero_grad()
     model(**batch(seed=2)).loss.backward()
-    second = controller._current_salience()[1][0].clone()
-    controller._fold_salience()
+    second = controller.current_salience()[1][0].clone()
+    controller.scores.fold(controller.current_salience())
     torch.testing.assert_close(controller.scores.neurons[0], 0.5 * first + 0.5 * second)
 
 

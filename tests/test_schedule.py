@@ -91,7 +91,7 @@ def test_budget_growth_one_keeps_budget_flat() -> None:
 
 
 def test_paper_sst2_densities_are_reproduced() -> None:
-    # apt-method.md 4.1 / timeline: RoBERTa-base SST-2, 10 events, 1-epoch warm-up.
+    # The authors' RoBERTa-base SST-2 timeline: 10 events, 1-epoch warm-up.
     config = AptConfig(
         prune_start=200, prune_end=6315, density_warmup=2105, num_events=10, target_density=0.4
     )
@@ -207,6 +207,28 @@ def test_hard_step_with_a_one_step_window() -> None:
     hard = [step for step in range(1001) if schedule.is_hard_step(step)]
     assert hard == [event - 1 for event in schedule.events]
     assert all(schedule.window_index(step) is not None for step in hard)
+
+
+@pytest.mark.parametrize("mask_window", [None, 1, 2, 5])
+def test_mask_moves_soft_then_hard_inside_each_window(mask_window) -> None:
+    schedule = build_schedule(AptConfig(mask_window=mask_window), 1000)
+    window, lead = schedule.window, 2 if schedule.window >= 2 else 1
+    expected = {}
+    for event in schedule.events:
+        # written out from the rule: soft from the window's first step up to the hard step, hard on it,
+        # nothing on the step between the hard step and the event
+        expected.update({step: "soft" for step in range(event - window, event - lead)})
+        expected[event - lead] = "hard"
+    assert {step: schedule.mask_move(step) for step in range(1001) if schedule.mask_move(step)} == expected
+    assert [s for s in range(1001) if schedule.opens_window(s)] == [e - window for e in schedule.events]
+
+
+def test_salience_is_collected_from_start_to_end(example: Schedule) -> None:
+    assert [s for s in range(1001) if example.collects(s)] == list(range(example.start, example.end + 1))
+
+
+def test_budget_factor_at_each_event(example: Schedule) -> None:
+    assert [example.budget_factor(e) for e in example.events] == list(example.budgets)
 
 
 def test_density_target_by_step(example: Schedule) -> None:

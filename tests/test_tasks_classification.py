@@ -106,11 +106,11 @@ def test_sentence_pairs_with_string_labels(tmp_path, wordpiece_tokenizer):
 def test_pair_columns_win_over_single_and_explicit_columns(tmp_path, wordpiece_tokenizer):
     rows = [{"question": "who sat", "sentence": "the cat sat", "text": "x", "label": i % 2} for i in range(4)]
     train = write_jsonl(tmp_path / "qnli.jsonl", rows)
-    auto = load_task("classification", wordpiece_tokenizer, train_file=train, eval_fraction=0.5)
+    # The four rows repeat one text on purpose (only the columns matter here): keep them all.
+    options = {"train_file": train, "eval_fraction": 0.5, "dedupe": False}
+    auto = load_task("classification", wordpiece_tokenizer, **options)
     assert auto.info["text_columns"] == ["question", "sentence"]
-    explicit = load_task(
-        "classification", wordpiece_tokenizer, train_file=train, eval_fraction=0.5, text_columns="text"
-    )
+    explicit = load_task("classification", wordpiece_tokenizer, **options, text_columns="text")
     assert explicit.info["text_columns"] == ["text"]
 
 

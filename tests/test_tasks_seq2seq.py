@@ -1,4 +1,4 @@
-"""Seq2seq: source/target files, label padding, and ROUGE computed locally."""
+"""Seq2seq: source/target files, label padding, and ROUGE from rouge-score (stemmed, rougeLsum)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers import EvalPrediction
 
 from aptune.errors import DataError
 from aptune.tasks import Seq2SeqMetrics, load_task, rouge_scores
-from aptune.tasks.seq2seq import reduce_seq2seq_logits, rouge_l, rouge_n, rouge_tokens
+from aptune.tasks.seq2seq import reduce_seq2seq_logits, split_sentences
 
 PAIRS = [
     ("the cat sat on the mat in paris", "cat on mat"),
@@ -33,16 +33,19 @@ def test_rouge_by_hand():
     # ROUGE-1: overlap the x2, cat, on, mat = 5 -> P = R = 5/6 -> F = 5/6
     # ROUGE-2: bigrams in common: the-cat, on-the, the-mat = 3 of 5 each -> F = 3/5
     # ROUGE-L: LCS "the cat on the mat" = 5 -> F = 5/6
+    # One sentence each, so the summary-level rougeLsum equals rougeL.
     scores = rouge_scores([prediction], [reference])
-    assert scores == pytest.approx({"rouge1": 5 / 6, "rouge2": 3 / 5, "rougeL": 5 / 6})
+    assert scores == pytest.approx({"rouge1": 5 / 6, "rouge2": 3 / 5, "rougeL": 5 / 6, "rougeLsum": 5 / 6})
     # Unequal lengths: "cat mat" vs the same reference: R-1 P = 1, R = 2/6 -> F = 0.5;
     # no common bigram; LCS 2 -> F = 0.5.
     assert rouge_scores(["cat mat", "x"], [reference, "y"]) == pytest.approx(
-        {"rouge1": 0.25, "rouge2": 0.0, "rougeL": 0.25}
+        {"rouge1": 0.25, "rouge2": 0.0, "rougeL": 0.25, "rougeLsum": 0.25}
     )
-    assert rouge_tokens("The cat's 2 hats!") == ["the", "cat", "s", "2", "hats"]
-    assert rouge_n([], ["a"], 1) == 0.0 and rouge_l(["a"], []) == 0.0
-    assert rouge_l(list("abcbdab"), list("bdcaba")) == pytest.approx(2 * (4 / 7) * (4 / 6) / (4 / 7 + 4 / 6))
+    # Tokens are lower-cased runs of letters and digits, Porter-stemmed: "hats" matches "hat".
+    assert rouge_scores(["The cat's 2 hats!"], ["the cat s 2 hat"])["rouge1"] == pytest.approx(1.0)
+    assert rouge_scores([""], ["a"])["rouge1"] == 0.0 and rouge_scores(["a"], [""])["rougeL"] == 0.0
+    lcs = rouge_scores([" ".join("abcbdab")], [" ".join("bdcaba")])["rougeL"]
+    assert lcs == pytest.approx(2 * (4 / 7) * (4 / 6) / (4 / 7 + 4 / 6))
     with pytest.raises(ValueError):
         rouge_scores(["a"], [])
 
@@ -157,3 +160,22 @@ def test_seq2seq_trainer_with_generation(tmp_path, wordpiece_tokenizer):
     expected = rouge_scores(generated, [t for _, t in PAIRS])
     assert metrics["eval_rougeL"] == pytest.approx(expected["rougeL"])
     assert metrics["eval_rouge1"] == pytest.approx(expected["rouge1"])
+
+
+def test_rouge_lsum_is_summary_level_over_sentences():
+    # Reference sentences "the cat sat" / "the dog ran"; the prediction has them in the other order.
+    # rougeL (one sequence): LCS of [the cat sat the dog ran] and [the dog ran the cat sat] is 3 of 6
+    # tokens -> F = 0.5. rougeLsum: each reference sentence is matched in full by one predicted
+    # sentence (union LCS 3 + 3 of 6) -> P = R = 1. rouge2: 4 of the 5 bigrams are shared -> 0.8.
+    scores = rouge_scores(["The dog ran. The cat sat."], ["The cat sat.\nThe dog ran."])
+    assert scores == pytest.approx({"rouge1": 1.0, "rouge2": 0.8, "rougeL": 0.5, "rougeLsum": 1.0})
+    assert split_sentences("The dog ran. The cat sat.") == "The dog ran.\nThe cat sat."
+    assert split_sentences("One line\nTwo lines") == "One line\nTwo lines"
+
+
+def test_rouge_uses_porter_stemming_as_reported_for_cnn_dailymail():
+    # Stemmed: [the cat are run] vs [the cat is run] -> 3 of 4 unigrams -> 0.75 (0.25 unstemmed);
+    # bigrams "the cat" of 3 -> 1/3.
+    scores = rouge_scores(["the cats are running"], ["the cat is run"])
+    assert scores["rouge1"] == pytest.approx(0.75) and scores["rouge2"] == pytest.approx(1 / 3)
+    assert scores["rougeL"] == pytest.approx(0.75)

@@ -2,8 +2,8 @@
 
 The adapter computes ``y = base(x) + s * (x @ A.T) @ B.T`` with a *fixed* scaling ``s`` (the paper
 uses 2 whatever the rank, which the authors' code realises by scaling alpha with the rank). ``B``
-starts at zero so a new adapter is a no-op, and growth appends rows to ``A`` and zero columns to
-``B`` so the output is unchanged at the moment of growth.
+starts at zero so a new adapter is a no-op, and growth (`aptune.surgery.grow_adapter_`) appends rows to
+``A`` and zero columns to ``B`` so the output is unchanged at the moment of growth.
 
 Structured masks are not per adapter: they act on activations at model level (see `aptune.masks`),
 as in the authors' code. All sizes are read from the tensors, never from cached attributes, so the
@@ -50,7 +50,7 @@ class AptLinear(nn.Module):
 
     Example:
         >>> layer = AptLinear(nn.Linear(16, 8), rank=2)
-        >>> layer.grow_rank_(4)   # output unchanged, two new rank rows
+        >>> aptune.surgery.grow_adapter_(layer, 4)   # output unchanged, two new rank rows
     """
 
     def __init__(self, base_layer: nn.Linear, rank: int, scaling: float = 2.0) -> None:
@@ -126,32 +126,6 @@ class AptLinear(nn.Module):
         if self.merged:
             self.base_layer.weight.sub_(self.get_delta_weight().to(self.base_layer.weight.dtype))
             self.merged = False
-
-    @torch.no_grad()
-    def grow_rank_(self, new_rank: int, generator: torch.Generator | None = None) -> tuple[int, int]:
-        """Grow the rank in place; the layer output is unchanged (new ``B`` columns are zero).
-
-        The Parameter objects stay the same (their ``.data`` is replaced) so an optimizer that holds
-        them keeps working; `aptune.surgery.grow_adapter_` also extends the optimizer state.
-
-        Args:
-            new_rank: Target rank (>= current rank).
-            generator: Optional RNG for the new ``A`` rows.
-
-        Returns:
-            ``(old_rank, new_rank)``.
-        """
-        old_rank = self.rank
-        if new_rank < old_rank:
-            raise ValueError(f"cannot shrink an adapter by growth ({old_rank} -> {new_rank})")
-        if new_rank == old_rank:
-            return old_rank, new_rank
-        extra = new_rank - old_rank
-        A, B = self.lora_A, self.lora_B
-        new_rows = kaiming_rows(extra, A.shape[1], device=A.device, dtype=A.dtype, generator=generator)
-        A.data = torch.cat([A.data, new_rows], dim=0)
-        B.data = torch.cat([B.data, B.data.new_zeros(B.shape[0], extra)], dim=1)
-        return old_rank, new_rank
 
     def to_linear(self) -> nn.Linear:
         """Return a plain ``nn.Linear`` holding the merged weight (the adapter is folded in)."""

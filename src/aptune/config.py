@@ -4,7 +4,7 @@ Schedule points (``prune_start``, ``prune_end``, ``density_warmup``, ``distill_e
 are *fractions of the total number of optimizer steps* when given as a float in [0, 1], and
 *absolute step numbers* when given as an int. ``AptConfig(target_density=0.4)`` therefore works for a
 run of any length. The defaults are tuned for short runs (a few hundred to a few thousand steps); the
-paper's own values for 40-epoch GLUE runs are listed in docs/apt-method.md section 8.
+paper's own values for 40-epoch GLUE runs are in its Table 6 (training details).
 """
 
 from __future__ import annotations

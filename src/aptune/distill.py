@@ -1,4 +1,4 @@
-"""Efficient self-distillation (paper section 4.4, apt-method.md section 6).
+"""Efficient self-distillation (paper section 4.4).
 
 The teacher is a snapshot of the model's *own* state: it keeps references to the tensors the model
 held when the snapshot was taken. Surgery replaces each Parameter's tensor with a smaller one, so the
@@ -12,13 +12,20 @@ Losses are pure modules computed in float32:
 * `PredictionDistillLoss`: ``KL(p_teacher || p_student)`` at temperature ``tau``, times ``tau**2`` and a
   constant factor (the authors' code uses 10 for classification);
 * `LayerDistillLoss`: MSE between ``Tr(H_student)`` and ``H_teacher`` for sampled teacher layers,
-  with the nearest alive student layer (apt-method.md 6.2).
+  with the nearest alive student layer.
+
+`SelfDistiller` holds the teacher snapshot and the transform ``Tr`` and mixes these losses with the
+task loss. It is handed everything it needs (the weight ``mu``, the layers still alive, the positions
+that count) and never asks the controller.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +33,28 @@ from torch import nn
 from torch.func import functional_call
 
 from aptune.adapter import AptLinear
+from aptune.config import AptConfig
+from aptune.surgery import slice_linear_
 
 __all__ = [
+    "DISTILL_MODULE_NAME",
     "DistillTransform",
     "LayerDistillLoss",
+    "LossParts",
     "PredictionDistillLoss",
+    "SelfDistiller",
     "Teacher",
     "nearest_alive_candidates",
     "rms_normalise",
     "sample_teacher_layers",
+    "valid_positions",
 ]
+
+DISTILL_MODULE_NAME = "aptune_distill"
+"""Attribute name under which `aptune.prepare_` registers the `DistillTransform` on the model."""
+
+_PREDICTION_FIELDS = ("logits", "start_logits", "end_logits")
+_TARGET_FIELDS = ("labels", "start_positions", "end_positions")
 
 
 class PredictionDistillLoss(nn.Module):
@@ -177,6 +196,14 @@ class Teacher:
             self.tensors[name] = param.detach().clone() if param.requires_grad else param.data
         self.hidden_ids = hidden_ids.clone()
 
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], hidden_ids: torch.Tensor) -> Teacher:
+        """A teacher holding ``tensors`` (a restored snapshot)."""
+        teacher = cls.__new__(cls)
+        teacher.tensors = tensors
+        teacher.hidden_ids = hidden_ids.clone()
+        return teacher
+
     def extra_bytes(self, model: nn.Module) -> int:
         """Bytes the snapshot keeps alive that the student no longer shares.
 
@@ -196,3 +223,251 @@ class Teacher:
             return functional_call(model, self.tensors, args=(), kwargs=kwargs, strict=False)
         finally:
             model.train(was_training)
+
+
+@dataclass
+class LossParts:
+    """The terms of the training loss at one step (floats, for logging)."""
+
+    task: float | None = None
+    pred: float | None = None
+    layer: float | None = None
+    mu: float | None = None
+
+
+def valid_positions(inputs: Mapping[str, Any], encoder_decoder: bool) -> torch.Tensor | None:
+    """Which token positions of the logits count in the prediction loss.
+
+    Args:
+        inputs: The model inputs of the batch.
+        encoder_decoder: Whether the model is an encoder-decoder (its logits follow the decoder).
+
+    Returns:
+        A boolean ``(batch, T)`` mask: the decoder targets for encoder-decoders (the encoder's
+        ``attention_mask`` has the source length), the attention mask otherwise; None if unknown.
+    """
+    if encoder_decoder:
+        if inputs.get("decoder_attention_mask") is not None:
+            return inputs["decoder_attention_mask"].bool()
+        labels = inputs.get("labels")
+        return labels != -100 if labels is not None else None
+    mask = inputs.get("attention_mask")
+    return mask.bool() if mask is not None else None
+
+
+class SelfDistiller:
+    """The teacher snapshot, the transform ``Tr`` and the combined training loss.
+
+    Args:
+        config: Loss weights and scales (``alpha_*``, ``kl_scale``, ``token_kl_scale``,
+            ``temperature``, ``num_teacher_layers``, ``layer_mapping``).
+        transform: The `DistillTransform` registered on the model, or None (no layer loss).
+        generator: RNG of the teacher-layer sampling (shared with the controller's rank growth).
+        encoder_decoder: Whether the model is an encoder-decoder (normalised layer loss, decoder
+            inputs derived from the labels for the teacher).
+
+    Attributes:
+        teacher: The current `Teacher`, or None.
+        transform_out_ids: Original ids of the hidden dimensions the transform's rows stand for.
+        teacher_seconds: Time spent in teacher forwards.
+        teacher_peak_bytes: Largest memory the snapshot kept alive beyond the student.
+        last_parts: The `LossParts` of the latest `loss`.
+    """
+
+    def __init__(
+        self,
+        config: AptConfig,
+        transform: DistillTransform | None,
+        generator: torch.Generator,
+        encoder_decoder: bool,
+    ) -> None:
+        self.config = config
+        self.transform = transform
+        self.generator = generator
+        self.encoder_decoder = encoder_decoder
+        self.teacher: Teacher | None = None
+        self.transform_out_ids = torch.arange(transform.out_features) if transform is not None else None
+        self.teacher_seconds = 0.0
+        self.teacher_peak_bytes = 0
+        self.last_parts = LossParts()
+        self._pred_loss = PredictionDistillLoss(config.temperature)
+        self._layer_loss = LayerDistillLoss()
+
+    def attach_transform(self, transform: DistillTransform) -> None:
+        """Use ``transform`` as ``Tr`` (its rows stand for every hidden dimension of the model now)."""
+        self.transform = transform
+        self.transform_out_ids = torch.arange(transform.out_features)
+
+    def snapshot_(self, model: nn.Module, hidden_ids: torch.Tensor, optimizer=None) -> bool:
+        """Take a teacher snapshot of ``model`` as it is now.
+
+        The transform's output rows follow the teacher's hidden width: the rows of dimensions the
+        model no longer has are removed (with their optimizer state).
+
+        Args:
+            model: The student.
+            hidden_ids: Original ids of the hidden dimensions the model has now.
+            optimizer: Optimizer holding the transform's parameters, if any.
+
+        Returns:
+            Whether the transform changed shape.
+        """
+        changed = False
+        if self.transform is not None:
+            if self.transform.out_features != hidden_ids.numel():
+                rows = torch.nonzero(torch.isin(self.transform_out_ids, hidden_ids)).squeeze(1)
+                slice_linear_(self.transform, rows=rows, optimizer=optimizer)
+                changed = True
+            self.transform_out_ids = hidden_ids.clone()
+        self.teacher = Teacher(model, hidden_ids, skip_prefixes=(DISTILL_MODULE_NAME + ".",))
+        return changed
+
+    def release(self) -> None:
+        """Drop the teacher snapshot (distillation is over)."""
+        self.teacher = None
+
+    def note_memory(self, model: nn.Module) -> None:
+        """Record the memory the snapshot keeps alive now that the student shrank."""
+        if self.teacher is not None:
+            self.teacher_peak_bytes = max(self.teacher_peak_bytes, self.teacher.extra_bytes(model))
+
+    def teacher_forward(self, model: nn.Module, inputs: Mapping[str, Any]) -> object:
+        """Teacher outputs for the student's ``inputs`` (targets removed; the caller turns masks off).
+
+        Raises:
+            RuntimeError: no snapshot exists.
+        """
+        if self.teacher is None:
+            raise RuntimeError("no teacher snapshot exists yet")
+        start = time.perf_counter()
+        try:
+            inputs = dict(inputs)
+            if self.encoder_decoder and "decoder_input_ids" not in inputs and "labels" in inputs:
+                # the student derives its decoder inputs from the labels; the teacher gets none
+                inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(
+                    labels=inputs["labels"]
+                )
+            inputs = {k: v for k, v in inputs.items() if k not in _TARGET_FIELDS}
+            return self.teacher.forward(model, inputs)
+        finally:
+            self.teacher_seconds += time.perf_counter() - start
+
+    def loss(
+        self,
+        student_outputs,
+        teacher_outputs,
+        task_loss: torch.Tensor,
+        *,
+        mu: float,
+        alive: Mapping[str | None, Sequence[bool]],
+        valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LossParts]:
+        """``mu * (a_pred * L_pred + a_layer * L_layer) + (1 - mu) * L_task``.
+
+        Args:
+            student_outputs, teacher_outputs: Model outputs; the teacher's carry hidden states.
+            task_loss: The student's task loss.
+            mu: Weight of the distillation terms.
+            alive: Alive flags per layer, keyed by stack (``"encoder"``, ``"decoder"``) and by None
+                for a single stack (see `aptune.blocks.BlockBook.alive_layers`).
+            valid: Boolean ``(batch, T)`` mask of the token positions that count (`valid_positions`).
+
+        Returns:
+            ``(loss, LossParts)``; the parts are also kept as ``last_parts``.
+        """
+        cfg = self.config
+        pred_terms = []
+        for name in _PREDICTION_FIELDS:
+            s = getattr(student_outputs, name, None)
+            t = getattr(teacher_outputs, name, None)
+            if s is None or t is None:
+                continue
+            if s.dim() == 3:  # token-level logits (batch, T, V): only real target positions count
+                mask = valid if valid is not None and valid.shape == s.shape[:2] else None
+                pred_terms.append(self._pred_loss(s, t, mask) * cfg.token_kl_scale)
+            else:  # one prediction per example (classification; QA start/end over positions)
+                pred_terms.append(self._pred_loss(s, t) * cfg.kl_scale)
+        pred = torch.stack(pred_terms).mean() if pred_terms else task_loss.new_zeros(())
+        layer = task_loss.new_zeros(())
+        layer_terms = []
+        pairs = [] if self.transform is None else _hidden_state_pairs(student_outputs, teacher_outputs)
+        for s_states, t_states, stack in pairs:
+            layers = sample_teacher_layers(len(t_states) - 1, cfg.num_teacher_layers, self.generator)
+            layer_terms.append(
+                self._layer_loss(
+                    s_states[1:],
+                    t_states[1:],
+                    layers,
+                    alive[stack],
+                    self.transform,
+                    cfg.layer_mapping,
+                    normalise=self.encoder_decoder,
+                )
+            )
+        if layer_terms:
+            layer = torch.stack(layer_terms).mean()
+        distill = cfg.alpha_pred * pred + cfg.alpha_layer * layer
+        loss = mu * distill + (1 - mu) * task_loss.float()
+        parts = LossParts(
+            task=float(task_loss.detach()), pred=float(pred.detach()), layer=float(layer.detach()), mu=mu
+        )
+        self.last_parts = parts
+        return loss, parts
+
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """Transform rows, teacher snapshot and teacher time.
+
+        Teacher tensors that are still the model's own are listed by name under ``"shared"``
+        instead of being stored twice.
+        """
+        teacher = None
+        if self.teacher is not None:
+            live = {name: p.data.data_ptr() for name, p in model.named_parameters()}
+            shared = [n for n, t in self.teacher.tensors.items() if live.get(n) == t.data_ptr()]
+            own = {n: t for n, t in self.teacher.tensors.items() if n not in shared}
+            teacher = {"hidden_ids": self.teacher.hidden_ids, "tensors": own, "shared": shared}
+        return {
+            "transform_out_ids": self.transform_out_ids,
+            "teacher": teacher,
+            "seconds": self.teacher_seconds,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], model: nn.Module, optimizer=None) -> None:
+        """Restore what `state_dict` returned, after the model got its saved shapes.
+
+        Args:
+            state: The saved state.
+            model: The student (shared teacher tensors are its own parameters).
+            optimizer: Optimizer holding the transform's parameters, if any.
+        """
+        if self.transform is not None and state["transform_out_ids"] is not None:
+            out_ids = state["transform_out_ids"].long()
+            if out_ids.numel() != self.transform.out_features:
+                slice_linear_(self.transform, rows=out_ids, optimizer=optimizer)
+            self.transform_out_ids = out_ids.clone()
+        self.teacher_seconds = float(state["seconds"])
+        saved = state["teacher"]
+        if saved is None:
+            return
+        device = next(model.parameters()).device
+        tensors = {name: t.to(device) for name, t in saved["tensors"].items()}
+        # shared tensors: the model's own (the checkpoint's weights are copied into them in place)
+        for name in saved["shared"]:
+            tensors[name] = model.get_parameter(name).data
+        self.teacher = Teacher.from_tensors(tensors, saved["hidden_ids"].long())
+
+
+def _hidden_state_pairs(student_outputs, teacher_outputs) -> list[tuple]:
+    # (student states, teacher states, stack) per stack; encoder-decoders return their stacks
+    # separately and the layer loss averages them
+    s_states = getattr(student_outputs, "hidden_states", None)
+    t_states = getattr(teacher_outputs, "hidden_states", None)
+    if s_states is not None and t_states is not None:
+        return [(s_states, t_states, None)]
+    pairs = []
+    for stack in ("encoder", "decoder"):
+        s_states = getattr(student_outputs, f"{stack}_hidden_states", None)
+        t_states = getattr(teacher_outputs, f"{stack}_hidden_states", None)
+        if s_states is not None and t_states is not None:
+            pairs.append((s_states, t_states, stack))
+    return pairs

@@ -5,16 +5,19 @@ and the masks, and writes, atomically (a temporary folder renamed into place):
 
 * ``model.safetensors`` with the stock parameter names,
 * ``config.json``: the original config plus ``aptune_plan`` (versioned: every tensor's shape, the
-  head-count attributes of each attention module, a per-layer summary) and ``auto_map`` pointing at
+  head-count attributes of each attention module, a per-layer summary, the sha256 of
+  ``model.safetensors``) and ``auto_map`` pointing at
 * ``modeling_aptune.py``, a self-contained loader (torch + transformers only),
 * the tokenizer files when a tokenizer is given.
 
 `load` reads such a folder with aptune's own copy of the loader classes (never code found in the
-folder), after checking the plan against the safetensors header.
+folder), after checking the plan against the safetensors header and the weights against their
+recorded sha256. `reexport` writes an exported folder again in another dtype.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +34,10 @@ from aptune.errors import ExportError
 from aptune.hub import modeling_aptune
 from aptune.hub.modeling_aptune import PLAN_FORMAT_VERSION, PLAN_KEY, READABLE_PLAN_VERSIONS
 
-__all__ = ["export", "load", "merged_state_dict"]
+__all__ = ["export", "load", "merged_state_dict", "reexport"]
+
+WEIGHTS_FILE = "model.safetensors"
+HASH_KEY = "weights_sha256"  # sha256 of model.safetensors, recorded in the plan
 
 _HUB_FILE = Path(modeling_aptune.__file__)
 _AUTO_CLASS_BY_SUFFIX = (
@@ -86,10 +92,11 @@ def build_plan(model: nn.Module, controller, state: dict[str, torch.Tensor]) -> 
     """The versioned per-layer plan stored in the exported config."""
     layout = controller.layout
     attributes, zero_attention = {}, {}
+    units = controller.structure()["units"]
     for i, site in enumerate(layout.attention):
         module = model.get_submodule(site.module)
         attributes[site.module] = {name: getattr(module, name) for name in site.count_attrs}
-        if controller._num_units(i) == 0:
+        if units[i] == 0:
             zero_attention[site.module] = site.zero_kind
     summary = controller.layer_summary()
     return {
@@ -165,17 +172,66 @@ def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None)
     config["auto_map"] = {_auto_class(class_name): f"modeling_aptune.{apt_class}"}
     config["architectures"] = [apt_class]
 
+    _write_folder(Path(out_dir), state, config, tokenizer=tokenizer)
+    return load(out_dir, device=next(model.parameters()).device)
+
+
+def reexport(source: str | Path, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Write a folder written by `export` again, optionally with its weights cast to ``dtype``.
+
+    The plan, the tokenizer and every other file of ``source`` are kept; the weights and their
+    content hash are written anew.
+
+    Args:
+        source: An exported folder (checked as `load` checks it).
+        out_dir: Target folder (replaced atomically if it exists).
+        dtype: The dtype of the written weights (default: as in ``source``).
+
+    Returns:
+        The written model, loaded back with `load`.
+
+    Raises:
+        ExportError: ``source`` is not an intact aptune export.
+    """
+    source = Path(source)
+    model = load(source, dtype=dtype)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config[PLAN_KEY]["format_version"] = PLAN_FORMAT_VERSION
+    state = model.state_dict()
+    state = {name: state[name].contiguous() for name in config[PLAN_KEY]["shapes"]}
+    rewritten = {"model.safetensors", "config.json", "modeling_aptune.py"}
+    others = [item for item in source.iterdir() if item.is_file() and item.name not in rewritten]
+    _write_folder(Path(out_dir), state, config, copy_files=others)
+    return load(out_dir)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_folder(
+    out_dir: Path, state: dict[str, torch.Tensor], config: dict, *, tokenizer=None, copy_files=()
+) -> None:
+    """Write weights, config (with the weights' content hash in the plan), loader and extra files."""
+
     def fill(folder: Path) -> None:
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        weights = folder / WEIGHTS_FILE
+        save_file(state, str(weights), metadata={"format": "pt"})
+        config[PLAN_KEY][HASH_KEY] = _sha256(weights)
         (folder / "config.json").write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
         shutil.copyfile(_HUB_FILE, folder / "modeling_aptune.py")
+        for item in copy_files:
+            shutil.copyfile(item, folder / Path(item).name)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
 
-    _atomic_write_dir(Path(out_dir), fill)
-    return load(out_dir, device=next(model.parameters()).device)
+    _atomic_write_dir(out_dir, fill)
 
 
 def _check_plan_against_weights(folder: Path, plan: dict) -> None:
@@ -200,6 +256,22 @@ def _check_plan_against_weights(folder: Path, plan: dict) -> None:
         )
 
 
+def _check_weights_hash(folder: Path, plan: dict) -> None:
+    if plan.get("format_version", 1) < 3:
+        return  # written before content hashes were recorded: only the shapes can be checked
+    weights = folder / WEIGHTS_FILE
+    expected = plan.get(HASH_KEY)
+    if not isinstance(expected, str):
+        raise ExportError(
+            f"{folder}: the aptune plan in config.json has no {HASH_KEY}; export the model again"
+        )
+    if _sha256(weights) != expected:
+        raise ExportError(
+            f"{weights} was modified after export (its sha256 differs from the one in config.json); "
+            "export the model again"
+        )
+
+
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load a folder written by `export` with aptune's own loader classes.
 
@@ -212,8 +284,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
         The model, in eval mode.
 
     Raises:
-        ExportError: not an aptune export, an unknown plan version, or a plan that does not match
-            the weights.
+        ExportError: not an aptune export, an unknown plan version, a plan that does not match
+            the weights, or weights modified after export.
     """
     folder = Path(path)
     config_file = folder / "config.json"
@@ -236,6 +308,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     if cls is None:
         raise ExportError(f"{folder}: architecture {architectures!r} is not one aptune can load")
     _check_plan_against_weights(folder, plan)
+    _check_weights_hash(folder, plan)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = cls.from_pretrained(str(folder), **kwargs)
     if device is not None:

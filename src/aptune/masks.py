@@ -12,7 +12,7 @@ modeling file:
   every sub-layer output projection (``o``, ``down``) by the mask, so the residual stream is exactly
   zero on pruned dimensions, and every RMS norm is replaced by `MaskedRMSNorm`, which takes the
   mean square over the kept dimensions only. Hidden salience is read at the sub-layer outputs
-  (apt-method.md 3.1).
+  (as the authors' code does).
 
 The same hooks hand the activations to the `SalienceCollector`. `MaskState.enabled` switches all of
 it off for the teacher's forward pass.
@@ -62,6 +62,69 @@ class MaskState:
     enabled: bool = True
     collector: SalienceCollector = field(default_factory=SalienceCollector)
     handles: list = field(default_factory=list)
+
+    def move_(
+        self,
+        heads: list[torch.Tensor],
+        neurons: list[torch.Tensor],
+        hidden: torch.Tensor | None,
+        step: float | None,
+        device: torch.device,
+    ) -> None:
+        """Move the masks towards keep flags (a missing mask counts as all ones).
+
+        Args:
+            heads: Keep flags per attention site.
+            neurons: Keep flags per FFN site.
+            hidden: Keep flags of the hidden dimensions; None leaves the hidden mask alone, or
+                clears it when ``step`` is None.
+            step: Change per call (kept blocks rise, dropped ones fall, clamped to [0, 1]); None
+                sets the masks to the flags exactly (hard masks).
+            device: Where the masks live.
+        """
+        self.heads = [_moved(m, k, step).to(device) for m, k in zip(self.heads, heads, strict=True)]
+        self.neurons = [_moved(m, k, step).to(device) for m, k in zip(self.neurons, neurons, strict=True)]
+        if hidden is not None:
+            self.hidden = _moved(self.hidden, hidden, step).to(device)
+        elif step is None:
+            self.hidden = None
+
+    def is_hard(self) -> bool:
+        """Whether some mask is set and every mask is exactly 0/1."""
+        present = [m for m in (*self.heads, *self.neurons, self.hidden) if m is not None]
+        return bool(present) and all(bool(((m == 0) | (m == 1)).all()) for m in present)
+
+    def clear(self) -> None:
+        """All masks back to all-ones (``None``), e.g. after the masked blocks were removed."""
+        self.heads = [None] * len(self.heads)
+        self.neurons = [None] * len(self.neurons)
+        self.hidden = None
+
+    def state_dict(self) -> dict:
+        """The masks (per-site tensors keyed by site index; all-ones masks are left out)."""
+        return {
+            "heads": {str(i): m for i, m in enumerate(self.heads) if m is not None},
+            "neurons": {str(i): m for i, m in enumerate(self.neurons) if m is not None},
+            "hidden": self.hidden,
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Restore what `state_dict` returned, onto ``device``."""
+
+        def to(mask: torch.Tensor | None) -> torch.Tensor | None:
+            return mask.to(device) if mask is not None else None
+
+        self.heads = [to(state["heads"].get(str(i))) for i in range(len(self.heads))]
+        self.neurons = [to(state["neurons"].get(str(i))) for i in range(len(self.neurons))]
+        self.hidden = to(state["hidden"])
+
+
+def _moved(mask: torch.Tensor | None, kept: torch.Tensor, step: float | None) -> torch.Tensor:
+    kept = kept.float()
+    if step is None:
+        return kept
+    mask = torch.ones_like(kept) if mask is None else mask.float().cpu()
+    return torch.where(kept > 0, (mask + step).clamp(max=1.0), (mask - step).clamp(min=0.0))
 
 
 class MaskedLayerNorm(nn.LayerNorm):

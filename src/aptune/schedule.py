@@ -1,4 +1,4 @@
-"""The APT timeline as pure functions of the optimizer step (apt-method.md sections 4.1, 4.2, 5.2).
+"""The APT timeline as pure functions of the optimizer step (paper sections 4.2 and 4.3).
 
 `build_schedule` turns an `AptConfig` and the total number of optimizer steps into a frozen
 `Schedule`: where salience collection starts, the ``K = num_events`` pruning events, the target
@@ -6,19 +6,19 @@ density and the trainable-budget factor at each event, the soft-mask window befo
 the distillation weight ``mu``. Nothing here looks at a model; the controller asks the schedule what
 to do at a step.
 
-Readings taken (apt-method.md section 10):
+Readings taken where the paper and the authors' code disagree:
 
 * Density follows the cubic *density* schedule of the authors' code, not the paper's literal sparsity
-  formula (10.1): ``density(e) = min(1, d_T + (1 - d_T) * ((end - e) / (end - warmup_end)) ** 3)``,
+  formula: ``density(e) = min(1, d_T + (1 - d_T) * ((end - e) / (end - warmup_end)) ** 3)``,
   sampled at the events only, so it is 1 at every event up to ``warmup_end`` and exactly ``d_T`` at
   the last event.
 * Events are ``linspace(start, end, K + 1)[1:]`` rounded to the nearest integer step (ties to even,
   like ``numpy.round``); the authors' code truncates, which moves some events by one step.
-* Masks move only inside a window before each event and snap to 0/1 two steps before it (10.2). The
+* Masks move only inside a window before each event and snap to 0/1 two steps before it. The
   authors' code uses a fixed 200-step window and refuses shorter gaps; here the window defaults to
   half the smallest gap between events (at least 2 steps) so that short runs work too, and is always
   shorter than that gap so that no window contains an event step.
-* ``mu`` ramps from 0 to 1 over the pruning span, as in the authors' code (10.10).
+* ``mu`` ramps from 0 to 1 over the pruning span, as in the authors' code.
 """
 
 from __future__ import annotations
@@ -166,10 +166,29 @@ class Schedule:
                 return k
         return None
 
+    def collects(self, step: int) -> bool:
+        """Whether the salience of ``step`` is collected (``start <= step <= end``).
+
+        Args:
+            step: Optimizer step.
+        """
+        return self.start <= step <= self.end
+
+    def opens_window(self, step: int) -> bool:
+        """Whether ``step`` is the first step of a soft-mask window (where the teacher is snapshot).
+
+        Args:
+            step: Optimizer step.
+
+        Returns:
+            True if ``step == events[k] - window`` for some ``k``.
+        """
+        return any(step == event - self.window for event in self.events)
+
     def is_hard_step(self, step: int) -> bool:
         """Whether the masks snap to exactly 0/1 at ``step``.
 
-        That is two steps before an event (apt-method.md 4.2), or one step before it when the window
+        That is two steps before an event (paper section 4.2), or one step before it when the window
         is shorter than two steps, so that the hard step always lies inside the window.
 
         Args:
@@ -178,8 +197,30 @@ class Schedule:
         Returns:
             True if ``step == events[k] - 2`` (``events[k] - 1`` when ``window < 2``) for some ``k``.
         """
-        lead = 2 if self.window >= 2 else 1
-        return any(step == event - lead for event in self.events)
+        return any(step == event - self._hard_lead for event in self.events)
+
+    def mask_move(self, step: int) -> str | None:
+        """How the masks move at ``step``.
+
+        Args:
+            step: Optimizer step.
+
+        Returns:
+            ``"soft"`` on the window steps before the hard step (masks move by ``mask_step`` towards
+            the keep-set), ``"hard"`` on the hard step (`is_hard_step`), None elsewhere (outside the
+            windows, and between the hard step and the event).
+        """
+        k = self.window_index(step)
+        if k is None:
+            return None
+        if self.is_hard_step(step):
+            return "hard"
+        return "soft" if step < self.events[k] - self._hard_lead else None
+
+    @property
+    def _hard_lead(self) -> int:
+        # steps from the hard step to its event
+        return 2 if self.window >= 2 else 1
 
     def density_target(self, step: int) -> float:
         """Target density of the window or event that ``step`` belongs to.

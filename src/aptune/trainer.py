@@ -27,7 +27,14 @@ from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
 
-__all__ = ["AptCallback", "AptSeq2SeqTrainer", "AptTrainer", "TrainingDivergedError", "peak_rss_mb"]
+__all__ = [
+    "AptCallback",
+    "AptSeq2SeqTrainer",
+    "AptTrainer",
+    "TrainingDivergedError",
+    "peak_rss_mb",
+    "resolve_checkpoint",
+]
 
 logger = logging.getLogger("aptune")
 
@@ -65,6 +72,32 @@ def describe_event(record: dict) -> str:
     )
 
 
+def resolve_checkpoint(resume: str | bool | None, checkpoints_dir: str | Path) -> str | None:
+    """The checkpoint folder a run resumes from.
+
+    Args:
+        resume: None or False (start fresh), True or ``"last"`` (the newest complete checkpoint in
+            ``checkpoints_dir``), or a checkpoint folder.
+        checkpoints_dir: Where the run saves its checkpoints (``TrainingArguments.output_dir``).
+
+    Returns:
+        The folder, or None to start fresh.
+
+    Raises:
+        ConfigError: no complete checkpoint to resume from, or the folder does not exist.
+    """
+    if not resume:
+        return None
+    if resume is True or resume == "last":
+        last = last_complete_checkpoint(checkpoints_dir)
+        if last is None:
+            raise ConfigError(f"no complete aptune checkpoint found in {checkpoints_dir} to resume from")
+        return str(last)
+    if not Path(resume).is_dir():
+        raise ConfigError(f"checkpoint folder {resume} does not exist")
+    return str(resume)
+
+
 class AptCallback(TrainerCallback):
     """Drives the controller from the Trainer's events; holds no training logic of its own."""
 
@@ -96,7 +129,7 @@ class AptCallback(TrainerCallback):
             controller.set_total_steps(state.max_steps)
         if self._on_event not in controller.event_listeners:
             controller.event_listeners.append(self._on_event)  # announces and records every event
-        if controller.config.pretune_prune and not controller._pretuned:
+        if controller.config.pretune_prune and not controller.pretuned:
             started = time.perf_counter()
             self.trainer.calibrate_and_prune_()
             self._phase_times["calibration"] = time.perf_counter() - started
@@ -297,16 +330,8 @@ class AptTrainer(Trainer):
         with it is applied first (see `aptune.checkpoint`); the Trainer then loads weights, optimizer
         and scheduler as usual.
         """
-        if resume_from_checkpoint is True or resume_from_checkpoint == "last":
-            last = last_complete_checkpoint(self.args.output_dir)
-            if last is None:
-                raise ConfigError(
-                    f"no complete aptune checkpoint found in {self.args.output_dir} to resume from"
-                )
-            resume_from_checkpoint = str(last)
+        resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint:
-            if not Path(resume_from_checkpoint).is_dir():
-                raise ConfigError(f"checkpoint folder {resume_from_checkpoint} does not exist")
             load_controller_state(self.apt_controller, resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 

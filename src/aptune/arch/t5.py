@@ -39,7 +39,7 @@ head, where ``d_model`` is ``T5ForConditionalGeneration.model_dim``, fixed at co
 so the scale stays the original one after hidden dimensions go and masked == pruned holds.
 
 Adapters: q and v of all three attention kinds plus the first FFN input projection (``wi_0`` when
-gated, ``wi`` otherwise), the authors' T5 recipe (apt-method.md 1.3). Kurtosis is off by default, as
+gated, ``wi`` otherwise), the authors' T5 recipe. Kurtosis is off by default, as
 in the authors' T5 scorer (``is_decoder=False``; set ``AptConfig.use_kurtosis`` to turn it on).
 """
 

@@ -357,7 +357,8 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "ft_lr_grid": "1e-4",
             "adapter_lr_grid": "1e-3,2e-3",
             "densities": "",
-            "ablations": "",
+            "ablations": "one-shot",
+            "retrain_fraction": 1 / 3,
             "calibration_samples": 32,
             "prune_samples": 32,
             "apt_num_events": 3,  # 20 steps: 6 events would not fit between prune_start and prune_end

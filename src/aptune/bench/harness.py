@@ -42,6 +42,7 @@ from aptune.bench.config import (
     plan_headline,
     plan_jobs,
 )
+from aptune.bench.records import record_metrics
 from aptune.errors import ConfigError
 
 __all__ = [
@@ -417,7 +418,7 @@ def choose_rates(
             if result is not None:
                 metric = result.get("primary_metric", metric)
                 greater = bool(result.get("greater_is_better", greater))
-                value = (result.get("final_metrics") or {}).get(metric)
+                value = (record_metrics(result, "dev") or {}).get(metric)
             dev[f"{job.lr:g}"] = value
             if value is None:
                 continue
@@ -445,11 +446,10 @@ def _rate_map(chosen: dict[str, Any]) -> dict[str, float]:
 
 
 def _describe(result: dict) -> str:
-    metrics = result.get("final_metrics") or {}
     metric = result.get("primary_metric", "accuracy")
-    value = metrics.get(metric)
+    value = (record_metrics(result, "dev") or {}).get(metric)
     text = f"dev {metric} {value:.4f}" if isinstance(value, float) else "no metric"
-    test = (result.get("test_metrics") or {}).get(metric)
+    test = (record_metrics(result, "test") or {}).get(metric)
     if isinstance(test, float):
         text += f", test {test:.4f}"
     seconds, peak = result.get("train_seconds") or 0.0, result.get("peak_rss_mb") or 0.0
@@ -595,8 +595,8 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 j.id: {
                     "lr": j.lr,
                     "method": j.method,
-                    "dev": (r.get("final_metrics") or {}),
-                    "test": r.get("test_metrics"),
+                    "dev": record_metrics(r, "dev"),
+                    "test": record_metrics(r, "test"),
                 }
                 for j in known.values()
                 if j.phase == "grid"

@@ -4,23 +4,22 @@
   (attention projections, attention scores and context per head, FFN, task or LM head).
 * `measure_latencies` / `measure_latency`: median forward time of exported models on a fixed synthetic
   batch, interleaved so that a change in the machine's load hits every model alike.
-* `time_to_accuracy`: training time until a dev metric first reaches a threshold, on a fixed
-  evaluation cadence.
+* `time_to_accuracy`, `curve_from_step_times`, `chained_curve`: training time (evaluation excluded,
+  every phase from the method's first step included) until a metric first reaches a bar.
 * `step_time_summary`: training step time at the start and after the last pruning event.
-* `MemoryMonitor` and the RSS helpers: peak resident memory of a process phase (Linux ``VmHWM``
-  can be reset, so a worker measures its training phase without the import and loading peaks).
+* `JobPeakMemory`, `MemoryMonitor` and the RSS helpers: a job's own peak resident memory (Linux
+  ``VmHWM``, reset at the job's start, so no peak of the parent process is inherited) and an RSS
+  timeline; `allocator_setting` names the C allocator setting a job ran under.
 
 Everything here runs on CPU or CUDA; nothing imports the rest of the benchmark.
 """
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,13 @@ from torch import nn
 
 __all__ = [
     "FlopCount",
+    "JobPeakMemory",
     "MemoryMonitor",
+    "allocator_setting",
+    "chained_curve",
     "count_matmul_flops",
     "current_rss_mb",
+    "curve_from_step_times",
     "measure_latencies",
     "measure_latency",
     "peak_rss_mb",
@@ -215,22 +218,26 @@ def measure_latencies(
     seq_len: int = 128,
     repeats: int = 20,
     warmup: int = 3,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, Any]]:
     """Forward latency of several models, interleaved round by round on the same synthetic batch.
 
-    Every model first runs ``warmup`` untimed forwards; then each of ``repeats`` rounds times one
-    forward of every model, under `torch.inference_mode` and in eval mode. Interleaving makes a change
-    in background load hit every model alike, so latency *ratios* stay meaningful on a shared machine.
+    Every model first runs ``warmup`` untimed forwards (one-off costs: allocation, kernel selection,
+    lazy initialisation), also round by round; then each of ``repeats`` rounds times one forward of
+    every model in turn (A B A B ...), under `torch.inference_mode` and in eval mode. Interleaving
+    makes a change in background load hit every model alike, so latency *ratios* stay meaningful on a
+    shared machine.
 
     Args:
-        models: ``{name: model}``.
+        models: ``{name: model}``; the first is usually the dense reference.
         batch_size: Sequences per forward.
         seq_len: Tokens per sequence.
         repeats: Timed forwards per model (the median is over these).
         warmup: Untimed forwards per model first.
+        timer: Clock in seconds (`time.perf_counter`; tests pass a fake one).
 
     Returns:
-        ``{name: {"median_ms", "p25_ms", "p75_ms", "min_ms", "max_ms", "times_ms", "repeats",
+        ``{name: {"median_ms", "p25_ms", "p75_ms", "min_ms", "max_ms", "times_ms", "repeats", "warmup",
         "throughput" (sequences per second at the median), "batch_size", "seq_len"}}``.
 
     Raises:
@@ -241,17 +248,18 @@ def measure_latencies(
     batches = {name: synthetic_batch(m, batch_size, seq_len) for name, m in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for name, model in models.items():
+        for model in models.values():
             model.eval()
-            for _ in range(warmup):
+        for _ in range(warmup):
+            for name, model in models.items():
                 model(**batches[name], **_forward_kwargs(model))
         for _ in range(repeats):
             for name, model in models.items():
                 _sync(model)
-                began = time.perf_counter()
+                began = timer()
                 model(**batches[name], **_forward_kwargs(model))
                 _sync(model)
-                times[name].append((time.perf_counter() - began) * 1000.0)
+                times[name].append((timer() - began) * 1000.0)
     results = {}
     for name, values in times.items():
         quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -264,6 +272,7 @@ def measure_latencies(
             "max_ms": max(values),
             "times_ms": values,
             "repeats": len(values),
+            "warmup": warmup,
             "throughput": batch_size / (median / 1000.0) if median > 0 else None,
             "batch_size": batch_size,
             "seq_len": seq_len,
@@ -329,22 +338,28 @@ def time_to_accuracy(
 
 def curve_from_step_times(
     step_times: Mapping[int, float],
-    evals: Sequence[tuple[int, Mapping[str, float]]],
+    evals: Sequence[tuple[int, Mapping[str, Any]]],
     *,
-    offset: float = 0.0,
+    offset: float | Mapping[str, float] = 0.0,
     final_from_step: int = 0,
 ) -> list[dict[str, Any]]:
-    """Evaluation curve with training time: the sum of step times up to each evaluated step.
+    """Evaluation curve on the method's training clock: earlier phases plus the step times so far.
+
+    The step times must hold each step's whole work (forward, backward, optimizer step and, for APT,
+    the pruning event run inside the step); evaluation is left out.
 
     Args:
         step_times: ``{step: seconds}`` of every optimizer step (1-based), evaluation excluded.
         evals: ``(step, metrics)`` in order.
-        offset: Seconds spent before the first step (an earlier phase, a calibration pass).
+        offset: Seconds spent before the first step: a number, or ``{phase: seconds}`` of the earlier
+            phases (LoRA+Prune: ``{"lora": ..., "calibration": ..., "prune": ...}``), all of which count.
         final_from_step: First step at which the model has its final structure.
 
     Returns:
         ``[{"step", "train_seconds", "metrics", "final_structure"}]``.
     """
+    if isinstance(offset, Mapping):
+        offset = float(sum(offset.values()))
     ordered = sorted(step_times.items())
     curve = []
     for step, metrics in evals:
@@ -358,6 +373,38 @@ def curve_from_step_times(
             }
         )
     return curve
+
+
+def chained_curve(
+    first_curve: Sequence[Mapping[str, Any]],
+    phases_before: Mapping[str, float],
+    step_times: Mapping[int, float],
+    evals: Sequence[tuple[int, Mapping[str, Any]]],
+    *,
+    first_phase: str = "lora",
+    last_phase: str = "retrain",
+) -> list[dict[str, Any]]:
+    """The curve of a two-stage method (LoRA+Prune): the first run's curve, then the retraining's.
+
+    The first run's points keep their clock and are marked ``final_structure=False`` (the model is
+    pruned afterwards). The retraining's points start after *every* phase in ``phases_before`` (the
+    first run's training time, calibration, mask search, pruning, ...), so the clock runs from the
+    method's first step.
+
+    Args:
+        first_curve: Points of the first run (``train_seconds`` from its own first step).
+        phases_before: ``{phase: seconds}`` of everything before the retraining's first step.
+        step_times: ``{step: seconds}`` of the retraining.
+        evals: ``(step, metrics)`` of the retraining.
+        first_phase: Name stored as ``phase`` on the first run's points.
+        last_phase: Name stored as ``phase`` on the retraining's points.
+
+    Returns:
+        The joined curve.
+    """
+    head = [{**point, "final_structure": False, "phase": first_phase} for point in first_curve]
+    tail = curve_from_step_times(step_times, evals, offset=phases_before, final_from_step=0)
+    return head + [{**point, "phase": last_phase} for point in tail]
 
 
 # --------------------------------------------------------------------------------------- step times
@@ -409,9 +456,16 @@ def step_time_summary(
 
 
 # ------------------------------------------------------------------------------------------- memory
+STATUS_FILE = Path("/proc/self/status")
+"""Where Linux reports this process's current (``VmRSS``) and peak (``VmHWM``) resident memory."""
+
+CLEAR_REFS_FILE = Path("/proc/self/clear_refs")
+"""Writing ``5`` here resets ``VmHWM`` to the current RSS (Linux 4.0 and later)."""
+
+
 def _status_kib(key: str) -> int | None:
     try:
-        text = Path("/proc/self/status").read_text()
+        text = STATUS_FILE.read_text()
     except OSError:
         return None
     for line in text.splitlines():
@@ -427,24 +481,85 @@ def current_rss_mb() -> float | None:
 
 
 def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux ``clear_refs``); returns whether it worked.
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS; returns whether it worked.
 
-    After a reset, `peak_rss_mb` (and ``getrusage``'s ``ru_maxrss``) report the peak since the reset.
+    After a reset, `peak_rss_mb` reports the peak since the reset. ``getrusage``'s ``ru_maxrss`` is
+    *not* reset and, in a process started by fork and exec, can still hold the parent's peak: use
+    `peak_rss_mb`, not ``ru_maxrss``, for a job's own peak.
     """
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        CLEAR_REFS_FILE.write_text("5")
     except OSError:
         return False
     return True
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS of this process (since the last `reset_peak_rss`) in MiB."""
+def peak_rss_mb() -> float | None:
+    """Peak RSS of this process (``VmHWM``, since the last `reset_peak_rss`) in MiB.
+
+    Returns:
+        The peak, or ``None`` where ``/proc/self/status`` has no ``VmHWM`` (not Linux): ``ru_maxrss``
+        is not a substitute, since it cannot be reset.
+    """
     kib = _status_kib("VmHWM")
-    if kib is not None:
-        return kib / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    return kib / 1024 if kib is not None else None
+
+
+@dataclass
+class JobPeakMemory:
+    """The peak resident memory of one job process, from its start (after the imports) to now.
+
+    `start` resets ``VmHWM``; `to_dict` reads it. When the reset fails, the peak is reported as
+    ``None`` with ``peak_rss_reset=False``, never a figure that may include the parent's peak.
+
+    Example:
+        >>> memory = JobPeakMemory()
+        >>> memory.start()
+        >>> run_the_job()
+        >>> memory.to_dict()  # {"peak_rss_mb": ..., "peak_rss_reset": True, "peak_rss_source": "VmHWM"}
+    """
+
+    reset: bool | None = None
+
+    def start(self) -> bool:
+        """Reset the process's peak RSS; returns whether the reset worked."""
+        self.reset = reset_peak_rss()
+        return self.reset
+
+    def peak_mb(self) -> float | None:
+        """Peak RSS since `start` in MiB, or ``None`` when the reset failed or was not done."""
+        return peak_rss_mb() if self.reset else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"peak_rss_mb", "peak_rss_reset", "peak_rss_source"}`` for a job's result."""
+        peak = self.peak_mb()
+        return {
+            "peak_rss_mb": peak,
+            "peak_rss_reset": bool(self.reset),
+            "peak_rss_source": "VmHWM since the job's start" if peak is not None else None,
+        }
+
+
+def allocator_setting(env: Mapping[str, str], pinned_threshold: int | None) -> dict[str, Any]:
+    """The C allocator setting a job ran under.
+
+    ``"pinned"`` when glibc's mmap threshold was fixed, either from the environment
+    (``MALLOC_MMAP_THRESHOLD_``) or by aptune (`aptune.host_memory`) during the job; otherwise
+    ``"default"`` (the C library's dynamic threshold).
+
+    Args:
+        env: The job's environment variables.
+        pinned_threshold: The threshold aptune pinned during the job, or ``None``.
+
+    Returns:
+        ``{"setting": "default" | "pinned", "mmap_threshold": bytes or None, "source": ...}``.
+    """
+    from_env = env.get("MALLOC_MMAP_THRESHOLD_")
+    if from_env:
+        return {"setting": "pinned", "mmap_threshold": int(from_env), "source": "environment"}
+    if pinned_threshold is not None:
+        return {"setting": "pinned", "mmap_threshold": int(pinned_threshold), "source": "aptune"}
+    return {"setting": "default", "mmap_threshold": None, "source": None}
 
 
 @dataclass

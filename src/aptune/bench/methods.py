@@ -39,7 +39,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from aptune.bench.config import BenchConfig, Job
-from aptune.bench.measure import MemoryMonitor, curve_from_step_times, step_time_summary
+from aptune.bench.measure import MemoryMonitor, chained_curve, curve_from_step_times, step_time_summary
 from aptune.trainer import peak_rss_mb
 
 __all__ = [
@@ -226,8 +226,12 @@ def _train(trainer: Trainer, clock: StepClock, steps: int) -> None:
         trainer.evaluate()  # the final evaluation, as run_training does
 
 
-def _common(task, clock: StepClock, *, offset: float = 0.0, final_from: int = 0) -> dict[str, Any]:
+def _common(
+    task, clock: StepClock, *, offset: float | dict[str, float] = 0.0, final_from: int = 0
+) -> dict[str, Any]:
     curve = curve_from_step_times(clock.step_times, clock.evals, offset=offset, final_from_step=final_from)
+    if isinstance(offset, dict):
+        offset = sum(offset.values())
     return {
         "primary_metric": task.primary_metric,
         "greater_is_better": task.greater_is_better,
@@ -522,13 +526,16 @@ def _retrain(
         callbacks=[clock],
         **_trainer_kwargs(task),
     )
-    offset = float(phase1["train_seconds"]) + sum(prune_seconds.values())
+    # every phase before the retraining's first step, in order: LoRA's training, the calibration and
+    # mask search, mask tuning, surgery (evaluations excluded)
+    before = {"lora": float(phase1["train_seconds"]), **{k: float(v) for k, v in prune_seconds.items()}}
     _train(trainer, clock, steps)
     small = trainer.export(out / "model")
-    result = _common(task, clock, offset=offset)
+    result = _common(task, clock, offset=before)
     retrain_seconds = sum(clock.step_times.values())
-    previous = [{**point, "final_structure": False, "phase": "lora"} for point in phase1["curve"]]
-    result["curve"] = previous + [{**point, "phase": "retrain"} for point in result["curve"]]
+    # LoRA's evaluations are of the model before pruning (final_structure False); the retraining's
+    # are of the exported structure
+    result["curve"] = chained_curve(phase1["curve"], before, clock.step_times, clock.evals)
     lora_steps = {int(k): v for k, v in phase1["step_times"].items()}
     start = step_time_summary(lora_steps)["start"]
     after = statistics.median(clock.step_times.values()) if clock.step_times else None
@@ -545,7 +552,7 @@ def _retrain(
         # the job process's own peak is the retraining phase's; phase 1 ran in its own process
         peak_rss_mb=max(peaks) if peaks else None,
         phase_peak_rss_mb={"lora": phase1.get("peak_rss_mb"), "prune_retrain": clock.peak_rss_mb},
-        phases={"lora": float(phase1["train_seconds"]), **prune_seconds, "retrain": retrain_seconds},
+        phases={**before, "retrain": retrain_seconds},
         phase1_job=job.depends[0],
         eval_seconds=float(phase1.get("eval_seconds") or 0.0) + clock.eval_seconds,
         epoch1_test={"metrics": None, "note": "LoRA+Prune prunes after LoRA's whole run: no 1-epoch model"},

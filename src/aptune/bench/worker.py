@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aptune.atomic import replace_dir_atomic, write_json_atomic
 from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
-from aptune.bench.measure import MemoryMonitor, current_rss_mb, reset_peak_rss
-from aptune.bench.measure import peak_rss_mb as measured_peak_rss_mb
+from aptune.bench.measure import JobPeakMemory, MemoryMonitor, allocator_setting, current_rss_mb
 from aptune.host_memory import pinned_mmap_threshold
 
 __all__ = [
@@ -32,13 +32,6 @@ __all__ = [
     "run_job",
     "run_latency",
 ]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -112,45 +105,56 @@ def evaluate_test(ctx, result: dict[str, Any]) -> dict[str, Any]:
 def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     """Run one job of the plan in this process and write ``results/<job_id>.json``.
 
-    The process first resets its peak-RSS counter and applies the job's allocator setting. Besides
-    the method's own figures the result holds ``job``, ``allocator`` (the setting) and
-    ``mmap_threshold`` (the threshold in force at the end, None for the C library's dynamic one),
-    ``wall_seconds``, ``resting_rss_mb`` (after imports, before loading anything), ``peak_rss_reset``
-    (whether the reset worked), ``process_peak_rss_mb`` (this process's VmHWM at the end, after the
-    test evaluation; ``peak_rss_mb`` is the training peak), ``test_metrics`` and
-    ``test_eval_seconds`` (the exported model reloaded and evaluated on the test split), and the RSS
-    timeline of the process.
+    The process first applies the job's allocator setting (`apply_allocator`), then starts its own
+    peak-memory count (`JobPeakMemory`: ``VmHWM`` reset once, after the imports and the plan are
+    loaded). Besides the method's own figures the result holds ``job``, ``wall_seconds``,
+    ``resting_rss_mb`` (before loading anything) and ``peak_rss_mb``: the job process's own peak RSS
+    up to the end of the method's work, before the test evaluation (``None`` with
+    ``peak_rss_reset=False`` when the reset failed; ``process_peak_rss_mb`` is the same count at the
+    very end). Also: the method's own figure as ``method_peak_rss_mb``; the C allocator setting the
+    job ran under (``allocator``, see `allocator_setting`, with the job's ``requested`` setting;
+    ``mmap_threshold`` is the value aptune pinned, None for the C library's dynamic threshold);
+    ``test_metrics`` and ``test_eval_seconds`` (the exported model reloaded and evaluated on the test
+    split, see `evaluate_test`); and the RSS timeline of the process.
 
     Returns:
         The result dict.
     """
     from aptune.bench.methods import RUNNERS
 
-    reset = reset_peak_rss()
     ctx, jobs = context_from_plan(workdir)
     job = jobs[job_id]
     apply_allocator(job.allocator)
     monitor = MemoryMonitor()
     resting = current_rss_mb()
+    memory = JobPeakMemory()
+    memory.start()
     began = time.perf_counter()
     monitor.start()
     try:
         with _threads(ctx.config.threads):
             result = RUNNERS[job.method](ctx, job, monitor)
+            peak = memory.to_dict()  # the method's whole work; the test evaluation below is apart
             result.update(evaluate_test(ctx, result))
     finally:
         monitor.stop()
     result.update(
         job=job.to_dict(),
-        allocator=job.allocator,
         wall_seconds=time.perf_counter() - began,
         resting_rss_mb=resting,
-        peak_rss_reset=reset,
-        process_peak_rss_mb=measured_peak_rss_mb(),
+        method_peak_rss_mb=result.get("peak_rss_mb"),
+        **peak,
+        process_peak_rss_mb=memory.peak_mb(),
+        # "pinned": apply_allocator pinned the threshold at the start; "default": the environment keeps
+        # aptune's pruning from pinning it (see aptune.host_memory)
         mmap_threshold=pinned_mmap_threshold(),
+        allocator={
+            **allocator_setting(os.environ, pinned_mmap_threshold()),
+            "requested": job.allocator,
+        },
         memory_timeline=monitor.to_dict(),
     )
-    _write_json(ctx.result_path(job_id), result)
+    write_json_atomic(ctx.result_path(job_id), result)
     return result
 
 
@@ -160,10 +164,12 @@ def convert_model(model: str, task: str, target: str | Path) -> str:
 
     target = Path(target)
     loaded, tokenizer = load_model_and_tokenizer(model, task)
-    tmp = target.with_name(target.name + ".tmp")
-    loaded.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+
+    def fill(folder: Path) -> None:
+        loaded.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    replace_dir_atomic(target, fill)
     return str(target)
 
 
@@ -259,7 +265,7 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
         },
         "jobs": entries,
     }
-    _write_json(Path(workdir) / LATENCY_FILE, data)
+    write_json_atomic(Path(workdir) / LATENCY_FILE, data)
     return data
 
 

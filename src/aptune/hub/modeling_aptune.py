@@ -22,9 +22,10 @@ import transformers
 from torch import nn
 
 PLAN_KEY = "aptune_plan"
-PLAN_FORMAT_VERSION = 2
-# Version 1 plans (no "patches" key) mean the same thing under version 2.
-READABLE_PLAN_VERSIONS = (1, 2)
+PLAN_FORMAT_VERSION = 3
+# Version 1 plans (no "patches" key) and version 2 plans (no "weights_sha256" key, the content hash of
+# model.safetensors that version 3 records) mean the same thing under version 3.
+READABLE_PLAN_VERSIONS = (1, 2, 3)
 
 _BASES = {
     "AptBertModel": "BertModel",
@@ -241,6 +242,35 @@ for _name, _base in _BASES.items():
     if _cls is not None:
         globals()[_name] = _cls
 
+
+def register_with_pipelines() -> None:
+    """Name the loader classes among the models that transformers' pipelines support (idempotent).
+
+    A pipeline checks its model's class name against a table of `transformers.models.auto.modeling_auto`
+    (``MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES`` and the like: model type -> class name) and
+    logs "is not supported" for any other class. Each loader class joins every table that lists its
+    stock class, under the key ``aptune:<model type>``, which no config has: the Auto classes keep
+    building the stock classes for stock configs.
+    """
+    from transformers.models.auto import modeling_auto
+
+    tables = [
+        table
+        for attr, table in vars(modeling_auto).items()
+        if attr.startswith("MODEL_") and attr.endswith("_MAPPING_NAMES") and isinstance(table, dict)
+    ]
+    for name, base in _BASES.items():
+        if name not in globals():
+            continue
+        for table in tables:
+            for model_type, classes in list(table.items()):
+                stock = classes if isinstance(classes, tuple) else (classes,)
+                if base in stock and not model_type.startswith("aptune:"):
+                    table.setdefault(f"aptune:{model_type}", name)
+
+
+register_with_pipelines()
+
 __all__ = [
     "PATCHES",
     "PLAN_FORMAT_VERSION",
@@ -248,6 +278,7 @@ __all__ = [
     "READABLE_PLAN_VERSIONS",
     "apply_patches_",
     "apply_plan",
+    "register_with_pipelines",
     "zero_attention_output",
     *[n for n in _BASES if n in globals()],
 ]

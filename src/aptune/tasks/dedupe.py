@@ -19,11 +19,15 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["DedupeReport", "dedupe_records", "normalise_text"]
 
 _WHITESPACE = re.compile(r"\s+")
+_SEPARATOR = "\x1f"  # joins the parts of one row (see dedupe_records)
+
+#: A row of any type (a dict read from a file, or a task's parsed example).
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -68,20 +72,28 @@ class DedupeReport:
 def normalise_text(text: str) -> str:
     """NFKC, case-folded, every whitespace run collapsed to one space, ends stripped.
 
+    The parts of a row joined with ``"\\x1f"`` (e.g. a sentence pair) are normalised one by one and
+    stay apart: Python counts ``"\\x1f"`` as whitespace, and collapsing it would make the pair
+    ("the cat", "sat") a copy of ("the", "cat sat").
+
     Example:
         >>> normalise_text("  Hello\\n\\tWORLD ")
         'hello world'
     """
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return _SEPARATOR.join(
+        _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", part).casefold()).strip()
+        for part in text.split(_SEPARATOR)
+    )
 
 
 def dedupe_records(
-    records: Sequence[dict[str, Any]],
-    text_of: Callable[[dict[str, Any]], str],
+    records: Sequence[Row],
+    text_of: Callable[[Row], str],
     *,
     tokenizer: Any = None,
     max_length: int | None = None,
-) -> tuple[list[dict[str, Any]], DedupeReport]:
+    prefix_ids: Sequence[Sequence[int]] | None = None,
+) -> tuple[list[Row], DedupeReport]:
     """Drop rows that duplicate an earlier row (exact, normalised, or the same first tokens).
 
     Args:
@@ -91,9 +103,15 @@ def dedupe_records(
         tokenizer: A HuggingFace tokenizer; with ``max_length``, enables the ``prefix`` test.
         max_length: Tokens a model sees per row (the run's max length); the prefix test compares the
             first ``max_length`` token ids, special tokens included.
+        prefix_ids: The token ids the model sees per row, already truncated (one list per record, in
+            the same order); enables the ``prefix`` test without ``tokenizer``. Use it when a row is
+            not one text (a sentence pair is tokenized as a pair) or to tokenize in one batch.
 
     Returns:
         ``(kept_records, report)``: the first occurrence of every group of duplicates, in file order.
+
+    Raises:
+        ValueError: If ``prefix_ids`` does not hold one entry per record.
 
     Example:
         >>> rows = [{"t": "A b"}, {"t": "A b"}, {"t": "a  B"}, {"t": "c"}]
@@ -105,9 +123,11 @@ def dedupe_records(
     seen_normalised: set[str] = set()
     seen_prefix: set[tuple[int, ...]] = set()
     counts = {"exact": 0, "normalised": 0, "prefix": 0}
-    kept: list[dict[str, Any]] = []
-    use_prefix = tokenizer is not None and max_length is not None
-    for record in records:
+    kept: list[Row] = []
+    if prefix_ids is not None and len(prefix_ids) != len(records):
+        raise ValueError(f"{len(prefix_ids)} prefix_ids for {len(records)} records.")
+    use_prefix = prefix_ids is not None or (tokenizer is not None and max_length is not None)
+    for index, record in enumerate(records):
         text = text_of(record)
         if text in seen_exact:
             counts["exact"] += 1
@@ -119,7 +139,10 @@ def dedupe_records(
             continue
         prefix: tuple[int, ...] | None = None
         if use_prefix:
-            prefix = tuple(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+            if prefix_ids is not None:
+                prefix = tuple(prefix_ids[index])
+            else:
+                prefix = tuple(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
             if prefix in seen_prefix:
                 counts["prefix"] += 1
                 seen_exact.add(text)

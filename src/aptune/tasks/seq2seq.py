@@ -5,9 +5,10 @@ Input: records with ``source``/``target`` columns (also ``document``/``summary``
 tokenized to ``max_length`` tokens, targets (``text_target``) to ``max_target_length``;
 ``DataCollatorForSeq2Seq`` pads labels with -100.
 
-Metrics: ROUGE-1, ROUGE-2 and ROUGE-L F-measures computed here, on lower-cased alphanumeric tokens,
-without stemming (ROUGE-L is the sentence-level longest common subsequence, not the summary-level
-``rougeLsum``). They are meant for generated ids: run evaluation with
+Metrics: ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures from Google's ``rouge-score`` package
+(the implementation summarisation papers report), with Porter stemming as in the CNN/DailyMail
+results; ``rougeLsum`` is the summary-level LCS over sentences, one per line (:func:`split_sentences`).
+They are meant for generated ids: run evaluation with
 ``Seq2SeqTrainingArguments(predict_with_generate=True)``. Without generation, the trainer passes
 logits; :func:`reduce_seq2seq_logits` then keeps their argmax, which gives teacher-forced scores
 (optimistic, but cheap to watch during training).
@@ -15,39 +16,34 @@ logits; :func:`reduce_seq2seq_logits` then keeps their argmax, which gives teach
 
 from __future__ import annotations
 
-import os
-import re
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aptune.errors import ConfigError, DataError, ModelError
-from aptune.tasks.base import TaskData
-from aptune.tasks.io import (
-    cap_records,
-    check_columns,
-    column_names,
-    load_dataset_records,
-    read_records,
-    require_text,
-)
-from aptune.tasks.split import random_split
+from aptune.tasks.base import load_task
+from aptune.tasks.io import check_columns, column_names, load_dataset_records, read_records, require_text
+from aptune.tasks.registry import register_task
+from aptune.tasks.spec import LoadContext, Task, TaskData, TaskInput, TaskMetrics
 
 if TYPE_CHECKING:
+    import datasets
     import torch
     import transformers
 
 __all__ = [
+    "ROUGE_TYPES",
     "SEQ2SEQ_COLUMN_CANDIDATES",
     "Seq2SeqMetrics",
+    "Seq2SeqOptions",
+    "Seq2SeqTask",
     "load_seq2seq",
     "reduce_seq2seq_logits",
-    "rouge_l",
-    "rouge_n",
     "rouge_scores",
-    "rouge_tokens",
+    "split_sentences",
 ]
 
 #: (source, target) column pairs recognised without ``text_columns``, tried in this order.
@@ -57,82 +53,68 @@ SEQ2SEQ_COLUMN_CANDIDATES: tuple[tuple[str, str], ...] = (
     ("article", "highlights"),
 )
 
-_WORD = re.compile(r"[a-z0-9]+")
+#: The ROUGE variants reported (F-measures), as named by ``rouge-score``.
+ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def rouge_tokens(text: str) -> list[str]:
-    """Tokens ROUGE compares: runs of ASCII letters and digits of the lower-cased text.
+@cache
+def _sentence_splitter() -> Any:
+    """NLTK's Punkt sentence splitter: the trained English model when installed, else Punkt's defaults."""
+    import nltk
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+    except LookupError:
+        # Untrained Punkt: splits after . ! ? like the trained model, without its abbreviation list.
+        return PunktSentenceTokenizer()
+    return nltk.tokenize.PunktTokenizer("english")
+
+
+def split_sentences(text: str) -> str:
+    """One sentence per line, as ``rougeLsum`` expects (what transformers' summarisation example does).
+
+    Lines already in the text are kept; each line is further split into sentences by NLTK's Punkt
+    (the trained English model when ``nltk.download("punkt_tab")`` was run, Punkt's untrained
+    defaults otherwise: they differ only on abbreviations such as "Mr.").
 
     Args:
-        text: Any text.
+        text: A summary.
 
     Returns:
-        The tokens, in order.
+        The summary with a newline between sentences.
 
     Example:
-        >>> rouge_tokens("The cat's 2 hats!")
-        ['the', 'cat', 's', '2', 'hats']
+        >>> split_sentences("The cat sat. The dog ran!")
+        'The cat sat.\\nThe dog ran!'
     """
-    return _WORD.findall(text.lower())
+    splitter = _sentence_splitter()
+    return "\n".join(
+        sentence for line in text.splitlines() for sentence in splitter.tokenize(line) if sentence.strip()
+    )
 
 
-def _f_measure(overlap: float, predicted: int, reference: int) -> float:
-    if overlap == 0 or predicted == 0 or reference == 0:
-        return 0.0
-    precision = overlap / predicted
-    recall = overlap / reference
-    return 2 * precision * recall / (precision + recall)
+@cache
+def _scorer() -> Any:
+    from rouge_score import rouge_scorer
 
-
-def rouge_n(prediction: Sequence[str], reference: Sequence[str], n: int) -> float:
-    """ROUGE-N F-measure of two token lists: clipped n-gram overlap, precision and recall.
-
-    Args:
-        prediction: Predicted tokens.
-        reference: Reference tokens.
-        n: N-gram order (1 or 2 for ROUGE-1 / ROUGE-2).
-
-    Returns:
-        F-measure in [0, 1]; 0 when either side has no n-gram.
-    """
-    predicted = Counter(tuple(prediction[i : i + n]) for i in range(len(prediction) - n + 1))
-    wanted = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
-    overlap = sum((predicted & wanted).values())  # each n-gram counted at most as often as on both sides
-    return _f_measure(overlap, sum(predicted.values()), sum(wanted.values()))
-
-
-def rouge_l(prediction: Sequence[str], reference: Sequence[str]) -> float:
-    """ROUGE-L F-measure: longest common subsequence over the lengths of both token lists.
-
-    Args:
-        prediction: Predicted tokens.
-        reference: Reference tokens.
-
-    Returns:
-        F-measure in [0, 1]; 0 when either side is empty.
-    """
-    if not prediction or not reference:
-        return 0.0
-    # Dynamic programme over one row at a time: previous[j] = LCS of the prefix so far and reference[:j].
-    previous = [0] * (len(reference) + 1)
-    for token in prediction:
-        current = [0]
-        for j, other in enumerate(reference, start=1):
-            current.append(previous[j - 1] + 1 if token == other else max(previous[j], current[j - 1]))
-        previous = current
-    return _f_measure(previous[-1], len(prediction), len(reference))
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
 def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures over pairs of texts.
+    """Mean ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures over pairs of texts (``rouge-score``).
+
+    Scored as summarisation papers report CNN/DailyMail: Google's ``rouge_score.RougeScorer`` with
+    Porter stemming, its tokenizer (lower case, runs of letters and digits), sentences split one per
+    line for ``rougeLsum`` (:func:`split_sentences`).
 
     Args:
         predictions: Generated texts.
         references: Reference texts, same length.
 
     Returns:
-        ``{"rouge1": ..., "rouge2": ..., "rougeL": ...}``, fractions in [0, 1].
+        ``{"rouge1": ..., "rouge2": ..., "rougeL": ..., "rougeLsum": ...}``, fractions in [0, 1].
 
     Raises:
         ValueError: If the lengths differ or there is nothing to score.
@@ -141,12 +123,13 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     if not predictions:
         raise ValueError("No predictions to score.")
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    scorer = _scorer()
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
-        predicted, wanted = rouge_tokens(prediction), rouge_tokens(reference)
-        totals["rouge1"] += rouge_n(predicted, wanted, 1)
-        totals["rouge2"] += rouge_n(predicted, wanted, 2)
-        totals["rougeL"] += rouge_l(predicted, wanted)
+        # rouge-score's argument order is (target, prediction).
+        scores = scorer.score(split_sentences(reference), split_sentences(prediction))
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
     return {name: value / len(predictions) for name, value in totals.items()}
 
 
@@ -199,7 +182,7 @@ class Seq2SeqMetrics:
                 reference ids with -100 padding.
 
         Returns:
-            ``rouge1``, ``rouge2``, ``rougeL`` and ``gen_len`` (mean number of predicted tokens).
+            ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum`` and ``gen_len`` (mean predicted tokens).
         """
         predictions = eval_pred.predictions
         if isinstance(predictions, (tuple, list)):
@@ -245,126 +228,132 @@ def _pairs(records: Sequence[dict[str, Any]], columns: tuple[str, str], source: 
     ]
 
 
-def load_seq2seq(
-    tokenizer: Any,
-    *,
-    train_file: str | os.PathLike[str] | None = None,
-    eval_file: str | os.PathLike[str] | None = None,
-    dataset_name: str | None = None,
-    dataset_config: str | None = None,
-    max_length: int = 128,
-    text_columns: Sequence[str] | None = None,
-    seed: int = 0,
-    eval_fraction: float = 0.2,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    max_target_length: int | None = None,
-    source_prefix: str = "",
-    model: Any = None,
-    pad_to_multiple_of: int | None = None,
-) -> TaskData:
-    """Load a seq2seq task (see :func:`aptune.tasks.load_task` for the shared options).
+@dataclass(frozen=True)
+class Seq2SeqOptions:
+    """Options of the seq2seq task besides the shared ones.
 
     Args:
-        tokenizer: The model's tokenizer, with a padding token.
-        train_file: .jsonl/.json/.csv/.tsv with source and target columns.
-        eval_file: Same; without it, ``eval_fraction`` of the training rows at random.
-        dataset_name: A ``datasets`` name (e.g. ``"xsum"``); no built-in seq2seq data exists.
-        dataset_config: Its configuration.
-        max_length: Source tokens kept.
-        text_columns: ``(source, target)`` column names; detected when ``None``.
-        seed: Seed of the split and subsets.
-        eval_fraction: Share held out when there is no eval file.
-        max_train_samples: Keep at most this many training rows.
-        max_eval_samples: Keep at most this many evaluation rows.
         max_target_length: Target tokens kept; ``max_length`` when ``None``.
         source_prefix: Text put before every source, e.g. ``"summarize: "`` for T5.
         model: Optional model given to ``DataCollatorForSeq2Seq``, which then adds
             ``decoder_input_ids`` to batches (models such as T5 derive them from labels anyway).
         pad_to_multiple_of: Passed to ``DataCollatorForSeq2Seq``.
+    """
+
+    max_target_length: int | None = None
+    source_prefix: str = ""
+    model: Any = None
+    pad_to_multiple_of: int | None = None
+
+
+@register_task
+class Seq2SeqTask(Task):
+    """Text to text (summarisation, translation): (source, target) pairs; ROUGE from ``rouge-score``."""
+
+    kind = "seq2seq"
+    aliases = ("summarization", "translation")
+    options = Seq2SeqOptions
+    shared_options = Task.shared_options - {"num_labels", "label_column"}
+
+    def check(self, ctx: LoadContext) -> None:
+        """Require a padding token."""
+        if getattr(ctx.tokenizer, "pad_token_id", None) is None:
+            raise ModelError(
+                "The tokenizer has no padding token; set tokenizer.pad_token before loading seq2seq data."
+            )
+
+    def read(self, ctx: LoadContext) -> TaskInput:
+        """(source, target) pairs of each side, from files or a ``datasets`` data set."""
+        data = ctx.data
+        sides: dict[str, list[tuple[str, str]] | None] = {"train": None, "eval": None}
+        sources: dict[str, str | None] = {"train": None, "eval": None}
+        split = None
+        if data.dataset_name is not None:
+            train_records, eval_records, meta = load_dataset_records(data.dataset_name, data.dataset_config)
+            name = f"{data.dataset_name}/{data.dataset_config or '-'}"
+            loaded = {
+                "train": (train_records, meta["train_split"]),
+                "eval": (eval_records, meta["eval_split"]),
+            }
+            for side, (records, split_name) in loaded.items():
+                if records:
+                    source = sources[side] = f"{name}[{split_name}]"
+                    sides[side] = _pairs(records, _columns(records, data.text_columns, source), source)
+            split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
+        else:
+            for side, path in (("train", data.train_file), ("eval", data.eval_file)):
+                if path is not None:
+                    records = read_records(path)
+                    sources[side] = str(path)
+                    sides[side] = _pairs(records, _columns(records, data.text_columns, str(path)), str(path))
+        return TaskInput(sides["train"], sides["eval"], sources["train"], sources["eval"], split=split)
+
+    def duplicate_text(self, ctx: LoadContext, example: tuple[str, str]) -> str:
+        """The source: one input with two targets is one example with two answers."""
+        return ctx.options.source_prefix + example[0]
+
+    def prefix_ids(self, ctx: LoadContext, examples: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """The source ids the encoder sees, truncated at ``max_length``."""
+        sources = [ctx.options.source_prefix + source for source, _ in examples]
+        return list(ctx.tokenizer(sources, max_length=ctx.data.max_length, truncation=True)["input_ids"])
+
+    def encode(self, ctx: LoadContext, examples: list[tuple[str, str]], side: str) -> datasets.Dataset:
+        """Sources to ``max_length``, targets (``text_target``) to ``max_target_length`` as labels."""
+        import datasets
+
+        tokenizer, prefix = ctx.tokenizer, ctx.options.source_prefix
+        target_length = ctx.options.max_target_length or ctx.data.max_length
+        ctx.info.update({"max_target_length": target_length, "source_prefix": prefix})
+        encoded = tokenizer(
+            [prefix + source for source, _ in examples], max_length=ctx.data.max_length, truncation=True
+        )
+        targets = tokenizer(
+            text_target=[target for _, target in examples], max_length=target_length, truncation=True
+        )
+        columns = {name: list(encoded[name]) for name in tokenizer.model_input_names if name in encoded}
+        columns["labels"] = list(targets["input_ids"])
+        ctx.info[f"num_{side}_examples"] = len(examples)
+        ctx.info[f"{side}_targets_at_max_length"] = sum(
+            len(ids) >= target_length for ids in columns["labels"]
+        )
+        return datasets.Dataset.from_dict(columns)
+
+    def collator(self, ctx: LoadContext) -> Any:
+        """``DataCollatorForSeq2Seq`` (labels padded with -100)."""
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(
+            ctx.tokenizer, model=ctx.options.model, pad_to_multiple_of=ctx.options.pad_to_multiple_of
+        )
+
+    def metrics(self, ctx: LoadContext, eval_examples: list[tuple[str, str]] | None) -> TaskMetrics:
+        """ROUGE (primary: ``rougeL``) of decoded predictions."""
+        ctx.info.setdefault("max_target_length", ctx.options.max_target_length or ctx.data.max_length)
+        ctx.info.setdefault("source_prefix", ctx.options.source_prefix)
+        return TaskMetrics(
+            Seq2SeqMetrics(ctx.tokenizer),
+            primary_metric="rougeL",
+            greater_is_better=True,
+            preprocess_logits_for_metrics=reduce_seq2seq_logits,
+        )
+
+
+def load_seq2seq(tokenizer: Any, **options: Any) -> TaskData:
+    """Load a seq2seq task: ``load_task("seq2seq", tokenizer, **options)``.
+
+    Args:
+        tokenizer: The model's tokenizer, with a padding token.
+        **options: The shared options of :func:`aptune.tasks.load_task` (files with source and target
+            columns, ``text_columns=(source, target)``, ``max_length`` for the source side, ...) and
+            :class:`Seq2SeqOptions` (``max_target_length``, ``source_prefix``, ``model``,
+            ``pad_to_multiple_of``).
 
     Returns:
         :class:`TaskData` with ``primary_metric="rougeL"`` and a :class:`Seq2SeqMetrics`.
 
     Raises:
         DataError: Missing/empty/malformed files, missing columns, or empty texts.
-        ConfigError: If ``text_columns`` is not a (source, target) pair.
+        ConfigError: If ``text_columns`` is not a (source, target) pair, or an option is unknown.
         ModelError: If the tokenizer has no padding token.
     """
-    import datasets
-    from transformers import DataCollatorForSeq2Seq
-
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        raise ModelError(
-            "The tokenizer has no padding token; set tokenizer.pad_token before loading seq2seq data."
-        )
-    target_length = max_target_length or max_length
-    sides: dict[str, list[tuple[str, str]] | None] = {"train": None, "eval": None}
-    sources: dict[str, str] = {}
-    split = "eval file given"
-    if dataset_name is not None:
-        train_records, eval_records, meta = load_dataset_records(dataset_name, dataset_config)
-        name = f"{dataset_name}/{dataset_config or '-'}"
-        loaded = {"train": (train_records, meta["train_split"]), "eval": (eval_records, meta["eval_split"])}
-        for side, (records, split_name) in loaded.items():
-            if records:
-                sources[side] = f"{name}[{split_name}]"
-                sides[side] = _pairs(records, _columns(records, text_columns, sources[side]), sources[side])
-        split = f"data set splits {meta['train_split']!r} / {meta['eval_split']!r}"
-    else:
-        for side, path in (("train", train_file), ("eval", eval_file)):
-            if path is not None:
-                records = read_records(path)
-                sources[side] = str(path)
-                sides[side] = _pairs(records, _columns(records, text_columns, str(path)), str(path))
-
-    train, held = sides["train"], sides["eval"]
-    if held is None and train is not None and eval_fraction > 0:
-        train_idx, eval_idx = random_split(len(train), eval_fraction, seed)
-        if not eval_idx:
-            raise DataError(
-                f"{sources['train']} has too few rows ({len(train)}) to hold out "
-                f"eval_fraction={eval_fraction}. Add rows or pass an eval file."
-            )
-        held = [train[i] for i in eval_idx]
-        train = [train[i] for i in train_idx]
-        sources["eval"] = sources["train"]
-        split = f"random split of {sources['train']}, eval_fraction={eval_fraction}, seed={seed}"
-    elif held is None:
-        split = "no evaluation data"
-
-    info: dict[str, Any] = {
-        "kind": "seq2seq",
-        "split": split,
-        "max_length": max_length,
-        "max_target_length": target_length,
-        "source_prefix": source_prefix,
-    }
-    built: dict[str, datasets.Dataset | None] = {"train": None, "eval": None}
-    for side, pairs, limit in (("train", train, max_train_samples), ("eval", held, max_eval_samples)):
-        if pairs is None:
-            continue
-        pairs = cap_records(pairs, limit, seed)
-        encoded = tokenizer(
-            [source_prefix + source for source, _ in pairs], max_length=max_length, truncation=True
-        )
-        targets = tokenizer(
-            text_target=[target for _, target in pairs], max_length=target_length, truncation=True
-        )
-        columns = {name: list(encoded[name]) for name in tokenizer.model_input_names if name in encoded}
-        columns["labels"] = list(targets["input_ids"])
-        built[side] = datasets.Dataset.from_dict(columns)
-        info[f"{side}_source"] = sources[side]
-        info[f"num_{side}_examples"] = len(pairs)
-        info[f"{side}_targets_at_max_length"] = sum(len(ids) >= target_length for ids in columns["labels"])
-    return TaskData(
-        kind="seq2seq",
-        train=built["train"],
-        eval=built["eval"],
-        collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=pad_to_multiple_of),
-        compute_metrics=Seq2SeqMetrics(tokenizer),
-        primary_metric="rougeL",
-        greater_is_better=True,
-        preprocess_logits_for_metrics=reduce_seq2seq_logits,
-        info=info,
-    )
+    return load_task("seq2seq", tokenizer, **options)

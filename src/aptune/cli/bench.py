@@ -10,6 +10,8 @@ from __future__ import annotations
 import click
 
 from aptune.bench.config import SUITES, BenchConfig
+from aptune.cli.errors import user_errors
+from aptune.cli.options import dataclass_options, given_on_command_line
 
 __all__ = ["bench_command"]
 
@@ -26,22 +28,15 @@ _EPILOG = (
 def _run(**values) -> None:
     from aptune.bench.config import suite_config
     from aptune.bench.harness import run_benchmark
-    from aptune.cli import user_errors
 
-    ctx = click.get_current_context()
-    given = {
-        name: value
-        for name, value in values.items()
-        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
-        and name not in ("suite", "quick")
-    }
+    given = {k: v for k, v in given_on_command_line(values).items() if k not in ("suite", "quick")}
     with user_errors():
         config = suite_config(values["suite"], values["quick"], **given)
         outcome = run_benchmark(config, log=lambda line: click.echo(line, err=True))
     if outcome.summary is None:
         return
     for target in outcome.summary["targets"]:
-        status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[target["met"]]
+        status = {True: "MET", False: "MISSED", None: "NOT EVALUATED"}[target["met"]]
         click.echo(f"{status:>12}  {target['claim']}: {target['measured']}")
     click.echo(f"aptune: results: {outcome.files['md']} and {outcome.files['json']}")
     if outcome.failures:
@@ -52,9 +47,11 @@ def _run(**values) -> None:
 
 
 def bench_command() -> click.Command:
-    """The ``bench`` click command (options from `BenchConfig`)."""
-    from aptune.cli import dataclass_options
+    """The ``bench`` click command (options from `BenchConfig`).
 
+    Returns:
+        A new command; ``bench_command().main(args)`` runs it on its own (as the benchmark scripts do).
+    """
     return click.Command(
         "bench",
         callback=_run,
