@@ -477,3 +477,13 @@ def test_page_prints_the_data_counts_the_chosen_rates_with_the_grid_and_apt_sett
     epoch1 = page.split("## 1-epoch view")[1].split("##")[0]
     assert "| FT | 1 | 90.0 | final |" in epoch1
     assert "| APT | 0.4 | 90.0 | still to be pruned in 3 of 3 seeds |" in epoch1
+
+
+def test_the_seed_plots_draw_one_line_per_method_not_the_pinned_repeat_too():
+    from aptune.bench.plots import _headline_results
+
+    jobs, results, latency = _with_pinned_repeat()
+    picked = _headline_results(_summary(jobs, results, latency), results)
+    labels = [label for label, _, _ in picked]
+    assert sorted(labels) == sorted(LABELS.values())
+    assert all(r["allocator"]["setting"] == "default" for _, _, r in picked)
