@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aptune.atomic import write_json_atomic, write_text_atomic
 from aptune.bench.config import (
     LATENCY_FILE,
     LR_FIELDS,
@@ -240,11 +241,7 @@ def prepare_data(config: BenchConfig, folder: str | Path) -> dict[str, Any]:
     paths = {}
     for split, rows in (("train", train), ("dev", dev), ("test", test)):
         path = folder / f"{split}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            for record in rows:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in rows))
         paths[split] = str(path)
     test_share = config.test_fraction
     return {
@@ -357,10 +354,7 @@ def _write_plan(workdir: Path, config: BenchConfig, jobs: list[Job], data: dict,
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 #: Optional packages -> (methods that need them, pip command).
