@@ -1,6 +1,6 @@
-"""MiniLM-L6 on BBC News: FT, LoRA, LoRA+Prune and APT (ablations, density sweep), issue 5.
+"""MiniLM-L6 on BBC News: FT, LoRA, LoRA+Prune (Kwon et al.; Torch-Pruning) and APT, rates tuned on dev.
 
-    python benchmarks/bench_minilm_bbc.py            # the full suite (53 minutes on 2 idle cores)
+    python benchmarks/bench_minilm_bbc.py            # the full suite (about 2.5 hours on 2 idle cores)
     python benchmarks/bench_minilm_bbc.py --quick    # a few minutes, to check the pipeline
     python benchmarks/bench_minilm_bbc.py --dry-run  # the plan and the time estimate
 

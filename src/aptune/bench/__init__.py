@@ -1,9 +1,11 @@
-"""Side-by-side benchmark of APT against the methods users would pick instead (issue 5).
+"""Side-by-side benchmark of APT against the methods users would pick instead.
 
-``aptune bench`` (or `run_benchmark`) trains FT, LoRA (the ``peft`` package), LoRA+Prune and APT with
-its ablations and a density sweep on the same model, data split, sequence length, batch and seeds,
-each job in its own process, then measures the exported models and writes
-``benchmarks/results/<name>.md``, ``.json`` and plots.
+``aptune bench`` (or `run_benchmark`) deduplicates and splits the data (train / dev / test), chooses
+every method's learning rate on dev from a small grid, then trains FT, LoRA (the ``peft`` package),
+LoRA+Prune (Kwon et al.'s post-training pruning, and Torch-Pruning's Taylor importance) and APT with
+its ablations on the same model, split, sequence length, batch and seeds, each job in its own
+process, evaluates every exported model on test, measures latency, and writes
+``benchmarks/results/<name>.md``, ``.json`` and plots (see ``benchmarks/README.md``).
 
     >>> from aptune.bench import run_benchmark, suite_config
     >>> outcome = run_benchmark(suite_config("minilm-bbc", quick=True))

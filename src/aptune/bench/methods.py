@@ -9,11 +9,17 @@ linear decay, 6 % warm-up, no weight decay).
 * `run_lora`: the ``peft`` package's LoRA on the adapter roles (default q, v, FFN-up), rank 8,
   alpha 16, the task head (pooler + classifier) trained; the merged model is saved, and is also
   phase 1 of LoRA+Prune.
-* `run_lora_prune`: LoRA+Prune. Phase 1 is the LoRA run of the same seed (tuned for the whole
-  budget). Phase 2 prepares the *merged* LoRA model with aptune, prunes it once to the target density
-  from aptune's calibration salience (forward and backward on ``calibration_samples`` training
-  examples) and budgeted selection, then retrains it with aptune's LoRA adapters at a static rank 8
-  (scaling alpha / rank, the same update as peft's), no distillation. Its times add up every phase.
+* `run_lora_prune_kwon`: LoRA+Prune as the APT paper defines it. Phase 1 is the LoRA run of the same
+  seed (converged, at its tuned rate). Phase 2 prunes heads and FFN neurons of the merged LoRA model
+  with the post-training method of Kwon et al. 2022 (`aptune.bench.kwon`: Fisher mask search under
+  the parameter budget, mask rearrangement, least-squares mask tuning) on ``prune_samples`` training
+  examples, removes the pruned blocks, and retrains with LoRA adapters of the rank whose adapter
+  count matches APT's final one (aptune's static-rank adapters: the same update as peft's LoRA,
+  ``alpha / rank`` scaling, and an exportable pruned model). Its clock adds every phase.
+* `run_lora_prune_tp`: the same, with the pruning step from the Torch-Pruning library (global
+  Taylor importance over heads and FFN neurons, `aptune.bench.tp_pruning`).
+* `run_one_shot`: the APT ablation "one-shot": aptune's own salience applied once to the converged
+  LoRA model (``calibration_samples`` examples), then the same retraining.
 * `run_apt`: APT through `aptune.runner.run_training` (the path of ``aptune train``).
 
 Every function returns a JSON-ready dict (see `aptune.bench.worker.run_job` for the common fields).
@@ -33,10 +39,22 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from aptune.bench.config import BenchConfig, Job
-from aptune.bench.measure import MemoryMonitor, curve_from_step_times, step_time_summary
+from aptune.bench.measure import MemoryMonitor, chained_curve, curve_from_step_times, step_time_summary
 from aptune.trainer import peak_rss_mb
 
-__all__ = ["RUNNERS", "WorkerContext", "run_apt", "run_ft", "run_lora", "run_lora_prune"]
+__all__ = [
+    "RUNNERS",
+    "EpochTest",
+    "WorkerContext",
+    "apt_settings",
+    "evaluate_model",
+    "run_apt",
+    "run_ft",
+    "run_lora",
+    "run_lora_prune_kwon",
+    "run_lora_prune_tp",
+    "run_one_shot",
+]
 
 _SKIP_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
@@ -50,6 +68,7 @@ class WorkerContext:
         workdir: The work folder (``runs/<job>``, ``results/<job>.json``, ``logs/``).
         train_file: Training data (JSON Lines written by the harness).
         eval_file: Dev data.
+        test_file: Test data (evaluated once at the end, and after epoch 1 for the 1-epoch view).
         model: Model name or folder every method loads.
         tokenizer: Tokenizer folder or name, or ``None`` (the model's).
         label_names: Class names (classification with named labels), else ``None``.
@@ -61,6 +80,7 @@ class WorkerContext:
     workdir: Path
     train_file: str
     eval_file: str
+    test_file: str
     model: str
     tokenizer: str | None
     label_names: list[str] | None
@@ -74,6 +94,12 @@ class WorkerContext:
     def result_path(self, job_id: str) -> Path:
         """The JSON result of a job."""
         return self.workdir / "results" / f"{job_id}.json"
+
+    def job_lr(self, job: Job) -> float:
+        """The job's learning rate (the grid's choice), else the configured rate of its method."""
+        from aptune.bench.config import LR_FIELDS
+
+        return job.lr or float(getattr(self.config, LR_FIELDS[job.method]))
 
 
 # ------------------------------------------------------------------------------------------ shared
@@ -105,6 +131,7 @@ class StepClock(TrainerCallback):
         self.monitor = monitor
         self.step_times: dict[int, float] = {}
         self.evals: list[tuple[int, dict[str, float]]] = []
+        self.eval_seconds = 0.0
         self.peak_rss_mb: float | None = None
         self.cuda_max_allocated_mb: float | None = None
         self._began = 0.0
@@ -122,6 +149,7 @@ class StepClock(TrainerCallback):
         self.step_times[state.global_step] = time.perf_counter() - self._began
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.eval_seconds += float((metrics or {}).get("eval_runtime") or 0.0)
         clean = clean_metrics(metrics or {})
         if self.evals and self.evals[-1][0] == state.global_step:
             self.evals[-1] = (state.global_step, clean)
@@ -198,8 +226,12 @@ def _train(trainer: Trainer, clock: StepClock, steps: int) -> None:
         trainer.evaluate()  # the final evaluation, as run_training does
 
 
-def _common(task, clock: StepClock, *, offset: float = 0.0, final_from: int = 0) -> dict[str, Any]:
+def _common(
+    task, clock: StepClock, *, offset: float | dict[str, float] = 0.0, final_from: int = 0
+) -> dict[str, Any]:
     curve = curve_from_step_times(clock.step_times, clock.evals, offset=offset, final_from_step=final_from)
+    if isinstance(offset, dict):
+        offset = sum(offset.values())
     return {
         "primary_metric": task.primary_metric,
         "greater_is_better": task.greater_is_better,
@@ -216,6 +248,99 @@ def _param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, dataset, collator, batch_size: int, task: str) -> dict[str, float]:
+    """Accuracy (classification) or perplexity (causal LM) of ``model`` on a tokenized data set.
+
+    The model is put in evaluation mode for the pass and back in its former mode afterwards.
+
+    Returns:
+        ``{"accuracy": a}`` or ``{"perplexity": p, "loss": l}``, plus ``"examples"``.
+    """
+    from torch.utils.data import DataLoader
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    right = seen = 0
+    loss_sum, tokens = 0.0, 0
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            out = model(**batch)
+            labels = batch["labels"]
+            if task == "classification":
+                right += int((out.logits.argmax(-1) == labels).sum())
+                seen += int(labels.shape[0])
+            else:
+                count = int((labels[:, 1:] != -100).sum())  # targets after the shift
+                loss_sum += float(out.loss) * count
+                tokens += count
+                seen += int(labels.shape[0])
+    finally:
+        model.train(was_training)
+    if task == "classification":
+        return {"accuracy": right / max(1, seen), "examples": float(seen)}
+    loss = loss_sum / max(1, tokens)
+    return {"perplexity": math.exp(min(loss, 50.0)), "loss": loss, "examples": float(seen)}
+
+
+def load_test(ctx: WorkerContext, tokenizer):
+    """The tokenized test split (labels mapped as in training)."""
+    from aptune.tasks import load_task
+
+    cfg = ctx.config
+    return load_task(
+        cfg.task, tokenizer, train_file=ctx.train_file, eval_file=ctx.test_file, max_length=cfg.max_length
+    )
+
+
+class EpochTest(TrainerCallback):
+    """The 1-epoch view: evaluates the model in training on the test split at the end of epoch 1.
+
+    The evaluation runs between steps (after the epoch's last step), so no step time includes it;
+    its seconds are recorded apart.
+    """
+
+    def __init__(self, ctx: WorkerContext, test_task) -> None:
+        self.ctx = ctx
+        self.task = test_task
+        self.record: dict[str, Any] | None = None
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if self.record is not None or model is None or state.epoch is None or state.epoch < 1 - 1e-6:
+            return
+        began = time.perf_counter()
+        metrics = evaluate_model(
+            model, self.task.eval, self.task.collator, self.ctx.config.eval_batch_size, self.ctx.config.task
+        )
+        self.record = {
+            "step": int(state.global_step),
+            "epoch": float(state.epoch),
+            "metrics": metrics,
+            "eval_seconds": time.perf_counter() - began,
+        }
+
+
+def _epoch_callbacks(ctx: WorkerContext, tokenizer) -> list[EpochTest]:
+    if not ctx.config.epoch1_view:
+        return []
+    return [EpochTest(ctx, load_test(ctx, tokenizer))]
+
+
+def _epoch_record(
+    callbacks: list[EpochTest], *, final_from_step: int | None = 0, why: str = ""
+) -> dict | None:
+    """The epoch-1 test record, with whether the model had its final structure then."""
+    if not callbacks:
+        return None
+    record = callbacks[0].record
+    if record is None:
+        return {"metrics": None, "note": why or "the run is shorter than one epoch"}
+    final = final_from_step is not None and record["step"] >= final_from_step
+    return {**record, "final_structure": final}
+
+
 # ------------------------------------------------------------------------------------------ methods
 def run_ft(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
     """Full fine-tuning: every parameter trains at ``ft_lr``."""
@@ -225,10 +350,11 @@ def run_ft(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -
     params_before = _param_count(model)
     steps = total_steps(ctx, len(task.train))
     clock = StepClock(monitor)
+    epoch = _epoch_callbacks(ctx, tokenizer)
     trainer = Trainer(
         model=model,
-        args=_training_args(ctx, job, out, ctx.config.ft_lr, steps),
-        callbacks=[clock],
+        args=_training_args(ctx, job, out, ctx.job_lr(job), steps),
+        callbacks=[clock, *epoch],
         **_trainer_kwargs(task),
     )
     _train(trainer, clock, steps)
@@ -242,7 +368,9 @@ def run_ft(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -
         params_after=_param_count(model),
         trainable_params=params_before,
         step_summary=step_time_summary(clock.step_times),
-        lr=ctx.config.ft_lr,
+        lr=ctx.job_lr(job),
+        eval_seconds=clock.eval_seconds,
+        epoch1_test=_epoch_record(epoch),
     )
     return result
 
@@ -275,12 +403,14 @@ def run_lora(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None)
     )
     model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    adapter_params = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     steps = total_steps(ctx, len(task.train))
     clock = StepClock(monitor)
+    epoch = _epoch_callbacks(ctx, tokenizer)
     trainer = Trainer(
         model=model,
-        args=_training_args(ctx, job, out, cfg.lora_lr, steps),
-        callbacks=[clock],
+        args=_training_args(ctx, job, out, ctx.job_lr(job), steps),
+        callbacks=[clock, *epoch],
         **_trainer_kwargs(task),
     )
     _train(trainer, clock, steps)
@@ -295,7 +425,11 @@ def run_lora(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None)
         params_after=_param_count(merged),
         trainable_params=trainable,
         step_summary=step_time_summary(clock.step_times),
-        lr=cfg.lora_lr,
+        lr=ctx.job_lr(job),
+        eval_seconds=clock.eval_seconds,
+        epoch1_test=_epoch_record(epoch),
+        adapter_params=adapter_params,
+        lora_rank=cfg.lora_rank,
         lora_targets=targets,
         lora_modules_to_save=heads,
     )
@@ -316,47 +450,92 @@ def _apt_base(cfg: BenchConfig, job: Job) -> dict[str, Any]:
     }
 
 
-def run_lora_prune(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
-    """LoRA+Prune phase 2 (phase 1 is the LoRA job this one depends on); see the module docstring."""
-    from aptune.config import AptConfig
-    from aptune.controller import prepare_
+def calibration_batches(task, count: int, batch_size: int, seed: int) -> list[dict]:
+    """``count`` training examples (a seeded sample, fixed per seed) collated into batches."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(task.train), generator=generator)[: min(count, len(task.train))].tolist()
+    rows = [task.train[i] for i in order]
+    return [task.collator(rows[k : k + batch_size]) for k in range(0, len(rows), batch_size)]
+
+
+def adapter_cost_per_rank(model: torch.nn.Module, roles: tuple[str, ...]) -> int:
+    """Adapter parameters per unit of rank on the adapter roles: ``in + out`` of each target Linear."""
+    from aptune.arch import build_layout
+
+    layout = build_layout(model)
+    total = 0
+    for role in roles:
+        for path in layout.role_paths(role):
+            weight = model.get_submodule(path).weight  # (out, in)
+            total += int(weight.shape[0] + weight.shape[1])
+    return total
+
+
+def matched_rank(ctx: WorkerContext, job: Job, model: torch.nn.Module) -> dict[str, Any]:
+    """The retraining rank whose adapter count on the pruned ``model`` is closest to APT's final one.
+
+    APT's count comes from the APT job of the same seed and allocator (``job.depends[1]``); without
+    it (APT not run) the configured ``lora_rank`` stands. ``retrain_rank`` > 0 overrides both.
+    """
+    cfg = ctx.config
+    per_rank = adapter_cost_per_rank(model, cfg.role_list())
+    apt_adapters = None
+    if len(job.depends) > 1 and ctx.result_path(job.depends[1]).is_file():
+        apt = json.loads(ctx.result_path(job.depends[1]).read_text(encoding="utf-8"))
+        apt_adapters = apt.get("adapter_params")
+    if cfg.retrain_rank:
+        rank, source = cfg.retrain_rank, "retrain_rank option"
+    elif apt_adapters:
+        rank, source = max(1, round(apt_adapters / per_rank)), f"APT's final adapter count ({job.depends[1]})"
+    else:
+        rank, source = cfg.lora_rank, "lora_rank (no APT record)"
+    return {
+        "rank": int(rank),
+        "adapter_params": int(rank * per_rank),
+        "apt_adapter_params": apt_adapters,
+        "per_rank": per_rank,
+        "source": source,
+    }
+
+
+def _retrain(
+    ctx: WorkerContext,
+    job: Job,
+    monitor: MemoryMonitor | None,
+    *,
+    phase1: dict,
+    model,
+    tokenizer,
+    task,
+    controller,
+    apt_config,
+    steps: int,
+    prune_seconds: dict[str, float],
+    pruning: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """LoRA retraining of a pruned model, export, and the LoRA+Prune record (all phases on one clock)."""
     from aptune.trainer import AptTrainer
 
-    cfg = ctx.config
-    phase1 = json.loads(ctx.result_path(job.depends[0]).read_text(encoding="utf-8"))
-    set_seed(job.seed)
     out = ctx.run_dir(job.id)
-    model, tokenizer, task = _load(ctx, phase1["model_dir"])
-    main_steps = total_steps(ctx, len(task.train))
-    steps = max(1, round(main_steps * cfg.retrain_fraction))
-    apt_config = AptConfig(
-        **{**_apt_base(cfg, job), "num_events": 1},
-        pretune_prune=True,
-        pretune_density=job.density,
-        distill=False,
-        rank_allocation="static",
-    )
-    controller = prepare_(model, apt_config, total_steps=steps)
     clock = StepClock(monitor)
     trainer = AptTrainer(
         model=model,
-        args=_training_args(ctx, job, out, cfg.lora_lr, steps),
+        args=_training_args(ctx, job, out, ctx.job_lr(job), steps),
         processing_class=tokenizer,
         callbacks=[clock],
         **_trainer_kwargs(task),
     )
-    if monitor is not None:
-        monitor.mark("calibration_start")
-    began = time.perf_counter()
-    record = trainer.calibrate_and_prune_()
-    calibration_seconds = time.perf_counter() - began
-    offset = float(phase1["train_seconds"]) + calibration_seconds
+    # every phase before the retraining's first step, in order: LoRA's training, the calibration and
+    # mask search, mask tuning, surgery (evaluations excluded)
+    before = {"lora": float(phase1["train_seconds"]), **{k: float(v) for k, v in prune_seconds.items()}}
     _train(trainer, clock, steps)
     small = trainer.export(out / "model")
-    result = _common(task, clock, offset=offset)
+    result = _common(task, clock, offset=before)
     retrain_seconds = sum(clock.step_times.values())
-    previous = [{**point, "final_structure": False, "phase": "lora"} for point in phase1["curve"]]
-    result["curve"] = previous + [{**point, "phase": "retrain"} for point in result["curve"]]
+    # LoRA's evaluations are of the model before pruning (final_structure False); the retraining's
+    # are of the exported structure
+    result["curve"] = chained_curve(phase1["curve"], before, clock.step_times, clock.evals)
     lora_steps = {int(k): v for k, v in phase1["step_times"].items()}
     start = step_time_summary(lora_steps)["start"]
     after = statistics.median(clock.step_times.values()) if clock.step_times else None
@@ -368,14 +547,15 @@ def run_lora_prune(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None =
         params_before=phase1["params_before"],
         params_after=_param_count(small),
         trainable_params=controller.trainable_parameter_count(),
+        adapter_params=controller.adapter_parameter_count(),
         density=controller.density(),
+        # the job process's own peak is the retraining phase's; phase 1 ran in its own process
         peak_rss_mb=max(peaks) if peaks else None,
         phase_peak_rss_mb={"lora": phase1.get("peak_rss_mb"), "prune_retrain": clock.peak_rss_mb},
-        phases={
-            "lora": float(phase1["train_seconds"]),
-            "calibration": calibration_seconds,
-            "retrain": retrain_seconds,
-        },
+        phases={**before, "retrain": retrain_seconds},
+        phase1_job=job.depends[0],
+        eval_seconds=float(phase1.get("eval_seconds") or 0.0) + clock.eval_seconds,
+        epoch1_test={"metrics": None, "note": "LoRA+Prune prunes after LoRA's whole run: no 1-epoch model"},
         step_summary={
             "start": start,
             "after_pruning": after,
@@ -383,18 +563,190 @@ def run_lora_prune(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None =
             "ratio_after_pruning": after / start if after is not None and start else None,
             "steps": len(lora_steps) + len(clock.step_times),
         },
-        pruning={
-            k: record[k] for k in ("density", "removed", "heads_per_layer", "ffn_per_layer", "hidden_size")
-        },
-        lr=cfg.lora_lr,
+        pruning=pruning,
+        lr=ctx.job_lr(job),
         apt_config=apt_config.to_dict(),
+        **extra,
     )
     return result
 
 
+def _retrain_config(ctx: WorkerContext, job: Job, rank: int, *, prune_hidden: bool = False):
+    from aptune.config import AptConfig
+
+    cfg = ctx.config
+    return AptConfig(
+        **{
+            **_apt_base(cfg, job),
+            "num_events": 1,
+            "initial_rank": rank,
+            "max_rank": max(64, rank),
+            "lora_scaling": cfg.lora_alpha / rank,
+        },
+        pretune_prune=True,
+        pretune_density=job.density,
+        distill=False,
+        rank_allocation="static",
+        prune_hidden=prune_hidden,
+    )
+
+
+def _prune_and_retrain(ctx: WorkerContext, job: Job, monitor, prune) -> dict[str, Any]:
+    """Phase 2 of the LoRA+Prune methods: ``prune(model, task, layout) -> (keep_heads, keep_neurons,
+    seconds, record)`` on the merged phase-1 model, then the blocks are removed and LoRA retrains."""
+    from aptune.arch import build_layout
+    from aptune.controller import prepare_
+    from aptune.select import KeepSet
+
+    cfg = ctx.config
+    phase1 = json.loads(ctx.result_path(job.depends[0]).read_text(encoding="utf-8"))
+    set_seed(job.seed)
+    model, tokenizer, task = _load(ctx, phase1["model_dir"])
+    steps = max(1, round(total_steps(ctx, len(task.train)) * cfg.retrain_fraction))
+    layout = build_layout(model)
+    if monitor is not None:
+        monitor.mark("calibration_start")
+    keep_heads, keep_neurons, seconds, record = prune(model, task, layout)
+    began = time.perf_counter()
+    rank = matched_rank(ctx, job, _pruned_copy_shapes(model, layout, keep_heads, keep_neurons))
+    apt_config = _retrain_config(ctx, job, rank["rank"])
+    controller = prepare_(model, apt_config, total_steps=steps)
+    hidden = torch.ones(layout.hidden_size, dtype=torch.bool)
+    controller.set_hard_masks(KeepSet(torch.cat(keep_heads), torch.cat(keep_neurons), hidden, 0.0))
+    controller.prune_to_masks_()
+    controller._pretuned = True  # pruned once, here: no pruning event during the retraining
+    seconds = {**seconds, "surgery": time.perf_counter() - began}
+    record = {
+        **record,
+        "heads_per_layer": [int(k.sum()) for k in keep_heads],
+        "ffn_per_layer": [int(k.sum()) for k in keep_neurons],
+        "hidden_size": layout.hidden_size,
+    }
+    return _retrain(
+        ctx,
+        job,
+        monitor,
+        phase1=phase1,
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        controller=controller,
+        apt_config=apt_config,
+        steps=steps,
+        prune_seconds=seconds,
+        pruning=record,
+        extra={"retrain_rank": rank},
+    )
+
+
+def _pruned_copy_shapes(model, layout, keep_heads, keep_neurons) -> torch.nn.Module:
+    """A deep copy of ``model`` with the pruned blocks removed (only its shapes are read)."""
+    import copy
+
+    from aptune.surgery import prune_neurons_, prune_units_
+
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, keep in enumerate(keep_heads):
+            prune_units_(clone, layout, i, torch.nonzero(keep).squeeze(1))
+        for i, keep in enumerate(keep_neurons):
+            prune_neurons_(clone, layout, i, torch.nonzero(keep).squeeze(1))
+    return clone
+
+
+def run_lora_prune_kwon(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """LoRA+Prune with Kwon et al.'s post-training pruning (see the module docstring)."""
+    from aptune.bench.config import TUNING_SAMPLES
+    from aptune.bench.kwon import kwon_prune
+
+    cfg = ctx.config
+
+    def prune(model, task, layout):
+        began = time.perf_counter()
+        batches = calibration_batches(task, cfg.prune_samples, cfg.batch_size, job.seed)
+        tuning = calibration_batches(task, min(cfg.prune_samples, TUNING_SAMPLES), cfg.batch_size, job.seed)
+        prepared = time.perf_counter() - began
+        result = kwon_prune(model, layout, batches, job.density, tuning_batches=tuning)
+        seconds = {
+            "calibration_search": prepared + result.seconds["calibration_search"],
+            "mask_tuning": result.seconds["mask_tuning"],
+        }
+        record = {"method": "kwon2022", **result.to_dict()}
+        return result.keep_heads, result.keep_neurons, seconds, record
+
+    return _prune_and_retrain(ctx, job, monitor, prune)
+
+
+def run_lora_prune_tp(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """LoRA+Prune with Torch-Pruning's global Taylor importance (see the module docstring)."""
+    from aptune.bench.tp_pruning import taylor_keep_sets
+
+    cfg = ctx.config
+
+    def prune(model, task, layout):
+        began = time.perf_counter()
+        batches = calibration_batches(task, cfg.prune_samples, cfg.batch_size, job.seed)
+        keep_heads, keep_neurons, record = taylor_keep_sets(model, layout, batches, job.density)
+        seconds = {"calibration_search": time.perf_counter() - began, "mask_tuning": 0.0}
+        return keep_heads, keep_neurons, seconds, {"method": "torch-pruning taylor", **record}
+
+    return _prune_and_retrain(ctx, job, monitor, prune)
+
+
+def run_one_shot(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """The "one-shot" APT ablation: aptune's salience once on the converged LoRA model, then retraining."""
+    from aptune.controller import prepare_
+
+    cfg = ctx.config
+    phase1 = json.loads(ctx.result_path(job.depends[0]).read_text(encoding="utf-8"))
+    set_seed(job.seed)
+    model, tokenizer, task = _load(ctx, phase1["model_dir"])
+    steps = max(1, round(total_steps(ctx, len(task.train)) * cfg.retrain_fraction))
+    rank = matched_rank(ctx, job, model)  # on the dense shapes: aptune's pass prunes after prepare_
+    apt_config = _retrain_config(ctx, job, rank["rank"], prune_hidden=True)
+    controller = prepare_(model, apt_config, total_steps=steps)
+    if monitor is not None:
+        monitor.mark("calibration_start")
+    began = time.perf_counter()
+    batches = calibration_batches(task, cfg.calibration_samples, cfg.batch_size, job.seed)
+    record = controller.calibrate_and_prune_(batches)
+    # aptune's one-shot pass removes the blocks itself: the surgery is inside calibration_search
+    seconds = {"calibration_search": time.perf_counter() - began, "mask_tuning": 0.0, "surgery": 0.0}
+    pruning = {k: record[k] for k in ("density", "removed") if k in record}
+    pruning.update({k: v for k, v in controller.layer_summary().items()})
+    return _retrain(
+        ctx,
+        job,
+        monitor,
+        phase1=phase1,
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        controller=controller,
+        apt_config=apt_config,
+        steps=steps,
+        prune_seconds=seconds,
+        pruning=pruning,
+        extra={"retrain_rank": rank},
+    )
+
+
+def apt_settings(cfg: BenchConfig, job: Job):
+    """The `AptConfig` of an APT job: the suite's frozen settings plus the job's ablation overrides."""
+    from aptune.config import AptConfig
+
+    return AptConfig(
+        **{
+            **_apt_base(cfg, job),
+            "pretune_prune": cfg.apt_pretune_prune,
+            "distill": cfg.apt_distill,
+            **job.apt_overrides,
+        }
+    )
+
+
 def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
     """APT through `aptune.runner.run_training`; the figures come from its ``report.json``."""
-    from aptune.config import AptConfig
     from aptune.report import load_report
     from aptune.runner import RunArguments, run_training
 
@@ -413,23 +765,19 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         max_steps=cfg.max_steps or None,
         batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.apt_lr,
+        learning_rate=ctx.job_lr(job),
         weight_decay=0.0,
         warmup_ratio=0.06,
         evaluations=cfg.evaluations,
         seed=job.seed,
     )
-    apt_config = AptConfig(
-        **{
-            **_apt_base(cfg, job),
-            "pretune_prune": cfg.apt_pretune_prune,
-            "distill": cfg.apt_distill,
-            **job.apt_overrides,
-        }
-    )
+    apt_config = apt_settings(cfg, job)
     if monitor is not None:
         monitor.mark("run_start")
-    summary = run_training(run_args, apt_config)
+    from aptune.runner import load_tokenizer
+
+    epoch = _epoch_callbacks(ctx, load_tokenizer(ctx.model, ctx.tokenizer)) if cfg.epoch1_view else []
+    summary = run_training(run_args, apt_config, callbacks=list(epoch))
     report = load_report(out)
     steps = {
         int(row["step"]): float(row["step_time"])
@@ -475,6 +823,8 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
             "train_end", train_start + calibration + sum(steps.values()) + sum(eval_runtimes.values())
         )
     plan = json.loads((out / "model" / "config.json").read_text(encoding="utf-8")).get("aptune_plan", {})
+    counted = [e["adapter_params"] for e in report.get("events", []) if e.get("adapter_params") is not None]
+    adapter_params = counted[-1] if counted else None  # after the last event the ranks no longer change
     memory = report.get("peak_memory") or {}
     return {
         "primary_metric": "accuracy" if cfg.task == "classification" else "perplexity",
@@ -496,11 +846,22 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         "teacher_seconds": (report.get("teacher_cost") or {}).get("seconds"),
         "schedule": schedule,
         "structure": {k: plan.get(k) for k in ("heads_per_layer", "ffn_per_layer", "hidden_size")},
-        "lr": cfg.apt_lr,
+        "lr": ctx.job_lr(job),
+        "eval_seconds": sum(float(e["metrics"].get("eval_runtime") or 0.0) for e in report.get("evals", [])),
+        "epoch1_test": _epoch_record(epoch, final_from_step=last_prune or 0),
+        "adapter_params": adapter_params,
+        "trainable_params": (report.get("summary") or {}).get("trainable_params"),
         "apt_config": apt_config.to_dict(),
         "report": str(out / "report.md"),
     }
 
 
 #: Method name -> runner.
-RUNNERS = {"ft": run_ft, "lora": run_lora, "lora-prune": run_lora_prune, "apt": run_apt}
+RUNNERS = {
+    "ft": run_ft,
+    "lora": run_lora,
+    "lora-prune-kwon": run_lora_prune_kwon,
+    "lora-prune-tp": run_lora_prune_tp,
+    "one-shot": run_one_shot,
+    "apt": run_apt,
+}

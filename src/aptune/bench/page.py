@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aptune.bench.config import RATE_OF
 from aptune.bench.records import ALLOCATOR_NAMES, is_headline, is_lora_prune, median_of
 from aptune.report.format import DASH, NA, fmt_fixed, fmt_sig, fmt_spread
 from aptune.report.tables import md_table
@@ -229,7 +230,125 @@ def _profile_lines(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-_LR_FIELDS = (("FT", "ft_lr"), ("LoRA and LoRA+Prune retraining", "lora_lr"), ("APT", "apt_lr"))
+_LR_FIELDS = (
+    ("FT", "ft_lr"),
+    ("LoRA", "lora_lr"),
+    ("APT", "apt_lr"),
+    ("LoRA+Prune retraining", "retrain_lr"),
+)
+
+_METHOD_NAMES = {
+    "ft": "FT",
+    "lora": "LoRA",
+    "apt": "APT",
+    "lora-prune-kwon": "LoRA+Prune (Kwon et al.) retraining",
+    "lora-prune-tp": "LoRA+Prune (Torch-Pruning) retraining",
+    "one-shot": "APT one-shot retraining",
+}
+
+
+def _data_lines(data: Mapping[str, Any]) -> list[str]:
+    """The data the harness recorded: duplicates removed per test, the split, sizes per class per split."""
+    lines: list[str] = []
+    dedupe = data.get("dedupe")
+    if dedupe:
+        lines.append(
+            f"- Deduplicated before splitting: {dedupe.get('before', '?')} examples, "
+            f"{dedupe.get('removed', '?')} removed ({dedupe.get('exact', '?')} exact copies, "
+            f"{dedupe.get('normalised', '?')} identical after normalising case and whitespace, "
+            f"{dedupe.get('prefix', '?')} identical in the first {dedupe.get('max_length', '?')} tokens), "
+            f"{dedupe.get('kept', '?')} kept."
+        )
+    if data.get("overlap_removed"):
+        lines.append(f"- {data['overlap_removed']} training examples repeating a dev or test text removed.")
+    split = data.get("split")
+    if split:
+        kind = "stratified by class" if split.get("stratified") else "random"
+        lines.append(
+            f"- Split ({kind}, seed {split.get('seed')}): train {split.get('train'):g} / dev "
+            f"{split.get('dev'):g} / test {split.get('test'):g} of the deduplicated data; sizes used: "
+            f"{data.get('num_train')} train, {data.get('num_eval')} dev, {data.get('num_test')} test."
+        )
+    counts = data.get("class_counts")
+    if counts:
+        names = sorted({name for per_split in counts.values() for name in per_split})
+        table = [
+            [split_name, *[str(per_split.get(n, 0)) for n in names], str(sum(per_split.values()))]
+            for split_name, per_split in counts.items()
+        ]
+        lines += ["", *md_table(["split", *names, "total"], table, "l" + "r" * (len(names) + 1))]
+    return lines
+
+
+def _grid_lines(data: Mapping[str, Any]) -> list[str]:
+    """The learning rates the dev grid chose, with the final dev metric of every rate tried."""
+    grid = data.get("grid")
+    if not grid or not grid.get("chosen"):
+        return []
+    lines = [
+        f"Every method's learning rate is the one with the best final dev metric of its grid (seed "
+        f"{grid.get('seed')}, ties to the smaller rate); the test split played no part.",
+        "",
+    ]
+    table = []
+    for method, entry in grid["chosen"].items():
+        scores = ", ".join(
+            f"{lr}: {fmt_fixed(value, 4)}" if value is not None else f"{lr}: failed"
+            for lr, value in entry["dev"].items()
+        )
+        chosen = f"{entry['lr']:g}" + (" (configured: no grid run finished)" if entry.get("fallback") else "")
+        table.append([_METHOD_NAMES.get(method, method), chosen, f"dev {entry['metric']}: {scores}"])
+    lines += md_table(["method", "chosen rate", "grid"], table, "lrl")
+    shared = [m for m in grid.get("rates") or {} if m not in grid["chosen"] and m in RATE_OF]
+    if shared:
+        taken = ", ".join(f"{_METHOD_NAMES.get(m, m)} uses that of {RATE_OF[m]}" for m in shared)
+        lines += ["", f"Not tuned on their own (the same LoRA retraining): {taken}."]
+    return [*lines, ""]
+
+
+def _apt_settings_line(data: Mapping[str, Any]) -> list[str]:
+    settings = data.get("apt_settings")
+    if not settings:
+        return []
+    fields = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "format_version" and v is not None)
+    return [
+        "- APT's settings, frozen in the suite before any test figure was looked at (its learning rate "
+        f"comes from the dev grid): {fields}."
+    ]
+
+
+def _epoch1_lines(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The 1-epoch view: test metric of the model in training after its first epoch."""
+    rows = [g for g in groups if g.get("epoch1_metric")]
+    if not rows:
+        return []
+    metric = metric_name(summary)
+    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 2)
+    table = [
+        [g["label"], f"{g['density']:g}", fmt_spread(g["epoch1_metric"], digits, scale), g["epoch1_note"]]
+        for g in rows
+    ]
+    head = ["method", "density", f"test {metric} after epoch 1", "structure then"]
+    note = (
+        "The second view: the same runs evaluated on the test split at the end of their first epoch. "
+        "LoRA+Prune has no 1-epoch model (it prunes after LoRA's whole run)."
+    )
+    return [note, "", *md_table(head, table, "llrl"), ""]
+
+
+def _rates_line(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    rates = (data.get("grid") or {}).get("rates")
+    if rates:
+        return (
+            "- Learning rates chosen on dev (see the grid above): "
+            + ", ".join(f"{_METHOD_NAMES.get(m, m)} {lr:g}" for m, lr in rates.items())
+            + "."
+        )
+    return (
+        "- Learning rates (configured, no grid): "
+        + ", ".join(f"{name} {cfg[key]:g}" for name, key in _LR_FIELDS if cfg.get(key) is not None)
+        + "."
+    )
 
 
 def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -253,9 +372,8 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
         f"{cfg['evaluations']} cadence evaluations plus a final one; headline seeds {cfg['seeds']}; "
         f"ablations and sweep with seed {first_seed}. Headline figures are medians over seeds on the test "
         "split; dev is for choices only.",
-        "- Learning rates: "
-        + ", ".join(f"{name} {cfg[key]:g}" for name, key in _LR_FIELDS if cfg.get(key) is not None)
-        + ".",
+        _rates_line(cfg, data),
+        *_apt_settings_line(data),
         "- Time-to-accuracy: see the section above; per-run values in the last table.",
         "- Peak RSS: see the memory section.",
         f"- Latency: exported merged models, batch {lat_batch} x {lat_len} tokens, {lat_warm} untimed "
@@ -350,6 +468,15 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     if ablations:
         apt = [g for g in headline if g["method"] == "apt"]
         lines += [f"## APT ablations (density {d0:g})", "", *_group_table(summary, apt + ablations), ""]
+    epoch1 = _epoch1_lines(summary, headline)
+    if epoch1:
+        lines += ["## 1-epoch view", "", *epoch1]
+    data = summary.get("data") or {}
+    if data.get("dedupe") or data.get("class_counts"):
+        lines += ["## Data", "", *_data_lines(data), ""]
+    grid = _grid_lines(data)
+    if grid:
+        lines += ["## Learning rates (dev grid)", "", *grid]
     lines += ["## Profile", "", *_profile_lines(summary)]
     if "memory" in plots:
         lines += ["", f"![RSS over time]({plots['memory']})"]

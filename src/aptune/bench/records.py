@@ -21,6 +21,7 @@ __all__ = [
     "flat_curve",
     "is_headline",
     "is_lora_prune",
+    "main_allocator",
     "median_of",
     "record_metrics",
     "split_metrics",
@@ -136,6 +137,27 @@ def allocator_of(result: Mapping[str, Any]) -> str:
     if isinstance(allocator, Mapping) and allocator.get("setting"):
         return str(allocator["setting"])
     return "pinned" if result.get("mmap_threshold") else "default"
+
+
+def main_allocator(settings: Sequence[tuple[str, int]]) -> str | None:
+    """The allocator setting whose runs make a group's medians: the one with the most seeds.
+
+    The headline runs every seed under one setting and repeats some seeds under the other (for the
+    memory comparison); medians of accuracy and time mix no settings, so that a repeated seed does
+    not count twice. Ties go to the C library's defaults.
+
+    Args:
+        settings: ``(allocator setting, seed)`` of every run of the group.
+
+    Returns:
+        The setting, or ``None`` for no runs.
+    """
+    seeds: dict[str, set[int]] = {}
+    for setting, seed in settings:
+        seeds.setdefault(setting, set()).add(seed)
+    if not seeds:
+        return None
+    return max(seeds, key=lambda s: (len(seeds[s]), s == "default"))
 
 
 def is_headline(row: Mapping[str, Any], density: float) -> bool:

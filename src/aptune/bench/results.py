@@ -32,6 +32,7 @@ from aptune.bench.records import (
     flat_curve,
     is_headline,
     is_lora_prune,
+    main_allocator,
     median_of,
     record_metrics,
     split_metrics,
@@ -59,11 +60,16 @@ __all__ = [
 
 
 def _job_peak(job: Job, results: Mapping[str, Mapping[str, Any]]) -> float | None:
-    """The job's peak RSS; a LoRA+Prune job also counts its LoRA phase (a job of its own)."""
+    """The job's peak RSS; a LoRA+Prune job also counts its LoRA phase (a job of its own).
+
+    The LoRA phase is the first dependency (``job.depends[0]``); the second, when present, is the APT
+    run whose adapter count the retraining matches, which is not part of LoRA+Prune's work.
+    """
     own = results[job.id].get("peak_rss_mb")
-    if not is_lora_prune(job.method):
+    if not is_lora_prune(job.method) or not job.depends:
         return own
-    phases = [own] + [results[d].get("peak_rss_mb") for d in job.depends if d in results]
+    phase1 = job.depends[0]
+    phases = [own] + ([results[phase1].get("peak_rss_mb")] if phase1 in results else [])
     present = [p for p in phases if p is not None]
     return max(present) if len(present) == len(phases) else None
 
@@ -118,6 +124,7 @@ def _job_row(
             flat, threshold, metric, greater_is_better=greater, final_structure_only=False
         )
     lat = timing.get("latency") or {}
+    epoch1 = result.get("epoch1_test") or {}
     return {
         "id": job.id,
         "label": job.label,
@@ -128,6 +135,8 @@ def _job_row(
         "metric": test.get(metric),
         "dev_metric": dev.get(metric),
         "macro_f1": test.get("macro_f1"),
+        "epoch1_metric": (epoch1.get("metrics") or {}).get(metric),
+        "epoch1_final_structure": epoch1.get("final_structure"),
         "final_metrics": {"dev": dev, "test": test},
         "curve_split": split,
         "tta_seconds": tta,
@@ -172,6 +181,7 @@ _GROUP_FIELDS = (
     "metric",
     "dev_metric",
     "macro_f1",
+    "epoch1_metric",
     "train_seconds",
     "peak_rss_mb",
     "resting_rss_mb",
@@ -194,23 +204,34 @@ _GROUP_FIELDS = (
 
 def _group(rows: list[dict], label: str, density: float) -> dict[str, Any]:
     """Medians and spreads over the seeds of one (label, density)."""
-    members = [r for r in rows if r["label"] == label and math.isclose(r["density"], density)]
+    runs = [r for r in rows if r["label"] == label and math.isclose(r["density"], density)]
+    allocator = main_allocator([(r["allocator"], r["seed"]) for r in runs])
+    # medians over the seeds of one allocator setting; the repeats under the other setting count only
+    # for the memory comparison (peak_rss_mb_by_allocator)
+    members = [r for r in runs if r["allocator"] == allocator]
     group: dict[str, Any] = {
         "label": label,
         "method": members[0]["method"],
         "variant": members[0]["variant"],
         "density": density,
+        "allocator": allocator,
         "seeds": [r["seed"] for r in members],
         "jobs": [r["id"] for r in members],
+        "other_allocator_jobs": [r["id"] for r in runs if r["allocator"] != allocator],
     }
     for name in _GROUP_FIELDS:
         group[name] = spread([r[name] for r in members])
     group["tta_seconds"] = tta_spread([r["tta_seconds"] for r in members])
     group["tta_any_seconds"] = tta_spread([r["tta_any_seconds"] for r in members])
+    measured = [r for r in members if r["epoch1_metric"] is not None]
+    pruning = sum(1 for r in measured if r["epoch1_final_structure"] is False)
+    group["epoch1_note"] = (
+        "final" if not pruning else f"still to be pruned in {pruning} of {len(measured)} seeds"
+    )
     group["reached"] = group["tta_seconds"]["reached"] if group["tta_seconds"] else 0
-    settings = sorted({r["allocator"] for r in members})
+    settings = sorted({r["allocator"] for r in runs})
     group["peak_rss_mb_by_allocator"] = {
-        s: spread([r["peak_rss_mb"] for r in members if r["allocator"] == s]) for s in settings
+        s: spread([r["peak_rss_mb"] for r in runs if r["allocator"] == s]) for s in settings
     }
     phase_names: list[str] = []
     for r in members:
@@ -252,7 +273,14 @@ def _profile(
     """Facts that explain the APT figures, from the first headline seed."""
     first = config.seed_list()[0]
     density = config.target_density
-    picks = {r["label"]: r["id"] for r in rows if r["seed"] == first and is_headline(r, density)}
+    picks: dict[str, str] = {}
+    for label in dict.fromkeys(r["label"] for r in rows):
+        runs = [r for r in rows if r["label"] == label and r["seed"] == first and is_headline(r, density)]
+        allocator = main_allocator([(r["allocator"], r["seed"]) for r in rows if r["label"] == label])
+        # the run of the setting the medians use (the repeat under the other setting is shown apart)
+        pick = next((r for r in runs if r["allocator"] == allocator), runs[0] if runs else None)
+        if pick is not None:
+            picks[label] = pick["id"]
     profile: dict[str, Any] = {"seed": first, "memory": {}, "time": {}}
     for label, job_id in picks.items():
         result = results.get(job_id) or {}
@@ -293,6 +321,9 @@ def reference_bar(
     """
     done = [j for j in jobs if j.id in results]
     ref_jobs = [j for j in done if j.method == config.reference and not j.variant]
+    allocator = main_allocator([(allocator_of(results[j.id]), j.seed) for j in ref_jobs])
+    # the seeds of one allocator setting (a seed repeated under the other setting counts once)
+    ref_jobs = [j for j in ref_jobs if allocator_of(results[j.id]) == allocator]
     metric = next((results[j.id].get("primary_metric") for j in done), "accuracy") or "accuracy"
     greater = next((results[j.id].get("greater_is_better") for j in done), True)
     greater = True if greater is None else bool(greater)

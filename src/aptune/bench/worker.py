@@ -23,7 +23,15 @@ from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
 from aptune.bench.measure import JobPeakMemory, MemoryMonitor, allocator_setting, current_rss_mb
 from aptune.host_memory import pinned_mmap_threshold
 
-__all__ = ["context_from_plan", "convert_model", "main", "run_job", "run_latency"]
+__all__ = [
+    "apply_allocator",
+    "context_from_plan",
+    "convert_model",
+    "evaluate_test",
+    "main",
+    "run_job",
+    "run_latency",
+]
 
 
 @contextlib.contextmanager
@@ -52,6 +60,7 @@ def context_from_plan(workdir: str | Path):
         workdir=workdir,
         train_file=data["train_file"],
         eval_file=data["eval_file"],
+        test_file=data["test_file"],
         model=plan["model"],
         tokenizer=plan.get("tokenizer"),
         label_names=data.get("label_names"),
@@ -62,15 +71,51 @@ def context_from_plan(workdir: str | Path):
     return ctx, jobs
 
 
+def apply_allocator(setting: str) -> int | None:
+    """Put this process under an allocator setting before any tensor is made; return the threshold.
+
+    ``"default"``: the C library's defaults for the whole job (``APTUNE_PIN_MMAP_THRESHOLD=0``, so not
+    even aptune's pruning pins the threshold). ``"pinned"``: aptune's fixed mmap threshold from the
+    first step, for every method (`aptune.host_memory.pin_mmap_threshold`).
+    """
+    from aptune.host_memory import pin_mmap_threshold
+
+    if setting == "default":
+        os.environ["APTUNE_PIN_MMAP_THRESHOLD"] = "0"
+        return None
+    if setting == "pinned":
+        os.environ.pop("APTUNE_PIN_MMAP_THRESHOLD", None)
+        return pin_mmap_threshold()
+    raise ValueError(f"unknown allocator setting {setting!r}")
+
+
+def evaluate_test(ctx, result: dict[str, Any]) -> dict[str, Any]:
+    """The exported model of a job, reloaded from its folder, on the test split: metrics and seconds."""
+    from aptune.bench.methods import evaluate_model, load_test
+    from aptune.runner import load_tokenizer
+
+    began = time.perf_counter()
+    model = _load_exported(result["model_dir"], ctx.config.task)
+    tokenizer = load_tokenizer(ctx.model, ctx.tokenizer)
+    test = load_test(ctx, tokenizer)
+    metrics = evaluate_model(model, test.eval, test.collator, ctx.config.eval_batch_size, ctx.config.task)
+    return {"test_metrics": metrics, "test_eval_seconds": time.perf_counter() - began}
+
+
 def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     """Run one job of the plan in this process and write ``results/<job_id>.json``.
 
-    Besides the method's own figures the result holds ``job``, ``wall_seconds``, ``resting_rss_mb``
-    (after imports, before loading anything), ``peak_rss_mb``: the job process's own peak RSS
-    (``VmHWM`` reset after the imports, see `JobPeakMemory`; ``None`` with ``peak_rss_reset=False``
-    when the reset failed), the method's own figure as ``method_peak_rss_mb``, the C allocator
-    setting of the job (``allocator``, see `allocator_setting`; ``mmap_threshold`` is the value
-    aptune pinned, None for the baselines) and the RSS timeline of the process.
+    The process first applies the job's allocator setting (`apply_allocator`), then starts its own
+    peak-memory count (`JobPeakMemory`: ``VmHWM`` reset once, after the imports and the plan are
+    loaded). Besides the method's own figures the result holds ``job``, ``wall_seconds``,
+    ``resting_rss_mb`` (before loading anything) and ``peak_rss_mb``: the job process's own peak RSS
+    up to the end of the method's work, before the test evaluation (``None`` with
+    ``peak_rss_reset=False`` when the reset failed; ``process_peak_rss_mb`` is the same count at the
+    very end). Also: the method's own figure as ``method_peak_rss_mb``; the C allocator setting the
+    job ran under (``allocator``, see `allocator_setting`, with the job's ``requested`` setting;
+    ``mmap_threshold`` is the value aptune pinned, None for the C library's dynamic threshold);
+    ``test_metrics`` and ``test_eval_seconds`` (the exported model reloaded and evaluated on the test
+    split, see `evaluate_test`); and the RSS timeline of the process.
 
     Returns:
         The result dict.
@@ -79,6 +124,7 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
 
     ctx, jobs = context_from_plan(workdir)
     job = jobs[job_id]
+    apply_allocator(job.allocator)
     monitor = MemoryMonitor()
     resting = current_rss_mb()
     memory = JobPeakMemory()
@@ -88,6 +134,8 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
     try:
         with _threads(ctx.config.threads):
             result = RUNNERS[job.method](ctx, job, monitor)
+            peak = memory.to_dict()  # the method's whole work; the test evaluation below is apart
+            result.update(evaluate_test(ctx, result))
     finally:
         monitor.stop()
     result.update(
@@ -95,11 +143,15 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - began,
         resting_rss_mb=resting,
         method_peak_rss_mb=result.get("peak_rss_mb"),
-        **memory.to_dict(),
-        # aptune pins the mmap threshold at its first pruning event (APT, LoRA+Prune), see
-        # aptune.host_memory; the environment can pin it for every method
+        **peak,
+        process_peak_rss_mb=memory.peak_mb(),
+        # "pinned": apply_allocator pinned the threshold at the start; "default": the environment keeps
+        # aptune's pruning from pinning it (see aptune.host_memory)
         mmap_threshold=pinned_mmap_threshold(),
-        allocator=allocator_setting(os.environ, pinned_mmap_threshold()),
+        allocator={
+            **allocator_setting(os.environ, pinned_mmap_threshold()),
+            "requested": job.allocator,
+        },
         memory_timeline=monitor.to_dict(),
     )
     write_json_atomic(ctx.result_path(job_id), result)
