@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,6 +218,12 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
             continue
         assert abs(lp["adapter_params"] - rank["apt_adapter_params"]) <= rank["per_rank"] / 2
         assert lp["adapter_params"] == rank["rank"] * rank["per_rank"]
+    for job_id in ("lora-prune-kwon-d0.50-s0", "lora-prune-tp-d0.50-s0"):
+        # the retraining keeps the baseline's own pruning: no aptune calibration or event changes it
+        lp = records[job_id]
+        plan = json.loads((Path(lp["model_dir"]) / "config.json").read_text(encoding="utf-8"))["aptune_plan"]
+        assert plan["heads_per_layer"] == lp["pruning"]["heads_per_layer"]
+        assert plan["ffn_per_layer"] == lp["pruning"]["ffn_per_layer"]
     kwon = records["lora-prune-kwon-d0.50-s0"]["pruning"]
     assert (
         kwon["method"] == "kwon2022" and kwon["kept_params"] <= kwon["budget"] == 0.5 * kwon["total_params"]

@@ -614,7 +614,7 @@ def _prune_and_retrain(ctx: WorkerContext, job: Job, monitor, prune) -> dict[str
     hidden = torch.ones(layout.hidden_size, dtype=torch.bool)
     controller.set_hard_masks(KeepSet(torch.cat(keep_heads), torch.cat(keep_neurons), hidden, 0.0))
     controller.prune_to_masks_()
-    controller._pretuned = True  # pruned once, here: no pruning event during the retraining
+    controller.pretuned = True  # pruned once, here: no calibration pass before the retraining
     seconds = {**seconds, "surgery": time.perf_counter() - began}
     record = {
         **record,
