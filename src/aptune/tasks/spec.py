@@ -10,6 +10,7 @@ dedupe, the held-out split, the ``max_*_samples`` caps, the info dict) is the sh
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -136,7 +137,7 @@ class TaskMetrics:
     preprocess_logits_for_metrics: Callable[..., Any] | None = None
 
 
-class Task:
+class Task(abc.ABC):
     """One task kind: read, duplicate key, encode, collator and metrics; the pipeline does the rest.
 
     Subclasses set the class attributes and override :meth:`read`, :meth:`duplicate_text`,
@@ -166,7 +167,9 @@ class Task:
         Raises:
             ModelError, ConfigError: A tokenizer or option this task cannot work with.
         """
+        return None
 
+    @abc.abstractmethod
     def read(self, ctx: LoadContext) -> TaskInput:
         """Read and check the data of both sides from ``ctx.data``'s source.
 
@@ -181,6 +184,7 @@ class Task:
         """
         raise NotImplementedError
 
+    @abc.abstractmethod
     def duplicate_text(self, ctx: LoadContext, example: Any) -> str:
         """The text two training examples are compared by (exact and normalised tests).
 
@@ -240,6 +244,7 @@ class Task:
         """
         return len(examples)
 
+    @abc.abstractmethod
     def encode(self, ctx: LoadContext, examples: list[Any], side: str) -> datasets.Dataset:
         """Tokenize one side's examples into model inputs and labels; add its counts to ``ctx.info``.
 
@@ -256,6 +261,7 @@ class Task:
         """
         raise NotImplementedError
 
+    @abc.abstractmethod
     def collator(self, ctx: LoadContext) -> Callable[..., Any]:
         """The data collator batching the encoded examples.
 
@@ -267,6 +273,7 @@ class Task:
         """
         raise NotImplementedError
 
+    @abc.abstractmethod
     def metrics(self, ctx: LoadContext, eval_examples: list[Any] | None) -> TaskMetrics:
         """The metrics of this task, bound to the evaluation examples when they need them.
 
