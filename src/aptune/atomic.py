@@ -5,6 +5,8 @@ and ``fsync``s it, then moves it over the destination with `os.replace`, which i
 Windows. On any failure the temporary file is removed and the destination is left as it was.
 
 * `write_bytes_atomic`, `write_text_atomic`, `write_json_atomic`: one file.
+* `atomic_path`: a temporary path for a writer that wants a file name (safetensors, ONNX, GGUF),
+  moved over the destination when the block ends without an error.
 * `replace_dir_atomic`: fill a fresh folder through a callback, then swap it in for the destination.
 
 Example:
@@ -19,11 +21,17 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["replace_dir_atomic", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_path",
+    "replace_dir_atomic",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -100,6 +108,36 @@ def write_json_atomic(
     """
     text = json.dumps(data, indent=indent, default=default, ensure_ascii=False) + "\n"
     return write_text_atomic(path, text)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """Yield a temporary file name next to ``path``; on a clean exit it replaces ``path``.
+
+    For writers that take a file name rather than bytes (``safetensors.torch.save_file``,
+    ``torch.onnx.export``, ``gguf.GGUFWriter``). If the block raises, the temporary file is removed
+    and ``path`` is left as it was.
+
+    Args:
+        path: Destination file (its folder is created).
+
+    Yields:
+        The temporary file name to write to.
+
+    Example:
+        >>> with atomic_path("out/model.safetensors") as tmp:  # doctest: +SKIP
+        ...     save_file(tensors, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def replace_dir_atomic(path: PathLike, fill: Callable[[Path], None]) -> Path:

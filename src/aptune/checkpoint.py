@@ -15,14 +15,13 @@ the state, e.g. ``blocks/units/0``). Nothing is unpickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from aptune.atomic import atomic_path, write_text_atomic
 from aptune.errors import ConfigError
 
 __all__ = [
@@ -38,17 +37,6 @@ STATE_JSON = "aptune_state.json"
 STATE_TENSORS = "aptune_state.safetensors"
 STATE_VERSION = 2
 _TENSOR = "<tensor>"  # placeholder in the JSON for a tensor stored in the safetensors file
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def has_controller_state(folder: str | Path) -> bool:
@@ -86,10 +74,9 @@ def save_controller_state(controller, folder: str | Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     state = _split(controller.state_dict(), tensors, "")
     meta = {"version": STATE_VERSION, "state": state}
-    _atomic(folder / STATE_TENSORS, lambda tmp: save_file(tensors, tmp))
-    _atomic(
-        folder / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    )
+    with atomic_path(folder / STATE_TENSORS) as tmp:
+        save_file(tensors, tmp)
+    write_text_atomic(folder / STATE_JSON, json.dumps(meta, indent=2))
 
 
 def load_controller_state(controller, folder: str | Path, optimizer=None) -> None:

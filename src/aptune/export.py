@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from aptune.adapter import AptLinear
+from aptune.atomic import replace_dir_atomic
 from aptune.errors import ExportError
 from aptune.formats.hf_stock import stock_export_config
 from aptune.hub import modeling_aptune
@@ -112,25 +111,6 @@ def build_plan(model: nn.Module, controller, state: dict[str, torch.Tensor]) -> 
         "zero_attention": zero_attention,
         "patches": list(layout.patches),
     }
-
-
-def _atomic_write_dir(out_dir: Path, fill) -> None:
-    """Fill a temporary sibling folder, then swap it into ``out_dir`` (never half-written)."""
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        fill(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export(model: nn.Module, controller, out_dir: str | Path, *, tokenizer=None) -> nn.Module:
@@ -234,7 +214,7 @@ def _write_folder(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
 
-    _atomic_write_dir(out_dir, fill)
+    replace_dir_atomic(out_dir, fill)
 
 
 def _check_plan_against_weights(folder: Path, plan: dict) -> None:

@@ -26,8 +26,6 @@ template are carried over with the ``gguf`` package's vocabulary helpers.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aptune.atomic import atomic_path
 from aptune.errors import ExportError
 
 __all__ = ["GGUF_DTYPES", "GGUF_FAMILIES", "export_gguf"]
@@ -267,9 +266,7 @@ def export_gguf(model_folder: str | Path, out_path: str | Path, *, dtype: str = 
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(out_path) as tmp_name:
         writer = gguf.GGUFWriter(tmp_name, arch)
         writer.add_name(folder.resolve().name)
         writer.add_block_count(len(layers))
@@ -299,8 +296,4 @@ def export_gguf(model_folder: str | Path, out_path: str | Path, *, dtype: str = 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return out_path

@@ -9,14 +9,13 @@ more than one token type); the outputs are the model's prediction fields (``logi
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from aptune.atomic import atomic_path
 from aptune.errors import ExportError
 
 __all__ = ["ONNX_FAMILIES", "export_onnx"]
@@ -95,23 +94,16 @@ def export_onnx(
         dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(handle)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                _Predictions(model, input_names, output_names),
-                tuple(example[name] for name in input_names),
-                tmp_name,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                dynamo=False,
-            )
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            _Predictions(model, input_names, output_names),
+            tuple(example[name] for name in input_names),
+            tmp_name,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     return out_path
