@@ -487,3 +487,47 @@ def test_the_seed_plots_draw_one_line_per_method_not_the_pinned_repeat_too():
     labels = [label for label, _, _ in picked]
     assert sorted(labels) == sorted(LABELS.values())
     assert all(r["allocator"]["setting"] == "default" for _, _, r in picked)
+
+
+# ---------------------------------------------------------------------------------------- macro-F1
+def test_the_test_evaluation_reports_macro_f1_of_the_models_own_predictions():
+    import torch
+    from tests.tiny import tiny_bert
+
+    from aptune.bench.methods import evaluate_model
+    from aptune.tasks.classification import macro_f1
+
+    torch.manual_seed(0)
+    model = tiny_bert(num_labels=3).eval()
+    rows = [
+        {"input_ids": torch.randint(5, 120, (8,)), "attention_mask": torch.ones(8, dtype=torch.long)}
+        for _ in range(10)
+    ]
+    for i, row in enumerate(rows):
+        row["labels"] = torch.tensor(i % 3)
+
+    def collate(items):
+        return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+    metrics = evaluate_model(model, rows, collate, 4, "classification")
+    with torch.no_grad():
+        predicted = model(**{k: v for k, v in collate(rows).items() if k != "labels"}).logits.argmax(-1)
+    gold = [i % 3 for i in range(10)]
+    right = sum(int(p == g) for p, g in zip(predicted.tolist(), gold, strict=True))
+    assert metrics["accuracy"] == pytest.approx(right / 10)
+    assert metrics["macro_f1"] == pytest.approx(macro_f1(predicted.tolist(), gold))
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_the_macro_f1_column_appears_only_when_the_records_hold_it(tmp_path, recorded):
+    jobs, results, latency = _suite()
+    if not recorded:
+        for result in results.values():
+            result["final_metrics"]["test"].pop("macro_f1")
+    config = _config(tmp_path, name="synthetic")
+    summary = summarize(config, jobs, results, latency)
+    page = write_results(config, summary, results, latency)["md"].read_text()
+    headline = page.split("## Headline")[1].split("##")[0]
+    assert ("test macro-F1 (%)" in headline) is recorded
+    if recorded:  # the synthetic records give macro-F1 = accuracy, so both cells read the same
+        assert "| APT | 0.4 | 3 | 96.0 [95.5–99.0] | 95.5 [95.0–98.5] | 96.0 [95.5–99.0] |" in headline

@@ -255,23 +255,30 @@ def evaluate_model(model: torch.nn.Module, dataset, collator, batch_size: int, t
     The model is put in evaluation mode for the pass and back in its former mode afterwards.
 
     Returns:
-        ``{"accuracy": a}`` or ``{"perplexity": p, "loss": l}``, plus ``"examples"``.
+        ``{"accuracy": a, "macro_f1": f}`` or ``{"perplexity": p, "loss": l}``, plus ``"examples"``.
     """
     from torch.utils.data import DataLoader
+
+    from aptune.tasks.classification import macro_f1
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     right = seen = 0
     loss_sum, tokens = 0.0, 0
+    predicted: list[int] = []
+    gold: list[int] = []
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             out = model(**batch)
             labels = batch["labels"]
             if task == "classification":
-                right += int((out.logits.argmax(-1) == labels).sum())
+                ids = out.logits.argmax(-1)
+                right += int((ids == labels).sum())
                 seen += int(labels.shape[0])
+                predicted += ids.tolist()
+                gold += labels.tolist()
             else:
                 count = int((labels[:, 1:] != -100).sum())  # targets after the shift
                 loss_sum += float(out.loss) * count
@@ -280,7 +287,8 @@ def evaluate_model(model: torch.nn.Module, dataset, collator, batch_size: int, t
     finally:
         model.train(was_training)
     if task == "classification":
-        return {"accuracy": right / max(1, seen), "examples": float(seen)}
+        f1 = macro_f1(predicted, gold) if seen else 0.0
+        return {"accuracy": right / max(1, seen), "macro_f1": f1, "examples": float(seen)}
     loss = loss_sum / max(1, tokens)
     return {"perplexity": math.exp(min(loss, 50.0)), "loss": loss, "examples": float(seen)}
 

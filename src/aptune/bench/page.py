@@ -49,7 +49,9 @@ def _group_table(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]
     unit = " (%)" if classification else ""
     settings = _allocator_settings(groups)
     head = ["method", "density", "seeds", f"test {metric}{unit}", f"dev {metric}{unit}"]
-    if classification:
+    # results written before the test evaluation recorded macro-F1 have none: no empty column then
+    with_f1 = classification and any(v is not None for g in groups for v in g.get("macro_f1") or [])
+    if with_f1:
         head.append("test macro-F1 (%)")
     head += [
         "TTA (s)",
@@ -73,7 +75,7 @@ def _group_table(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]
             fmt_spread(g["metric"], digits, scale),
             fmt_spread(g["dev_metric"], digits, scale),
         ]
-        if classification:
+        if with_f1:
             row.append(fmt_spread(g["macro_f1"], 1, 100.0))
         start, after = median_of(g["step_start_s"]), median_of(g["step_after_pruning_s"])
         steps = DASH if start is None else fmt_sig(start) + (f" → {fmt_sig(after)}" if after else "")
