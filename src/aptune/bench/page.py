@@ -191,7 +191,7 @@ def _onnx_lines(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]])
     note = (
         f"The same exported models (`aptune export --format onnx`'s exporter, float32) under ONNX Runtime "
         f"{settings.get('onnxruntime', '?')} ({settings.get('provider', 'CPU')}, graph optimisation "
-        f"{settings.get('graph_optimization', '?')}, {settings.get('threads', '?')} intra-op threads, as "
+        f"{settings.get('graph_optimization', '?')}, intra-op threads {settings.get('threads', '?')}, as "
         f"many as torch's): batch {settings.get('batch_size', '?')} x {settings.get('seq_len', '?')} "
         f"tokens, {settings.get('warmup', '?')} untimed warm-up runs per model, then the median of "
         f"{settings.get('repeats', '?')} timed runs, dense and pruned sessions interleaved round by round "
