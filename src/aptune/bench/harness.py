@@ -8,7 +8,8 @@
 3. writes ``plan.json`` and runs the jobs in order, each as ``python -m aptune.bench.worker job ...``
    (or in this process with ``isolate=False``, for tests), logging to ``logs/<job>.log``; a job whose
    result file exists is skipped, so rerunning with the same ``--workdir`` resumes;
-4. measures the exported models' latency and FLOPs in one more process;
+4. measures the exported models' latency and FLOPs in one more process, and their ONNX Runtime
+   latency (encoders) in another (`aptune.bench.onnx_latency`);
 5. summarises and writes ``<results_dir>/<name>.md``, ``.json`` and the plots.
 
 A failed job does not stop the run: the page lists it with the end of its log.
@@ -574,6 +575,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 log(f"[bench] latency FAILED\n{error}")
         if latency_path.is_file():
             latency = json.loads(latency_path.read_text(encoding="utf-8"))
+        onnx_latency = _onnx_latency_stage(config, workdir, state["ran_any"], failures, log)
         results = _read_results(workdir, headline)
         from aptune.bench.methods import apt_settings
 
@@ -608,6 +610,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             seconds=seconds,
             estimate=estimate,
             load_at_start=load_at_start,
+            onnx_latency=onnx_latency,
         )
         files = write_results(config, summary, results, latency)
         log(f"[bench] done in {format_duration(seconds)}: {files['md']}")
@@ -615,6 +618,39 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     finally:
         if temporary and not config.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _onnx_latency_stage(
+    config: BenchConfig, workdir: Path, trained: bool, failures: dict[str, str], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The ONNX Runtime latency of the exported models (``onnx_latency.json``), measured when needed.
+
+    Measured in its own process when the file is absent or a job trained in this run; skipped, with
+    one line in the log and ``{"skipped": reason}`` for the page, for a causal-LM suite or when
+    onnxruntime (or onnx) is not installed. A failure is recorded under ``failures["onnx-latency"]``.
+    """
+    from aptune.bench.onnx_latency import ONNX_LATENCY_FILE, onnx_skip_reason
+
+    reason = onnx_skip_reason(config.task)
+    if reason:
+        log(f"[bench] ONNX Runtime latency skipped: {reason}")
+        return {"skipped": reason}
+    path = workdir / ONNX_LATENCY_FILE
+    if trained or not path.is_file():
+        log("[bench] ONNX Runtime latency of the exported models ...")
+        if config.isolate:
+            error = _run_isolated(["onnx-latency", str(workdir)], workdir / "logs" / "onnx-latency.log")
+        else:
+            from aptune.bench.worker import run_onnx_latency
+
+            error = _run_inline(lambda: run_onnx_latency(workdir))
+        if error:
+            failures["onnx-latency"] = error
+            log(f"[bench] ONNX Runtime latency FAILED\n{error}")
+            return {}  # never an earlier run's figures next to this run's models
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_results(workdir: Path, jobs: list[Job]) -> dict[str, dict]:

@@ -3,7 +3,8 @@
 * `count_matmul_flops`: matrix-multiply FLOPs of one forward pass, from the layer shapes of a model
   (attention projections, attention scores and context per head, FFN, task or LM head).
 * `measure_latencies` / `measure_latency`: median forward time of exported models on a fixed synthetic
-  batch, interleaved so that a change in the machine's load hits every model alike.
+  batch, interleaved so that a change in the machine's load hits every model alike
+  (`time_interleaved` and `latency_stats` do the timing and the statistics for any engine).
 * `time_to_accuracy`, `curve_from_step_times`, `chained_curve`: training time (evaluation excluded,
   every phase from the method's first step included) until a metric first reaches a bar.
 * `step_time_summary`: training step time at the start and after the last pruning event.
@@ -36,12 +37,15 @@ __all__ = [
     "count_matmul_flops",
     "current_rss_mb",
     "curve_from_step_times",
+    "latency_stats",
     "measure_latencies",
     "measure_latency",
     "peak_rss_mb",
     "reset_peak_rss",
     "step_time_summary",
     "synthetic_batch",
+    "synthetic_ids",
+    "time_interleaved",
     "time_to_accuracy",
 ]
 
@@ -182,6 +186,22 @@ def count_matmul_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> F
 
 
 # -------------------------------------------------------------------------------------------- latency
+def synthetic_ids(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """Fixed random token ids ``[batch_size, seq_len]`` below ``vocab_size`` (speed does not depend on ids).
+
+    Args:
+        vocab_size: Ids are drawn from ``0 .. vocab_size - 1``.
+        batch_size: Sequences.
+        seq_len: Tokens per sequence.
+        seed: Seed of the ids.
+
+    Returns:
+        A CPU ``int64`` tensor; the same arguments always give the same ids.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
+
+
 def synthetic_batch(
     model: nn.Module, batch_size: int, seq_len: int, seed: int = 0
 ) -> dict[str, torch.Tensor]:
@@ -194,8 +214,7 @@ def synthetic_batch(
         seed: Seed of the ids.
     """
     vocab = int(getattr(model.config, "vocab_size", 1000) or 1000)
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator)
+    input_ids = synthetic_ids(vocab, batch_size, seq_len, seed)
     device = next(model.parameters()).device
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     return {k: v.to(device) for k, v in batch.items()}
@@ -211,6 +230,90 @@ def _sync(model: nn.Module) -> None:
         torch.cuda.synchronize()
 
 
+def _check_rounds(repeats: int, warmup: int) -> None:
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], Any]],
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    timer: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Time several workloads round by round: ``warmup`` untimed rounds, then ``repeats`` timed ones.
+
+    Each round calls every workload once, in the order of ``runs`` (A B A B ...), so a change in
+    background load hits every workload alike and their *ratios* stay meaningful on a shared machine.
+    The warm-up rounds take the one-off costs (allocation, kernel selection, lazy initialisation)
+    and are not timed. Any engine fits: a workload is a call that does one whole forward (and waits
+    for it to finish).
+
+    Args:
+        runs: ``{name: call}``; the first is usually the dense reference.
+        repeats: Timed calls per workload.
+        warmup: Untimed calls per workload first.
+        timer: Clock in seconds (`time.perf_counter`; tests pass a fake one).
+
+    Returns:
+        ``{name: [milliseconds of each timed call]}``.
+
+    Raises:
+        ValueError: ``repeats`` < 1 or ``warmup`` < 0.
+    """
+    _check_rounds(repeats, warmup)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            began = timer()
+            run()
+            times[name].append((timer() - began) * 1000.0)
+    return times
+
+
+def latency_stats(values: Sequence[float], *, warmup: int, batch_size: int, seq_len: int) -> dict[str, Any]:
+    """Median, quartiles, extremes and throughput of timed forwards.
+
+    Args:
+        values: Milliseconds of each timed forward.
+        warmup: Untimed forwards that came first (recorded).
+        batch_size: Sequences per forward (for the throughput).
+        seq_len: Tokens per sequence (recorded).
+
+    Returns:
+        ``{"median_ms", "p25_ms", "p75_ms", "min_ms", "max_ms", "times_ms", "repeats", "warmup",
+        "throughput" (sequences per second at the median), "batch_size", "seq_len"}``.
+    """
+    values = list(values)
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    median = statistics.median(values)
+    return {
+        "median_ms": median,
+        "p25_ms": quartiles[0],
+        "p75_ms": quartiles[2],
+        "min_ms": min(values),
+        "max_ms": max(values),
+        "times_ms": values,
+        "repeats": len(values),
+        "warmup": warmup,
+        "throughput": batch_size / (median / 1000.0) if median > 0 else None,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+    }
+
+
+def _forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        model(**batch, **_forward_kwargs(model))
+        _sync(model)
+
+    return run
+
+
 def measure_latencies(
     models: Mapping[str, nn.Module],
     *,
@@ -224,9 +327,9 @@ def measure_latencies(
 
     Every model first runs ``warmup`` untimed forwards (one-off costs: allocation, kernel selection,
     lazy initialisation), also round by round; then each of ``repeats`` rounds times one forward of
-    every model in turn (A B A B ...), under `torch.inference_mode` and in eval mode. Interleaving
-    makes a change in background load hit every model alike, so latency *ratios* stay meaningful on a
-    shared machine.
+    every model in turn (A B A B ...), under `torch.inference_mode` and in eval mode (see
+    `time_interleaved`). Interleaving makes a change in background load hit every model alike, so
+    latency *ratios* stay meaningful on a shared machine.
 
     Args:
         models: ``{name: model}``; the first is usually the dense reference.
@@ -243,41 +346,21 @@ def measure_latencies(
     Raises:
         ValueError: ``repeats`` < 1 or ``warmup`` < 0.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    _check_rounds(repeats, warmup)
     batches = {name: synthetic_batch(m, batch_size, seq_len) for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for model in models.values():
             model.eval()
-        for _ in range(warmup):
-            for name, model in models.items():
-                model(**batches[name], **_forward_kwargs(model))
-        for _ in range(repeats):
-            for name, model in models.items():
-                _sync(model)
-                began = timer()
-                model(**batches[name], **_forward_kwargs(model))
-                _sync(model)
-                times[name].append((timer() - began) * 1000.0)
-    results = {}
-    for name, values in times.items():
-        quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        median = statistics.median(values)
-        results[name] = {
-            "median_ms": median,
-            "p25_ms": quartiles[0],
-            "p75_ms": quartiles[2],
-            "min_ms": min(values),
-            "max_ms": max(values),
-            "times_ms": values,
-            "repeats": len(values),
-            "warmup": warmup,
-            "throughput": batch_size / (median / 1000.0) if median > 0 else None,
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-        }
-    return results
+        times = time_interleaved(
+            {name: _forward(model, batches[name]) for name, model in models.items()},
+            repeats=repeats,
+            warmup=warmup,
+            timer=timer,
+        )
+    return {
+        name: latency_stats(values, warmup=warmup, batch_size=batch_size, seq_len=seq_len)
+        for name, values in times.items()
+    }
 
 
 def measure_latency(

@@ -158,6 +158,51 @@ def _memory_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*md_table(head, table, "ll" + "r" * len(settings)), "", note, ""]
 
 
+def _onnx_lines(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The exported models' latency under PyTorch and under ONNX Runtime, each relative to its dense model."""
+    onnx = summary.get("onnx_latency") or {}
+    if onnx.get("skipped"):
+        return [f"Not measured: {onnx['skipped']}.", ""]
+    if onnx.get("dense_ms") is None:
+        return ["Not measured: the ONNX Runtime stage wrote no figures (see the failed jobs above).", ""]
+    dense = summary["dense"]
+    head = ["method", "density", "PyTorch (ms)", "PyTorch / dense"]
+    head += ["ONNX Runtime (ms)", "ONNX Runtime / dense"]
+    table = [
+        [
+            "Dense model",
+            "1",
+            fmt_sig(dense.get("latency_ms")),
+            "1.000" if dense.get("latency_ms") else DASH,
+            fmt_sig(onnx["dense_ms"]),
+            "1.000",
+        ]
+    ]
+    table += [
+        [
+            g["label"],
+            f"{g['density']:g}",
+            fmt_spread(g["latency_ms"], None),
+            fmt_spread(g["latency_ratio"], 3),
+            fmt_spread(g.get("onnx_latency_ms"), None),
+            fmt_spread(g.get("onnx_latency_ratio"), 3),
+        ]
+        for g in groups
+    ]
+    settings = onnx.get("settings") or {}
+    note = (
+        f"The same exported models (`aptune export --format onnx`'s exporter, float32) under ONNX Runtime "
+        f"{settings.get('onnxruntime', '?')} ({settings.get('provider', 'CPU')}, graph optimisation "
+        f"{settings.get('graph_optimization', '?')}, intra-op threads {settings.get('threads', '?')}, as "
+        f"many as torch's): batch {settings.get('batch_size', '?')} x {settings.get('seq_len', '?')} "
+        f"tokens, {settings.get('warmup', '?')} untimed warm-up runs per model, then the median of "
+        f"{settings.get('repeats', '?')} timed runs, dense and pruned sessions interleaved round by round "
+        "in one process. Each ratio is the model's median over the dense model's median of the same engine "
+        "(below 1: faster than dense)."
+    )
+    return [*md_table(head, table, "llrrrr"), "", note, ""]
+
+
 def _job_table(summary: Mapping[str, Any]) -> list[str]:
     metric = metric_name(summary)
     head = [
@@ -454,6 +499,9 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         f"Dense model: {fmt_fixed((dense['params'] or 0) / 1e6, 2)} M parameters, "
         f"{fmt_fixed(dense['latency_ms'], 1)} ms per batch, {fmt_fixed(dense['throughput'], 1)} sequences/s.",
         "",
+        "## Exported latency: PyTorch vs ONNX Runtime",
+        "",
+        *_onnx_lines(summary, groups),
         "## Time to accuracy",
         "",
         *_tta_lines(summary, headline),

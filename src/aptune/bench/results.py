@@ -107,6 +107,7 @@ def _job_row(
     latency: Mapping[str, Any],
     threshold: float | None,
     greater: bool,
+    onnx_latency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     result = results[job.id]
     metric = result.get("primary_metric", "accuracy")
@@ -124,6 +125,7 @@ def _job_row(
             flat, threshold, metric, greater_is_better=greater, final_structure_only=False
         )
     lat = timing.get("latency") or {}
+    onnx = ((onnx_latency or {}).get("jobs") or {}).get(job.id) or {}
     epoch1 = result.get("epoch1_test") or {}
     return {
         "id": job.id,
@@ -170,6 +172,8 @@ def _job_row(
             else None
         ),
         "latency_shared_with": timing.get("key") if timing.get("key") != job.id else None,
+        "onnx_latency_ms": (onnx.get("latency") or {}).get("median_ms"),
+        "onnx_latency_ratio": onnx.get("latency_ratio"),
         "teacher_seconds": result.get("teacher_seconds"),
         "total_steps": result.get("total_steps"),
         "wall_seconds": result.get("wall_seconds"),
@@ -198,6 +202,8 @@ _GROUP_FIELDS = (
     "stack_flop_ratio",
     "implied_ms",
     "latency_vs_implied",
+    "onnx_latency_ms",
+    "onnx_latency_ratio",
     "teacher_seconds",
 )
 
@@ -344,6 +350,20 @@ def reference_bar(
     }
 
 
+def _onnx_summary(onnx_latency: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ONNX Runtime stage for the summary: why it was skipped, settings, dense median, every timing."""
+    onnx_latency = onnx_latency or {}
+    dense = (onnx_latency.get("dense") or {}).get("latency") or {}
+    return {
+        "skipped": onnx_latency.get("skipped"),
+        "settings": onnx_latency.get("settings"),
+        "dense_ms": dense.get("median_ms"),
+        "dense_throughput": dense.get("throughput"),
+        "dense": onnx_latency.get("dense"),
+        "jobs": onnx_latency.get("jobs"),
+    }
+
+
 def summarize(
     config: BenchConfig,
     jobs: list[Job],
@@ -355,6 +375,7 @@ def summarize(
     seconds: float | None = None,
     estimate: float | None = None,
     load_at_start: list[float] | None = None,
+    onnx_latency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the result files show: per-job rows, groups with medians and spreads, targets.
 
@@ -368,6 +389,8 @@ def summarize(
         seconds: Wall time of the whole run.
         estimate: The time estimate made before it.
         load_at_start: Load average before the first job.
+        onnx_latency: The ONNX Runtime stage's output (``onnx_latency.json``), ``{"skipped": reason}``
+            when the stage did not run, or ``None``/``{}`` when it has no figures.
 
     Returns:
         The summary dict written to ``<name>.json``.
@@ -375,7 +398,8 @@ def summarize(
     done = [j for j in jobs if j.id in results]
     reference = reference_bar(config, jobs, results)
     rows = [
-        _job_row(j, results, latency, reference["threshold"], reference["greater_is_better"]) for j in done
+        _job_row(j, results, latency, reference["threshold"], reference["greater_is_better"], onnx_latency)
+        for j in done
     ]
     order: list[tuple[str, float]] = []
     for job in done:
@@ -401,6 +425,7 @@ def summarize(
             "flops": dense.get("flops"),
         },
         "latency_settings": latency.get("settings"),
+        "onnx_latency": _onnx_summary(onnx_latency),
         "groups": list(groups.values()),
         "jobs": rows,
         "targets": evaluate_targets(TargetContext(config, groups, reference)),

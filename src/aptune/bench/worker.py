@@ -3,7 +3,8 @@
 The harness writes ``plan.json`` into the work folder and starts, for every job,
 ``python -m aptune.bench.worker job <workdir> <job id>``; the worker runs the method, measures, and
 writes ``results/<job id>.json``. ``python -m aptune.bench.worker latency <workdir>`` measures the
-exported models side by side; ``python -m aptune.bench.worker convert <model> <task> <folder>``
+exported models side by side, ``python -m aptune.bench.worker onnx-latency <workdir>`` the same
+models exported to ONNX under ONNX Runtime; ``python -m aptune.bench.worker convert <model> <task> <folder>``
 turns a GGUF checkpoint into a plain folder once, so that no job pays for dequantisation.
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "main",
     "run_job",
     "run_latency",
+    "run_onnx_latency",
 ]
 
 
@@ -188,20 +190,11 @@ def _load_exported(path: str, task: str):
     return auto.from_pretrained(path).eval()
 
 
-def run_latency(workdir: str | Path) -> dict[str, Any]:
-    """Latency, throughput and FLOPs of every exported model next to the dense model; writes ``latency.json``.
-
-    Models with the same parameter shapes (the dense model, FT, merged LoRA) are measured once.
-    All models are timed interleaved on the same synthetic batch (see `measure_latencies`).
-    """
-    import torch
-
-    from aptune.bench.measure import count_matmul_flops, measure_latencies
+def _dense_model(ctx):
+    """The dense reference model (the base model with the task head), in eval mode."""
     from aptune.runner import load_model_and_tokenizer
 
-    ctx, jobs = context_from_plan(workdir)
     cfg = ctx.config
-    batch, length = cfg.latency_batch, cfg.latency_length
     dense, _ = load_model_and_tokenizer(
         ctx.model,
         cfg.task,
@@ -209,12 +202,23 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
         num_labels=ctx.num_labels,
         label_names=ctx.label_names,
     )
-    dense.eval()
+    return dense.eval()
 
-    def signature(model: torch.nn.Module) -> tuple:
+
+def _exported_models(ctx, jobs: dict[str, Job], dense) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The models the latency stages time: the dense one and every distinct exported model.
+
+    Models with the same parameter shapes (the dense model, FT, merged LoRA) are timed once: the
+    first of them names the measurement (``"dense"`` for the dense shapes).
+
+    Returns:
+        ``({key: model}, {job id: {"key": key, "params": count}})`` for the jobs with an exported model.
+    """
+
+    def signature(model) -> tuple:
         return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
-    models: dict[str, torch.nn.Module] = {"dense": dense}
+    models: dict[str, Any] = {"dense": dense}
     keys: dict[tuple, str] = {signature(dense): "dense"}
     entries: dict[str, dict[str, Any]] = {}
     for job_id in jobs:
@@ -225,12 +229,30 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
         model_dir = result.get("model_dir")
         if not model_dir or not Path(model_dir).is_dir():
             continue
-        model = _load_exported(model_dir, cfg.task)
+        model = _load_exported(model_dir, ctx.config.task)
         sig = signature(model)
         key = keys.setdefault(sig, job_id)
         if key == job_id:
             models[job_id] = model
         entries[job_id] = {"key": key, "params": sum(p.numel() for p in model.parameters())}
+    return models, entries
+
+
+def run_latency(workdir: str | Path) -> dict[str, Any]:
+    """Latency, throughput and FLOPs of every exported model next to the dense model; writes ``latency.json``.
+
+    Models with the same parameter shapes (the dense model, FT, merged LoRA) are measured once.
+    All models are timed interleaved on the same synthetic batch (see `measure_latencies`).
+    """
+    import torch
+
+    from aptune.bench.measure import count_matmul_flops, measure_latencies
+
+    ctx, jobs = context_from_plan(workdir)
+    cfg = ctx.config
+    batch, length = cfg.latency_batch, cfg.latency_length
+    dense = _dense_model(ctx)
+    models, entries = _exported_models(ctx, jobs, dense)
     flops = {key: count_matmul_flops(m, length, batch).to_dict() for key, m in models.items()}
     with _threads(cfg.threads):
         timings = measure_latencies(
@@ -269,8 +291,80 @@ def run_latency(workdir: str | Path) -> dict[str, Any]:
     return data
 
 
+def run_onnx_latency(workdir: str | Path) -> dict[str, Any]:
+    """ONNX Runtime latency of the models `run_latency` times; writes ``onnx_latency.json``.
+
+    The dense model and every distinct exported model are written with
+    `aptune.formats.onnx.export_onnx` to ``<workdir>/onnx/<key>.onnx``, then timed as ONNX Runtime
+    sessions (CPU, intra-op threads = torch's thread count under the benchmark's ``threads``) on the
+    batch of the PyTorch measurement, warmed up and interleaved round by round
+    (`aptune.bench.onnx_latency.measure_onnx_latencies`). A model family the exporter does not
+    cover gives a file with ``{"skipped": reason}`` instead.
+
+    Returns:
+        ``{"settings", "dense": {"latency", "file"}, "jobs": {job id: {"key", "latency",
+        "latency_ratio" (job / dense median), "file"}}}`` or ``{"skipped": reason}``.
+    """
+    import onnxruntime
+    import torch
+
+    from aptune.bench.onnx_latency import ONNX_DIR, ONNX_LATENCY_FILE, measure_onnx_latencies, onnx_session
+    from aptune.formats.onnx import ONNX_FAMILIES, export_onnx
+
+    ctx, jobs = context_from_plan(workdir)
+    cfg = ctx.config
+    out = Path(workdir) / ONNX_LATENCY_FILE
+    dense = _dense_model(ctx)
+    model_type = getattr(dense.config, "model_type", None)
+    if model_type not in ONNX_FAMILIES:
+        data: dict[str, Any] = {
+            "skipped": f"the ONNX export covers {', '.join(ONNX_FAMILIES)} models, not {model_type!r}"
+        }
+        write_json_atomic(out, data)
+        return data
+    vocab_size = int(dense.config.vocab_size)
+    models, entries = _exported_models(ctx, jobs, dense)
+    folder = Path(workdir) / ONNX_DIR
+    files = {key: export_onnx(model, folder / f"{key}.onnx") for key, model in models.items()}
+    del models, dense  # the sessions below hold their own weights
+    batch, length = cfg.latency_batch, cfg.latency_length
+    with _threads(cfg.threads):
+        threads = torch.get_num_threads()
+        sessions = {key: onnx_session(path, threads) for key, path in files.items()}
+        timings = measure_onnx_latencies(
+            sessions,
+            vocab_size=vocab_size,
+            batch_size=batch,
+            seq_len=length,
+            repeats=cfg.latency_repeats,
+            warmup=cfg.latency_warmup,
+        )
+    dense_ms = timings["dense"]["median_ms"]
+    for entry in entries.values():
+        key = entry["key"]
+        entry.update(
+            latency=timings[key], latency_ratio=timings[key]["median_ms"] / dense_ms, file=str(files[key])
+        )
+    data = {
+        "settings": {
+            "batch_size": batch,
+            "seq_len": length,
+            "repeats": cfg.latency_repeats,
+            "warmup": cfg.latency_warmup,
+            "threads": threads,
+            "onnxruntime": onnxruntime.__version__,
+            "provider": "CPUExecutionProvider",
+            "graph_optimization": "ORT_ENABLE_ALL",
+        },
+        "dense": {"latency": timings["dense"], "file": str(files["dense"])},
+        "jobs": entries,
+    }
+    write_json_atomic(out, data)
+    return data
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m aptune.bench.worker job|latency|convert ...`` (started by the harness)."""
+    """``python -m aptune.bench.worker job|latency|onnx-latency|convert ...`` (started by the harness)."""
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -279,11 +373,14 @@ def main(argv: list[str] | None = None) -> None:
         run_job(args[1], args[2])
     elif args[:1] == ["latency"] and len(args) == 2:
         run_latency(args[1])
+    elif args[:1] == ["onnx-latency"] and len(args) == 2:
+        run_onnx_latency(args[1])
     elif args[:1] == ["convert"] and len(args) == 4:
         convert_model(args[1], args[2], args[3])
     else:
         raise SystemExit(
-            "usage: python -m aptune.bench.worker job WORKDIR JOB | latency WORKDIR | convert ..."
+            "usage: python -m aptune.bench.worker job WORKDIR JOB | latency WORKDIR | onnx-latency WORKDIR "
+            "| convert ..."
         )
 
 
