@@ -104,6 +104,16 @@ class BenchConfig:
     keep_workdir: bool = field(default=False, metadata={"help": "Keep a temporary work folder."})
     isolate: bool = field(default=True, metadata={"help": "Run every job in its own process."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan and time estimate only."})
+    report_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the page from the jobs already finished in --workdir, running nothing; "
+            "a page with unfinished jobs is marked partial."
+        },
+    )
+    page_note: str = field(
+        default="", metadata={"help": "A sentence printed at the top of the page (e.g. machine conditions)."}
+    )
     model: str = field(default="minilm-l6", metadata={"help": "Model folder, hub name or built-in name."})
     tokenizer: str = field(default="", metadata={"help": "Tokenizer (default: the model's)."})
     task: str = field(default="classification", metadata={"help": "classification | causal-lm."})
@@ -244,6 +254,8 @@ class BenchConfig:
 
         if self.task not in ("classification", "causal-lm"):
             bad("task", "the benchmark runs classification or causal-lm")
+        if self.report_only and not self.workdir:
+            bad("report_only", "needs the --workdir of a benchmark that ran (it reads finished jobs only)")
         if not self.dataset_name and not self.train_file:
             bad("train_file", "give --train-file (and --eval-file) or --dataset-name bbc_news")
         if self.dataset_name and self.dataset_name != "bbc_news":
@@ -473,7 +485,9 @@ def config_command(config: BenchConfig) -> str:
     parts = ["aptune bench", f"--suite {config.suite}"] + (["--quick"] if config.quick else [])
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in ("suite", "quick", "dry_run") or value == getattr(base, f.name):
+        if f.name in ("suite", "quick", "dry_run", "report_only", "page_note") or value == getattr(
+            base, f.name
+        ):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

@@ -44,7 +44,7 @@ from aptune.bench.config import (
     plan_headline,
     plan_jobs,
 )
-from aptune.bench.records import record_metrics
+from aptune.bench.records import NOT_RUN_YET, record_metrics
 from aptune.errors import ConfigError
 
 __all__ = [
@@ -57,7 +57,16 @@ __all__ = [
 ]
 
 # options that do not change what a job computes (a work folder can be resumed across them)
-_NOT_RESULT_FIELDS = ("name", "results_dir", "workdir", "keep_workdir", "isolate", "dry_run")
+_NOT_RESULT_FIELDS = (
+    "name",
+    "results_dir",
+    "workdir",
+    "keep_workdir",
+    "isolate",
+    "dry_run",
+    "report_only",
+    "page_note",
+)
 
 
 @dataclass
@@ -526,7 +535,8 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         def run_stage(stage: list[Job]) -> None:
             for job in stage:
                 known[job.id] = job
-            _write_plan(workdir, config, list(known.values()), data, model)
+            if not config.report_only:  # a partial page leaves the work folder as it is
+                _write_plan(workdir, config, list(known.values()), data, model)
             for job in stage:
                 state["number"] += 1
                 ran = _run_one(config, workdir, job, failures, log, f"[bench] [{state['number']}] {job.id}")
@@ -562,7 +572,10 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         run_stage(headline)
         latency_path = workdir / LATENCY_FILE
         latency: dict[str, Any] = {}
-        if state["ran_any"] or not latency_path.is_file():
+        if config.report_only:
+            if not latency_path.is_file():
+                failures["latency"] = NOT_RUN_YET
+        elif state["ran_any"] or not latency_path.is_file():
             log("[bench] latency and FLOPs of the exported models ...")
             if config.isolate:
                 error = _run_isolated(["latency", str(workdir)], workdir / "logs" / "latency.log")
@@ -609,7 +622,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             failures=failures,
             seconds=seconds,
             estimate=estimate,
-            load_at_start=load_at_start,
+            load_at_start=None if config.report_only else load_at_start,
             onnx_latency=onnx_latency,
         )
         files = write_results(config, summary, results, latency)
@@ -636,7 +649,10 @@ def _onnx_latency_stage(
         log(f"[bench] ONNX Runtime latency skipped: {reason}")
         return {"skipped": reason}
     path = workdir / ONNX_LATENCY_FILE
-    if trained or not path.is_file():
+    if config.report_only:
+        if not path.is_file():
+            failures["onnx-latency"] = NOT_RUN_YET
+    elif trained or not path.is_file():
         log("[bench] ONNX Runtime latency of the exported models ...")
         if config.isolate:
             error = _run_isolated(["onnx-latency", str(workdir)], workdir / "logs" / "onnx-latency.log")
@@ -680,6 +696,10 @@ def _run_one(
         record.update(job=job.to_dict(), reused_from=job.reuse)
         _write_json(result_path, record)
         log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
+        return False
+    if config.report_only:
+        failures[job.id] = NOT_RUN_YET
+        log(f"{prefix}: {NOT_RUN_YET}")
         return False
     missing = [d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()]
     if missing:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aptune.bench.config import RATE_OF
-from aptune.bench.records import ALLOCATOR_NAMES, is_headline, is_lora_prune, median_of
+from aptune.bench.records import ALLOCATOR_NAMES, NOT_RUN_YET, is_headline, is_lora_prune, median_of
 from aptune.report.format import DASH, NA, fmt_fixed, fmt_sig, fmt_spread
 from aptune.report.tables import md_table
 
@@ -448,14 +448,35 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     d0 = cfg["target_density"]
     minutes = fmt_fixed((summary["seconds"] or 0) / 60, 1)
     estimated = fmt_fixed((summary["estimate_seconds"] or 0) / 60, 1)
+    failures = summary["failures"] or {}
+    pending = [job_id for job_id, error in failures.items() if error == NOT_RUN_YET]
+    if cfg.get("report_only"):
+        origin = (
+            f"Written by `{summary['command']} --report-only` on {summary['created']} from the jobs "
+            f"that had finished in its work folder (estimated whole run {estimated} min)."
+        )
+    else:
+        origin = (
+            f"Written by `{summary['command']}` on {summary['created']}; whole run {minutes} min "
+            f"(estimated {estimated} min)."
+        )
     lines = [
-        f"# Benchmark `{summary['name']}`",
+        f"# Benchmark `{summary['name']}`" + (" (partial)" if pending else ""),
         "",
-        f"Written by `{summary['command']}` on {summary['created']}; whole run {minutes} min (estimated "
-        f"{estimated} min). Every number below comes from this run; `{summary['name']}.json` holds "
-        "all of them, per job.",
+        f"{origin} Every number below comes from this run; `{summary['name']}.json` holds all of "
+        "them, per job.",
         "",
     ]
+    if cfg.get("page_note"):
+        lines += [f"**Note:** {cfg['page_note']}", ""]
+    if pending:
+        lines += [
+            f"**Partial page**: {len(pending)} part(s) of the benchmark have not run yet "
+            f"({', '.join(f'`{p}`' for p in pending)}). The figures below come from the jobs that had "
+            "finished; a target whose figures are missing is NOT EVALUATED, and medians may cover "
+            "fewer seeds than planned.",
+            "",
+        ]
     env = summary["environment"]
     # only the load before the first job says whether others were busy
     start_load = (env.get("load_average_at_start") or [None])[0]
@@ -476,9 +497,10 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     for t in summary["targets"]:
         status = {True: "MET", False: "MISSED", None: "NOT EVALUATED"}[t["met"]]
         lines.append(f"- **{status}** — {t['claim']}: {t['measured']}.")
-    if summary["failures"]:
+    failed = {job_id: error for job_id, error in failures.items() if error != NOT_RUN_YET}
+    if failed:
         lines += ["", "## Failed jobs", ""]
-        for job_id, error in summary["failures"].items():
+        for job_id, error in failed.items():
             lines += [f"- `{job_id}`:", "", "```", error.strip()[-2000:], "```"]
     groups = summary["groups"]
     headline = [g for g in groups if is_headline(g, d0)]

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "ALLOCATOR_NAMES",
     "LORA_PRUNE_PREFIX",
+    "NOT_RUN_YET",
     "allocator_of",
     "curve_split",
     "flat_curve",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 LORA_PRUNE_PREFIX = "lora-prune"
+
+#: The failure text of a part of the benchmark that has not run yet (a ``report_only``, partial page).
+NOT_RUN_YET = "not run yet"
 
 #: Allocator settings as the page names them.
 ALLOCATOR_NAMES = {"default": "C library defaults", "pinned": "aptune's pinned mmap threshold"}
