@@ -24,6 +24,7 @@ What happens at optimizer step ``t`` (1-based, counted by the controller), as `S
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,7 +41,7 @@ from aptune.errors import ConfigError, ModelError
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
-from aptune.ranks import allocate_ranks
+from aptune.ranks import allocate_ranks, growth_factor
 from aptune.schedule import Schedule, build_schedule
 from aptune.scores import Salience, ScoreTracker, hidden_salience_mode, measure_salience, summed_salience
 from aptune.select import KeepSet
@@ -275,6 +276,8 @@ class AptController:
             "scores": {"heads": heads.tolist(), "neurons": neurons.tolist(), "hidden": hidden.tolist()},
             **self.layer_summary(),
         }
+        if self.config.distill_rank_growth and self.distiller.transform is not None:
+            record["transform_rank"] = self.distiller.transform.rank
         # every rank must have made the same decision (all-reduced scores make it so)
         record["keep_checksum"] = check_same_on_all_ranks(self.blocks.kept_ids(), "the kept blocks")
         self.events.append(record)
@@ -377,24 +380,48 @@ class AptController:
     def grow_ranks_(self, budget: float, optimizer=None) -> dict[str, tuple[int, int]]:
         """Grow adapter ranks so that the adapters hold about ``budget`` trainable parameters.
 
-        The new ranks come from `aptune.ranks.allocate_ranks` (``AptConfig.rank_allocation``).
+        The new ranks come from `aptune.ranks.allocate_ranks` (``AptConfig.rank_allocation``). With
+        ``AptConfig.distill_rank_growth`` the distillation transform then grows by the same factor
+        (`grow_transform_`).
 
         Returns:
             ``{path: (old_rank, new_rank)}`` of the adapters that grew.
         """
         widths = {p: a.lora_A.shape[1] + a.lora_B.shape[0] for p, a in self.adapters.items()}
-        new_ranks = allocate_ranks(
-            self.ranks(),
-            widths,
-            self.scores.adapter_importance,
-            budget,
-            max_rank=self.config.max_rank,
-            mode=self.config.rank_allocation,
-        )
+        plan = (self.ranks(), widths, self.scores.adapter_importance, budget)
+        options = {"max_rank": self.config.max_rank, "mode": self.config.rank_allocation}
+        new_ranks = allocate_ranks(*plan, **options)
+        factor = growth_factor(*plan, **options) if new_ranks else 1.0
         grown = {
             p: grow_adapter_(self.adapters[p], r, optimizer, self.generator) for p, r in new_ranks.items()
         }
         self._shapes_changed = self._shapes_changed or bool(grown)
+        if self.config.distill_rank_growth:
+            self.grow_transform_(factor, optimizer)
+        return grown
+
+    def grow_transform_(self, factor: float, optimizer=None) -> tuple[int, int] | None:
+        """Grow the distillation transform's rank by ``factor``, as the authors' code does with ``Tr``.
+
+        The new rank is ``floor(rank * factor)``; the transform grows only while that stays below
+        ``2 * max_rank`` (the authors' 128 for their cap of 64). New rows of ``A`` are drawn like a
+        fresh LoRA and new columns of ``B`` are zero, so ``Tr``'s output is unchanged.
+
+        Args:
+            factor: The factor the growing adapters got at this event (`aptune.ranks.growth_factor`).
+            optimizer: Optimizer holding the transform's parameters, if any.
+
+        Returns:
+            ``(old_rank, new_rank)``, or None when there is no transform or it did not grow.
+        """
+        transform = self.distiller.transform
+        if transform is None:
+            return None
+        new_rank = math.floor(transform.rank * factor)
+        if new_rank <= transform.rank or new_rank >= 2 * self.config.max_rank:
+            return None
+        grown = grow_adapter_(transform, new_rank, optimizer, self.generator)
+        self._shapes_changed = True
         return grown
 
     # ------------------------------------------------------------------ pre-tuning pruning
