@@ -69,6 +69,10 @@ class AptController:
         pretuned: Whether the model was pruned once before tuning (`calibrate_and_prune_`).
         pretune_density: Density of that pruning for this model and config, or None.
         initial_adapter_params: Adapter parameters at preparation time (the budget's unit).
+        posttuning: Whether the post-distillation phase runs (structure frozen: `step` does nothing).
+        posttune_record: What the post-distillation phase did (steps, learning rate, dev metrics).
+        best: The best dev evaluation since the structure became final (``step``, ``metric``,
+            ``value`` and a copy of the trainable ``tensors``), or None (see `remember_best_`).
     """
 
     def __init__(self, model: nn.Module, config: AptConfig, layout: ModelLayout) -> None:
@@ -92,6 +96,9 @@ class AptController:
         self.event_listeners: list[Callable[[dict], None]] = []
         self.pretuned = False
         self.initial_adapter_params = 0
+        self.posttuning = False
+        self.posttune_record: dict[str, Any] = {}
+        self.best: dict[str, Any] | None = None
         self._shapes_changed = False
 
     # ------------------------------------------------------------------ public views of the parts
@@ -213,6 +220,9 @@ class AptController:
                 change (see `aptune.distributed`).
         """
         schedule = self._require_schedule()
+        if self.posttuning:  # the post-distillation phase: no scores, no pruning, no rank growth
+            self.state.collector.reset()
+            return None
         self.step_count += 1
         t = self.step_count
         self._shapes_changed = False
@@ -507,6 +517,70 @@ class AptController:
             student_outputs, teacher_outputs, task_loss, mu=mu, alive=alive, valid=valid
         )
 
+    # ------------------------------------------------------------------ post-distillation phase
+    def structure_final(self, step: int | None = None) -> bool:
+        """Whether no pruning event or rank growth comes after optimizer step ``step`` (default: now)."""
+        step = self.step_count if step is None else step
+        return self.schedule is not None and step >= self.schedule.end
+
+    def remember_best_(self, metric: str, value: float, greater_is_better: bool) -> bool:
+        """Keep a copy of the trainable tensors if ``value`` is the best dev metric so far.
+
+        Only evaluations after the last pruning event count (the authors' "best checkpoint since
+        pruning finished"): from then on the shapes no longer change, so the copy fits the final
+        model. The frozen backbone is not copied: nothing changes it after the last event.
+
+        Args:
+            metric: Name of the metric (e.g. ``"eval_accuracy"``).
+            value: Its value for the model as it is now.
+            greater_is_better: Whether a larger value is better.
+
+        Returns:
+            Whether the copy was taken.
+        """
+        if self.posttuning or not self.structure_final() or not math.isfinite(value):
+            return False
+        if self.best is not None:
+            better = value > self.best["value"] if greater_is_better else value < self.best["value"]
+            if not better:
+                return False
+        tensors = {
+            name: param.detach().clone()
+            for name, param in self.model.named_parameters()
+            if param.requires_grad
+        }
+        self.best = {"step": self.step_count, "metric": metric, "value": float(value), "tensors": tensors}
+        return True
+
+    @torch.no_grad()
+    def restore_best_(self) -> dict[str, Any] | None:
+        """Copy the tensors of the best dev evaluation back into the model (in place).
+
+        Returns:
+            ``{"step", "metric", "value"}`` of the restored evaluation, or None when none was kept.
+
+        Raises:
+            ModelError: the kept tensors do not fit the model (it changed shape since).
+        """
+        if self.best is None:
+            return None
+        params = dict(self.model.named_parameters())
+        for name, tensor in self.best["tensors"].items():
+            if name not in params or params[name].shape != tensor.shape:
+                raise ModelError(
+                    f"the best dev checkpoint's {name} does not fit the model; it was kept before the "
+                    "structure became final: start a new run"
+                )
+            params[name].copy_(tensor)
+        return {k: v for k, v in self.best.items() if k != "tensors"}
+
+    def start_posttune_(self) -> None:
+        """Enter the post-distillation phase: teacher dropped, scores off, structure frozen."""
+        self.distiller.release()
+        self.state.collector.reset()
+        self.state.collector.active = False
+        self.posttuning = True
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides model weights and optimizer state.
@@ -528,6 +602,7 @@ class AptController:
             "distiller": self.distiller.state_dict(self.model),
             "events": [{k: v for k, v in e.items() if k != "scores"} for e in self.events],
             "generator": self.generator.get_state(),
+            "posttune": {"active": self.posttuning, "record": dict(self.posttune_record), "best": self.best},
         }
 
     @torch.no_grad()
@@ -576,8 +651,16 @@ class AptController:
         self.step_count = int(state["step_count"])
         self.events = list(state["events"])
         self.generator.set_state(state["generator"])
+        posttune = state.get("posttune") or {}
+        self.posttuning = bool(posttune.get("active", False))
+        self.posttune_record = dict(posttune.get("record") or {})
+        best = posttune.get("best")
+        if best is not None:
+            device = self._device()
+            tensors = {name: t.to(device) for name, t in best["tensors"].items()}
+            self.best = {**best, "step": int(best["step"]), "value": float(best["value"]), "tensors": tensors}
         self.state.collector.reset()
-        self.state.collector.active = self._collecting(self.step_count + 1)
+        self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 
 
 def _kept(mask: torch.Tensor | None) -> torch.Tensor | None:

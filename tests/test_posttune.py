@@ -1,0 +1,203 @@
+"""The post-distillation phase: best dev checkpoint restored, 0.1x the peak rate after a re-warm-up,
+structure frozen; resumable; absent by default."""
+
+import datasets
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+import aptune
+from aptune.trainer import POSTTUNE_DIR
+from tiny import tiny_bert
+
+MAIN_STEPS, POST_STEPS, PEAK_LR = 60, 20, 5e-3
+# the selection metric of every evaluation in call order: main run at steps 10..60, the final model
+# before the phase, the phase's evaluations at its steps 10 and 20, the model after the phase
+SCORES = [0.1, 0.95, 0.6, 0.9, 0.5, 0.4, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3]
+
+
+def _dataset(n=64, length=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 120, (n, length), generator=generator)
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * length] * n, "labels": (ids[:, 1] % 3).tolist()}
+    )
+
+
+def _args(folder, **overrides):
+    options = {
+        "max_steps": MAIN_STEPS,
+        "per_device_train_batch_size": 8,
+        "learning_rate": PEAK_LR,
+        "logging_steps": 10,
+        "eval_strategy": "steps",
+        "eval_steps": 10,
+        "metric_for_best_model": "score",
+        "greater_is_better": True,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_pin_memory": False,
+    }
+    return TrainingArguments(str(folder), **{**options, **overrides})
+
+
+class Scripted:
+    """compute_metrics that reports the next scripted score, whatever the predictions."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, eval_pred):
+        score = SCORES[min(self.calls, len(SCORES) - 1)]
+        self.calls += 1
+        return {"score": score}
+
+
+class Watch(TrainerCallback):
+    """Trainable tensors at every main-run evaluation, and what the phase starts from and does."""
+
+    def __init__(self):
+        self.trainer = None
+        self.at_eval = {}
+        self.post_start = None
+        self.post_structure = None
+        self.post_lrs = []
+        self.optimizers = set()
+
+    def _trainable(self):
+        return {n: p.detach().clone() for n, p in self.trainer.model.named_parameters() if p.requires_grad}
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not self.trainer.apt_controller.posttuning:
+            self.at_eval[state.global_step] = self._trainable()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        controller = self.trainer.apt_controller
+        if controller.posttuning:
+            self.post_start = self._trainable()
+            self.post_structure = (
+                controller.structure(),
+                controller.ranks(),
+                controller.transform.rank,
+                len(controller.events),
+                controller.step_count,
+            )
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizers.add(id(self.trainer.optimizer))
+        if self.trainer.apt_controller.posttuning:
+            self.post_lrs.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+
+def _trainer(folder, config, **args):
+    watch = Watch()
+    trainer = aptune.AptTrainer(
+        model=tiny_bert(),
+        args=_args(folder, **args),
+        apt_config=config,
+        train_dataset=_dataset(),
+        eval_dataset=_dataset(16, seed=1),
+        compute_metrics=Scripted(),
+        callbacks=[watch],
+    )
+    watch.trainer = trainer
+    return trainer, watch
+
+
+CONFIG = aptune.AptConfig(
+    target_density=0.5,
+    num_events=3,
+    distill=True,
+    distill_rank_growth=True,
+    posttune_steps=POST_STEPS,
+    posttune_warmup=0.25,
+)
+
+
+def test_posttune_restores_the_best_checkpoint_and_tunes_at_a_tenth_of_the_rate(tmp_path):
+    trainer, watch = _trainer(tmp_path / "run", CONFIG)
+    trainer.train()
+    controller = trainer.apt_controller
+    assert controller.schedule.end == 24  # the structure is final from step 24 on
+    # step 20 scored best (0.95) but came before the last event; step 40 is the best after it
+    record = controller.posttune_record
+    assert record["restored_step"] == 40 and record["restored_value"] == 0.9
+    assert record["final_value"] == 0.4 and record["after_value"] == 0.3
+    assert record["metric"] == "eval_score" and record["steps"] == POST_STEPS
+    for name, tensor in watch.post_start.items():
+        torch.testing.assert_close(tensor, watch.at_eval[40][name], rtol=0, atol=0)
+    assert any(not torch.equal(watch.post_start[n], watch.at_eval[60][n]) for n in watch.post_start)
+    # a fresh optimizer; the rate warms up again (5 steps) to 0.1 x the peak, then decays linearly
+    assert len(watch.optimizers) == 2
+    peak, warmup = 0.1 * PEAK_LR, 5
+    expected = [
+        peak * (i / warmup if i < warmup else (POST_STEPS - i) / (POST_STEPS - warmup))
+        for i in range(POST_STEPS)
+    ]
+    assert record["learning_rate"] == peak and record["warmup_steps"] == warmup
+    torch.testing.assert_close(
+        torch.tensor(watch.post_lrs, dtype=torch.float64),
+        torch.tensor(expected, dtype=torch.float64),
+        rtol=1e-9,
+        atol=1e-15,
+    )
+    # the structure is frozen: no pruning, no rank growth (adapters or transform), no controller steps
+    structure, ranks, transform_rank, events, steps = watch.post_structure
+    assert controller.structure() == structure and controller.ranks() == ranks
+    assert controller.transform.rank == transform_rank > CONFIG.initial_rank  # grew during the main run
+    assert len(controller.events) == events and controller.step_count == steps == MAIN_STEPS
+    assert [e["transform_rank"] for e in controller.events] == sorted(
+        e["transform_rank"] for e in controller.events
+    )
+    assert controller.teacher is None and not controller.state.collector.active
+    assert trainer.posttune_output.global_step == POST_STEPS
+    assert not any("distill_layer" in h for h in trainer.state.log_history)
+
+
+def test_posttune_resumes_from_a_checkpoint_of_the_phase(tmp_path):
+    full, _ = _trainer(tmp_path / "full", CONFIG, save_strategy="steps", save_steps=10)
+    full.train()
+    checkpoint = tmp_path / "full" / POSTTUNE_DIR / "checkpoint-10"
+    assert checkpoint.is_dir()
+    resumed, watch = _trainer(tmp_path / "full", CONFIG, save_strategy="steps", save_steps=10)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    controller = resumed.apt_controller
+    assert controller.posttuning and controller.structure() == full.apt_controller.structure()
+    assert controller.posttune_record["restored_step"] == 40
+    assert len(watch.post_lrs) == POST_STEPS - 10
+    inputs = {k: torch.tensor(v) for k, v in _dataset(4, seed=3)[:4].items() if k != "labels"}
+    full.model.eval()
+    resumed.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(resumed.model(**inputs).logits, full.model(**inputs).logits)
+
+
+def test_no_posttune_by_default(tmp_path):
+    config = aptune.AptConfig(target_density=0.5, num_events=3)
+    assert config.posttune_steps == 0 and not config.distill_rank_growth
+    trainer, watch = _trainer(tmp_path / "run", config)
+    trainer.train()
+    assert trainer.posttune_steps() == 0 and trainer.posttune_output is None
+    assert watch.post_start is None and len(watch.optimizers) == 1
+    assert trainer.apt_controller.posttune_record == {} and not trainer.apt_controller.posttuning
+    assert trainer.state.global_step == MAIN_STEPS
+    assert not (tmp_path / "run" / POSTTUNE_DIR).exists()
+
+
+def test_posttune_length_and_bad_values():
+    import pytest
+
+    from aptune.errors import ConfigError
+
+    assert aptune.AptConfig(posttune_steps=0.25).posttune_length(200) == 50
+    assert aptune.AptConfig(posttune_steps=30).posttune_length(200) == 30
+    for bad in (
+        {"posttune_steps": -1},
+        {"posttune_steps": 1.5},
+        {"posttune_lr_scale": 0.0},
+        {"posttune_warmup": 1.0},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            aptune.AptConfig(**bad)
