@@ -1,12 +1,15 @@
 """The post-distillation phase: best dev checkpoint restored, 0.1x the peak rate after a re-warm-up,
 structure frozen; resumable; absent by default."""
 
+import json
+
 import datasets
+import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
 import aptune
-from aptune.trainer import POSTTUNE_DIR
+from aptune.trainer import POSTTUNE_DIR, resolve_checkpoint
 from tiny import tiny_bert
 
 MAIN_STEPS, POST_STEPS, PEAK_LR = 60, 20, 5e-3
@@ -163,6 +166,9 @@ def test_posttune_resumes_from_a_checkpoint_of_the_phase(tmp_path):
     assert checkpoint.is_dir()
     resumed, watch = _trainer(tmp_path / "full", CONFIG, save_strategy="steps", save_steps=10)
     resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resolve_checkpoint("last", tmp_path / "full") == str(
+        tmp_path / "full" / POSTTUNE_DIR / "checkpoint-20"
+    )
     controller = resumed.apt_controller
     assert controller.posttuning and controller.structure() == full.apt_controller.structure()
     assert controller.posttune_record["restored_step"] == 40
@@ -187,8 +193,6 @@ def test_no_posttune_by_default(tmp_path):
 
 
 def test_posttune_length_and_bad_values():
-    import pytest
-
     from aptune.errors import ConfigError
 
     assert aptune.AptConfig(posttune_steps=0.25).posttune_length(200) == 50
@@ -201,3 +205,53 @@ def test_posttune_length_and_bad_values():
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             aptune.AptConfig(**bad)
+
+
+def test_resume_last_prefers_a_checkpoint_of_the_phase(tmp_path):
+    from aptune.checkpoint import STATE_JSON, STATE_TENSORS
+
+    for folder in (tmp_path / "checkpoint-60", tmp_path / POSTTUNE_DIR / "checkpoint-10"):
+        folder.mkdir(parents=True)
+        for name in (STATE_JSON, STATE_TENSORS, "trainer_state.json"):
+            (folder / name).write_text("{}")
+    assert resolve_checkpoint("last", tmp_path) == str(tmp_path / POSTTUNE_DIR / "checkpoint-10")
+    assert resolve_checkpoint(str(tmp_path / "checkpoint-60"), tmp_path) == str(tmp_path / "checkpoint-60")
+
+
+@pytest.mark.integration
+def test_cli_posttune_steps_are_recorded_in_the_report(tmp_path, capsys):
+    from transformers import BertTokenizerFast
+
+    from aptune.cli import main
+
+    words = ["good", "great", "bad", "awful", "movie", "film", "the", "was", "very"]
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
+    )
+    BertTokenizerFast(vocab_file=str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    tiny_bert(num_labels=2).save_pretrained(model_dir)
+    texts = ["the movie was very good,pos", "great film,pos", "the movie was awful,neg", "bad film,neg"]
+    for name, n in (("train", 48), ("dev", 16)):
+        (tmp_path / f"{name}.csv").write_text(
+            "text,label\n" + "\n".join(texts[i % 4] for i in range(n)) + "\n"
+        )
+    out = tmp_path / "run"
+    main_args = ["train", "--model", str(model_dir), "--train-file", str(tmp_path / "train.csv")]
+    main_args += ["--eval-file", str(tmp_path / "dev.csv"), "--output-dir", str(out), "--max-steps", "30"]
+    main_args += ["--batch-size", "8", "--num-events", "3", "--target-density", "0.5", "--max-length", "16"]
+    main_args += ["--evaluations", "3", "--learning-rate", "0.002", "--posttune-steps", "10"]
+    main_args += ["--distill", "--distill-rank-growth"]
+    try:
+        main(main_args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), capsys.readouterr().err[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    record = report["posttune"]
+    assert record["steps"] == 10 and record["metric"] == "eval_accuracy"
+    assert record["learning_rate"] == pytest.approx(0.0002)
+    assert record["restored_step"] in (20, 30) and record["after_value"] is not None
+    assert max(row["step"] for row in report["steps"]) == 40  # the phase's steps follow the main run's
+    assert "posttune" in report["phase_times"]
+    assert all("transform_rank" in event for event in report["events"])

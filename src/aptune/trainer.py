@@ -81,8 +81,9 @@ def resolve_checkpoint(resume: str | bool | None, checkpoints_dir: str | Path) -
     """The checkpoint folder a run resumes from.
 
     Args:
-        resume: None or False (start fresh), True or ``"last"`` (the newest complete checkpoint in
-            ``checkpoints_dir``), or a checkpoint folder.
+        resume: None or False (start fresh), True or ``"last"`` (the newest complete checkpoint of
+            the post-distillation phase in ``checkpoints_dir/posttune`` if there is one, else the
+            newest in ``checkpoints_dir``), or a checkpoint folder.
         checkpoints_dir: Where the run saves its checkpoints (``TrainingArguments.output_dir``).
 
     Returns:
@@ -94,7 +95,9 @@ def resolve_checkpoint(resume: str | bool | None, checkpoints_dir: str | Path) -
     if not resume:
         return None
     if resume is True or resume == "last":
-        last = last_complete_checkpoint(checkpoints_dir)
+        last = last_complete_checkpoint(Path(checkpoints_dir) / POSTTUNE_DIR) or last_complete_checkpoint(
+            checkpoints_dir
+        )
         if last is None:
             raise ConfigError(f"no complete aptune checkpoint found in {checkpoints_dir} to resume from")
         return str(last)
@@ -371,7 +374,7 @@ class AptTrainer(Trainer):
         Returns:
             The main run's ``TrainOutput`` (the phase's own is kept as ``posttune_output``).
         """
-        resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
+        resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint:
             load_controller_state(self.apt_controller, resume_from_checkpoint)
         if self.apt_controller.posttuning:  # the checkpoint is one of the post-distillation phase
@@ -385,13 +388,6 @@ class AptTrainer(Trainer):
         if self.posttune_steps() > 0:
             self.posttune(**kwargs)
         return output
-
-    def _resolve_resume(self, resume):
-        if resume is True or resume == "last":
-            post = last_complete_checkpoint(self._posttune_dir(self.args))
-            if post is not None:
-                return str(post)
-        return resolve_checkpoint(resume, self.args.output_dir)
 
     # ------------------------------------------------------------------ post-distillation phase
     def posttune_steps(self) -> int:
@@ -415,16 +411,13 @@ class AptTrainer(Trainer):
         greater = self.args.greater_is_better
         return name, (not name.endswith("loss")) if greater is None else bool(greater)
 
-    def _posttune_dir(self, args) -> Path:
-        return Path(args.output_dir) / POSTTUNE_DIR
-
     def _posttune_arguments(self, main_args, steps: int):
         """The main run's `TrainingArguments` for the phase: its length, peak rate and warm-up."""
         config = self.apt_controller.config
         # a copy with new values, as the Trainer's own hyper-parameter search sets them: building new
         # TrainingArguments would set up (and reset) the accelerator state again
         args = copy.copy(main_args)
-        args.output_dir = str(self._posttune_dir(main_args))
+        args.output_dir = str(Path(main_args.output_dir) / POSTTUNE_DIR)
         args.max_steps = steps
         args.learning_rate = main_args.learning_rate * config.posttune_lr_scale
         args.warmup_steps = round(config.posttune_warmup * steps)
