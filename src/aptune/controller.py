@@ -19,6 +19,10 @@ What happens at optimizer step ``t`` (1-based, counted by the controller), as `S
    scores, ids), and adapter ranks grow towards the trainable-parameter budget
    (`aptune.ranks.allocate_ranks`).
 
+After the main run, an optional post-distillation phase (``AptConfig.posttune_steps``) restores the
+best dev checkpoint kept by `AptController.remember_best_` and tunes on with the structure frozen
+(`AptController.start_posttune_`; `aptune.AptTrainer.posttune` runs it).
+
 `state_dict` / `load_state_dict` capture all of it (`aptune.checkpoint` writes them to disk).
 """
 
@@ -575,8 +579,12 @@ class AptController:
         return {k: v for k, v in self.best.items() if k != "tensors"}
 
     def start_posttune_(self) -> None:
-        """Enter the post-distillation phase: teacher dropped, scores off, structure frozen."""
+        """Enter the post-distillation phase: teacher dropped, scores off, structure frozen.
+
+        The copy of the best dev checkpoint is dropped too (call `restore_best_` first).
+        """
         self.distiller.release()
+        self.best = None
         self.state.collector.reset()
         self.state.collector.active = False
         self.posttuning = True
