@@ -255,3 +255,32 @@ def test_cli_posttune_steps_are_recorded_in_the_report(tmp_path, capsys):
     assert max(row["step"] for row in report["steps"]) == 40  # the phase's steps follow the main run's
     assert "posttune" in report["phase_times"]
     assert all("transform_rank" in event for event in report["events"])
+
+
+def test_best_checkpoint_is_kept_only_once_the_structure_is_final_and_survives_a_save(tmp_path):
+    from aptune.checkpoint import load_controller_state, save_controller_state
+
+    config = aptune.AptConfig(target_density=0.5, num_events=3, posttune_steps=5)
+    controller = aptune.prepare_(tiny_bert(), config, total_steps=MAIN_STEPS)
+    adapter = next(iter(controller.adapters.values()))
+    controller.step_count = controller.schedule.end - 1
+    assert not controller.remember_best_("eval_loss", 0.1, greater_is_better=False)  # an event is still due
+    controller.step_count = controller.schedule.end
+    with torch.no_grad():
+        adapter.lora_B.fill_(0.5)
+    assert controller.remember_best_("eval_loss", 0.3, greater_is_better=False)
+    assert not controller.remember_best_("eval_loss", 0.4, greater_is_better=False)  # worse
+    save_controller_state(controller, tmp_path / "checkpoint")
+    with torch.no_grad():
+        adapter.lora_B.fill_(-1.0)
+    restored = aptune.prepare_(tiny_bert(), config, total_steps=MAIN_STEPS)
+    load_controller_state(restored, tmp_path / "checkpoint")
+    assert restored.best["step"] == controller.schedule.end and restored.best["value"] == 0.3
+    for controller_ in (controller, restored):
+        info = controller_.restore_best_()
+        assert info == {"step": controller.schedule.end, "metric": "eval_loss", "value": 0.3}
+        path = next(iter(controller_.adapters))
+        assert torch.all(controller_.adapters[path].lora_B == 0.5)
+    restored.start_posttune_()
+    assert restored.posttuning and restored.best is None
+    assert restored.step(None) is None and restored.step_count == controller.schedule.end
