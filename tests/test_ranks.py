@@ -62,3 +62,16 @@ def test_random_allocations_respect_budget_and_bounds(seed, mode):
     if mode == "salience":
         below_max = sorted((p for p in paths if ranks[p] < 32), key=lambda p: -importance[p])
         assert set(new) <= set(below_max[: max(1, len(paths) // 2)])
+
+
+def test_growth_factor_is_the_factor_of_the_allocation():
+    from aptune.ranks import growth_factor
+
+    ranks = {"a": 8, "b": 8, "c": 8, "d": 8}
+    widths = {"a": 10, "b": 20, "c": 10, "d": 20}
+    importance = {"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.0}
+    assert growth_factor(ranks, widths, importance, 960, max_rank=64) == 1 + (960 - 480) / 240
+    small = {"a": 8, "b": 4}
+    assert growth_factor(small, {"a": 10, "b": 10}, {}, 240, max_rank=64, mode="uniform") == 2.0
+    assert growth_factor(small, {"a": 10, "b": 10}, {}, 1200, max_rank=64, mode="static") == 1.0
+    assert growth_factor({"a": 8}, {"a": 10}, {"a": 1.0}, 80, max_rank=64) == 1.0

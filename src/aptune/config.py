@@ -75,6 +75,11 @@ class AptConfig:
             with distillation ending at 45 %, and 96.6 % without, at a lower cost. The paper's runs
             are 40 epochs long with distillation over 20 of them.
         distill_end: Schedule point at which distillation stops and student-only tuning begins.
+        distill_rank_growth: Grow the rank of the distillation transform ``Tr`` at every rank
+            allocation event by the factor the growing adapters get (the authors' code; the new rank
+            is rounded down and the transform grows only while it stays below ``2 * max_rank``, their
+            128 for a cap of 64). New components start at zero output, so ``Tr`` is unchanged at the
+            moment of growth. Off: ``Tr`` keeps ``initial_rank``.
         alpha_pred: Weight of the prediction (KL) term inside the distillation loss.
         alpha_layer: Weight of the layer (MSE) term inside the distillation loss.
         temperature: Softmax temperature of the prediction term.
@@ -147,6 +152,18 @@ class AptConfig:
             time (`aptune.losses`), so the vocabulary logits of a step never exist at once. Steps
             with prediction distillation still compute full logits (the KL needs the teacher's and
             the student's). ``None``: the model's own loss.
+        posttune_steps: Length of the post-distillation phase that follows the main run (the
+            authors' last phase): the best dev checkpoint among the evaluations after the last
+            pruning event (and the final model) is restored, then the model is tuned with the task
+            loss only, structure frozen (no pruning, no rank growth, no teacher), on a fresh
+            optimizer and a linear schedule that warms up again to ``posttune_lr_scale`` x the
+            peak learning rate. An int is a number of optimizer steps, a float in [0, 1] a fraction
+            of the main run's steps. ``0``: no such phase (the default). Needs an eval dataset to
+            pick the checkpoint; without one the final model is tuned on.
+        posttune_lr_scale: Peak learning rate of the post-distillation phase relative to the main
+            run's (the authors: 0.1).
+        posttune_warmup: Share of the post-distillation phase spent warming the learning rate up
+            (the authors: 0.06).
     """
 
     target_density: float = field(
@@ -181,6 +198,9 @@ class AptConfig:
     )
     distill_end: float | int = field(
         default=0.7, metadata={"help": "End of distillation (fraction or step)."}
+    )
+    distill_rank_growth: bool = field(
+        default=False, metadata={"help": "Grow the distillation transform's rank with the adapters."}
     )
     alpha_pred: float = field(default=0.1, metadata={"help": "Weight of the prediction KL term."})
     alpha_layer: float = field(default=0.9, metadata={"help": "Weight of the layer MSE term."})
@@ -236,6 +256,19 @@ class AptConfig:
     hidden_cost: str = field(default="current", metadata={"help": "current | initial hidden-dim cost."})
     lm_loss_chunk: int | None = field(
         default=None, metadata={"help": "Tokens per logits block of the causal-LM loss (None: full)."}
+    )
+    posttune_steps: float | int = field(
+        default=0,
+        metadata={
+            "help": "Post-distillation tuning after the run from the best dev checkpoint "
+            "(steps, or fraction of the run; 0: off)."
+        },
+    )
+    posttune_lr_scale: float = field(
+        default=0.1, metadata={"help": "Peak LR of the post-distillation phase / the run's peak LR."}
+    )
+    posttune_warmup: float = field(
+        default=0.06, metadata={"help": "Share of the post-distillation phase spent in LR warm-up."}
     )
 
     def __post_init__(self) -> None:
@@ -337,7 +370,17 @@ class AptConfig:
             bad("hidden_cost", f"choose one of {', '.join(_HIDDEN_COSTS)}")
         if self.lm_loss_chunk is not None:
             integer("lm_loss_chunk", 1)
-        for name in ("prune_hidden", "distill"):
+        if not _is_schedule_point(self.posttune_steps):
+            bad(
+                "posttune_steps",
+                "expected a number of steps >= 0 (int) or a fraction of the run in [0, 1] (float); 0 turns "
+                "the post-distillation phase off",
+            )
+        if not 0.0 < number("posttune_lr_scale") <= 1.0:
+            bad("posttune_lr_scale", "must lie in (0, 1]; the authors use 0.1")
+        if not 0.0 <= number("posttune_warmup") < 1.0:
+            bad("posttune_warmup", "must lie in [0, 1); the authors use 0.06")
+        for name in ("prune_hidden", "distill", "distill_rank_growth"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "expected true or false")
         if self.pretune_prune is not None and not isinstance(self.pretune_prune, bool):
@@ -393,6 +436,20 @@ class AptConfig:
         if micro is None:
             micro = 2 if is_decoder else max(1, train_batch_size // 2)
         return samples, micro
+
+    def posttune_length(self, main_steps: int) -> int:
+        """Optimizer steps of the post-distillation phase after a main run of ``main_steps``.
+
+        Args:
+            main_steps: Optimizer steps of the main run.
+
+        Returns:
+            ``posttune_steps`` for an int, ``round(posttune_steps * main_steps)`` for a float; 0 when
+            the phase is off.
+        """
+        if isinstance(self.posttune_steps, float):
+            return round(self.posttune_steps * main_steps)
+        return int(self.posttune_steps)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

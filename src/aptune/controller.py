@@ -19,11 +19,16 @@ What happens at optimizer step ``t`` (1-based, counted by the controller), as `S
    scores, ids), and adapter ranks grow towards the trainable-parameter budget
    (`aptune.ranks.allocate_ranks`).
 
+After the main run, an optional post-distillation phase (``AptConfig.posttune_steps``) restores the
+best dev checkpoint kept by `AptController.remember_best_` and tunes on with the structure frozen
+(`AptController.start_posttune_`; `aptune.AptTrainer.posttune` runs it).
+
 `state_dict` / `load_state_dict` capture all of it (`aptune.checkpoint` writes them to disk).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,7 +45,7 @@ from aptune.errors import ConfigError, ModelError
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
-from aptune.ranks import allocate_ranks
+from aptune.ranks import allocate_ranks, growth_factor
 from aptune.schedule import Schedule, build_schedule
 from aptune.scores import Salience, ScoreTracker, hidden_salience_mode, measure_salience, summed_salience
 from aptune.select import KeepSet
@@ -68,6 +73,10 @@ class AptController:
         pretuned: Whether the model was pruned once before tuning (`calibrate_and_prune_`).
         pretune_density: Density of that pruning for this model and config, or None.
         initial_adapter_params: Adapter parameters at preparation time (the budget's unit).
+        posttuning: Whether the post-distillation phase runs (structure frozen: `step` does nothing).
+        posttune_record: What the post-distillation phase did (steps, learning rate, dev metrics).
+        best: The best dev evaluation since the structure became final (``step``, ``metric``,
+            ``value`` and a copy of the trainable ``tensors``), or None (see `remember_best_`).
     """
 
     def __init__(self, model: nn.Module, config: AptConfig, layout: ModelLayout) -> None:
@@ -91,6 +100,9 @@ class AptController:
         self.event_listeners: list[Callable[[dict], None]] = []
         self.pretuned = False
         self.initial_adapter_params = 0
+        self.posttuning = False
+        self.posttune_record: dict[str, Any] = {}
+        self.best: dict[str, Any] | None = None
         self._shapes_changed = False
 
     # ------------------------------------------------------------------ public views of the parts
@@ -212,6 +224,9 @@ class AptController:
                 change (see `aptune.distributed`).
         """
         schedule = self._require_schedule()
+        if self.posttuning:  # the post-distillation phase: no scores, no pruning, no rank growth
+            self.state.collector.reset()
+            return None
         self.step_count += 1
         t = self.step_count
         self._shapes_changed = False
@@ -275,6 +290,8 @@ class AptController:
             "scores": {"heads": heads.tolist(), "neurons": neurons.tolist(), "hidden": hidden.tolist()},
             **self.layer_summary(),
         }
+        if self.config.distill_rank_growth and self.distiller.transform is not None:
+            record["transform_rank"] = self.distiller.transform.rank
         # every rank must have made the same decision (all-reduced scores make it so)
         record["keep_checksum"] = check_same_on_all_ranks(self.blocks.kept_ids(), "the kept blocks")
         self.events.append(record)
@@ -377,24 +394,48 @@ class AptController:
     def grow_ranks_(self, budget: float, optimizer=None) -> dict[str, tuple[int, int]]:
         """Grow adapter ranks so that the adapters hold about ``budget`` trainable parameters.
 
-        The new ranks come from `aptune.ranks.allocate_ranks` (``AptConfig.rank_allocation``).
+        The new ranks come from `aptune.ranks.allocate_ranks` (``AptConfig.rank_allocation``). With
+        ``AptConfig.distill_rank_growth`` the distillation transform then grows by the same factor
+        (`grow_transform_`).
 
         Returns:
             ``{path: (old_rank, new_rank)}`` of the adapters that grew.
         """
         widths = {p: a.lora_A.shape[1] + a.lora_B.shape[0] for p, a in self.adapters.items()}
-        new_ranks = allocate_ranks(
-            self.ranks(),
-            widths,
-            self.scores.adapter_importance,
-            budget,
-            max_rank=self.config.max_rank,
-            mode=self.config.rank_allocation,
-        )
+        plan = (self.ranks(), widths, self.scores.adapter_importance, budget)
+        options = {"max_rank": self.config.max_rank, "mode": self.config.rank_allocation}
+        new_ranks = allocate_ranks(*plan, **options)
+        factor = growth_factor(*plan, **options) if new_ranks else 1.0
         grown = {
             p: grow_adapter_(self.adapters[p], r, optimizer, self.generator) for p, r in new_ranks.items()
         }
         self._shapes_changed = self._shapes_changed or bool(grown)
+        if self.config.distill_rank_growth:
+            self.grow_transform_(factor, optimizer)
+        return grown
+
+    def grow_transform_(self, factor: float, optimizer=None) -> tuple[int, int] | None:
+        """Grow the distillation transform's rank by ``factor``, as the authors' code does with ``Tr``.
+
+        The new rank is ``floor(rank * factor)``; the transform grows only while that stays below
+        ``2 * max_rank`` (the authors' 128 for their cap of 64). New rows of ``A`` are drawn like a
+        fresh LoRA and new columns of ``B`` are zero, so ``Tr``'s output is unchanged.
+
+        Args:
+            factor: The factor the growing adapters got at this event (`aptune.ranks.growth_factor`).
+            optimizer: Optimizer holding the transform's parameters, if any.
+
+        Returns:
+            ``(old_rank, new_rank)``, or None when there is no transform or it did not grow.
+        """
+        transform = self.distiller.transform
+        if transform is None:
+            return None
+        new_rank = math.floor(transform.rank * factor)
+        if new_rank <= transform.rank or new_rank >= 2 * self.config.max_rank:
+            return None
+        grown = grow_adapter_(transform, new_rank, optimizer, self.generator)
+        self._shapes_changed = True
         return grown
 
     # ------------------------------------------------------------------ pre-tuning pruning
@@ -480,6 +521,74 @@ class AptController:
             student_outputs, teacher_outputs, task_loss, mu=mu, alive=alive, valid=valid
         )
 
+    # ------------------------------------------------------------------ post-distillation phase
+    def structure_final(self, step: int | None = None) -> bool:
+        """Whether no pruning event or rank growth comes after optimizer step ``step`` (default: now)."""
+        step = self.step_count if step is None else step
+        return self.schedule is not None and step >= self.schedule.end
+
+    def remember_best_(self, metric: str, value: float, greater_is_better: bool) -> bool:
+        """Keep a copy of the trainable tensors if ``value`` is the best dev metric so far.
+
+        Only evaluations after the last pruning event count (the authors' "best checkpoint since
+        pruning finished"): from then on the shapes no longer change, so the copy fits the final
+        model. The frozen backbone is not copied: nothing changes it after the last event.
+
+        Args:
+            metric: Name of the metric (e.g. ``"eval_accuracy"``).
+            value: Its value for the model as it is now.
+            greater_is_better: Whether a larger value is better.
+
+        Returns:
+            Whether the copy was taken.
+        """
+        if self.posttuning or not self.structure_final() or not math.isfinite(value):
+            return False
+        if self.best is not None:
+            better = value > self.best["value"] if greater_is_better else value < self.best["value"]
+            if not better:
+                return False
+        tensors = {
+            name: param.detach().clone()
+            for name, param in self.model.named_parameters()
+            if param.requires_grad
+        }
+        self.best = {"step": self.step_count, "metric": metric, "value": float(value), "tensors": tensors}
+        return True
+
+    @torch.no_grad()
+    def restore_best_(self) -> dict[str, Any] | None:
+        """Copy the tensors of the best dev evaluation back into the model (in place).
+
+        Returns:
+            ``{"step", "metric", "value"}`` of the restored evaluation, or None when none was kept.
+
+        Raises:
+            ModelError: the kept tensors do not fit the model (it changed shape since).
+        """
+        if self.best is None:
+            return None
+        params = dict(self.model.named_parameters())
+        for name, tensor in self.best["tensors"].items():
+            if name not in params or params[name].shape != tensor.shape:
+                raise ModelError(
+                    f"the best dev checkpoint's {name} does not fit the model; it was kept before the "
+                    "structure became final: start a new run"
+                )
+            params[name].copy_(tensor)
+        return {k: v for k, v in self.best.items() if k != "tensors"}
+
+    def start_posttune_(self) -> None:
+        """Enter the post-distillation phase: teacher dropped, scores off, structure frozen.
+
+        The copy of the best dev checkpoint is dropped too (call `restore_best_` first).
+        """
+        self.distiller.release()
+        self.best = None
+        self.state.collector.reset()
+        self.state.collector.active = False
+        self.posttuning = True
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides model weights and optimizer state.
@@ -501,6 +610,7 @@ class AptController:
             "distiller": self.distiller.state_dict(self.model),
             "events": [{k: v for k, v in e.items() if k != "scores"} for e in self.events],
             "generator": self.generator.get_state(),
+            "posttune": {"active": self.posttuning, "record": dict(self.posttune_record), "best": self.best},
         }
 
     @torch.no_grad()
@@ -549,8 +659,16 @@ class AptController:
         self.step_count = int(state["step_count"])
         self.events = list(state["events"])
         self.generator.set_state(state["generator"])
+        posttune = state.get("posttune") or {}
+        self.posttuning = bool(posttune.get("active", False))
+        self.posttune_record = dict(posttune.get("record") or {})
+        best = posttune.get("best")
+        if best is not None:
+            device = self._device()
+            tensors = {name: t.to(device) for name, t in best["tensors"].items()}
+            self.best = {**best, "step": int(best["step"]), "value": float(best["value"]), "tensors": tensors}
         self.state.collector.reset()
-        self.state.collector.active = self._collecting(self.step_count + 1)
+        self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 
 
 def _kept(mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from aptune.adapter import AptLinear
 from aptune.config import AptConfig
-from aptune.surgery import slice_linear_
+from aptune.surgery import grow_adapter_, slice_linear_
 
 __all__ = [
     "DISTILL_MODULE_NAME",
@@ -97,7 +97,8 @@ class DistillTransform(AptLinear):
     """``Tr``: student hidden states -> teacher hidden width; frozen identity plus a trainable LoRA.
 
     Its input columns shrink with the student's hidden dimensions, its output rows follow the
-    teacher's width at each new snapshot.
+    teacher's width at each new snapshot. With ``AptConfig.distill_rank_growth`` its rank grows with
+    the adapters' (`aptune.AptController.grow_transform_`), output-preserving like adapter growth.
     """
 
     def __init__(self, width: int, rank: int = 8, scaling: float = 2.0, device=None, dtype=None) -> None:
@@ -415,7 +416,7 @@ class SelfDistiller:
         return loss, parts
 
     def state_dict(self, model: nn.Module) -> dict[str, Any]:
-        """Transform rows, teacher snapshot and teacher time.
+        """Transform rows and rank, teacher snapshot and teacher time.
 
         Teacher tensors that are still the model's own are listed by name under ``"shared"``
         instead of being stored twice.
@@ -428,6 +429,7 @@ class SelfDistiller:
             teacher = {"hidden_ids": self.teacher.hidden_ids, "tensors": own, "shared": shared}
         return {
             "transform_out_ids": self.transform_out_ids,
+            "transform_rank": self.transform.rank if self.transform is not None else None,
             "teacher": teacher,
             "seconds": self.teacher_seconds,
         }
@@ -445,6 +447,8 @@ class SelfDistiller:
             if out_ids.numel() != self.transform.out_features:
                 slice_linear_(self.transform, rows=out_ids, optimizer=optimizer)
             self.transform_out_ids = out_ids.clone()
+        if self.transform is not None and state.get("transform_rank") is not None:
+            grow_adapter_(self.transform, int(state["transform_rank"]), optimizer)
         self.teacher_seconds = float(state["seconds"])
         saved = state["teacher"]
         if saved is None:

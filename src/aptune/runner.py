@@ -298,6 +298,8 @@ def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: li
         "density": controller.density(),
         "params_before": params_before,
     }
+    if controller.posttune_record:
+        summary["posttune"] = dict(controller.posttune_record)
     if not trainer.is_world_process_zero():
         # under torchrun every rank trained the same pruned model; rank 0 writes the results
         return {**summary, "params_after": None, "seconds": time.perf_counter() - started}
@@ -378,14 +380,23 @@ def _start_run_folder(out: Path, run_args: RunArguments, apt_config: AptConfig) 
     apt_config.to_json(out / APT_CONFIG_FILE)
 
 
-def _training_arguments(run_args: RunArguments, data: _RunData, out: Path):
-    """The `TrainingArguments` of the run (``Seq2SeqTrainingArguments`` for seq2seq)."""
+def _training_arguments(
+    run_args: RunArguments, data: _RunData, out: Path, apt_config: AptConfig | None = None
+):
+    """The `TrainingArguments` of the run (``Seq2SeqTrainingArguments`` for seq2seq).
+
+    With a post-distillation phase (``AptConfig.posttune_steps``), the task's primary metric becomes
+    ``metric_for_best_model``: it picks the checkpoint the phase starts from.
+    """
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     # seq2seq metrics (ROUGE) need generated text: evaluation calls generate()
     seq2seq = data.task.kind == "seq2seq"
     args_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
     extra_args = {"predict_with_generate": True} if seq2seq else {}
+    task = data.task
+    if apt_config is not None and apt_config.posttune_length(data.total_steps) > 0 and task.compute_metrics:
+        extra_args.update(metric_for_best_model=task.primary_metric, greater_is_better=task.greater_is_better)
     return args_class(
         **extra_args,
         output_dir=str(out / CHECKPOINTS_DIR),
@@ -428,7 +439,7 @@ def _build_trainer(
     from aptune.report import RunRecorder
     from aptune.trainer import AptSeq2SeqTrainer, AptTrainer
 
-    args = _training_arguments(run_args, data, out)
+    args = _training_arguments(run_args, data, out, apt_config)
     controller = prepare_(model, apt_config, total_steps=data.total_steps)
     recorder = RunRecorder(
         {"apt": apt_config.to_dict(), "run": asdict(run_args), "schedule": controller.schedule.to_dict()},

@@ -8,6 +8,7 @@ pruning event and feeds an optional `aptune.report.RunRecorder`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import resource
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from aptune.checkpoint import last_complete_checkpoint, load_controller_state, save_controller_state
 from aptune.config import AptConfig
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("aptune")
+
+POSTTUNE_DIR = "posttune"
+"""Subfolder of ``TrainingArguments.output_dir`` that holds the post-distillation phase's checkpoints."""
 
 
 def peak_rss_mb() -> float:
@@ -77,8 +81,9 @@ def resolve_checkpoint(resume: str | bool | None, checkpoints_dir: str | Path) -
     """The checkpoint folder a run resumes from.
 
     Args:
-        resume: None or False (start fresh), True or ``"last"`` (the newest complete checkpoint in
-            ``checkpoints_dir``), or a checkpoint folder.
+        resume: None or False (start fresh), True or ``"last"`` (the newest complete checkpoint of
+            the post-distillation phase in ``checkpoints_dir/posttune`` if there is one, else the
+            newest in ``checkpoints_dir``), or a checkpoint folder.
         checkpoints_dir: Where the run saves its checkpoints (``TrainingArguments.output_dir``).
 
     Returns:
@@ -90,7 +95,9 @@ def resolve_checkpoint(resume: str | bool | None, checkpoints_dir: str | Path) -
     if not resume:
         return None
     if resume is True or resume == "last":
-        last = last_complete_checkpoint(checkpoints_dir)
+        last = last_complete_checkpoint(Path(checkpoints_dir) / POSTTUNE_DIR) or last_complete_checkpoint(
+            checkpoints_dir
+        )
         if last is None:
             raise ConfigError(f"no complete aptune checkpoint found in {checkpoints_dir} to resume from")
         return str(last)
@@ -109,12 +116,15 @@ class AptCallback(TrainerCallback):
         self._phase_started = 0.0
         self._phase_times: dict[str, float] = {}
         self._phase = "pruning"
+        self.step_offset = 0  # the post-distillation phase counts its steps after the main run's
 
     @property
     def controller(self) -> AptController:
         return self.trainer.apt_controller
 
     def _phase_of(self, step: int) -> str:
+        if self.controller.posttuning:
+            return "posttune"
         schedule = self.controller.schedule
         if schedule is None or step <= schedule.end:
             return "pruning"
@@ -124,6 +134,9 @@ class AptCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         controller = self.controller
+        if controller.posttuning:  # structure and schedule are final
+            self._phase, self._phase_started = "posttune", time.perf_counter()
+            return
         if state.max_steps <= 0:
             raise ConfigError("AptTrainer needs a known run length: set max_steps or num_train_epochs")
         if controller.schedule is None or controller.schedule.total_steps != state.max_steps:
@@ -145,7 +158,8 @@ class AptCallback(TrainerCallback):
             all_reduce_gradients_(transform.parameters())
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.controller.step(self.trainer.optimizer, wrapper=self.trainer.model_wrapped)
+        if not self.controller.posttuning:
+            self.controller.step(self.trainer.optimizer, wrapper=self.trainer.model_wrapped)
 
     def _on_event(self, record: dict) -> None:
         self._announce(describe_event(record))
@@ -199,7 +213,7 @@ class AptCallback(TrainerCallback):
             }
             if controller.distilling and parts.mu is not None:
                 values.update(task_loss=parts.task, pred_loss=parts.pred, layer_loss=parts.layer, mu=parts.mu)
-            self.recorder.log_step(state.global_step, **values)
+            self.recorder.log_step(state.global_step + self.step_offset, **values)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
@@ -215,7 +229,9 @@ class AptCallback(TrainerCallback):
         if state.log_history:
             state.log_history[-1].update(extra)
         if self.recorder is not None:
-            self.recorder.log_step(state.global_step, loss=logs["loss"], lr=logs.get("learning_rate", 0.0))
+            self.recorder.log_step(
+                state.global_step + self.step_offset, loss=logs["loss"], lr=logs.get("learning_rate", 0.0)
+            )
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
@@ -223,9 +239,15 @@ class AptCallback(TrainerCallback):
             save_controller_state(self.controller, folder)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.recorder is not None and metrics:
+        if not metrics:
+            return
+        if self.trainer.posttune_steps() > 0 and not self.controller.posttuning:
+            name, greater = self.trainer.selection_metric()
+            if name in metrics:
+                self.controller.remember_best_(name, float(metrics[name]), greater)
+        if self.recorder is not None:
             clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            self.recorder.log_eval(state.global_step, clean)
+            self.recorder.log_eval(state.global_step + self.step_offset, clean)
 
     def on_train_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
@@ -283,6 +305,8 @@ class AptTrainer(Trainer):
             args.ddp_find_unused_parameters = True
         super().__init__(model, args, *more, **kwargs)
         self.apt_callback = AptCallback(self, recorder)
+        self.posttune_output = None
+        self._main_output = None
         # first, so that on_log adds density and parameters before the progress bar prints them
         self.callback_handler.callbacks.insert(0, self.apt_callback)
 
@@ -339,16 +363,131 @@ class AptTrainer(Trainer):
         )
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        """`Trainer.train`, after rebuilding the pruned structure of ``resume_from_checkpoint``.
+        """`Trainer.train`, after rebuilding the pruned structure of ``resume_from_checkpoint``,
+        then the post-distillation phase when ``AptConfig.posttune_steps`` asks for one.
 
         A pruned checkpoint only loads into a model of its own shapes, so the controller state saved
         with it is applied first (see `aptune.checkpoint`); the Trainer then loads weights, optimizer
-        and scheduler as usual.
+        and scheduler as usual. A checkpoint of the post-distillation phase (in
+        ``<output_dir>/posttune``; ``True`` or ``"last"`` looks there first) resumes that phase.
+
+        Returns:
+            The main run's ``TrainOutput`` (the phase's own is kept as ``posttune_output``).
         """
         resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint:
             load_controller_state(self.apt_controller, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.apt_controller.posttuning:  # the checkpoint is one of the post-distillation phase
+            self._main_output = self._main_output or TrainOutput(
+                self.apt_controller.step_count, float("nan"), {}
+            )
+            self.posttune(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            return self._main_output
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self._main_output = output
+        if self.posttune_steps() > 0:
+            self.posttune(**kwargs)
+        return output
+
+    # ------------------------------------------------------------------ post-distillation phase
+    def posttune_steps(self) -> int:
+        """Optimizer steps of the post-distillation phase (`AptConfig.posttune_length`; 0: none)."""
+        controller = self.apt_controller
+        if controller.schedule is None:
+            return 0
+        return controller.config.posttune_length(controller.schedule.total_steps)
+
+    def selection_metric(self) -> tuple[str, bool]:
+        """The dev metric that picks the best checkpoint, and whether larger is better.
+
+        ``TrainingArguments.metric_for_best_model`` (prefixed with ``eval_`` as the Trainer does)
+        and ``greater_is_better``; the dev loss (lower is better) when none is set.
+        """
+        if self.args.metric_for_best_model is None:
+            return "eval_loss", False
+        name = self.args.metric_for_best_model
+        if not name.startswith("eval_"):
+            name = f"eval_{name}"
+        greater = self.args.greater_is_better
+        return name, (not name.endswith("loss")) if greater is None else bool(greater)
+
+    def _posttune_arguments(self, main_args, steps: int):
+        """The main run's `TrainingArguments` for the phase: its length, peak rate and warm-up."""
+        config = self.apt_controller.config
+        # a copy with new values, as the Trainer's own hyper-parameter search sets them: building new
+        # TrainingArguments would set up (and reset) the accelerator state again
+        args = copy.copy(main_args)
+        args.output_dir = str(Path(main_args.output_dir) / POSTTUNE_DIR)
+        args.max_steps = steps
+        args.learning_rate = main_args.learning_rate * config.posttune_lr_scale
+        args.warmup_steps = round(config.posttune_warmup * steps)
+        return args
+
+    def posttune(self, resume_from_checkpoint=None, **kwargs):
+        """The post-distillation phase (the authors' last phase), after the main run.
+
+        Restores the best dev checkpoint since the structure became final (the final model
+        counts too: it is evaluated first), drops the teacher, freezes the structure (no scores,
+        pruning or rank growth), and runs `Trainer.train` once more on a fresh optimizer and
+        learning-rate schedule: ``posttune_steps`` steps whose rate warms up again (over
+        ``posttune_warmup`` of them) to ``posttune_lr_scale`` x the main run's peak and then decays
+        linearly (the main run's scheduler type). Checkpoints go to ``<output_dir>/posttune``. The
+        record (``posttune_record`` on the controller, also in the recorder's report) holds the
+        steps, the learning rate, the restored checkpoint and the dev metric before and after.
+
+        Args:
+            resume_from_checkpoint: A checkpoint of this phase to resume from.
+            **kwargs: Passed on to `Trainer.train`.
+
+        Returns:
+            The phase's ``TrainOutput``, or None when ``posttune_steps`` is 0.
+        """
+        controller = self.apt_controller
+        steps = self.posttune_steps()
+        if steps <= 0:
+            return None
+        main_args = self.args
+        post_args = self._posttune_arguments(main_args, steps)
+        metric, greater = self.selection_metric()
+        if not controller.posttuning:
+            final = self._evaluate_now(metric)
+            if final is not None:
+                controller.remember_best_(metric, final, greater)
+            restored = controller.restore_best_()
+            controller.start_posttune_()
+            controller.posttune_record = {
+                "steps": steps,
+                "main_steps": controller.step_count,
+                "learning_rate": post_args.learning_rate,
+                "warmup_steps": post_args.warmup_steps,
+                "lr_scheduler_type": str(
+                    getattr(post_args.lr_scheduler_type, "value", post_args.lr_scheduler_type)
+                ),
+                "metric": metric,
+                "final_value": final,
+                "restored_step": restored["step"] if restored else None,
+                "restored_value": restored["value"] if restored else None,
+            }
+        self.apt_callback.step_offset = controller.step_count
+        self.args = post_args
+        # a fresh optimizer and schedule: the Trainer creates them when they are None
+        self.optimizer, self.lr_scheduler = None, None
+        try:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            controller.posttune_record["after_value"] = self._evaluate_now(metric)
+        finally:
+            self.args = main_args
+        self.posttune_output = output
+        if self.apt_callback.recorder is not None:
+            self.apt_callback.recorder.set("posttune", controller.posttune_record)
+        return output
+
+    def _evaluate_now(self, metric: str) -> float | None:
+        # The selection metric of the model as it is now, or None without dev data.
+        if self.eval_dataset is None:
+            return None
+        value = self.evaluate().get(metric)
+        return float(value) if value is not None else None
 
     def calibrate_and_prune_(self) -> dict:
         """One-shot pruning before tuning from ``calibration_samples`` training examples.
