@@ -29,7 +29,12 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
 
 
 def taylor_scores(
-    model: nn.Module, layout: ModelLayout, batches: list[dict]
+    model: nn.Module,
+    layout: ModelLayout,
+    batches: list[dict],
+    *,
+    normalizer: str | None = "mean",
+    group_reduction: str = "mean",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Torch-Pruning's group Taylor importance of every head and FFN neuron, mean-normalised per group.
 
@@ -38,6 +43,10 @@ def taylor_scores(
         layout: Its `ModelLayout` (which Linear roots each group).
         batches: Calibration batches with labels; gradients are accumulated over all of them and
             cleared afterwards.
+        normalizer: ``GroupTaylorImportance``'s per-group normaliser (``"mean"``: the global
+            ranking's; ``None``: raw scores, as LLM-Pruner's layer-wise pruning uses them).
+        group_reduction: How the coupled layers' scores of a channel combine (``"mean"``,
+            Torch-Pruning's default; ``"sum"``, LLM-Pruner's).
 
     Returns:
         ``(heads, neurons)``: per attention site a score per unit, per FFN site a score per neuron.
@@ -54,7 +63,7 @@ def taylor_scores(
     model.zero_grad(set_to_none=True)
     for batch in batches:
         model(**_batch_to(batch, device)).loss.backward()
-    importance = tp.importance.GroupTaylorImportance(normalizer="mean")
+    importance = tp.importance.GroupTaylorImportance(group_reduction=group_reduction, normalizer=normalizer)
     heads, neurons = [], []
     try:
         for site in layout.attention:
