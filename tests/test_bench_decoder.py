@@ -57,7 +57,13 @@ def test_plan_and_estimate_of_the_decoder_suite():
     assert all(not j.depends for j in jobs if j.method in PRUNED)
     headline = [j for j in jobs if j.phase == "headline"]
     seeds = {m: sorted(j.seed for j in headline if j.method == m) for m in {j.method for j in headline}}
-    assert seeds == {"lora": [0], "apt": [0, 1], "llm-pruner": [0, 1], "tp-uniform": [0], "aptune-one-shot": [0]}
+    assert seeds == {
+        "lora": [0],
+        "apt": [0, 1],
+        "llm-pruner": [0, 1],
+        "tp-uniform": [0],
+        "aptune-one-shot": [0],
+    }
     # the other baselines take the rate the grid chose for the LLM-Pruner retraining
     from aptune.bench.harness import _rate_map
 
@@ -157,25 +163,40 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     assert set(rows) == {"lora", "apt", *PRUNED}
     for method, row in rows.items():
         domains = row["domain_perplexity"]
-        for stage, splits in (("after_pruning", ("dev", "heldout")), ("after_tuning", ("dev", "test", "heldout"))):
+        for stage, splits in (
+            ("after_pruning", ("dev", "heldout")),
+            ("after_tuning", ("dev", "test", "heldout")),
+        ):
             for split in splits:
                 value = domains[stage][split]
                 assert isinstance(value, float) and 1.0 < value < 10 * vocab, (method, stage, split)
     # tuning on news text lowers the news perplexity of every pruned method
     for method in PRUNED:
-        assert rows[method]["domain_perplexity"]["after_tuning"]["dev"] < rows[method]["domain_perplexity"][
-            "after_pruning"
-        ]["dev"]
-    # the same parameter count: every pruned stack within one block of the budget (tolerance: the
-    # largest block, a KV group of q, k, v, o = 32 x 48 = 1,536 parameters, or one neuron in each
-    # of the recipe's pruned layers, 5 x 96 = 480; both below 2.5 % of the 69,632-parameter budget)
+        assert (
+            rows[method]["domain_perplexity"]["after_tuning"]["dev"]
+            < rows[method]["domain_perplexity"]["after_pruning"]["dev"]
+        )
+    # the same parameter count: every pruned stack within one block of the budget. The tolerance is
+    # the largest block, a hidden dimension (APT may remove some): 1/32 of the tiny stack (2,400 of
+    # 76,800 parameters, 3.5 % of the budget; 1/576 = 0.17 % in SmolLM2-135M). The recipes keep
+    # every head and cut neurons, so they land within one neuron per pruned layer (96 parameters
+    # each; 5 pruned layers in the recipe, all 10 in Torch-Pruning's uniform path).
     dense_stack = rows["lora"]["stack_params"]
+    assert dense_stack == 10 * (2 * 24 * 32 + 64 * 3 * 32)
     budget = 0.7 * dense_stack
     for method in (*PRUNED, "apt"):
-        assert abs(rows[method]["stack_params"] - budget) <= 1536, method
+        assert abs(rows[method]["stack_params"] - budget) <= dense_stack / 32, method
+    for method, layers in (("llm-pruner", 5), ("tp-uniform", 10)):
+        assert budget - layers * 96 < rows[method]["stack_params"] <= budget, method
     results = tmp_path / "work" / "results"
     record = json.loads((results / "llm-pruner-d0.70-s0.json").read_text())
-    assert record["retrain_steps"] == bench.max_steps and record["pruning"]["protected_layers"] == [0, 1, 2, 3, 9]
+    assert record["retrain_steps"] == bench.max_steps and record["pruning"]["protected_layers"] == [
+        0,
+        1,
+        2,
+        3,
+        9,
+    ]
     assert record["stack_params_after"] == rows["llm-pruner"]["stack_params"]
     apt = json.loads((results / "apt-d0.70-s0.json").read_text())
     assert apt["apt_config"]["lm_loss_chunk"] == 8 and apt["total_steps"] == bench.max_steps

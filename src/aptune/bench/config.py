@@ -355,9 +355,11 @@ class BenchConfig:
         if self.grid and (not self.lr_grid("ft") or not self.lr_grid("lora")):
             bad("adapter_lr_grid", "the learning-rate grids need at least one rate each")
         self.pinned_seed_list()
-        if self.lm_loss_chunk < 0 or self.heldout_samples < 0 or min(
-            self.recipe_first_layers, self.recipe_last_layers
-        ) < 0:
+        if (
+            self.lm_loss_chunk < 0
+            or self.heldout_samples < 0
+            or min(self.recipe_first_layers, self.recipe_last_layers) < 0
+        ):
             bad("lm_loss_chunk", "lm-loss-chunk, heldout-samples and the recipe's layer counts must be >= 0")
         if self.heldout and self.task != "causal-lm":
             bad("heldout", "a held-out text domain is for causal-lm suites")
@@ -705,7 +707,9 @@ def plan_grid(config: BenchConfig, rates: dict[str, float] | None = None) -> tup
             first += [_job(method, seed, density, lr=lr, phase="grid") for lr in config.lr_grid(method)]
     prune_then_lora = tuned_prune_then_lora(methods)
     if prune_then_lora:  # prunes the pretrained model: no dependency, so in the first stage
-        first += [_job(prune_then_lora, seed, d0, lr=lr, phase="grid") for lr in config.lr_grid(prune_then_lora)]
+        first += [
+            _job(prune_then_lora, seed, d0, lr=lr, phase="grid") for lr in config.lr_grid(prune_then_lora)
+        ]
     lora_id = _job_id("lora", seed, 1.0, lr=rates["lora"], phase="grid")
     apt_id = _job_id("apt", seed, d0, lr=rates["apt"], phase="grid")
     depends = [lora_id] + ([apt_id] if "apt" in methods else [])
@@ -756,7 +760,9 @@ def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) ->
 
     def on(method: str, seed: int) -> bool:
         # LoRA stays on every seed a LoRA+Prune method needs it as phase 1
-        needed = method == "lora" and any(m in methods and seed in config.seeds_of(m) for m in LORA_PRUNE_METHODS)
+        needed = method == "lora" and any(
+            m in methods and seed in config.seeds_of(m) for m in LORA_PRUNE_METHODS
+        )
         return seed in config.seeds_of(method) or needed
 
     for seed, allocator in runs:
@@ -806,12 +812,12 @@ def estimate_seconds(
     Uses ``est_seconds_per_token`` (FT training seconds per token, measured once per model) and fixed
     factors (``num_*`` count sequences of ``max_length`` tokens; ``num_heldout`` those of the held-out
     domain, evaluated after pruning and after tuning): LoRA 0.85x FT per step, the prune-then-LoRA
-    baselines ``0.2 + 0.8 x density`` plus a calibration pass on ``prune_samples`` examples, APT ``0.45 + 0.9 x density`` (0.8x without distillation),
-    LoRA+Prune retraining ``0.2 + 0.75 x density`` plus its calibration (forward and backward on
-    ``prune_samples`` examples, mask tuning two forwards per sub-layer); an evaluation token costs a
-    third of a training token (dev evaluations, the test evaluation, and the epoch-1 test view); 20 s
-    per process for start-up, loading and export. Jobs that reuse a grid run cost nothing. ``None``
-    without a per-token cost.
+    baselines ``0.2 + 0.8 x density`` plus a calibration pass on ``prune_samples`` examples, APT
+    ``0.45 + 0.9 x density`` (0.8x without distillation), LoRA+Prune retraining ``0.2 + 0.75 x density``
+    plus its calibration (forward and backward on ``prune_samples`` examples, mask tuning two forwards per
+    sub-layer); an evaluation token costs a third of a training token (dev evaluations, the test
+    evaluation, and the epoch-1 test view); 20 s per process for start-up, loading and export. Jobs that
+    reuse a grid run cost nothing. ``None`` without a per-token cost.
     """
     per_token = config.est_seconds_per_token
     if per_token <= 0:

@@ -74,13 +74,20 @@ def prepare_decoder_data(config, folder: str | Path, tokenizer, files: dict[str,
         "blocks": {split: packed blocks of max_length}}`` (``heldout_*`` ``""``/0/None without one).
     """
     texts = {split: _texts(path) for split, path in files.items()}
-    out: dict[str, Any] = {"heldout_file": "", "num_heldout": 0, "heldout_source": None, "heldout_licence": None}
+    out: dict[str, Any] = {
+        "heldout_file": "",
+        "num_heldout": 0,
+        "heldout_source": None,
+        "heldout_licence": None,
+    }
     if config.heldout:
         docs, source, licence = heldout_documents(config.heldout, config.heldout_samples)
         path = Path(folder) / "heldout.jsonl"
         write_text_atomic(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
         texts["heldout"] = docs
-        out.update(heldout_file=str(path), num_heldout=len(docs), heldout_source=source, heldout_licence=licence)
+        out.update(
+            heldout_file=str(path), num_heldout=len(docs), heldout_source=source, heldout_licence=licence
+        )
     tokens = {split: token_count(tokenizer, docs) for split, docs in texts.items()}
     out["tokens"] = tokens
     out["blocks"] = {split: math.ceil(n / config.max_length) for split, n in tokens.items()}

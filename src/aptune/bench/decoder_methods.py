@@ -137,7 +137,8 @@ def save_plain_pruned(model: torch.nn.Module, tokenizer, folder: Path) -> None:
     from aptune.export import export
 
     controller = aptune.prepare_(
-        model, aptune.AptConfig(target_density=1.0, distill=False, pretune_prune=False, adapter_targets=("q",))
+        model,
+        aptune.AptConfig(target_density=1.0, distill=False, pretune_prune=False, adapter_targets=("q",)),
     )
     export(model, controller, folder, tokenizer=tokenizer)
 
@@ -174,7 +175,9 @@ def _prune_aptune_one_shot(ctx, job, model, layout, batches):
     from aptune.bench.methods import apt_settings
     from aptune.export import export
 
-    settings = dataclasses.replace(apt_settings(ctx.config, job), pretune_prune=True, pretune_density=job.density)
+    settings = dataclasses.replace(
+        apt_settings(ctx.config, job), pretune_prune=True, pretune_density=job.density
+    )
     controller = aptune.prepare_(model, settings)
     record = controller.calibrate_and_prune_(batches)
     folder = ctx.run_dir(job.id) / "pruned"
@@ -244,14 +247,17 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     layout = build_layout(model)
     stack_after = stack_params(model, layout)
     record.update(
-        heads_per_layer=[int(model.get_submodule(s.q).weight.shape[0]) // s.head_dim for s in layout.attention],
+        heads_per_layer=[
+            int(model.get_submodule(s.q).weight.shape[0]) // s.head_dim for s in layout.attention
+        ],
         ffn_per_layer=[int(model.get_submodule(s.up).weight.shape[0]) for s in layout.ffn],
         hidden_size=layout.hidden_size,
     )
     after_pruning = domain_perplexities(ctx, model, tokenizer)
     targets = _lora_targets(model, cfg.role_list())
     lora = get_peft_model(
-        model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets)
+        model,
+        LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets),
     )
     trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     clock = StepClock(monitor)
@@ -264,6 +270,7 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     )
     _train(trainer, clock, steps)
     merged = lora.merge_and_unload()
+    params_after = _param_count(merged)  # before the export attaches its (zero) adapters
     save_plain_pruned(merged, tokenizer, out / "model")
     result = _common(task, clock, offset={"calibration_pruning": prune_seconds})
     result.update(
@@ -271,7 +278,7 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
         total_steps=steps,
         retrain_steps=steps,
         params_before=params_before,
-        params_after=_param_count(merged),
+        params_after=params_after,
         stack_params_before=stack_before,
         stack_params_after=stack_after,
         density=stack_after / stack_before,

@@ -35,6 +35,7 @@ from aptune.bench.config import (
     LATENCY_FILE,
     LR_FIELDS,
     PLAN_FILE,
+    PRUNE_THEN_LORA,
     RATE_OF,
     RATES_FILE,
     BenchConfig,
@@ -367,7 +368,7 @@ def _write_json(path: Path, data: Any) -> None:
 #: Optional packages -> (methods that need them, pip command).
 OPTIONAL_DEPENDENCIES: dict[str, tuple[tuple[str, ...], str]] = {
     "peft": (
-        ("lora", "lora-prune-kwon", "lora-prune-tp", "one-shot", "llm-pruner", "tp-uniform", "aptune-one-shot"),
+        ("lora", "lora-prune-kwon", "lora-prune-tp", "one-shot", *PRUNE_THEN_LORA),
         "pip install 'aptune[bench]'",
     ),
     "torch_pruning": (("lora-prune-tp", "llm-pruner", "tp-uniform"), "pip install 'aptune[bench]'"),
@@ -554,9 +555,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         if config.grid:
             first, _ = plan_grid(config)
             run_stage(first)
-            grid_record.update(
-                choose_rates(config, first, _read_results(workdir, first), GRID_FIRST_STAGE)
-            )
+            grid_record.update(choose_rates(config, first, _read_results(workdir, first), GRID_FIRST_STAGE))
             rates = _rate_map(grid_record)
             _, second = plan_grid(config, rates)
             run_stage(second)

@@ -189,7 +189,11 @@ def _domain_perplexity(
         return None
     return {
         "after_pruning": recorded.get("after_pruning"),
-        "after_tuning": {"dev": dev.get(metric), "test": test.get(metric), "heldout": result.get("heldout_perplexity")},
+        "after_tuning": {
+            "dev": dev.get(metric),
+            "test": test.get(metric),
+            "heldout": result.get("heldout_perplexity"),
+        },
     }
 
 
