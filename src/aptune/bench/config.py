@@ -460,7 +460,7 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # other baselines take the retraining rate. Seeds 0 and 1 for APT and the LLM-Pruner recipe (the
     # best baseline in a one-shot probe: dev perplexity 113.8 after pruning, against 181 for uniform
     # FFN and 139.9 for aptune's selection), seed 0 for the others. About 9 s per FT step of 4 x 256
-    # tokens on 2 cores; `estimate_seconds` gives about 8 hours (the work folder resumes).
+    # tokens on 2 cores; `estimate_seconds` gives about 10.5 hours (the work folder resumes).
     "smollm2-bbc": (
         {
             "model": "smollm2-135m",

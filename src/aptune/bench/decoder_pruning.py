@@ -160,7 +160,7 @@ def _keep(
     units, neurons = _counts(model, layout)
     head_cost, neuron_cost = block_costs(model, layout)
     plan = uniform_width(units, neurons, head_cost, neuron_cost, density, protected)
-    _, neuron_scores = taylor_scores(model, layout, batches, **importance)
+    _, neuron_scores = taylor_scores(model, layout, batches, heads=False, **importance)
     keep_heads, keep_neurons = uniform_ffn_masks(neuron_scores, units, plan.width, plan.pruned_layers)
     record = {
         **plan.to_dict(),
