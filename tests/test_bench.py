@@ -338,6 +338,7 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
         max_length=16,
         max_steps=18,
         methods="lora,lora-prune-kwon,apt",
+        seeds="0",
         grid=False,
         heldout="",
         adapter_roles="q,v",
