@@ -76,6 +76,14 @@ def test_plan_and_estimate_of_the_decoder_suite():
     assert 4 * 3600 < full < 12 * 3600
     quick = suite_config("smollm2-bbc", quick=True)
     assert estimate_seconds(quick, plan_jobs(quick), 32, 21, 21, 30) < 5 * 60
+    # APT's schedule fits both run lengths (pruning before tuning to 0.85, then events to 0.7)
+    from aptune.bench.methods import apt_settings
+    from aptune.schedule import build_schedule
+
+    for suite in (config, quick):
+        apt_job = next(j for j in plan_jobs(suite) if j.method == "apt")
+        schedule = build_schedule(apt_settings(suite, apt_job), suite.max_steps, is_decoder=True)
+        assert schedule.events and schedule.densities[-1] == pytest.approx(0.7)
 
 
 def test_uniform_width_fits_the_budget_within_one_neuron_per_pruned_layer():

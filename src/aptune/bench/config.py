@@ -531,7 +531,7 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "calibration_batch_size": 2,
             "apt_pretune_prune": True,
             "apt_distill": False,
-            "apt_num_events": 2,
+            "apt_num_events": 1,  # 8 steps: one event between prune_start and prune_end
             "lm_loss_chunk": 64,
             "heldout": "shakespeare",
             "heldout_samples": 1,
