@@ -135,7 +135,12 @@ def save_plain_pruned(model: torch.nn.Module, tokenizer, folder: Path) -> None:
     """
     import aptune
     from aptune.export import export
+    from aptune.hub import modeling_aptune
 
+    if type(model).__name__ in modeling_aptune.__all__:
+        # loaded from an aptune export: its class only resizes at construction; the stock class
+        # (its base) is what the export names
+        model.__class__ = type(model).__mro__[1]
     controller = aptune.prepare_(
         model,
         aptune.AptConfig(target_density=1.0, distill=False, pretune_prune=False, adapter_targets=("q",)),
