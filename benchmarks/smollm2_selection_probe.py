@@ -116,7 +116,9 @@ def calibrate(model, controller, blocks: torch.Tensor, micro: int) -> dict:
 
 def layer_recipe_keep(controller, neuron_scores: list[torch.Tensor], density: float):
     """LLM-Pruner's layer recipe on aptune's scores: heads kept, the first 4 and the last layer's FFN
-    untouched, the same FFN width (best-scored neurons) in every other layer, within the budget."""
+    untouched, the same FFN width (best-scored neurons) in every other layer, within the budget (the
+    width and masks of `aptune.bench.decoder_pruning`, in aptune's per-hidden-dimension costs)."""
+    from aptune.bench.decoder_pruning import uniform_ffn_masks, uniform_width
     from aptune.select import KeepSet, parameter_count
 
     book = controller.blocks
@@ -124,16 +126,8 @@ def layer_recipe_keep(controller, neuron_scores: list[torch.Tensor], density: fl
     counts = book.neuron_counts()
     protected = {0, 1, 2, 3, len(counts) - 1}
     cost = float(controller.layout.ffn[0].cost_per_hidden())
-    budget = density * book.initial_params / book.hidden_size - float(head_costs.sum())
-    fixed = sum(counts[i] for i in protected) * cost
-    width = int((budget - fixed) // (cost * (len(counts) - len(protected))))
-    keeps = []
-    for i, scores in enumerate(neuron_scores):
-        keep = torch.ones(counts[i], dtype=torch.bool)
-        if i not in protected:
-            keep[:] = False
-            keep[torch.argsort(scores, descending=True)[:width]] = True
-        keeps.append(keep)
+    plan = uniform_width([head_costs.numel()], counts, float(head_costs.mean()), cost, density, protected)
+    _, keeps = uniform_ffn_masks(neuron_scores, [], plan.width, plan.pruned_layers)
     neurons = torch.cat(keeps)
     heads = torch.ones(head_costs.numel(), dtype=torch.bool)
     hidden = torch.ones(book.hidden_size, dtype=torch.bool)

@@ -72,7 +72,7 @@ def test_plan_of_the_full_suite():
     for suite, steps in ((quick, 20), (config, 3 * 93)):
         apt_job = next(j for j in plan_jobs(suite) if j.method == "apt")
         build_schedule(apt_settings(suite, apt_job), steps)
-    decoder = suite_config("smollm2-bbc", seeds="0")
+    decoder = suite_config("smollm2-bbc", seeds="0", grid=False, methods="lora,lora-prune-kwon,apt")
     assert [j.method for j in plan_jobs(decoder)] == ["lora", "apt", "lora-prune-kwon"]
     with pytest.raises(aptune.ConfigError, match="methods"):
         BenchConfig(methods="ft,bogus")
@@ -337,6 +337,12 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
         max_eval_samples=0,
         max_length=16,
         max_steps=18,
+        methods="lora,lora-prune-kwon,apt",
+        seeds="0",
+        grid=False,
+        heldout="",
+        adapter_roles="q,v",
+        retrain_fraction=0.5,
         apt_num_events=2,
         calibration_samples=4,
         latency_batch=2,

@@ -39,10 +39,27 @@ TUNING_SAMPLES = 128
 
 #: Methods a benchmark can run. ``lora-prune-kwon`` and ``lora-prune-tp`` reuse the ``lora`` run of
 #: the same seed as their phase 1 (and read APT's final adapter count for their retraining rank).
-METHODS: tuple[str, ...] = ("ft", "lora", "lora-prune-kwon", "lora-prune-tp", "apt", "one-shot")
+METHODS: tuple[str, ...] = (
+    "ft",
+    "lora",
+    "lora-prune-kwon",
+    "lora-prune-tp",
+    "apt",
+    "one-shot",
+    "llm-pruner",
+    "tp-uniform",
+    "aptune-one-shot",
+)
 
 #: Methods that prune a converged LoRA model, then retrain it.
 LORA_PRUNE_METHODS: tuple[str, ...] = ("lora-prune-kwon", "lora-prune-tp", "one-shot")
+
+#: Methods that prune the pretrained model once, then tune it with peft LoRA on every Linear layer
+#: (the decoder baselines, `aptune.bench.decoder_methods`); the first one present has its rate tuned.
+PRUNE_THEN_LORA: tuple[str, ...] = ("llm-pruner", "tp-uniform", "aptune-one-shot")
+
+#: Methods whose rate the grid's first stage chooses (those that depend on no other run).
+GRID_FIRST_STAGE: tuple[str, ...] = ("ft", "lora", "apt", *PRUNE_THEN_LORA)
 
 #: Allocator settings a job can run under: the C library's defaults, or aptune's pinned threshold.
 ALLOCATORS: tuple[str, ...] = ("default", "pinned")
@@ -67,6 +84,9 @@ _LABELS = {
     "lora-prune-tp": "LoRA+Prune (Torch-Pruning)",
     "apt": "APT",
     "one-shot": "APT one-shot (prune once after LoRA)",
+    "llm-pruner": "LLM-Pruner layer recipe + LoRA",
+    "tp-uniform": "Torch-Pruning uniform FFN + LoRA",
+    "aptune-one-shot": "aptune one-shot selection + LoRA",
 }
 
 #: The learning rate option of each method (used when the grid is off, and as its key in rates.json).
@@ -77,10 +97,23 @@ LR_FIELDS = {
     "lora-prune-kwon": "retrain_lr",
     "lora-prune-tp": "retrain_lr",
     "one-shot": "retrain_lr",
+    "llm-pruner": "retrain_lr",
+    "tp-uniform": "retrain_lr",
+    "aptune-one-shot": "retrain_lr",
 }
 
 #: Methods whose rate the grid tunes; the others take the rate of the method named here.
-RATE_OF = {"lora-prune-tp": "lora-prune-kwon", "one-shot": "lora-prune-kwon"}
+RATE_OF = {
+    "lora-prune-tp": "lora-prune-kwon",
+    "one-shot": "lora-prune-kwon",
+    "tp-uniform": "llm-pruner",
+    "aptune-one-shot": "llm-pruner",
+}
+
+
+def tuned_prune_then_lora(methods: list[str]) -> str | None:
+    """The prune-then-LoRA method whose retraining rate the grid tunes (the others take its rate)."""
+    return next((m for m in PRUNE_THEN_LORA if m in methods), None)
 
 
 @dataclass
@@ -200,6 +233,30 @@ class BenchConfig:
     latency_repeats: int = field(default=20, metadata={"help": "Timed forwards per model (median)."})
     latency_warmup: int = field(default=3, metadata={"help": "Untimed forwards per model first."})
     threads: int = field(default=0, metadata={"help": "torch threads per job (0: torch's default)."})
+    lm_loss_chunk: int = field(
+        default=0,
+        metadata={"help": "Causal LM: tokens per logits block of every method's training loss (0: full)."},
+    )
+    calibration_batch_size: int = field(
+        default=2, metadata={"help": "Examples per forward/backward of the prune-then-LoRA calibration."}
+    )
+    heldout: str = field(
+        default="",
+        metadata={"help": "Causal LM: a second held-out domain, 'shakespeare' or a text file ('' none)."},
+    )
+    heldout_samples: int = field(
+        default=0, metadata={"help": "Documents of the held-out domain (0: all; scenes for shakespeare)."}
+    )
+    seed_methods: str = field(
+        default="",
+        metadata={"help": "Methods run on every seed; the others on the first seed only ('' all)."},
+    )
+    recipe_first_layers: int = field(
+        default=4, metadata={"help": "LLM-Pruner recipe: leading layers left whole."}
+    )
+    recipe_last_layers: int = field(
+        default=1, metadata={"help": "LLM-Pruner recipe: trailing layers left whole."}
+    )
     est_seconds_per_token: float = field(
         default=0.0, metadata={"help": "FT training seconds per token, for the time estimate (0: none)."}
     )
@@ -223,6 +280,13 @@ class BenchConfig:
     def density_list(self) -> list[float]:
         """The sweep densities (empty: no sweep)."""
         return [float(x) for x in _split(self.densities)]
+
+    def seeds_of(self, method: str) -> list[int]:
+        """The headline seeds of ``method``: all of them, or the first only when ``seed_methods``
+        is set and does not name it."""
+        seeds = self.seed_list()
+        chosen = _names(self.seed_methods, "seed_methods", METHODS)
+        return seeds if not chosen or method in chosen else seeds[:1]
 
     def pinned_seed_list(self) -> list[int]:
         """Headline seeds that also run under the pinned allocator setting."""
@@ -267,6 +331,7 @@ class BenchConfig:
             "lora_rank",
             "latency_batch",
             "apt_num_events",
+            "calibration_batch_size",
         ):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
@@ -302,6 +367,15 @@ class BenchConfig:
         if self.grid and (not self.lr_grid("ft") or not self.lr_grid("lora")):
             bad("adapter_lr_grid", "the learning-rate grids need at least one rate each")
         self.pinned_seed_list()
+        if (
+            self.lm_loss_chunk < 0
+            or self.heldout_samples < 0
+            or min(self.recipe_first_layers, self.recipe_last_layers) < 0
+        ):
+            bad("lm_loss_chunk", "lm-loss-chunk, heldout-samples and the recipe's layer counts must be >= 0")
+        if self.heldout and self.task != "causal-lm":
+            bad("heldout", "a held-out text domain is for causal-lm suites")
+        _names(self.seed_methods, "seed_methods", METHODS)
         if self.reference not in METHODS:
             bad("reference", f"choose one of {', '.join(METHODS)}")
         if not self.seed_list():
@@ -384,73 +458,98 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "est_seconds_per_token": 1.2 / (16 * 128),
         },
     ),
-    # SmolLM2-135M (LLaMA, GQA) on BBC News text, perplexity, density 0.7 with pruning before tuning
-    # (the paper's LLaMA recipe: no distillation), against LoRA and LoRA+Prune; LoRA sets the TTA bar.
-    # Fixed learning rates (no grid): the decoder page is a functional check, not the headline.
+    # SmolLM2-135M (LLaMA, GQA) on BBC News text, perplexity, density 0.7: APT (pruning before tuning
+    # to its default pretune_density, then the cubic during tuning) against three prune-then-LoRA
+    # baselines at the same parameter count (LLM-Pruner's layer recipe, Torch-Pruning's uniform FFN,
+    # aptune's own one-shot selection) and dense LoRA; LoRA sets the TTA bar. Data: every deduplicated
+    # article, 80/10/10 (about 1,700 training articles, 850k tokens), dev 64 articles (about 28k
+    # tokens), test 64 articles, and Shakespeare (16 scenes, about 30k tokens) as a held-out domain.
+    # 300 optimizer steps of 4 x 256 tokens for every method (307k tokens: about a third of an epoch,
+    # so no document is seen twice and nothing overfits, which the 96-document suite did after 200
+    # steps); every pruned method tunes all 300 steps after its pruning before tuning. peft LoRA
+    # and APT's adapters on every Linear layer (rank 8, alpha 16), chunked LM loss for every method.
+    # Rates from the dev grid (seed 0): LoRA, APT and the LLM-Pruner retraining each try 3 rates, the
+    # other baselines take the retraining rate. Seeds 0 and 1 for APT and the LLM-Pruner recipe (the
+    # best baseline in a one-shot probe: dev perplexity 113.8 after pruning, against 181 for uniform
+    # FFN and 139.9 for aptune's selection), seed 0 for the others. About 9 s per FT step of 4 x 256
+    # tokens on 2 cores; `estimate_seconds` gives about 10.5 hours (the work folder resumes).
     "smollm2-bbc": (
         {
             "model": "smollm2-135m",
             "task": "causal-lm",
-            "max_train_samples": 96,
-            "max_eval_samples": 8,
-            "max_test_samples": 8,
-            "max_length": 128,
+            "dev_fraction": 0.1,
+            "test_fraction": 0.1,
+            "max_eval_samples": 64,
+            "max_test_samples": 64,
+            "max_length": 256,
             "batch_size": 4,
             "eval_batch_size": 4,  # at 8, the 49k-word logits made evaluation the peak of every method
-            "max_steps": 30,
+            "max_steps": 300,
             "evaluations": 3,
-            "seeds": "0",
+            "seeds": "0,1",
+            "seed_methods": "apt,llm-pruner",
             "pinned_seeds": "",
-            "grid": False,
+            "grid": True,
+            "adapter_lr_grid": "5e-4,1e-3,2e-3",
             "epoch1_view": False,
-            "methods": "lora,lora-prune-kwon,apt",
+            "methods": "lora,apt,llm-pruner,tp-uniform,aptune-one-shot",
             "target_density": 0.7,
             "densities": "",
             "ablations": "",
             "reference": "lora",
-            "lora_lr": 3e-4,
-            "apt_lr": 3e-4,
-            "retrain_lr": 3e-4,
-            "retrain_fraction": 0.5,
-            "calibration_samples": 16,
-            "prune_samples": 16,
+            "adapter_roles": "q,k,v,o,up,gate,down",
+            "lora_lr": 1e-3,
+            "apt_lr": 1e-3,
+            "retrain_lr": 1e-3,
+            "calibration_samples": 128,
+            "prune_samples": 128,
+            "calibration_batch_size": 2,
             "apt_pretune_prune": True,
             "apt_distill": False,
-            "apt_num_events": 4,
+            "lm_loss_chunk": 512,
+            "heldout": "shakespeare",
+            "heldout_samples": 16,
             "latency_batch": 4,
             "est_seconds_per_token": 9.0 / (4 * 256),
         },
         {
             "model": "smollm2-135m",
             "task": "causal-lm",
-            "max_train_samples": 16,
-            "max_eval_samples": 4,
-            "max_test_samples": 4,
+            "dev_fraction": 0.1,
+            "test_fraction": 0.1,
+            "max_train_samples": 32,
+            "max_eval_samples": 3,
+            "max_test_samples": 3,
             "max_length": 64,
             "batch_size": 2,
-            "eval_batch_size": 8,
-            "max_steps": 17,
-            "evaluations": 2,
+            "eval_batch_size": 4,
+            "max_steps": 8,
+            "evaluations": 1,
             "seeds": "0",
             "pinned_seeds": "",
             "grid": False,
             "epoch1_view": False,
-            "methods": "lora,lora-prune-kwon,apt",
+            "methods": "lora,apt,llm-pruner,tp-uniform,aptune-one-shot",
             "target_density": 0.7,
             "densities": "",
             "ablations": "",
             "reference": "lora",
-            "lora_lr": 3e-4,
-            "apt_lr": 3e-4,
-            "retrain_lr": 3e-4,
-            "retrain_fraction": 0.5,
+            "adapter_roles": "q,k,v,o,up,gate,down",
+            "lora_lr": 1e-3,
+            "apt_lr": 1e-3,
+            "retrain_lr": 1e-3,
             "calibration_samples": 4,
             "prune_samples": 4,
+            "calibration_batch_size": 2,
             "apt_pretune_prune": True,
             "apt_distill": False,
-            "apt_num_events": 2,
+            "apt_num_events": 1,  # 8 steps: one event between prune_start and prune_end
+            "lm_loss_chunk": 64,
+            "heldout": "shakespeare",
+            "heldout_samples": 1,
             "latency_batch": 2,
             "latency_length": 64,
+            "latency_repeats": 5,
             "latency_warmup": 1,
             "est_seconds_per_token": 9.0 / (4 * 256),
         },
@@ -620,6 +719,11 @@ def plan_grid(config: BenchConfig, rates: dict[str, float] | None = None) -> tup
         if needed:
             density = d0 if method == "apt" else 1.0
             first += [_job(method, seed, density, lr=lr, phase="grid") for lr in config.lr_grid(method)]
+    prune_then_lora = tuned_prune_then_lora(methods)
+    if prune_then_lora:  # prunes the pretrained model: no dependency, so in the first stage
+        first += [
+            _job(prune_then_lora, seed, d0, lr=lr, phase="grid") for lr in config.lr_grid(prune_then_lora)
+        ]
     lora_id = _job_id("lora", seed, 1.0, lr=rates["lora"], phase="grid")
     apt_id = _job_id("apt", seed, d0, lr=rates["apt"], phase="grid")
     depends = [lora_id] + ([apt_id] if "apt" in methods else [])
@@ -651,13 +755,13 @@ def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) ->
     def add(method: str, seed: int, density: float, variant: str = "", allocator: str = "default") -> Job:
         lr = rates["one-shot" if variant == "one-shot" else method]
         depends: list[str] = []
-        if method in LORA_PRUNE_METHODS:
+        if method in LORA_PRUNE_METHODS:  # (the prune-then-LoRA methods depend on no other run)
             depends = [_job_id("lora", seed, 1.0, allocator=allocator)]
             if "apt" in methods:
                 depends.append(_job_id("apt", seed, d0, allocator=allocator))
         job = _job(method, seed, density, variant, lr=lr, allocator=allocator, depends=depends)
         tuned = "lora-prune-kwon" if "lora-prune-kwon" in methods else "lora-prune-tp"
-        grid_run = method in ("ft", "lora", "apt", tuned) and (
+        grid_run = method in ("ft", "lora", "apt", tuned, tuned_prune_then_lora(methods)) and (
             method in ("ft", "lora") or math.isclose(density, d0)
         )
         if config.grid and seed == config.grid_seed and allocator == "default" and not variant and grid_run:
@@ -667,15 +771,23 @@ def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) ->
 
     wants_lora = "lora" in methods or any(m in LORA_PRUNE_METHODS for m in methods)
     runs = [(s, "default") for s in seeds] + [(s, "pinned") for s in config.pinned_seed_list()]
+
+    def on(method: str, seed: int) -> bool:
+        # LoRA stays on every seed a LoRA+Prune method needs it as phase 1
+        needed = method == "lora" and any(
+            m in methods and seed in config.seeds_of(m) for m in LORA_PRUNE_METHODS
+        )
+        return seed in config.seeds_of(method) or needed
+
     for seed, allocator in runs:
-        if "ft" in methods:
+        if "ft" in methods and on("ft", seed):
             add("ft", seed, 1.0, allocator=allocator)
-        if wants_lora:
+        if wants_lora and on("lora", seed):
             add("lora", seed, 1.0, allocator=allocator)
-        if "apt" in methods:
+        if "apt" in methods and on("apt", seed):
             add("apt", seed, d0, allocator=allocator)
-        for method in ("lora-prune-kwon", "lora-prune-tp"):
-            if method in methods:
+        for method in ("lora-prune-kwon", "lora-prune-tp", *PRUNE_THEN_LORA):
+            if method in methods and on(method, seed):
                 add(method, seed, d0, allocator=allocator)
     first = seeds[0]
     for variant in config.ablation_list():
@@ -702,17 +814,24 @@ def plan_jobs(config: BenchConfig, rates: dict[str, float] | None = None) -> lis
 
 # ------------------------------------------------------------------------------------------- estimate
 def estimate_seconds(
-    config: BenchConfig, jobs: list[Job], num_train: int, num_eval: int, num_test: int | None = None
+    config: BenchConfig,
+    jobs: list[Job],
+    num_train: int,
+    num_eval: int,
+    num_test: int | None = None,
+    num_heldout: int = 0,
 ) -> float | None:
     """Rough wall time of the whole benchmark on the reference machine (2 cores), in seconds.
 
     Uses ``est_seconds_per_token`` (FT training seconds per token, measured once per model) and fixed
-    factors: LoRA 0.85x FT per step, APT ``0.45 + 0.9 x density`` (0.8x without distillation),
-    LoRA+Prune retraining ``0.2 + 0.75 x density`` plus its calibration (forward and backward on
-    ``prune_samples`` examples, mask tuning two forwards per sub-layer); an evaluation token costs a
-    third of a training token (dev evaluations, the test evaluation, and the epoch-1 test view); 20 s
-    per process for start-up, loading and export. Jobs that reuse a grid run cost nothing. ``None``
-    without a per-token cost.
+    factors (``num_*`` count sequences of ``max_length`` tokens; ``num_heldout`` those of the held-out
+    domain, evaluated after pruning and after tuning): LoRA 0.85x FT per step, the prune-then-LoRA
+    baselines ``0.2 + 0.8 x density`` plus a calibration pass on ``prune_samples`` examples, APT
+    ``0.45 + 0.9 x density`` (0.8x without distillation), LoRA+Prune retraining ``0.2 + 0.75 x density``
+    plus its calibration (forward and backward on ``prune_samples`` examples, mask tuning two forwards per
+    sub-layer); an evaluation token costs a third of a training token (dev evaluations, the test
+    evaluation, and the epoch-1 test view); 20 s per process for start-up, loading and export. Jobs that
+    reuse a grid run cost nothing. ``None`` without a per-token cost.
     """
     per_token = config.est_seconds_per_token
     if per_token <= 0:
@@ -723,6 +842,7 @@ def estimate_seconds(
     step = per_token * step_tokens
     eval_seconds = per_token * num_eval * config.max_length / 3
     test_seconds = per_token * num_test * config.max_length / 3 * (2 if config.epoch1_view else 1)
+    heldout_seconds = per_token * num_heldout * config.max_length / 3
     total = 0.0
     for job in jobs:
         if job.reuse:
@@ -739,14 +859,23 @@ def estimate_seconds(
                 or not config.apt_distill
             ):
                 factor *= 0.8
+        elif job.method in PRUNE_THEN_LORA:
+            # LoRA on every Linear of the pruned stack (the frozen weights' gradients are not
+            # needed), a calibration pass with backward, and perplexity after pruning on dev and
+            # the held-out domain
+            factor, n = 0.2 + 0.8 * job.density, steps
+            total += per_token * config.prune_samples * config.max_length * 0.85
+            total += (eval_seconds + heldout_seconds) * job.density
         else:
             factor, n = 0.2 + 0.75 * job.density, max(1, round(steps * config.retrain_fraction))
             samples = config.calibration_samples if job.method == "one-shot" else config.prune_samples
             total += per_token * samples * config.max_length * 0.85
             if job.method == "lora-prune-kwon":  # mask tuning: a dense and a pruned forward per sub-layer
                 total += per_token * min(samples, TUNING_SAMPLES) * config.max_length / 3 * 2 * 12
+        if job.method == "apt" and config.task == "causal-lm":  # perplexities after its pruning
+            total += (eval_seconds + heldout_seconds) * 0.9
         total += factor * n * step + (config.evaluations + 1) * eval_seconds * min(1.0, factor + 0.2)
-        total += test_seconds + 20
+        total += test_seconds + heldout_seconds + 20
     forward = per_token * config.latency_batch * config.latency_length / 3
     pruned = sum(1 for j in jobs if j.method not in ("ft", "lora"))
     total += (config.latency_repeats + config.latency_warmup) * forward * (1 + 0.5 * pruned) + 20

@@ -32,9 +32,11 @@ from typing import Any
 
 from aptune.atomic import write_json_atomic, write_text_atomic
 from aptune.bench.config import (
+    GRID_FIRST_STAGE,
     LATENCY_FILE,
     LR_FIELDS,
     PLAN_FILE,
+    PRUNE_THEN_LORA,
     RATE_OF,
     RATES_FILE,
     BenchConfig,
@@ -254,7 +256,13 @@ def prepare_data(config: BenchConfig, folder: str | Path) -> dict[str, Any]:
         write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in rows))
         paths[split] = str(path)
     test_share = config.test_fraction
+    decoder: dict[str, Any] = {}
+    if not classification:  # the held-out domain and token counts (aptune.bench.decoder_data)
+        from aptune.bench.decoder_data import prepare_decoder_data
+
+        decoder = prepare_decoder_data(config, folder, tokenizer, paths)
     return {
+        **decoder,
         "train_file": paths["train"],
         "eval_file": paths["dev"],
         "test_file": paths["test"],
@@ -369,8 +377,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 #: Optional packages -> (methods that need them, pip command).
 OPTIONAL_DEPENDENCIES: dict[str, tuple[tuple[str, ...], str]] = {
-    "peft": (("lora", "lora-prune-kwon", "lora-prune-tp", "one-shot"), "pip install 'aptune[bench]'"),
-    "torch_pruning": (("lora-prune-tp",), "pip install 'aptune[bench]'"),
+    "peft": (
+        ("lora", "lora-prune-kwon", "lora-prune-tp", "one-shot", *PRUNE_THEN_LORA),
+        "pip install 'aptune[bench]'",
+    ),
+    "torch_pruning": (("lora-prune-tp", "llm-pruner", "tp-uniform"), "pip install 'aptune[bench]'"),
 }
 
 
@@ -508,7 +519,15 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="aptune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(config, workdir / "data")
-    estimate = estimate_seconds(config, planned, data["num_train"], data["num_eval"], data["num_test"])
+    blocks = data.get("blocks") or {}  # causal LM: packed blocks, not documents
+    estimate = estimate_seconds(
+        config,
+        planned,
+        data["num_train"],
+        blocks.get("dev", data["num_eval"]),
+        blocks.get("test", data["num_test"]),
+        blocks.get("heldout", 0),
+    )
     log(
         f"[bench] {config.results_name()}: {len(planned)} training jobs + latency; data "
         f"{data['num_train']} train / {data['num_eval']} dev / {data['num_test']} test "
@@ -547,9 +566,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         if config.grid:
             first, _ = plan_grid(config)
             run_stage(first)
-            grid_record.update(
-                choose_rates(config, first, _read_results(workdir, first), ("ft", "lora", "apt"))
-            )
+            grid_record.update(choose_rates(config, first, _read_results(workdir, first), GRID_FIRST_STAGE))
             rates = _rate_map(grid_record)
             _, second = plan_grid(config, rates)
             run_stage(second)

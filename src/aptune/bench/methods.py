@@ -74,6 +74,7 @@ class WorkerContext:
         label_names: Class names (classification with named labels), else ``None``.
         num_labels: Number of classes (classification), else ``None``.
         num_train: Training examples (documents for causal LM).
+        heldout_file: The held-out text domain of a causal-LM suite (JSON Lines), or ``""``.
     """
 
     config: BenchConfig
@@ -86,6 +87,7 @@ class WorkerContext:
     label_names: list[str] | None
     num_labels: int | None
     num_train: int
+    heldout_file: str = ""
 
     def run_dir(self, job_id: str) -> Path:
         """Output folder of a job's training run."""
@@ -415,7 +417,12 @@ def run_lora(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None)
     steps = total_steps(ctx, len(task.train))
     clock = StepClock(monitor)
     epoch = _epoch_callbacks(ctx, tokenizer)
-    trainer = Trainer(
+    before: dict[str, Any] = {}
+    if cfg.task == "causal-lm":
+        from aptune.bench.decoder_methods import domain_perplexities
+
+        before = {"domain_perplexity": {"after_pruning": domain_perplexities(ctx, model, tokenizer)}}
+    trainer = _plain_trainer(ctx)(
         model=model,
         args=_training_args(ctx, job, out, ctx.job_lr(job), steps),
         callbacks=[clock, *epoch],
@@ -440,8 +447,21 @@ def run_lora(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None)
         lora_rank=cfg.lora_rank,
         lora_targets=targets,
         lora_modules_to_save=heads,
+        **before,
     )
     return result
+
+
+def _plain_trainer(ctx: WorkerContext):
+    """`transformers.Trainer`, or for causal LMs with ``lm_loss_chunk`` one with the chunked loss."""
+    import functools
+
+    cfg = ctx.config
+    if cfg.task != "causal-lm" or not cfg.lm_loss_chunk:
+        return Trainer
+    from aptune.bench.decoder_methods import ChunkedLossTrainer
+
+    return functools.partial(ChunkedLossTrainer, lm_loss_chunk=cfg.lm_loss_chunk)
 
 
 def _apt_base(cfg: BenchConfig, job: Job) -> dict[str, Any]:
@@ -455,6 +475,7 @@ def _apt_base(cfg: BenchConfig, job: Job) -> dict[str, Any]:
         "calibration_samples": cfg.calibration_samples,
         "num_events": cfg.apt_num_events,
         "seed": job.seed,
+        "lm_loss_chunk": (cfg.lm_loss_chunk or None) if cfg.task == "causal-lm" else None,
     }
 
 
@@ -785,7 +806,12 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
     from aptune.runner import load_tokenizer
 
     epoch = _epoch_callbacks(ctx, load_tokenizer(ctx.model, ctx.tokenizer)) if cfg.epoch1_view else []
-    summary = run_training(run_args, apt_config, callbacks=list(epoch))
+    domains = []
+    if cfg.task == "causal-lm":  # perplexities right after the pruning before tuning
+        from aptune.bench.decoder_methods import DomainEval
+
+        domains = [DomainEval(ctx, load_tokenizer(ctx.model, ctx.tokenizer))]
+    summary = run_training(run_args, apt_config, callbacks=[*epoch, *domains])
     report = load_report(out)
     steps = {
         int(row["step"]): float(row["step_time"])
@@ -861,7 +887,15 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         "trainable_params": (report.get("summary") or {}).get("trainable_params"),
         "apt_config": apt_config.to_dict(),
         "report": str(out / "report.md"),
+        **({"domain_perplexity": {"after_pruning": domains[0].record}} if domains else {}),
     }
+
+
+def _prune_then_lora(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
+    """A decoder baseline: prune the pretrained model, then peft LoRA (`aptune.bench.decoder_methods`)."""
+    from aptune.bench.decoder_methods import run_prune_then_lora
+
+    return run_prune_then_lora(ctx, job, monitor)
 
 
 #: Method name -> runner.
@@ -872,4 +906,5 @@ RUNNERS = {
     "lora-prune-tp": run_lora_prune_tp,
     "one-shot": run_one_shot,
     "apt": run_apt,
+    **{method: _prune_then_lora for method in ("llm-pruner", "tp-uniform", "aptune-one-shot")},
 }

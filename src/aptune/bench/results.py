@@ -178,6 +178,26 @@ def _job_row(
         "total_steps": result.get("total_steps"),
         "wall_seconds": result.get("wall_seconds"),
         "structure": result.get("structure") or result.get("pruning"),
+        "stack_params": result.get("stack_params"),
+        "domain_perplexity": _domain_perplexity(result, metric, dev, test),
+    }
+
+
+def _domain_perplexity(
+    result: Mapping[str, Any], metric: str, dev: Mapping[str, Any], test: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Causal LM: perplexity after pruning (dev, held-out; before tuning for dense methods) and after
+    tuning (dev, test, held-out), or None for other tasks."""
+    recorded = result.get("domain_perplexity")
+    if metric != "perplexity" or recorded is None:
+        return None
+    return {
+        "after_pruning": recorded.get("after_pruning"),
+        "after_tuning": {
+            "dev": dev.get(metric),
+            "test": test.get(metric),
+            "heldout": result.get("heldout_perplexity"),
+        },
     }
 
 

@@ -29,7 +29,13 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
 
 
 def taylor_scores(
-    model: nn.Module, layout: ModelLayout, batches: list[dict]
+    model: nn.Module,
+    layout: ModelLayout,
+    batches: list[dict],
+    *,
+    normalizer: str | None = "mean",
+    group_reduction: str = "mean",
+    heads: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Torch-Pruning's group Taylor importance of every head and FFN neuron, mean-normalised per group.
 
@@ -38,6 +44,11 @@ def taylor_scores(
         layout: Its `ModelLayout` (which Linear roots each group).
         batches: Calibration batches with labels; gradients are accumulated over all of them and
             cleared afterwards.
+        normalizer: ``GroupTaylorImportance``'s per-group normaliser (``"mean"``: the global
+            ranking's; ``None``: raw scores, as LLM-Pruner's layer-wise pruning uses them).
+        group_reduction: How the coupled layers' scores of a channel combine (``"mean"``,
+            Torch-Pruning's default; ``"sum"``, LLM-Pruner's).
+        heads: Score the heads too (``False``: an empty head list, for recipes that keep every head).
 
     Returns:
         ``(heads, neurons)``: per attention site a score per unit, per FFN site a score per neuron.
@@ -54,15 +65,18 @@ def taylor_scores(
     model.zero_grad(set_to_none=True)
     for batch in batches:
         model(**_batch_to(batch, device)).loss.backward()
-    importance = tp.importance.GroupTaylorImportance(normalizer="mean")
-    heads, neurons = [], []
+    importance = tp.importance.GroupTaylorImportance(group_reduction=group_reduction, normalizer=normalizer)
+    head_scores: list[torch.Tensor] = []
+    neurons = []
     try:
-        for site in layout.attention:
+        for site in layout.attention if heads else []:
             root = model.get_submodule(site.q)
             width = root.weight.shape[0]
             group = graph.get_pruning_group(root, tp.prune_linear_out_channels, idxs=list(range(width)))
             scores = importance(group).detach().float().cpu()
-            heads.append(scores.reshape(-1, site.unit_width).mean(1))  # (units * width) -> (units, width)
+            head_scores.append(
+                scores.reshape(-1, site.unit_width).mean(1)
+            )  # (units * width) -> (units, width)
         for site in layout.ffn:
             root = model.get_submodule(site.up)
             width = root.weight.shape[0]
@@ -71,7 +85,7 @@ def taylor_scores(
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return heads, neurons
+    return head_scores, neurons
 
 
 def taylor_keep_sets(

@@ -68,6 +68,7 @@ def context_from_plan(workdir: str | Path):
         label_names=data.get("label_names"),
         num_labels=data.get("num_labels"),
         num_train=data["num_train"],
+        heldout_file=data.get("heldout_file") or "",
     )
     jobs = {j["id"]: Job(**j) for j in plan["jobs"]}
     return ctx, jobs
@@ -101,7 +102,12 @@ def evaluate_test(ctx, result: dict[str, Any]) -> dict[str, Any]:
     tokenizer = load_tokenizer(ctx.model, ctx.tokenizer)
     test = load_test(ctx, tokenizer)
     metrics = evaluate_model(model, test.eval, test.collator, ctx.config.eval_batch_size, ctx.config.task)
-    return {"test_metrics": metrics, "test_eval_seconds": time.perf_counter() - began}
+    extras = {}
+    if ctx.config.task == "causal-lm":  # held-out domain and stack size (aptune.bench.decoder_methods)
+        from aptune.bench.decoder_methods import exported_extras
+
+        extras = exported_extras(ctx, model, tokenizer)
+    return {"test_metrics": metrics, "test_eval_seconds": time.perf_counter() - began, **extras}
 
 
 def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
