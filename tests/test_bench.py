@@ -61,8 +61,9 @@ def test_plan_of_the_full_suite():
         "grid-lora-lr0.002-s0",
         "grid-apt-lr0.0005-d0.40-s0",
     ]
-    # BBC News deduplicated, 70/15/15: about 1,480 / 318 / 318 articles
-    assert estimate_seconds(config, jobs, 1480, 318, 318) < 2.6 * 3600
+    # BBC News deduplicated, 70/15/15: about 1,480 / 318 / 318 articles; at the step times measured in
+    # the suite's own runs (FT 2.0 s per step on 2 cores) the whole protocol takes over 4 hours
+    assert 3.5 * 3600 < estimate_seconds(config, jobs, 1480, 318, 318) < 4.5 * 3600
     quick = suite_config("minilm-bbc", quick=True)
     assert estimate_seconds(quick, plan_jobs(quick), 160, 48, 48) < 5 * 60
     # APT's schedule fits the quick run (160 examples, batch 8, 1 epoch) and the full one

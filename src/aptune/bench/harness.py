@@ -68,6 +68,7 @@ _NOT_RESULT_FIELDS = (
     "dry_run",
     "report_only",
     "page_note",
+    "est_seconds_per_token",  # only the printed time estimate
 )
 
 
