@@ -42,6 +42,15 @@ def _memory_cell(group: Mapping[str, Any], setting: str) -> str:
     return fmt_spread((group.get("peak_rss_mb_by_allocator") or {}).get(setting), 0)
 
 
+def _dense_line(dense: Mapping[str, Any], pending: bool) -> str:
+    if pending or not dense.get("params"):
+        return "Dense model: not measured yet (the latency stage runs after every job)."
+    return (
+        f"Dense model: {fmt_fixed(dense['params'] / 1e6, 2)} M parameters, "
+        f"{fmt_fixed(dense['latency_ms'], 1)} ms per batch, {fmt_fixed(dense['throughput'], 1)} sequences/s."
+    )
+
+
 def _group_table(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]) -> list[str]:
     metric = metric_name(summary)
     classification = metric == "accuracy"
@@ -164,6 +173,8 @@ def _onnx_lines(summary: Mapping[str, Any], groups: Sequence[Mapping[str, Any]])
     if onnx.get("skipped"):
         return [f"Not measured: {onnx['skipped']}.", ""]
     if onnx.get("dense_ms") is None:
+        if (summary.get("failures") or {}).get("onnx-latency") == NOT_RUN_YET:
+            return ["Not measured yet: the ONNX Runtime stage runs after every job.", ""]
         return ["Not measured: the ONNX Runtime stage wrote no figures (see the failed jobs above).", ""]
     dense = summary["dense"]
     head = ["method", "density", "PyTorch (ms)", "PyTorch / dense"]
@@ -518,8 +529,7 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "",
         *_group_table(summary, headline),
         "",
-        f"Dense model: {fmt_fixed((dense['params'] or 0) / 1e6, 2)} M parameters, "
-        f"{fmt_fixed(dense['latency_ms'], 1)} ms per batch, {fmt_fixed(dense['throughput'], 1)} sequences/s.",
+        _dense_line(dense, "latency" in pending),
         "",
         "## Exported latency: PyTorch vs ONNX Runtime",
         "",

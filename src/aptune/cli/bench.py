@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from aptune.bench.config import SUITES, BenchConfig
+from aptune.bench.records import NOT_RUN_YET
 from aptune.cli.errors import user_errors
 from aptune.cli.options import dataclass_options, given_on_command_line
 
@@ -39,10 +40,12 @@ def _run(**values) -> None:
         status = {True: "MET", False: "MISSED", None: "NOT EVALUATED"}[target["met"]]
         click.echo(f"{status:>12}  {target['claim']}: {target['measured']}")
     click.echo(f"aptune: results: {outcome.files['md']} and {outcome.files['json']}")
-    if outcome.failures:
-        click.echo(
-            f"aptune: error: {len(outcome.failures)} job(s) failed: {', '.join(outcome.failures)}", err=True
-        )
+    pending = [job_id for job_id, error in outcome.failures.items() if error == NOT_RUN_YET]
+    failed = [job_id for job_id in outcome.failures if job_id not in pending]
+    if pending:
+        click.echo(f"aptune: partial page: {len(pending)} part(s) not run yet: {', '.join(pending)}")
+    if failed:
+        click.echo(f"aptune: error: {len(failed)} job(s) failed: {', '.join(failed)}", err=True)
         raise SystemExit(1)
 
 
