@@ -59,7 +59,7 @@ def test_plan_and_estimate_of_the_decoder_suite():
     seeds = {m: sorted(j.seed for j in headline if j.method == m) for m in {j.method for j in headline}}
     assert seeds == {
         "lora": [0],
-        "apt": [0, 1],
+        "apt": [0, 0, 1],  # seed 0 twice: the headline and the uniform-layout ablation
         "llm-pruner": [0, 1],
         "tp-uniform": [0],
         "aptune-one-shot": [0],
@@ -153,6 +153,7 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
         eval_file=str(tmp_path / "dev.jsonl"),
         heldout=str(tmp_path / "heldout.jsonl"),
         heldout_samples=0,
+        ablations="apt-uniform",  # not in the quick suite (time), covered here
         max_train_samples=0,
         max_length=16,
         lm_loss_chunk=8,
@@ -167,9 +168,11 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     outcome = run_benchmark(bench, log=lambda line: None)
     assert not outcome.failures
     summary = outcome.summary
-    rows = {r["method"]: r for r in summary["jobs"]}
+    rows = {r["method"]: r for r in summary["jobs"] if not r["variant"]}
     assert set(rows) == {"lora", "apt", *PRUNED}
-    for method, row in rows.items():
+    (uniform,) = [r for r in summary["jobs"] if r["variant"]]
+    assert uniform["variant"] == "apt-uniform" and uniform["method"] == "apt"
+    for method, row in (*rows.items(), ("apt-uniform", uniform)):
         domains = row["domain_perplexity"]
         for stage, splits in (
             ("after_pruning", ("dev", "heldout")),
@@ -192,8 +195,8 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     dense_stack = rows["lora"]["stack_params"]
     assert dense_stack == 10 * (2 * 48 * 32 + 64 * 3 * 32)  # 2 KV groups of q, k, v, o; 64 gated neurons
     budget = 0.7 * dense_stack
-    for method in (*PRUNED, "apt"):
-        assert abs(rows[method]["stack_params"] - budget) <= dense_stack / 32, method
+    for method, row in (*((m, rows[m]) for m in (*PRUNED, "apt")), ("apt-uniform", uniform)):
+        assert abs(row["stack_params"] - budget) <= dense_stack / 32, method
     for method, layers in (("llm-pruner", 5), ("tp-uniform", 10)):
         assert budget - layers * 96 < rows[method]["stack_params"] <= budget, method
     results = tmp_path / "work" / "results"
@@ -208,6 +211,11 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     assert record["stack_params_after"] == rows["llm-pruner"]["stack_params"]
     apt = json.loads((results / "apt-d0.70-s0.json").read_text())
     assert apt["apt_config"]["lm_loss_chunk"] == 8 and apt["total_steps"] == bench.max_steps
+    # the uniform-layout ablation: the same number of heads and of FFN neurons in every layer
+    same = json.loads((results / f"{uniform['id']}.json").read_text())
+    assert same["apt_config"]["layout"] == "uniform"
+    assert len(set(same["structure"]["heads_per_layer"])) == 1
+    assert len(set(same["structure"]["ffn_per_layer"])) == 1
     page = outcome.files["md"].read_text()
     assert "## Perplexity on both domains" in page and "LLM-Pruner layer recipe + LoRA" in page
 

@@ -472,8 +472,9 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # Rates from the dev grid (seed 0): LoRA, APT and the LLM-Pruner retraining each try 3 rates, the
     # other baselines take the retraining rate. Seeds 0 and 1 for APT and the LLM-Pruner recipe (the
     # best baseline in a one-shot probe: dev perplexity 113.8 after pruning, against 181 for uniform
-    # FFN and 139.9 for aptune's selection), seed 0 for the others. About 9 s per FT step of 4 x 256
-    # tokens on 2 cores; `estimate_seconds` gives about 10.5 hours (the work folder resumes).
+    # FFN and 139.9 for aptune's selection), seed 0 for the others; APT with the uniform layout
+    # (seed 0) measures what a stock-config export costs. About 9 s per FT step of 4 x 256 tokens on
+    # 2 cores; `estimate_seconds` gives about 11.7 hours (the work folder resumes).
     "smollm2-bbc": (
         {
             "model": "smollm2-135m",
@@ -496,7 +497,7 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "methods": "lora,apt,llm-pruner,tp-uniform,aptune-one-shot",
             "target_density": 0.7,
             "densities": "",
-            "ablations": "",
+            "ablations": "apt-uniform",
             "reference": "lora",
             "adapter_roles": "q,k,v,o,up,gate,down",
             "lora_lr": 1e-3,
@@ -533,7 +534,7 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "methods": "lora,apt,llm-pruner,tp-uniform,aptune-one-shot",
             "target_density": 0.7,
             "densities": "",
-            "ablations": "",
+            "ablations": "",  # the quick run stays under 5 minutes without the uniform ablation
             "reference": "lora",
             "adapter_roles": "q,k,v,o,up,gate,down",
             "lora_lr": 1e-3,
