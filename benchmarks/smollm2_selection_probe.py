@@ -8,7 +8,12 @@ Calibrates once on BBC News training text (forward and backward, micro-batches o
 density with every selection by hard masks: `aptune.AptConfig.selection_scale` (``global``,
 ``layer``, ``site``), or ``recipe``, LLM-Pruner's layer recipe on aptune's neuron scores (heads
 kept, the first 4 and the last layer untouched, the same FFN width elsewhere); a ``-nokurt`` suffix
-drops the kurtosis term. Prints the held-out perplexity on BBC dev text (deduplicated split,
+drops the kurtosis term, and ``+option=value`` parts set `aptune.AptConfig` selection options for
+that variant (e.g. ``global+min_heads_per_layer=3``: every KV group kept); ``+rounds=N`` prunes in
+N rounds of equal density steps, each after a new calibration pass through the model masked by the
+rounds before it (the blocks already removed stay removed); with ``+split=1`` the rounds share the
+calibration blocks (round r scores on the r-th slice) instead of each using all of them. Prints the
+held-out perplexity on BBC dev text (deduplicated split,
 documents packed into blocks) and the heads and FFN neurons kept per layer. Hidden dimensions are
 kept (``prune_hidden=False``) so that only the head/neuron selection is compared. Also prints
 per-layer diagnostics of the calibration pass: mean salience per head and per neuron without
@@ -135,6 +140,15 @@ def layer_recipe_keep(controller, neuron_scores: list[torch.Tensor], density: fl
     return KeepSet(heads=heads, neurons=neurons, hidden=hidden, params=params)
 
 
+def kept_only(salience: Salience, heads: list[torch.Tensor], neurons: list[torch.Tensor]) -> Salience:
+    """``salience`` with the blocks outside the keep masks scored 0 (removed first, so they stay out)."""
+    return Salience(
+        [None if s is None else s * k.to(s) for s, k in zip(salience.heads, heads, strict=True)],
+        [None if s is None else s * k.to(s) for s, k in zip(salience.neurons, neurons, strict=True)],
+        salience.hidden,
+    )
+
+
 def per_layer(values: list[torch.Tensor | None]) -> list[float]:
     return [float(v.mean()) if v is not None else float("nan") for v in values]
 
@@ -198,14 +212,34 @@ def main() -> None:
     results = []
     for density in args.densities:
         for variant in args.variants:
-            scale, _, suffix = variant.partition("-")
+            name, *options = variant.split("+")
+            scale, _, suffix = name.partition("-")
             salience = plain if suffix == "nokurt" else kurt
             controller.scores.replace(salience)
             if scale == "recipe":
                 keep = layer_recipe_keep(controller, salience.neurons, density)
             else:
-                chosen = dataclasses.replace(config, selection_scale=scale)
-                keep = controller.blocks.select(controller._score_vectors(), density, chosen)
+                settings = {key: int(value) for key, _, value in (o.partition("=") for o in options)}
+                rounds = settings.pop("rounds", 1)
+                split = settings.pop("split", 0)
+                chosen = dataclasses.replace(config, selection_scale=scale, **settings)
+                keep = None
+                for step in range(1, rounds + 1):
+                    if split:
+                        blocks = calib.chunk(rounds)[step - 1]
+                        if step == 1:  # the cached sums cover every block: score the first slice
+                            fresh = calibrate(model, controller, blocks, args.micro_batch)
+                            controller.scores.replace(fresh["plain" if suffix == "nokurt" else "kurtosis"])
+                    else:
+                        blocks = calib
+                    if keep is not None:
+                        controller.set_hard_masks(keep)
+                        fresh = calibrate(model, controller, blocks, args.micro_batch)
+                        fresh = fresh["plain" if suffix == "nokurt" else "kurtosis"]
+                        controller.scores.replace(kept_only(fresh, *controller.blocks.split(keep)))
+                    goal = 1.0 - (1.0 - density) * step / rounds
+                    keep = controller.blocks.select(controller._score_vectors(), goal, chosen)
+                    print(f"  round {step}/{rounds}: density {goal:.4f}", flush=True)
             controller.set_hard_masks(keep)
             heads, neurons = controller.blocks.split(keep)
             group = [site.group_size for site in controller.layout.attention]

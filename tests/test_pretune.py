@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import TrainingArguments
@@ -11,6 +13,7 @@ from aptune.cli.options import dataclass_options
 from aptune.config import AptConfig
 from aptune.errors import ConfigError
 from aptune.schedule import build_schedule
+from aptune.scores import summed_salience
 from test_llama import _causal_lm_dataset, tiny_llama
 from tiny import tiny_bert
 
@@ -99,6 +102,37 @@ def test_calibration_prunes_to_the_pretune_density_within_one_block() -> None:
     # the running salience starts afresh and is collected again: more pruning is to come
     assert controller.scores.heads == [None] * len(controller.scores.heads)
     assert controller._collecting(controller.schedule.start)
+
+
+def test_pruning_in_rounds_rescores_the_model_the_round_before_pruned() -> None:
+    data = _causal_lm_dataset(8)
+    batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    config = AptConfig(target_density=0.4, pretune_rounds=2, prune_hidden=False, distill=False)
+    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    before = controller.param_count()
+    record = controller.calibrate_and_prune_(batches)
+    assert record["rounds"] == 2 and record["calibration_batches"] == 4
+    assert 0.7 - _largest_block_share(controller) <= controller.density() <= 0.7 + 1e-9
+    # reference, by the lower-level steps: one round halfway (to 0.85), then the pruned model is
+    # scored again on the same batches and cut to 0.7
+    halfway = dataclasses.replace(config, pretune_rounds=None, pretune_density=0.85)
+    reference = aptune.prepare_(tiny_llama(), halfway, total_steps=40)
+    reference.calibrate_and_prune_(batches)
+    assert reference.density() > 0.7 + _largest_block_share(reference)  # the halfway point is not the end
+    rescored, _ = summed_salience(
+        reference.model, batches, reference.state.collector, reference._reduced_salience
+    )
+    reference.scores.replace(rescored)
+    reference.set_hard_masks(reference.select(0.7))
+    reference.prune_to_masks_()
+    for ours, theirs in zip(controller.blocks.kept_ids(), reference.blocks.kept_ids(), strict=True):
+        assert torch.equal(ours, theirs)
+    # the record counts what both rounds removed (query heads of 8 x 48 x 2 weights, neurons of 3 x 48)
+    removed = record["removed"]
+    assert (
+        before - controller.param_count()
+        == removed["heads"] * 2 * 8 * 48 + removed["neurons"] * 3 * 48 + (removed["heads"] // 3) * 2 * 8 * 48
+    )
 
 
 def test_trainer_pretunes_then_reaches_the_target_at_the_end_of_pruning(tmp_path) -> None:

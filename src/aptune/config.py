@@ -110,6 +110,12 @@ class AptConfig:
             ``1 - (1 - target_density) / 2`` (0.85 on the way to 0.7 as in the authors' LLaMA
             script, 0.7 on the way to 0.4). ``target_density`` itself prunes everything before
             tuning (no pruning during tuning, only rank growth).
+        pretune_rounds: Rounds of the pruning before tuning. Round ``r`` of ``R`` runs the
+            calibration pass through the model the rounds before it have pruned, scores afresh and
+            prunes to ``1 - (1 - d) * r / R`` (``d``: the pretune density), so the blocks that stay
+            are judged in the network they will work in. Every round passes over all calibration
+            examples, so R rounds cost up to R calibration passes (less, as the model shrinks).
+            ``None``: 1 (the paper's single pass).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
@@ -226,6 +232,12 @@ class AptConfig:
         metadata={
             "help": "Density of the pruning before tuning, in [target_density, 1] "
             "(default: 1 - (1 - target_density) / 2, e.g. 0.85 for 0.7)."
+        },
+    )
+    pretune_rounds: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rounds of the pruning before tuning, each after a new calibration pass (default 1)."
         },
     )
     calibration_samples: int | None = field(
@@ -385,6 +397,8 @@ class AptConfig:
                 bad(name, "expected true or false")
         if self.pretune_prune is not None and not isinstance(self.pretune_prune, bool):
             bad("pretune_prune", "expected true, false or null")
+        if self.pretune_rounds is not None:
+            integer("pretune_rounds", 1)
         if self.pretune_density is not None:
             if not density <= number("pretune_density") <= 1.0:
                 bad(

@@ -443,7 +443,9 @@ class AptController:
         """One-shot pruning before tuning (the paper's LLaMA recipe), to `pretune_density`.
 
         Sums the salience of every batch (`aptune.scores.summed_salience`: forward and backward,
-        no optimizer step), selects the keep-set once and removes the rest physically. The density
+        no optimizer step), selects the keep-set and removes the rest physically; with
+        ``pretune_rounds`` R > 1 it does so R times, each round on the model the last one pruned
+        and an equal share of the way to the density. The density
         is `pretune_density` (``target_density`` when pruning before tuning is off for this
         config, e.g. an encoder without ``pretune_prune``). When it lies above the target, the
         schedule's cubic continues from it during tuning with the running salience, which starts
@@ -462,18 +464,27 @@ class AptController:
         density = self.pretune_density
         if density is None:
             density = self.config.target_density
-        total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
-        self.scores.replace(total)
+        rounds = self.config.pretune_rounds or 1
+        batches = list(batches) if rounds > 1 else batches
         params_before = self.param_count()
         # norm-weighted hidden dimensions leave only gradually, during tuning
         gradual_hidden = self.state.hidden_salience == "norm_weighted"
-        self.set_hard_masks(self.select(density, False if gradual_hidden else None))
-        removed = self.prune_to_masks_(optimizer)
+        removed: dict[str, int] = {}
+        seen = 0
+        for index in range(1, rounds + 1):
+            # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
+            total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
+            self.scores.replace(total)
+            goal = 1.0 - (1.0 - density) * index / rounds
+            self.set_hard_masks(self.select(goal, False if gradual_hidden else None))
+            for kind, count in self.prune_to_masks_(optimizer).items():
+                removed[kind] = removed.get(kind, 0) + count
         self.pretuned = True
         record = self._record_event(
             index=-1,
             kind="pretune",
             calibration_batches=seen,
+            rounds=rounds,
             target_density=density,
             params_before=params_before,
             removed=removed,
