@@ -115,7 +115,9 @@ class AptConfig:
             prunes to ``1 - (1 - d) * r / R`` (``d``: the pretune density), so the blocks that stay
             are judged in the network they will work in. Every round passes over all calibration
             examples, so R rounds cost up to R calibration passes (less, as the model shrinks).
-            ``None``: 1 (the paper's single pass).
+            ``None``: 1 (the paper's single pass). Probe on SmolLM2-135M (one-shot to 0.7, no
+            tuning, BBC dev perplexity, dense 29.1): 88.8 in one pass, 79.2 in 2 rounds, 76.9 in 4;
+            the late layers keep more FFN neurons (benchmarks/results/smollm2-selection.md).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
