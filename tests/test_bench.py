@@ -73,7 +73,9 @@ def test_plan_of_the_full_suite():
     for suite, steps in ((quick, 20), (config, 3 * 93)):
         apt_job = next(j for j in plan_jobs(suite) if j.method == "apt")
         build_schedule(apt_settings(suite, apt_job), steps)
-    decoder = suite_config("smollm2-bbc", seeds="0", grid=False, methods="lora,lora-prune-kwon,apt")
+    decoder = suite_config(
+        "smollm2-bbc", seeds="0", grid=False, methods="lora,lora-prune-kwon,apt", ablations=""
+    )
     assert [j.method for j in plan_jobs(decoder)] == ["lora", "apt", "lora-prune-kwon"]
     with pytest.raises(aptune.ConfigError, match="methods"):
         BenchConfig(methods="ft,bogus")
@@ -339,6 +341,7 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
         max_length=16,
         max_steps=18,
         methods="lora,lora-prune-kwon,apt",
+        ablations="",
         seeds="0",
         grid=False,
         heldout="",
