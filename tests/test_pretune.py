@@ -44,6 +44,7 @@ def test_pretune_target_per_family(fields: dict, is_decoder: bool, expected: flo
         ({"target_density": 0.7, "pretune_density": 1.2}, "pretune_density=1.2 is invalid: must lie in"),
         ({"pretune_density": 0.9, "pretune_prune": False}, "while pretune_prune is false"),
         ({"pretune_prune": "yes"}, "pretune_prune='yes' is invalid"),
+        ({"pretune_rounds": 0}, "pretune_rounds=0 is invalid: must be >= 1"),
         ({"selection_scale": "row"}, "selection_scale='row' is invalid: choose one of global, layer, site"),
     ],
 )
@@ -61,7 +62,13 @@ def test_calibration_plan_defaults_per_family() -> None:
 
 def test_cli_has_the_pretune_options() -> None:
     names = {opt.name for opt in dataclass_options(AptConfig)}
-    assert {"pretune_density", "pretune_prune", "selection_scale", "calibration_samples"} <= names
+    assert {
+        "pretune_density",
+        "pretune_prune",
+        "pretune_rounds",
+        "selection_scale",
+        "calibration_samples",
+    } <= names
 
 
 # ---------------------------------------------------------------------------------------------- schedule
