@@ -103,6 +103,20 @@ def tiny_setup(tmp_path_factory):
     return folder
 
 
+def tiny_bench_options(folder, tmp_path) -> dict:
+    """`BenchConfig` fields of a tiny FT + APT benchmark on the `tiny_setup` folder (work and results
+    folders under ``tmp_path``)."""
+    return dict(
+        model=str(folder / "model"), dataset_name="", train_file=str(folder / "train.csv"),
+        eval_file=str(folder / "dev.csv"), dev_fraction=0.25, test_fraction=0.25, max_length=16,
+        batch_size=4, eval_batch_size=16, max_steps=12, evaluations=2, seeds="0", pinned_seeds="",
+        methods="ft,apt", ablations="", densities="", grid=False, target_density=0.5, apt_num_events=2,
+        calibration_samples=8, epoch1_view=False, latency_batch=2, latency_length=16, latency_repeats=3,
+        latency_warmup=1, threads=1, workdir=str(tmp_path / "work"), results_dir=str(tmp_path / "results"),
+        name="tiny",
+    )  # fmt: skip
+
+
 def _bench_args(folder, workdir, results):
     return [
         "bench",

@@ -22,7 +22,7 @@ from aptune.bench.onnx_latency import (
     onnx_skip_reason,
 )
 from aptune.bench.page import markdown
-from test_bench import tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
+from test_bench import tiny_bench_options, tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
 from test_export import _pruned
 from tiny import tiny_bert
 
@@ -254,15 +254,7 @@ def test_a_work_folder_without_onnx_figures_resumes_with_the_onnx_stage_only(
     """A folder finished before the ONNX stage existed: no job trains, no PyTorch latency, ONNX only."""
     from aptune.bench import harness
 
-    config = dict(
-        model=str(tiny_setup / "model"), dataset_name="", train_file=str(tiny_setup / "train.csv"),
-        eval_file=str(tiny_setup / "dev.csv"), dev_fraction=0.25, test_fraction=0.25, max_length=16,
-        batch_size=4, eval_batch_size=16, max_steps=12, evaluations=2, seeds="0", pinned_seeds="",
-        methods="ft,apt", ablations="", densities="", grid=False, target_density=0.5, apt_num_events=2,
-        calibration_samples=8, epoch1_view=False, latency_batch=2, latency_length=16, latency_repeats=3,
-        latency_warmup=1, threads=1, workdir=str(tmp_path / "work"), results_dir=str(tmp_path / "results"),
-        name="tiny",
-    )  # fmt: skip
+    config = tiny_bench_options(tiny_setup, tmp_path)
     work = tmp_path / "work"
     # the first run as the code before the ONNX stage ran it: the same plan, jobs and latency, no ONNX
     with monkeypatch.context() as before:

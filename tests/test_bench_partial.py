@@ -9,7 +9,7 @@ import pytest
 from aptune.bench import BenchConfig, run_benchmark
 from aptune.bench.config import LATENCY_FILE, PLAN_FILE
 from aptune.errors import ConfigError
-from test_bench import tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
+from test_bench import tiny_bench_options, tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
 
 
 def test_report_only_needs_a_work_folder():
@@ -19,15 +19,7 @@ def test_report_only_needs_a_work_folder():
 
 @pytest.mark.integration
 def test_a_partial_page_runs_nothing_and_names_what_has_not_run(tiny_setup, tmp_path):  # noqa: F811
-    config = dict(
-        model=str(tiny_setup / "model"), dataset_name="", train_file=str(tiny_setup / "train.csv"),
-        eval_file=str(tiny_setup / "dev.csv"), dev_fraction=0.25, test_fraction=0.25, max_length=16,
-        batch_size=4, eval_batch_size=16, max_steps=12, evaluations=2, seeds="0", pinned_seeds="",
-        methods="ft,apt", ablations="", densities="", grid=False, target_density=0.5, apt_num_events=2,
-        calibration_samples=8, epoch1_view=False, latency_batch=2, latency_length=16, latency_repeats=3,
-        latency_warmup=1, threads=1, workdir=str(tmp_path / "work"), results_dir=str(tmp_path / "results"),
-        name="tiny",
-    )  # fmt: skip
+    config = tiny_bench_options(tiny_setup, tmp_path)
     work = tmp_path / "work"
     first = run_benchmark(BenchConfig(isolate=False, **config), log=lambda line: None)
     assert not first.failures

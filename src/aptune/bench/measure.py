@@ -37,6 +37,7 @@ __all__ = [
     "count_matmul_flops",
     "current_rss_mb",
     "curve_from_step_times",
+    "interleaved_latency_stats",
     "latency_stats",
     "measure_latencies",
     "measure_latency",
@@ -351,12 +352,31 @@ def measure_latencies(
     with torch.inference_mode():
         for model in models.values():
             model.eval()
-        times = time_interleaved(
+        return interleaved_latency_stats(
             {name: _forward(model, batches[name]) for name, model in models.items()},
             repeats=repeats,
             warmup=warmup,
+            batch_size=batch_size,
+            seq_len=seq_len,
             timer=timer,
         )
+
+
+def interleaved_latency_stats(
+    runs: Mapping[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int,
+    batch_size: int,
+    seq_len: int,
+    timer: Callable[[], float] = time.perf_counter,
+) -> dict[str, dict[str, Any]]:
+    """`time_interleaved` of ``runs``, then `latency_stats` of each (what both latency stages report).
+
+    Returns:
+        ``{name: latency_stats(...)}``.
+    """
+    times = time_interleaved(runs, repeats=repeats, warmup=warmup, timer=timer)
     return {
         name: latency_stats(values, warmup=warmup, batch_size=batch_size, seq_len=seq_len)
         for name, values in times.items()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aptune.bench.measure import latency_stats, synthetic_ids, time_interleaved
+from aptune.bench.measure import interleaved_latency_stats, synthetic_ids
 
 __all__ = [
     "ONNX_DIR",
@@ -143,13 +143,11 @@ def measure_onnx_latencies(
     def run(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], None]:
         return lambda: session.run(None, feed)
 
-    times = time_interleaved(
+    return interleaved_latency_stats(
         {name: run(session, feeds[name]) for name, session in sessions.items()},
         repeats=repeats,
         warmup=warmup,
+        batch_size=batch_size,
+        seq_len=seq_len,
         timer=timer,
     )
-    return {
-        name: latency_stats(values, warmup=warmup, batch_size=batch_size, seq_len=seq_len)
-        for name, values in times.items()
-    }
