@@ -12,7 +12,11 @@ drops the kurtosis term, and ``+option=value`` parts set `aptune.AptConfig` sele
 that variant (e.g. ``global+min_heads_per_layer=3``: every KV group kept); ``+rounds=N`` prunes in
 N rounds of equal density steps, each after a new calibration pass through the model masked by the
 rounds before it (the blocks already removed stay removed); with ``+split=1`` the rounds share the
-calibration blocks (round r scores on the r-th slice) instead of each using all of them. Prints the
+calibration blocks (round r scores on the r-th slice) instead of each using all of them;
+``+curves=N`` scores by measured damage curves of N points per site (`aptune.damage`, on the first
+``--measure-blocks`` calibration blocks); ``+measured=N`` rescales every site's salience N times by
+its measured loss change per unit of salience at the current selection (a fixed-point iteration
+that does not converge; kept to reproduce the page). Prints the
 held-out perplexity on BBC dev text (deduplicated split,
 documents packed into blocks) and the heads and FFN neurons kept per layer. Hidden dimensions are
 kept (``prune_hidden=False``) so that only the head/neuron selection is compared. Also prints
@@ -38,6 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import aptune
+from aptune.damage import damage_curve_scores
 from aptune.scores import Salience, measure_salience
 from aptune.tasks.bbc import bbc_news_records
 
@@ -149,6 +154,84 @@ def kept_only(salience: Salience, heads: list[torch.Tensor], neurons: list[torch
     )
 
 
+def scaled(salience: Salience, factors: tuple[list[float], list[float]]) -> Salience:
+    """``salience`` with every attention site's and FFN site's scores multiplied by its factor."""
+    return Salience(
+        [None if s is None else s * f for s, f in zip(salience.heads, factors[0], strict=True)],
+        [None if s is None else s * f for s, f in zip(salience.neurons, factors[1], strict=True)],
+        salience.hidden,
+    )
+
+
+@torch.no_grad()
+def measured_factors(model, controller, salience: Salience, keep, blocks: torch.Tensor, factors):
+    """Per site, the measured loss change of removing only that site's blocks of ``keep`` (all other
+    sites intact) per unit of the salience those blocks carry; sites ``keep`` leaves whole keep their
+    factor from ``factors`` (or the median of the measured ones when they have none yet)."""
+    from aptune.select import KeepSet
+
+    model.eval()
+    controller.state.clear()
+    base = mean_loss(model, blocks)
+    heads, neurons = controller.blocks.split(keep)
+    measured: dict[tuple[int, int], float] = {}
+    for kind, masks, scores in ((0, heads, salience.heads), (1, neurons, salience.neurons)):
+        for i, mask in enumerate(masks):
+            if bool(mask.all()) or scores[i] is None:
+                continue
+            trial = [[torch.ones_like(m) for m in heads], [torch.ones_like(m) for m in neurons]]
+            trial[kind][i] = mask
+            controller.set_hard_masks(
+                KeepSet(
+                    heads=torch.cat(trial[0]), neurons=torch.cat(trial[1]), hidden=keep.hidden, params=0.0
+                )
+            )
+            damage = mean_loss(model, blocks) - base
+            predicted = float(scores[i][~mask.to(scores[i].device)].sum())
+            measured[(kind, i)] = max(damage, 1e-6) / max(predicted, 1e-12)
+    controller.state.clear()
+    median = float(torch.tensor(list(measured.values())).median())
+    out = ([], [])
+    for kind, count in ((0, len(heads)), (1, len(neurons))):
+        for i in range(count):
+            previous = factors[kind][i] if factors is not None else None
+            out[kind].append(measured.get((kind, i), previous if previous is not None else median))
+    return out
+
+
+def curve_scores(model, controller, salience: Salience, blocks: torch.Tensor, points: int):
+    """`aptune.damage.damage_curve_scores` with the loss of ``blocks`` under hard masks (what
+    ``AptConfig.damage_curves`` does inside the library, on the probe's own blocks)."""
+
+    @torch.no_grad()
+    def loss_of(keep) -> float:
+        if keep is None:
+            controller.state.clear()
+        else:
+            controller.set_hard_masks(keep)
+        return mean_loss(model, blocks)
+
+    model.eval()
+    book = controller.blocks
+    try:
+        scores, curves = damage_curve_scores(
+            salience, book.unit_counts(), book.neuron_counts(), book.hidden_size, loss_of, points
+        )
+    finally:
+        controller.state.clear()
+    for kind in ("heads", "neurons"):
+        for i, curve in enumerate(curves[kind]):
+            print(f"  curve {kind} {i}: {[round(d, 4) for d in curve]}", flush=True)
+    return scores
+
+
+@torch.no_grad()
+def mean_loss(model, blocks: torch.Tensor, batch: int = 4) -> float:
+    """Mean next-token loss over the blocks (all of the same length)."""
+    losses = [model(input_ids=chunk, labels=chunk).loss.item() * len(chunk) for chunk in blocks.split(batch)]
+    return sum(losses) / len(blocks)
+
+
 def per_layer(values: list[torch.Tensor | None]) -> list[float]:
     return [float(v.mean()) if v is not None else float("nan") for v in values]
 
@@ -163,6 +246,7 @@ def main() -> None:
     parser.add_argument("--densities", type=float, nargs="+", default=[0.7, 0.85])
     parser.add_argument("--variants", nargs="+", default=["global", "layer"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure-blocks", type=int, default=4, help="calibration blocks of +measured=N")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--scores-cache", type=Path, default=None, help="save / reuse the calibration sums")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
@@ -210,6 +294,7 @@ def main() -> None:
         )
 
     results = []
+    curve_cache: dict[tuple, Salience] = {}
     for density in args.densities:
         for variant in args.variants:
             name, *options = variant.split("+")
@@ -222,6 +307,10 @@ def main() -> None:
                 settings = {key: int(value) for key, _, value in (o.partition("=") for o in options)}
                 rounds = settings.pop("rounds", 1)
                 split = settings.pop("split", 0)
+                iterations = settings.pop("measured", 0)
+                curves = settings.pop("curves", 0)
+                if curves and rounds > 1:
+                    raise SystemExit("+curves works on the intact model only (no +rounds)")
                 chosen = dataclasses.replace(config, selection_scale=scale, **settings)
                 keep = None
                 for step in range(1, rounds + 1):
@@ -238,8 +327,47 @@ def main() -> None:
                         fresh = fresh["plain" if suffix == "nokurt" else "kurtosis"]
                         controller.scores.replace(kept_only(fresh, *controller.blocks.split(keep)))
                     goal = 1.0 - (1.0 - density) * step / rounds
+                    if curves:
+                        raw = Salience(
+                            list(controller.scores.heads),
+                            list(controller.scores.neurons),
+                            controller.scores.hidden,
+                        )
+                        key = (suffix, curves, args.measure_blocks)
+                        if step > 1 or key not in curve_cache:  # round 1 scores the intact model: reuse
+                            scores = curve_scores(
+                                model, controller, raw, calib[: args.measure_blocks], curves
+                            )
+                            if step == 1:
+                                curve_cache[key] = scores
+                        controller.scores.replace(scores if step > 1 else curve_cache[key])
                     keep = controller.blocks.select(controller._score_vectors(), goal, chosen)
                     print(f"  round {step}/{rounds}: density {goal:.4f}", flush=True)
+                    raw = Salience(
+                        list(controller.scores.heads),
+                        list(controller.scores.neurons),
+                        controller.scores.hidden,
+                    )
+                    factors = None
+                    for iteration in range(iterations):
+                        factors = measured_factors(
+                            model, controller, raw, keep, calib[: args.measure_blocks], factors
+                        )
+                        controller.scores.replace(scaled(raw, factors))
+                        keep = controller.blocks.select(controller._score_vectors(), goal, chosen)
+                        controller.scores.replace(raw)
+                        heads_now, neurons_now = controller.blocks.split(keep)
+                        controller.set_hard_masks(keep)
+                        print(
+                            f"  perplexity after iteration {iteration + 1}: {perplexity(model, held_out):.2f}"
+                        )
+                        controller.state.clear()
+                        print(
+                            f"  measured scales, iteration {iteration + 1}/{iterations}: FFN kept "
+                            f"{[int(n.sum()) for n in neurons_now]}, KV groups kept "
+                            f"{[int(h.sum()) for h in heads_now]}",
+                            flush=True,
+                        )
             controller.set_hard_masks(keep)
             heads, neurons = controller.blocks.split(keep)
             group = [site.group_size for site in controller.layout.attention]

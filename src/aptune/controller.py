@@ -39,8 +39,14 @@ from aptune.adapter import AptLinear, attach_adapter
 from aptune.arch import ModelLayout, build_layout
 from aptune.blocks import BlockBook
 from aptune.config import AptConfig
+from aptune.damage import damage_curve_scores
 from aptune.distill import DISTILL_MODULE_NAME, DistillTransform, LossParts, SelfDistiller, valid_positions
-from aptune.distributed import all_reduce_salience_stats_, check_same_on_all_ranks, rebuild_ddp_
+from aptune.distributed import (
+    all_reduce_salience_stats_,
+    check_same_on_all_ranks,
+    is_distributed,
+    rebuild_ddp_,
+)
 from aptune.errors import ConfigError, ModelError
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
@@ -465,18 +471,24 @@ class AptController:
         if density is None:
             density = self.config.target_density
         rounds = self.config.pretune_rounds or 1
-        batches = list(batches) if rounds > 1 else batches
+        curves = self.config.damage_curves
+        batches = list(batches) if rounds > 1 or curves else batches
         params_before = self.param_count()
-        # norm-weighted hidden dimensions leave only gradually, during tuning
-        gradual_hidden = self.state.hidden_salience == "norm_weighted"
+        # norm-weighted hidden dimensions leave only gradually, during tuning; so do all of them when
+        # damage curves score the heads and neurons (their scale is loss, the hidden dims' salience)
+        keep_hidden = self.state.hidden_salience == "norm_weighted" or bool(curves)
         removed: dict[str, int] = {}
+        measured: list[dict] = []
         seen = 0
         for index in range(1, rounds + 1):
             # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
             total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
+            if curves:
+                total, damage = self._damage_curve_scores(total, batches[: self.config.damage_batches])
+                measured.append(damage)
             self.scores.replace(total)
             goal = 1.0 - (1.0 - density) * index / rounds
-            self.set_hard_masks(self.select(goal, False if gradual_hidden else None))
+            self.set_hard_masks(self.select(goal, False if keep_hidden else None))
             for kind, count in self.prune_to_masks_(optimizer).items():
                 removed[kind] = removed.get(kind, 0) + count
         self.pretuned = True
@@ -489,11 +501,48 @@ class AptController:
             params_before=params_before,
             removed=removed,
             grown={},
+            **({"damage_curves": measured} if curves else {}),
         )
         if density > self.config.target_density:
             self.scores.clear()
         self.state.collector.active = self._collecting(self.step_count + 1)
         return record
+
+    def _damage_curve_scores(self, salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
+        """Head and neuron scores from measured damage curves (`aptune.damage`) on ``batches``."""
+        if not batches:
+            raise ModelError("damage curves need at least one calibration batch")
+
+        @torch.no_grad()
+        def loss_of(keep: KeepSet | None) -> float:
+            if keep is None:
+                self.state.clear()
+            else:
+                self.set_hard_masks(keep)
+            device = self._device()
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for batch in batches:
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                total += self.model(**batch).loss.double()
+            if is_distributed():  # every rank must measure the same curves
+                torch.distributed.all_reduce(total)
+                total /= torch.distributed.get_world_size()
+            return float(total) / len(batches)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return damage_curve_scores(
+                salience,
+                self.blocks.unit_counts(),
+                self.blocks.neuron_counts(),
+                self.blocks.hidden_size,
+                loss_of,
+                self.config.damage_curves,
+            )
+        finally:
+            self.state.clear()
+            self.model.train(was_training)
 
     # ------------------------------------------------------------------ distillation
     def snapshot_teacher(self, optimizer=None) -> None:

@@ -1,0 +1,141 @@
+"""Measured damage curves: how much each site can lose, judged by the loss rather than by salience.
+
+The first-order salience ranks the blocks *within* a site well, but across sites it misjudges how
+the damage grows when many blocks of one site go together (on SmolLM2-135M the one-pass ranking
+strips 60-70 % of the last layers' FFN, benchmarks/results/smollm2-selection.md). Here every
+attention and FFN site gets a damage curve: the loss increase on a few calibration batches when its
+lowest-salience blocks are removed at ``points`` fractions of the site (all other sites intact).
+Every block then scores the slope of the lower convex hull of its site's curve at the segment its
+removal falls in (loss per block), so that the budgeted selection (salience per parameter,
+`aptune.select.select_keep_set`) compares marginal damage per parameter across sites, while the
+salience still orders the blocks inside a segment.
+
+`damage_curve_scores` is pure: it takes the loss as a callable of a keep-set, so it is tested on
+synthetic damage functions; `aptune.controller.AptController.calibrate_and_prune_` supplies the real
+one (forward passes with hard masks, `AptConfig.damage_curves`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+
+from aptune.scores import Salience
+from aptune.select import KeepSet
+
+__all__ = ["curve_counts", "damage_curve_scores", "hull_slopes"]
+
+#: Relative weight of the salience order inside a hull segment (breaks ties only).
+_ORDER_WEIGHT = 1e-6
+
+
+def hull_slopes(counts: Sequence[int], damages: Sequence[float]) -> list[float]:
+    """Slopes of the lower convex hull of ``(0, 0), (counts[0], damages[0]), ...``, per segment.
+
+    Args:
+        counts: Increasing numbers of blocks removed.
+        damages: Loss increase at each count.
+
+    Returns:
+        For each segment ``(counts[j-1], counts[j]]`` (``counts[-1]`` = 0 before the first), the slope
+        (damage per block) of the hull edge over it; non-decreasing.
+    """
+    points = [(0, 0.0), *zip((int(c) for c in counts), (float(d) for d in damages), strict=True)]
+    if any(b[0] <= a[0] for a, b in itertools.pairwise(points)):
+        raise ValueError(f"counts must increase from 1: {list(counts)}")
+    hull = [points[0]]
+    for point in points[1:]:
+        # drop the last hull point while it lies on or above the segment from its predecessor to point
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (point[0] - x1) >= (point[1] - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    slopes = []
+    for (x0, _), (x1, _) in itertools.pairwise(points):
+        middle = (x0 + x1) / 2
+        for (a, ya), (b, yb) in itertools.pairwise(hull):
+            if a <= middle <= b:
+                slopes.append((yb - ya) / (b - a))
+                break
+    return slopes
+
+
+def curve_counts(blocks: int, points: int) -> list[int]:
+    """Numbers of blocks removed at which a site of ``blocks`` blocks is measured (the fractions
+    ``1/points ... 1``, rounded, at least 1, without repeats)."""
+    return sorted({blocks} | {max(1, round(j * blocks / points)) for j in range(1, points + 1)})
+
+
+def damage_curve_scores(
+    salience: Salience,
+    unit_counts: Sequence[int],
+    neuron_counts: Sequence[int],
+    hidden_size: int,
+    loss_of: Callable[[KeepSet | None], float],
+    points: int,
+) -> tuple[Salience, dict[str, list[list[float]]]]:
+    """Scores from measured damage curves (see the module docstring).
+
+    Args:
+        salience: Scores that order the blocks inside each site (lowest removed first).
+        unit_counts: Attention units per site now present.
+        neuron_counts: FFN neurons per site now present.
+        hidden_size: Hidden dimensions now present (all kept while measuring).
+        loss_of: Loss of the model with the blocks outside a keep-set removed (``None``: intact).
+        points: Points per curve (fractions ``1/points .. 1`` of the site; a site with fewer blocks
+            is measured at every count).
+
+    Returns:
+        ``(scores, curves)``: the `Salience` whose head and neuron scores are the hull slopes (hidden
+        scores unchanged), and the measured loss increases ``{"heads": [...], "neurons": [...]}`` per
+        site and count (as measured; the slopes use them clipped at 0 and made non-decreasing).
+    """
+    base = loss_of(None)
+    counts = (list(unit_counts), list(neuron_counts))
+    scored: tuple[list[torch.Tensor | None], list[torch.Tensor | None]] = ([], [])
+    curves: tuple[list[list[float]], list[list[float]]] = ([], [])
+    for kind, site_scores in enumerate((salience.heads, salience.neurons)):
+        for site, score in enumerate(site_scores):
+            size = counts[kind][site]
+            if score is None or size == 0:
+                scored[kind].append(score)
+                curves[kind].append([])
+                continue
+            order = torch.argsort(score.detach().float().cpu(), stable=True)  # lowest salience first
+            removal_counts = curve_counts(size, points)
+            damages = []
+            for removed in removal_counts:
+                flags = [[torch.ones(n, dtype=torch.bool) for n in c] for c in counts]
+                flags[kind][site][order[:removed]] = False
+                keep = KeepSet(
+                    heads=_flat(flags[0]),
+                    neurons=_flat(flags[1]),
+                    hidden=torch.ones(hidden_size, dtype=torch.bool),
+                    params=0.0,
+                )
+                damages.append(loss_of(keep) - base)
+            # removing more never helps in this model of the damage
+            monotone = torch.tensor(damages, dtype=torch.float64).clamp(min=0).cummax(0).values.tolist()
+            slopes = hull_slopes(removal_counts, monotone)
+            rank = torch.empty(size, dtype=torch.float64)
+            rank[order] = torch.arange(size, dtype=torch.float64) / size
+            new = torch.empty(size, dtype=torch.float64)
+            start = 0
+            for stop, slope in zip(removal_counts, slopes, strict=True):
+                new[order[start:stop]] = slope
+                start = stop
+            # inside a segment the salience order decides; the tiny absolute term orders flat segments
+            new = new * (1 + _ORDER_WEIGHT * rank) + 1e-12 * rank
+            scored[kind].append(new.float().to(score.device))
+            curves[kind].append(damages)
+    return Salience(scored[0], scored[1], salience.hidden), {"heads": curves[0], "neurons": curves[1]}
+
+
+def _flat(flags: list[torch.Tensor]) -> torch.Tensor:
+    """Per-site flags joined into one vector (empty without sites)."""
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)

@@ -1,0 +1,170 @@
+"""Measured damage curves (`aptune.damage`, ``AptConfig.damage_curves``)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+import aptune
+from aptune.config import AptConfig
+from aptune.damage import curve_counts, damage_curve_scores, hull_slopes
+from aptune.errors import ConfigError
+from aptune.scores import Salience, summed_salience
+from aptune.select import select_keep_set
+from aptune.surgery import prune_neurons_
+from test_llama import _causal_lm_dataset, tiny_llama
+
+
+# ---------------------------------------------------------------------------------------------- hull
+def _brute_hull_slope(points: list[tuple[int, float]], x: float) -> float:
+    """Slope at ``x`` of the lower convex envelope, from its definition: the envelope at x is the
+    smallest value of any chord between two points on either side of x."""
+
+    def envelope(at: float) -> float:
+        best = float("inf")
+        for xa, ya in points:
+            for xb, yb in points:
+                if xa <= at <= xb and xb > xa:
+                    best = min(best, ya + (yb - ya) * (at - xa) / (xb - xa))
+        return best
+
+    eps = 1e-3
+    return (envelope(x + eps) - envelope(x - eps)) / (2 * eps)
+
+
+def test_hull_slopes_of_convex_data_are_the_finite_differences() -> None:
+    assert hull_slopes([1, 2, 4], [1.0, 3.0, 9.0]) == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_hull_slopes_of_concave_data_are_one_chord() -> None:
+    # a steep first step and a flat rest: the envelope is the chord from 0 to the end
+    assert hull_slopes([1, 2, 3], [3.0, 3.5, 4.0]) == pytest.approx([4 / 3] * 3)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_hull_slopes_match_the_envelope_by_definition(seed: int) -> None:
+    rng = random.Random(seed)
+    counts = sorted(rng.sample(range(1, 30), 5))
+    damages = sorted(rng.uniform(0, 5) for _ in counts)
+    slopes = hull_slopes(counts, damages)
+    points = [(0, 0.0), *zip(counts, damages, strict=True)]
+    for (x0, _), (x1, _), slope in zip(points, points[1:], slopes, strict=False):
+        assert slope == pytest.approx(_brute_hull_slope(points, (x0 + x1) / 2), abs=1e-6)
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(slopes))
+
+
+def test_hull_slopes_need_increasing_counts() -> None:
+    with pytest.raises(ValueError, match="counts must increase"):
+        hull_slopes([2, 2], [1.0, 2.0])
+
+
+def test_curve_counts() -> None:
+    assert curve_counts(1536, 4) == [384, 768, 1152, 1536]
+    assert curve_counts(3, 4) == [1, 2, 3]  # small sites are measured at every count
+    assert curve_counts(10, 1) == [10]
+
+
+# ---------------------------------------------------------------------------------------------- scores
+def _synthetic(salience_a: torch.Tensor, salience_b: torch.Tensor, cost_a, cost_b):
+    """Two FFN sites whose damage grows with the number of blocks removed as ``cost(k)``."""
+    calls = []
+
+    def loss_of(keep):
+        calls.append(keep)
+        if keep is None:
+            return 1.0
+        a, b = keep.neurons[: len(salience_a)], keep.neurons[len(salience_a) :]
+        return 1.0 + cost_a(int((~a).sum())) + cost_b(int((~b).sum()))
+
+    salience = Salience([], [salience_a, salience_b], None)
+    return salience, loss_of, calls
+
+
+def test_curve_scores_favour_the_site_whose_damage_grows_faster() -> None:
+    # site A has lower salience everywhere, so the salience ranking would empty it first; but its
+    # damage grows quadratically while B's grows linearly: the curves must protect A
+    salience_a = torch.linspace(0.1, 0.2, 8)
+    salience_b = torch.linspace(1.0, 2.0, 8)
+    salience, loss_of, calls = _synthetic(salience_a, salience_b, lambda k: 0.1 * k * k, lambda k: 0.5 * k)
+    scores, curves = damage_curve_scores(salience, [], [8, 8], 4, loss_of, points=4)
+    assert len(calls) == 1 + 4 + 4  # the intact model, then 4 points per site
+    assert curves["neurons"][0] == pytest.approx([0.4, 1.6, 3.6, 6.4])
+    assert curves["neurons"][1] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    ones, empty = torch.ones(16), torch.zeros(0)
+    options = {"prune_hidden": False, "num_hidden": 4}
+    # budget: 4 hidden dims x 8 neurons of cost 1 each
+    keep_salience = select_keep_set(empty, torch.cat(salience.neurons), None, empty, ones, 32, **options)
+    keep_curves = select_keep_set(empty, torch.cat(scores.neurons), None, empty, ones, 32, **options)
+    assert int(keep_salience.neurons[:8].sum()) == 0  # salience: A goes entirely
+    # curves: marginal damage per block of A (0.2, 0.6, 1.0, 1.4 per pair of blocks removed) against
+    # B's flat 0.5: the best 8 removals take 2 from A and 6 from B
+    assert int(keep_curves.neurons[:8].sum()) == 6 and int(keep_curves.neurons[8:].sum()) == 2
+
+
+def test_curve_scores_keep_the_salience_order_within_a_site() -> None:
+    salience_a = torch.tensor([0.5, 0.1, 0.4, 0.2, 0.3, 0.6])
+    salience, loss_of, _ = _synthetic(salience_a, torch.ones(2), lambda k: 1.0 * k, lambda k: 0.0)
+    scores, _ = damage_curve_scores(salience, [], [6, 2], 4, loss_of, points=2)
+    assert torch.equal(torch.argsort(scores.neurons[0]), torch.argsort(salience_a))
+    assert scores.hidden is None
+
+
+# ---------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"damage_curves": -1}, "damage_curves=-1 is invalid: must be >= 0"),
+        ({"damage_batches": 0}, "damage_batches=0 is invalid: must be >= 1"),
+        ({"damage_curves": 4, "selection_scale": "site"}, "cannot be combined with selection_scale='site'"),
+    ],
+)
+def test_bad_damage_fields_are_one_clear_error(fields: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        AptConfig(**fields)
+
+
+def test_cli_has_the_damage_options() -> None:
+    from aptune.cli.options import dataclass_options
+
+    assert {"damage_curves", "damage_batches"} <= {opt.name for opt in dataclass_options(AptConfig)}
+
+
+# ---------------------------------------------------------------------------------------------- controller
+def _batches():
+    data = _causal_lm_dataset(8)
+    return [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+
+
+def test_pretune_with_damage_curves_measures_what_a_physically_pruned_model_loses() -> None:
+    batches = _batches()
+    config = AptConfig(target_density=0.4, damage_curves=2, damage_batches=2, distill=False)
+    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    hidden_before = controller.blocks.hidden_size
+    record = controller.calibrate_and_prune_(batches)
+    assert controller.blocks.hidden_size == hidden_before  # hidden dims wait for the tuning
+    assert controller.density() <= 0.7 + 1e-9
+    (curves,) = record["damage_curves"]
+    assert [len(c) for c in curves["heads"]] == [2, 2]  # 2 KV groups per layer: every count
+    assert [len(c) for c in curves["neurons"]] == [2, 2]  # 32 and 64 of 64 neurons
+
+    # reference: a fresh model, its first FFN site's 32 lowest-salience neurons removed physically
+    reference = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    salience, _ = summed_salience(
+        reference.model, batches, reference.state.collector, reference._reduced_salience
+    )
+    order = torch.argsort(salience.neurons[0].cpu(), stable=True)
+
+    @torch.no_grad()
+    def loss(model) -> float:
+        model.eval()
+        return sum(float(model(**b).loss) for b in batches[:2]) / 2
+
+    intact = loss(reference.model)
+    prune_neurons_(reference.model, reference.layout, 0, torch.sort(order[32:]).values)
+    assert loss(reference.model) - intact == pytest.approx(curves["neurons"][0][0], rel=1e-4, abs=1e-6)
+    prune_neurons_(reference.model, reference.layout, 0, torch.zeros(0, dtype=torch.long))  # the whole FFN
+    assert loss(reference.model) - intact == pytest.approx(curves["neurons"][0][1], rel=1e-4, abs=1e-6)
+    assert curves["neurons"][0][1] != 0
