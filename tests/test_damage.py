@@ -141,6 +141,7 @@ def _batches():
 def test_pretune_with_damage_curves_measures_what_a_physically_pruned_model_loses() -> None:
     batches = _batches()
     config = AptConfig(target_density=0.4, damage_curves=2, damage_batches=2, distill=False)
+    assert config.damage_batches < len(batches)  # the curves use only the first batches
     controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
     hidden_before = controller.blocks.hidden_size
     record = controller.calibrate_and_prune_(batches)
@@ -168,3 +169,11 @@ def test_pretune_with_damage_curves_measures_what_a_physically_pruned_model_lose
     prune_neurons_(reference.model, reference.layout, 0, torch.zeros(0, dtype=torch.long))  # the whole FFN
     assert loss(reference.model) - intact == pytest.approx(curves["neurons"][0][1], rel=1e-4, abs=1e-6)
     assert curves["neurons"][0][1] != 0
+
+
+def test_damage_curves_default_per_family() -> None:
+    assert AptConfig().damage_curve_points(True) == 4
+    assert AptConfig().damage_curve_points(False) == 0
+    assert AptConfig(damage_curves=0).damage_curve_points(True) == 0
+    assert AptConfig(damage_curves=8).damage_curve_points(False) == 8
+    assert AptConfig(selection_scale="site").damage_curve_points(True) == 0  # the user's own scale

@@ -114,7 +114,9 @@ def test_calibration_prunes_to_the_pretune_density_within_one_block() -> None:
 def test_pruning_in_rounds_rescores_the_model_the_round_before_pruned() -> None:
     data = _causal_lm_dataset(8)
     batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
-    config = AptConfig(target_density=0.4, pretune_rounds=2, prune_hidden=False, distill=False)
+    config = AptConfig(
+        target_density=0.4, pretune_rounds=2, damage_curves=0, prune_hidden=False, distill=False
+    )
     controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
     before = controller.param_count()
     record = controller.calibrate_and_prune_(batches)

@@ -127,9 +127,12 @@ class AptConfig:
             by the loss how much each layer can lose, where the one-pass salience underrates the
             damage of removing many blocks of one layer together. It costs ``1 + n x (FFN sites) +
             min(n, units) x (attention sites)`` forward passes over those batches per round; hidden
-            dimensions then stay for the pruning during tuning. Probe on SmolLM2-135M (one-shot to
-            0.7, no tuning, BBC dev perplexity, dense 29.1): 73.9 with 4 points against 88.8 from the
-            salience (benchmarks/results/smollm2-selection.md).
+            dimensions then stay for the pruning during tuning. ``None``: 4 for decoders, 0 (off)
+            otherwise. Probe on SmolLM2-135M (one-shot, no tuning, BBC dev perplexity, dense 29.1),
+            4 points against the one-pass salience: 41.2 against 50.3 at density 0.85, 73.9 against
+            88.8 at 0.7; LLM-Pruner's hand-set layer recipe gives 40.8 and 70.3
+            (benchmarks/results/smollm2-selection.md). With a ``selection_scale`` other than
+            ``"global"`` set, the default is 0.
         damage_batches: Calibration batches the damage curves are measured on (forward only).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
@@ -255,9 +258,12 @@ class AptConfig:
             "help": "Rounds of the pruning before tuning, each after a new calibration pass (default 1)."
         },
     )
-    damage_curves: int = field(
-        default=0,
-        metadata={"help": "Points of the measured damage curve per site before tuning (0: off)."},
+    damage_curves: int | None = field(
+        default=None,
+        metadata={
+            "help": "Points of the measured damage curve per site before tuning (0: off; default 4 for "
+            "decoders, 0 otherwise)."
+        },
     )
     damage_batches: int = field(
         default=2, metadata={"help": "Calibration batches the damage curves are measured on."}
@@ -421,7 +427,8 @@ class AptConfig:
             bad("pretune_prune", "expected true, false or null")
         if self.pretune_rounds is not None:
             integer("pretune_rounds", 1)
-        integer("damage_curves", 0)
+        if self.damage_curves is not None:
+            integer("damage_curves", 0)
         integer("damage_batches", 1)
         if self.damage_curves and self.selection_scale != "global":
             bad(
@@ -480,6 +487,19 @@ class AptConfig:
         if micro is None:
             micro = 2 if is_decoder else max(1, train_batch_size // 2)
         return samples, micro
+
+    def damage_curve_points(self, is_decoder: bool) -> int:
+        """Points of the damage curves of the pruning before tuning for this model family.
+
+        Args:
+            is_decoder: Whether the model is a decoder LM.
+
+        Returns:
+            ``damage_curves``, resolved from its family default (4 for decoders, 0 otherwise) when None.
+        """
+        if self.damage_curves is not None:
+            return self.damage_curves
+        return 4 if is_decoder and self.selection_scale == "global" else 0
 
     def posttune_length(self, main_steps: int) -> int:
         """Optimizer steps of the post-distillation phase after a main run of ``main_steps``.

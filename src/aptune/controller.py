@@ -451,7 +451,10 @@ class AptController:
         Sums the salience of every batch (`aptune.scores.summed_salience`: forward and backward,
         no optimizer step), selects the keep-set and removes the rest physically; with
         ``pretune_rounds`` R > 1 it does so R times, each round on the model the last one pruned
-        and an equal share of the way to the density. The density
+        and an equal share of the way to the density. With damage curves
+        (`aptune.config.AptConfig.damage_curve_points`, on for decoders) the heads and neurons
+        compete by their sites' measured loss curves (`aptune.damage`) and the hidden dimensions
+        stay until the pruning during tuning. The density
         is `pretune_density` (``target_density`` when pruning before tuning is off for this
         config, e.g. an encoder without ``pretune_prune``). When it lies above the target, the
         schedule's cubic continues from it during tuning with the running salience, which starts
@@ -471,7 +474,7 @@ class AptController:
         if density is None:
             density = self.config.target_density
         rounds = self.config.pretune_rounds or 1
-        curves = self.config.damage_curves
+        curves = self.config.damage_curve_points(self.layout.is_decoder)
         batches = list(batches) if rounds > 1 or curves else batches
         params_before = self.param_count()
         # norm-weighted hidden dimensions leave only gradually, during tuning; so do all of them when
@@ -483,12 +486,15 @@ class AptController:
         for index in range(1, rounds + 1):
             # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
             total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
+            ranking = total
             if curves:
-                total, damage = self._damage_curve_scores(total, batches[: self.config.damage_batches])
+                ranking, damage = self._damage_curve_scores(total, batches[: self.config.damage_batches])
                 measured.append(damage)
-            self.scores.replace(total)
+            self.scores.replace(ranking)
             goal = 1.0 - (1.0 - density) * index / rounds
-            self.set_hard_masks(self.select(goal, False if keep_hidden else None))
+            keep = self.select(goal, False if keep_hidden else None)
+            self.scores.replace(total)  # the scores kept after the surgery stay on the salience scale
+            self.set_hard_masks(keep)
             for kind, count in self.prune_to_masks_(optimizer).items():
                 removed[kind] = removed.get(kind, 0) + count
         self.pretuned = True
@@ -538,7 +544,7 @@ class AptController:
                 self.blocks.neuron_counts(),
                 self.blocks.hidden_size,
                 loss_of,
-                self.config.damage_curves,
+                self.config.damage_curve_points(self.layout.is_decoder),
             )
         finally:
             self.state.clear()

@@ -63,6 +63,8 @@ class SalienceCollector:
         if not self.active or not post_mask.requires_grad or not torch.is_grad_enabled():
             return
         channels = pre_mask.shape[-1]
+        if channels == 0:  # a site whose blocks were all removed
+            return
         with torch.no_grad():
             flat = pre_mask.detach().reshape(-1, channels).float()  # (tokens, C)
             stats = self.stats.get(key)
