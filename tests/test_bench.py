@@ -10,7 +10,7 @@ from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
 import aptune
 from aptune.bench import BenchConfig, plan_jobs, suite_config
-from aptune.bench.config import estimate_seconds
+from aptune.bench.config import ABLATIONS, estimate_seconds
 from aptune.cli import main
 from tiny import tiny_bert
 
@@ -390,3 +390,13 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
         assert rows[job]["metric"] > 1 and rows[job]["flop_ratio"] < 0.9
     assert [t["id"] for t in summary["targets"]] == ["memory_vs_lora"]
     assert outcome.files["md"].is_file()
+
+
+@pytest.mark.parametrize("name", sorted(set(ABLATIONS) - {"one-shot"}))
+def test_every_ablation_is_a_valid_apt_setting(name: str) -> None:
+    from aptune.config import AptConfig
+
+    label, overrides = ABLATIONS[name]
+    config = AptConfig(**overrides)  # a typo in a field name or value fails here
+    assert label.startswith("APT") and overrides
+    assert all(getattr(config, key) == value for key, value in overrides.items())

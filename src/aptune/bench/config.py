@@ -74,6 +74,14 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "kurtosis-on": ("APT kurtosis on", {"use_kurtosis": True}),
     "kurtosis-off": ("APT kurtosis off", {"use_kurtosis": False}),
     "apt-uniform": ("APT uniform layout", {"layout": "uniform"}),
+    "hidden-residual": ("APT hidden dims scored with the residual path", {"hidden_salience": "residual"}),
+    "hidden-block-inputs": (
+        "APT hidden dims scored at the block inputs",
+        {"hidden_salience": "block_inputs"},
+    ),
+    "hidden-norm-weighted": ("APT norm-weighted hidden dims", {"hidden_salience": "norm_weighted"}),
+    "hidden-cost-initial": ("APT hidden cost from the initial structure", {"hidden_cost": "initial"}),
+    "no-damage-curves": ("APT without damage curves", {"damage_curves": 0}),
     "one-shot": ("APT one-shot (prune once after LoRA)", {}),
 }
 
@@ -178,7 +186,8 @@ class BenchConfig:
         default="one-shot",
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
-            "kurtosis-off, apt-uniform."
+            "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
+            "hidden-cost-initial, no-damage-curves."
         },
     )
     reference: str = field(default="ft", metadata={"help": "Method whose final metric sets the TTA bar."})
