@@ -15,7 +15,9 @@ rounds before it (the blocks already removed stay removed); with ``+split=1`` th
 calibration blocks (round r scores on the r-th slice) instead of each using all of them;
 ``+curves=N`` scores by measured damage curves of N points per site (`aptune.damage`, on the first
 ``--measure-blocks`` calibration blocks; ``+weighted=1`` reads the same curves per unit of
-salience, `salience_weighted_scores`); ``+measured=N`` rescales every site's salience N times by
+salience, `salience_weighted_scores`); ``+then=P`` continues from the variant's density to P % by
+the salience of a new calibration pass through the pruned model (APT's decoder path prunes the rest
+during tuning by the running salience); ``+measured=N`` rescales every site's salience N times by
 its measured loss change per unit of salience at the current selection (a fixed-point iteration
 that does not converge; kept to reproduce the page). Prints the
 held-out perplexity on BBC dev text (deduplicated split,
@@ -343,6 +345,7 @@ def main() -> None:
                 iterations = settings.pop("measured", 0)
                 curves = settings.pop("curves", 0)
                 weighted = settings.pop("weighted", 0)
+                then = settings.pop("then", 0)
                 if curves and rounds > 1:
                     raise SystemExit("+curves works on the intact model only (no +rounds)")
                 chosen = dataclasses.replace(config, selection_scale=scale, **settings)
@@ -378,6 +381,14 @@ def main() -> None:
                         controller.scores.replace(scores)
                     keep = controller.blocks.select(controller._score_vectors(), goal, chosen)
                     print(f"  round {step}/{rounds}: density {goal:.4f}", flush=True)
+                if then:  # continue to then/100 by the salience of a new pass through the pruned model
+                    controller.set_hard_masks(keep)
+                    print(f"  at {density}: perplexity {perplexity(model, held_out):.2f}", flush=True)
+                    fresh = calibrate(model, controller, calib, args.micro_batch)
+                    fresh = fresh["plain" if suffix == "nokurt" else "kurtosis"]
+                    controller.scores.replace(kept_only(fresh, *controller.blocks.split(keep)))
+                    keep = controller.blocks.select(controller._score_vectors(), then / 100, chosen)
+                    print(f"  then by the salience of the pruned model to {then / 100}", flush=True)
                     raw = Salience(
                         list(controller.scores.heads),
                         list(controller.scores.neurons),
