@@ -371,10 +371,21 @@ def main() -> None:
                             controller.scores.hidden,
                         )
                         key = (suffix, curves, args.measure_blocks)
+                        cache_file = (
+                            args.scores_cache.with_name(
+                                f"{args.scores_cache.stem}-curves-{'-'.join(map(str, key))}.pt"
+                            )
+                            if args.scores_cache is not None
+                            else None
+                        )
+                        if key not in curve_cache and cache_file is not None and cache_file.is_file():
+                            curve_cache[key] = torch.load(cache_file, weights_only=False)
                         if key not in curve_cache:  # the intact model's curves serve every variant
                             curve_cache[key] = curve_scores(
                                 model, controller, raw, calib[: args.measure_blocks], curves
                             )
+                            if cache_file is not None:
+                                torch.save(curve_cache[key], cache_file)
                         scores, measured = curve_cache[key]
                         if weighted:
                             scores = salience_weighted_scores(raw, measured, curves)
