@@ -59,6 +59,8 @@ def test_hull_slopes_match_the_envelope_by_definition(seed: int) -> None:
 def test_hull_slopes_need_increasing_counts() -> None:
     with pytest.raises(ValueError, match="counts must increase"):
         hull_slopes([2, 2], [1.0, 2.0])
+    # positions need not be integers (the salience mass removed): a concave curve gives one chord
+    assert hull_slopes([0.5, 1.5], [1.0, 2.0]) == pytest.approx([4 / 3, 4 / 3])
 
 
 def test_curve_counts() -> None:
@@ -85,9 +87,10 @@ def _synthetic(salience_a: torch.Tensor, salience_b: torch.Tensor, cost_a, cost_
 
 def test_curve_scores_favour_the_site_whose_damage_grows_faster() -> None:
     # site A has lower salience everywhere, so the salience ranking would empty it first; but its
-    # damage grows quadratically while B's grows linearly: the curves must protect A
-    salience_a = torch.linspace(0.1, 0.2, 8)
-    salience_b = torch.linspace(1.0, 2.0, 8)
+    # damage grows quadratically while B's grows linearly: the curves must protect A (equal
+    # salience inside each site, so the loss per block is the loss per unit of salience times it)
+    salience_a = torch.full((8,), 0.1)
+    salience_b = torch.full((8,), 1.0)
     salience, loss_of, calls = _synthetic(salience_a, salience_b, lambda k: 0.1 * k * k, lambda k: 0.5 * k)
     scores, curves = damage_curve_scores(salience, [], [8, 8], 4, loss_of, points=4)
     assert len(calls) == 1 + 4 + 4  # the intact model, then 4 points per site
@@ -177,3 +180,17 @@ def test_damage_curves_default_per_family() -> None:
     assert AptConfig(damage_curves=0).damage_curve_points(True) == 0
     assert AptConfig(damage_curves=8).damage_curve_points(False) == 8
     assert AptConfig(selection_scale="site").damage_curve_points(True) == 0  # the user's own scale
+
+
+def test_a_damage_proportional_to_the_salience_removed_gives_back_the_salience() -> None:
+    # when the measured loss is exactly 2 x the salience removed, each block's score is 2 x its salience
+    salience_a = torch.tensor([0.5, 0.1, 0.4, 0.2, 0.3, 0.6])
+
+    def loss_of(keep):
+        if keep is None:
+            return 0.0
+        return 2.0 * float(salience_a[~keep.neurons[:6]].sum())
+
+    salience = Salience([], [salience_a, torch.ones(2)], None)
+    scores, _ = damage_curve_scores(salience, [], [6, 2], 4, loss_of, points=3)
+    assert torch.allclose(scores.neurons[0], 2.0 * salience_a, rtol=1e-4)

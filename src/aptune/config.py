@@ -121,15 +121,16 @@ class AptConfig:
         damage_curves: Pruning before tuning: points of the measured damage curve of every attention
             and FFN site (`aptune.damage`), 0 for none. Per site, the loss on the first
             ``damage_batches`` calibration batches is measured with its lowest-salience blocks removed
-            at the fractions ``1/n, 2/n, ..., 1`` of the site (every other site intact); the blocks
-            then compete by the slope of that curve (loss per parameter at the point their removal
-            falls in) instead of their salience, which still orders them within a site. This judges
+            at the fractions ``1/n, 2/n, ..., 1`` of the site (every other site intact); read over
+            the salience mass removed, the curve's convex hull gives a loss per unit of salience
+            on each stretch, and every block scores that times its salience, so the blocks compete
+            by measured damage per parameter across sites and by salience within a site. This judges
             by the loss how much each layer can lose, where the one-pass salience underrates the
             damage of removing many blocks of one layer together. It costs ``1 + n x (FFN sites) +
             min(n, units) x (attention sites)`` forward passes over those batches per round; hidden
             dimensions then stay for the pruning during tuning. ``None``: 4 for decoders, 0 (off)
             otherwise. Probe on SmolLM2-135M (one-shot, no tuning, BBC dev perplexity, dense 29.1),
-            4 points against the one-pass salience: 41.2 against 50.3 at density 0.85, 73.9 against
+            4 points against the one-pass salience: 40.4 against 50.3 at density 0.85, 70.0 against
             88.8 at 0.7; LLM-Pruner's hand-set layer recipe gives 40.8 and 70.3
             (benchmarks/results/smollm2-selection.md). With a ``selection_scale`` other than
             ``"global"`` set, the default is 0.

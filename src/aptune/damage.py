@@ -5,10 +5,11 @@ the damage grows when many blocks of one site go together (on SmolLM2-135M the o
 strips 60-70 % of the last layers' FFN, benchmarks/results/smollm2-selection.md). Here every
 attention and FFN site gets a damage curve: the loss increase on a few calibration batches when its
 lowest-salience blocks are removed at ``points`` fractions of the site (all other sites intact).
-Every block then scores the slope of the lower convex hull of its site's curve at the segment its
-removal falls in (loss per block), so that the budgeted selection (salience per parameter,
-`aptune.select.select_keep_set`) compares marginal damage per parameter across sites, while the
-salience still orders the blocks inside a segment.
+The curve is read over the salience mass removed: its lower convex hull gives, per stretch between
+two measured points, the loss per unit of salience, and every block scores that slope times its own
+salience. The budgeted selection (score per parameter, `aptune.select.select_keep_set`) then compares
+measured marginal damage per parameter across sites, while inside a site the salience still decides
+block by block, so a site can stop anywhere between two measured points.
 
 `damage_curve_scores` is pure: it takes the loss as a callable of a keep-set, so it is tested on
 synthetic damage functions; `aptune.controller.AptController.calibrate_and_prune_` supplies the real
@@ -27,24 +28,25 @@ from aptune.select import KeepSet
 
 __all__ = ["curve_counts", "damage_curve_scores", "hull_slopes"]
 
-#: Relative weight of the salience order inside a hull segment (breaks ties only).
+#: Share of a site's mean salience added to every block, so that blocks of zero salience still
+#: move along the curve.
 _ORDER_WEIGHT = 1e-6
 
 
-def hull_slopes(counts: Sequence[int], damages: Sequence[float]) -> list[float]:
+def hull_slopes(counts: Sequence[float], damages: Sequence[float]) -> list[float]:
     """Slopes of the lower convex hull of ``(0, 0), (counts[0], damages[0]), ...``, per segment.
 
     Args:
-        counts: Increasing numbers of blocks removed.
+        counts: Increasing amounts removed (blocks, or salience mass).
         damages: Loss increase at each count.
 
     Returns:
         For each segment ``(counts[j-1], counts[j]]`` (``counts[-1]`` = 0 before the first), the slope
         (damage per block) of the hull edge over it; non-decreasing.
     """
-    points = [(0, 0.0), *zip((int(c) for c in counts), (float(d) for d in damages), strict=True)]
+    points = [(0.0, 0.0), *zip((float(c) for c in counts), (float(d) for d in damages), strict=True)]
     if any(b[0] <= a[0] for a, b in itertools.pairwise(points)):
-        raise ValueError(f"counts must increase from 1: {list(counts)}")
+        raise ValueError(f"counts must increase from above 0: {list(counts)}")
     hull = [points[0]]
     for point in points[1:]:
         # drop the last hull point while it lies on or above the segment from its predecessor to point
@@ -91,9 +93,10 @@ def damage_curve_scores(
             is measured at every count).
 
     Returns:
-        ``(scores, curves)``: the `Salience` whose head and neuron scores are the hull slopes (hidden
-        scores unchanged), and the measured loss increases ``{"heads": [...], "neurons": [...]}`` per
-        site and count (as measured; the slopes use them clipped at 0 and made non-decreasing).
+        ``(scores, curves)``: the `Salience` whose head and neuron scores are the hull slopes times
+        the salience (hidden scores unchanged), and the measured loss increases
+        ``{"heads": [...], "neurons": [...]}`` per site and count (as measured; the slopes use them
+        clipped at 0 and made non-decreasing).
     """
     base = loss_of(None)
     counts = (list(unit_counts), list(neuron_counts))
@@ -121,16 +124,17 @@ def damage_curve_scores(
                 damages.append(loss_of(keep) - base)
             # removing more never helps in this model of the damage
             monotone = torch.tensor(damages, dtype=torch.float64).clamp(min=0).cummax(0).values.tolist()
-            slopes = hull_slopes(removal_counts, monotone)
-            rank = torch.empty(size, dtype=torch.float64)
-            rank[order] = torch.arange(size, dtype=torch.float64) / size
+            # the curve over the salience mass removed (a tiny share per block keeps it increasing)
+            values = score.detach().double().cpu().clamp(min=0)
+            sorted_values = values[order] + _ORDER_WEIGHT * (float(values.sum()) / size + 1e-30)
+            mass = sorted_values.cumsum(0)
+            slopes = hull_slopes([float(mass[c - 1]) for c in removal_counts], monotone)
             new = torch.empty(size, dtype=torch.float64)
             start = 0
             for stop, slope in zip(removal_counts, slopes, strict=True):
-                new[order[start:stop]] = slope
+                # loss per unit of salience on this stretch of the curve, times the block's salience
+                new[order[start:stop]] = slope * sorted_values[start:stop]
                 start = stop
-            # inside a segment the salience order decides; the tiny absolute term orders flat segments
-            new = new * (1 + _ORDER_WEIGHT * rank) + 1e-12 * rank
             scored[kind].append(new.float().to(score.device))
             curves[kind].append(damages)
     return Salience(scored[0], scored[1], salience.hidden), {"heads": curves[0], "neurons": curves[1]}
