@@ -14,8 +14,7 @@ N rounds of equal density steps, each after a new calibration pass through the m
 rounds before it (the blocks already removed stay removed); with ``+split=1`` the rounds share the
 calibration blocks (round r scores on the r-th slice) instead of each using all of them;
 ``+curves=N`` scores by measured damage curves of N points per site (`aptune.damage`, on the first
-``--measure-blocks`` calibration blocks; ``+weighted=1`` reads the same curves per unit of
-salience, `salience_weighted_scores`); ``+then=P`` continues from the variant's density to P % by
+``--measure-blocks`` calibration blocks); ``+then=P`` continues from the variant's density to P % by
 the salience of a new calibration pass through the pruned model (APT's decoder path prunes the rest
 during tuning by the running salience); ``+measured=N`` rescales every site's salience N times by
 its measured loss change per unit of salience at the current selection (a fixed-point iteration
@@ -228,38 +227,6 @@ def curve_scores(model, controller, salience: Salience, blocks: torch.Tensor, po
     return scores, curves
 
 
-def salience_weighted_scores(salience: Salience, curves: dict, points: int) -> Salience:
-    """The same measured curves read per unit of salience: per site, the lower convex hull of the
-    damage over the *salience* removed (not the count), and every block scores its segment's slope
-    times its own salience, so that a site can stop anywhere inside a segment."""
-    from aptune.damage import curve_counts, hull_slopes
-
-    out: tuple[list, list] = ([], [])
-    for kind, site_scores in ((0, salience.heads), (1, salience.neurons)):
-        for site, score in enumerate(site_scores):
-            damages = curves["heads" if kind == 0 else "neurons"][site]
-            if score is None or not damages:
-                out[kind].append(score)
-                continue
-            values = score.detach().double().cpu()
-            order = torch.argsort(values, stable=True)
-            counts = curve_counts(values.numel(), points)
-            cumulative = values[order].cumsum(0)
-            removed = [float(cumulative[c - 1]) for c in counts]
-            monotone = torch.tensor(damages, dtype=torch.float64).clamp(min=0).cummax(0).values.tolist()
-            # hull_slopes takes increasing integer positions: the salience removed in units of 1e-9 of
-            # the site's total
-            unit = max(removed[-1], 1e-30) / 1e9
-            slopes = hull_slopes([max(1, round(r / unit)) for r in removed], monotone)
-            new = torch.empty_like(values)
-            start = 0
-            for stop, slope in zip(counts, slopes, strict=True):
-                new[order[start:stop]] = slope / unit * values[order[start:stop]]
-                start = stop
-            out[kind].append(new.float())
-    return Salience(out[0], out[1], salience.hidden)
-
-
 @torch.no_grad()
 def mean_loss(model, blocks: torch.Tensor, batch: int = 4) -> float:
     """Mean next-token loss over the blocks (all of the same length)."""
@@ -344,7 +311,6 @@ def main() -> None:
                 split = settings.pop("split", 0)
                 iterations = settings.pop("measured", 0)
                 curves = settings.pop("curves", 0)
-                weighted = settings.pop("weighted", 0)
                 then = settings.pop("then", 0)
                 if curves and rounds > 1:
                     raise SystemExit("+curves works on the intact model only (no +rounds)")
@@ -386,9 +352,7 @@ def main() -> None:
                             )
                             if cache_file is not None:
                                 torch.save(curve_cache[key], cache_file)
-                        scores, measured = curve_cache[key]
-                        if weighted:
-                            scores = salience_weighted_scores(raw, measured, curves)
+                        scores, _ = curve_cache[key]
                         controller.scores.replace(scores)
                     keep = controller.blocks.select(controller._score_vectors(), goal, chosen)
                     print(f"  round {step}/{rounds}: density {goal:.4f}", flush=True)

@@ -519,16 +519,18 @@ class AptController:
         if not batches:
             raise ModelError("damage curves need at least one calibration batch")
 
+        device = self._device()
+        # on the device once: every point of every curve runs the same batches
+        batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+
         @torch.no_grad()
         def loss_of(keep: KeepSet | None) -> float:
             if keep is None:
                 self.state.clear()
             else:
                 self.set_hard_masks(keep)
-            device = self._device()
             total = torch.zeros((), dtype=torch.float64, device=device)
             for batch in batches:
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 total += self.model(**batch).loss.double()
             if is_distributed():  # every rank must measure the same curves
                 torch.distributed.all_reduce(total)
