@@ -30,7 +30,7 @@ __all__ = ["curve_counts", "damage_curve_scores", "hull_slopes"]
 
 #: Share of a site's mean salience added to every block, so that blocks of zero salience still
 #: move along the curve.
-_ORDER_WEIGHT = 1e-6
+_MASS_FLOOR = 1e-6
 
 
 def hull_slopes(counts: Sequence[float], damages: Sequence[float]) -> list[float]:
@@ -126,7 +126,7 @@ def damage_curve_scores(
             monotone = torch.tensor(damages, dtype=torch.float64).clamp(min=0).cummax(0).values.tolist()
             # the curve over the salience mass removed (a tiny share per block keeps it increasing)
             values = score.detach().double().cpu().clamp(min=0)
-            sorted_values = values[order] + _ORDER_WEIGHT * (float(values.sum()) / size + 1e-30)
+            sorted_values = values[order] + _MASS_FLOOR * (float(values.sum()) / size + 1e-30)
             mass = sorted_values.cumsum(0)
             slopes = hull_slopes([float(mass[c - 1]) for c in removal_counts], monotone)
             new = torch.empty(size, dtype=torch.float64)
