@@ -25,6 +25,7 @@ __all__ = [
     "config_command",
     "estimate_seconds",
     "plan_jobs",
+    "result_options",
     "suite_config",
 ]
 
@@ -154,6 +155,13 @@ class BenchConfig:
     )
     page_note: str = field(
         default="", metadata={"help": "A sentence printed at the top of the page (e.g. machine conditions)."}
+    )
+    import_results: str = field(
+        default="",
+        metadata={
+            "help": "A results file (<name>.json) whose finished jobs seed the work folder when they "
+            "ran with these options: resumes a benchmark on another machine or in a fresh work folder."
+        },
     )
     model: str = field(default="minilm-l6", metadata={"help": "Model folder, hub name or built-in name."})
     tokenizer: str = field(default="", metadata={"help": "Tokenizer (default: the model's)."})
@@ -329,6 +337,11 @@ class BenchConfig:
             bad("task", "the benchmark runs classification or causal-lm")
         if self.report_only and not self.workdir:
             bad("report_only", "needs the --workdir of a benchmark that ran (it reads finished jobs only)")
+        if self.report_only and self.import_results:
+            bad(
+                "import_results",
+                "seeds a work folder, which --report-only leaves as it is; run without --report-only",
+            )
         if not self.dataset_name and not self.train_file:
             bad("train_file", "give --train-file (and --eval-file) or --dataset-name bbc_news")
         if self.dataset_name and self.dataset_name != "bbc_news":
@@ -409,6 +422,30 @@ class BenchConfig:
         if unknown:
             raise ConfigError(f"unknown bench option(s) {unknown}")
         return cls(**data)
+
+
+#: Options that do not change what a job computes: a work folder resumes, and a results file seeds
+#: one, across different values of these.
+EXECUTION_OPTIONS: tuple[str, ...] = (
+    "name",
+    "results_dir",
+    "workdir",
+    "keep_workdir",
+    "isolate",
+    "dry_run",
+    "report_only",
+    "page_note",
+    "import_results",
+    "est_seconds_per_token",  # only the printed time estimate
+)
+
+
+def result_options(config: BenchConfig) -> dict[str, Any]:
+    """The options of ``config`` that change what a job computes (all but `EXECUTION_OPTIONS`)."""
+    data = config.to_dict()
+    for name in EXECUTION_OPTIONS:
+        data.pop(name, None)
+    return data
 
 
 def _split(text: str) -> list[str]:
@@ -595,9 +632,14 @@ def config_command(config: BenchConfig) -> str:
     parts = ["aptune bench", f"--suite {config.suite}"] + (["--quick"] if config.quick else [])
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in ("suite", "quick", "dry_run", "report_only", "page_note") or value == getattr(
-            base, f.name
-        ):
+        if f.name in (
+            "suite",
+            "quick",
+            "dry_run",
+            "report_only",
+            "page_note",
+            "import_results",
+        ) or value == getattr(base, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

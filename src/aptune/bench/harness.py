@@ -45,7 +45,9 @@ from aptune.bench.config import (
     plan_grid,
     plan_headline,
     plan_jobs,
+    result_options,
 )
+from aptune.bench.imported import ImportedRecords
 from aptune.bench.records import NOT_RUN_YET, record_metrics
 from aptune.errors import ConfigError
 
@@ -57,19 +59,6 @@ __all__ = [
     "run_benchmark",
     "split_records",
 ]
-
-# options that do not change what a job computes (a work folder can be resumed across them)
-_NOT_RESULT_FIELDS = (
-    "name",
-    "results_dir",
-    "workdir",
-    "keep_workdir",
-    "isolate",
-    "dry_run",
-    "report_only",
-    "page_note",
-    "est_seconds_per_token",  # only the printed time estimate
-)
 
 
 @dataclass
@@ -347,18 +336,11 @@ def _prepare_model(config: BenchConfig, workdir: Path, log: Callable[[str], None
     return str(target)
 
 
-def _result_config(config: BenchConfig) -> dict[str, Any]:
-    data = config.to_dict()
-    for name in _NOT_RESULT_FIELDS:
-        data.pop(name, None)
-    return data
-
-
 def _write_plan(workdir: Path, config: BenchConfig, jobs: list[Job], data: dict, model: str) -> None:
     plan_path = workdir / PLAN_FILE
     if plan_path.is_file():
         old = json.loads(plan_path.read_text(encoding="utf-8"))
-        if _result_config(BenchConfig.from_dict(old["config"])) != _result_config(config):
+        if result_options(BenchConfig.from_dict(old["config"])) != result_options(config):
             raise ConfigError(
                 f"{workdir} holds a benchmark with other options; choose another --workdir or delete it"
             )
@@ -516,6 +498,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
     config.validate()
     check_dependencies(config.method_list() + (["one-shot"] if "one-shot" in config.ablation_list() else []))
     planned = plan_jobs(config)
+    imported = ImportedRecords.load(config.import_results, config) if config.import_results else None
     temporary = not config.workdir
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="aptune-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -559,7 +542,9 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 _write_plan(workdir, config, list(known.values()), data, model)
             for job in stage:
                 state["number"] += 1
-                ran = _run_one(config, workdir, job, failures, log, f"[bench] [{state['number']}] {job.id}")
+                ran = _run_one(
+                    config, workdir, job, failures, log, f"[bench] [{state['number']}] {job.id}", imported
+                )
                 state["ran_any"] = state["ran_any"] or ran
 
         rates: dict[str, float] = {}
@@ -643,7 +628,8 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             load_at_start=None if config.report_only else load_at_start,
             onnx_latency=onnx_latency,
         )
-        files = write_results(config, summary, results, latency)
+        grid_jobs = [j for j in known.values() if j.phase == "grid"]
+        files = write_results(config, summary, results, latency, _read_results(workdir, grid_jobs))
         log(f"[bench] done in {format_duration(seconds)}: {files['md']}")
         return BenchOutcome(files, summary, headline, failures, estimate, seconds, workdir)
     finally:
@@ -703,8 +689,9 @@ def _run_one(
     failures: dict[str, str],
     log: Callable[[str], None],
     prefix: str,
+    imported: ImportedRecords | None = None,
 ) -> bool:
-    """Run (or resume, or reuse) one job; return whether it trained."""
+    """Run (or resume, reuse or import) one job; return whether it trained."""
     result_path = workdir / "results" / f"{job.id}.json"
     if result_path.is_file():
         log(f"{prefix}: done earlier ({_describe(json.loads(result_path.read_text()))})")
@@ -714,6 +701,11 @@ def _run_one(
         record.update(job=job.to_dict(), reused_from=job.reuse)
         _write_json(result_path, record)
         log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
+        return False
+    record = imported.find(job) if imported else None
+    if record is not None:
+        _write_json(result_path, record)
+        log(f"{prefix}: imported from {imported.source} ({_describe(record)})")
         return False
     if config.report_only:
         failures[job.id] = NOT_RUN_YET

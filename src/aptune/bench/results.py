@@ -457,17 +457,24 @@ def summarize(
 
 
 def write_results(
-    config: BenchConfig, summary: dict, results: dict[str, dict], latency: dict[str, Any]
+    config: BenchConfig,
+    summary: dict,
+    results: dict[str, dict],
+    latency: dict[str, Any],
+    grid_records: dict[str, dict] | None = None,
 ) -> dict[str, Path]:
     """Write ``<name>.json`` (summary, per-job results, latency), ``<name>.md`` and ``<name>/*.png``.
 
-    Every file is written atomically.
+    Every file is written atomically. The JSON keeps the full record of every finished job, grid
+    runs included, so that ``aptune bench --import-results <name>.json`` can resume the benchmark
+    in a fresh work folder.
 
     Args:
         config: The benchmark configuration (results folder and name).
         summary: The output of `summarize`.
-        results: ``{job id: record}``.
+        results: ``{job id: record}`` of the headline jobs.
         latency: The latency phase's output.
+        grid_records: ``{job id: record}`` of the finished learning-rate grid runs.
 
     Returns:
         ``{"json": path, "md": path, <plot>: path}``.
@@ -482,7 +489,7 @@ def write_results(
             continue
         files[plot] = save_png(fig, out / name / f"{plot}.png")
         links[plot] = f"{name}/{plot}.png"
-    payload = {**summary, "results": results, "latency": latency}
+    payload = {**summary, "results": results, "latency": latency, "grid_records": grid_records or {}}
     files["json"] = write_json_atomic(out / f"{name}.json", payload, default=str)
     files["md"] = write_text_atomic(out / f"{name}.md", markdown(summary, links))
     return files

@@ -1,0 +1,104 @@
+"""Resuming a benchmark from a results file (``--import-results``): the records move, nothing retrains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aptune.bench import BenchConfig, run_benchmark
+from aptune.bench.config import plan_grid, suite_config
+from aptune.bench.imported import ImportedRecords
+from aptune.errors import ConfigError
+from test_bench import tiny_bench_options, tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
+
+
+def _results_file(tmp_path, config: BenchConfig, records: dict, grid_records: dict | None = None):
+    path = tmp_path / "page.json"
+    payload = {"config": config.to_dict(), "results": records, "grid_records": grid_records or {}}
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    return path
+
+
+def _record(job, perplexity: float) -> dict:
+    return {"job": job.to_dict(), "final_metrics": {"perplexity": perplexity}, "reused_from": "x"}
+
+
+def test_a_record_seeds_the_job_that_computed_the_same_thing_whatever_its_id(tmp_path):
+    config = suite_config("smollm2-bbc")
+    first, _ = plan_grid(config)
+    lora = [j for j in first if j.method == "lora"]
+    headline_like = lora[0].__class__(**{**lora[0].to_dict(), "id": "lora-s0", "phase": "headline"})
+    path = _results_file(tmp_path, config, {"lora-s0": _record(headline_like, 23.7)})
+    imported = ImportedRecords.load(path, config)
+    found = imported.find(lora[0])
+    assert found is not None and found["final_metrics"]["perplexity"] == 23.7
+    assert found["job"] == lora[0].to_dict() and found["imported_from"] == str(path)
+    assert "reused_from" not in found
+    assert imported.find(lora[1]) is None  # another learning rate is another run
+    apt = next(j for j in first if j.method == "apt" and j.lr == lora[0].lr)
+    assert imported.find(apt) is None
+
+
+def test_grid_records_are_read_too(tmp_path):
+    config = suite_config("smollm2-bbc")
+    first, _ = plan_grid(config)
+    job = first[-1]
+    path = _results_file(tmp_path, config, {}, {job.id: _record(job, 40.0)})
+    assert ImportedRecords.load(path, config).find(job)["final_metrics"]["perplexity"] == 40.0
+
+
+def test_a_results_file_of_other_options_is_refused_naming_them(tmp_path):
+    config = suite_config("smollm2-bbc")
+    path = _results_file(tmp_path, suite_config("smollm2-bbc", max_steps=7), {})
+    with pytest.raises(ConfigError, match=r"--max-steps 7 \(this run: 300\)"):
+        ImportedRecords.load(path, config)
+    # execution options (work folder, page name, note) do not count
+    other = suite_config("smollm2-bbc", workdir="/elsewhere", name="other", page_note="n")
+    ImportedRecords.load(_results_file(tmp_path, other, {}), config)
+
+
+def test_report_only_does_not_import():
+    with pytest.raises(ConfigError, match="--import-results"):
+        BenchConfig(report_only=True, workdir="w", import_results="page.json").validate()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "no such file"), ("{not json", "not JSON"), ('{"results": {}}', "no benchmark options")],
+)
+def test_a_bad_results_file_gets_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "page.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as err:
+        ImportedRecords.load(path, suite_config("smollm2-bbc"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.integration
+def test_a_fresh_work_folder_resumes_from_the_results_file_without_training(tiny_setup, tmp_path):  # noqa: F811
+    options = tiny_bench_options(tiny_setup, tmp_path)
+    options.update(grid=True, ft_lr_grid="0.002", adapter_lr_grid="0.005,0.01")
+    first = run_benchmark(BenchConfig(isolate=False, **options), log=lambda line: None)
+    assert not first.failures
+    payload = json.loads(first.files["json"].read_text())
+    assert set(payload["grid_records"]) == {
+        "grid-ft-lr0.002-s0",
+        "grid-apt-lr0.005-d0.50-s0",
+        "grid-apt-lr0.01-d0.50-s0",
+    }
+
+    lines: list[str] = []
+    fresh = {**options, "workdir": str(tmp_path / "fresh"), "results_dir": str(tmp_path / "again")}
+    again = run_benchmark(
+        BenchConfig(isolate=False, import_results=str(first.files["json"]), **fresh), log=lines.append
+    )
+    trained = [line for line in lines if "density" in line and line.endswith("...")]
+    assert trained == []  # every job came from the file
+    assert sum("imported from" in line for line in lines) == 3  # the grid runs; the headline reuses them
+    resumed = json.loads(again.files["json"].read_text())
+    for job_id, record in payload["results"].items():
+        assert resumed["results"][job_id]["final_metrics"] == record["final_metrics"]
+        assert resumed["results"][job_id]["test_metrics"] == record["test_metrics"]
+    assert resumed["grid"]["chosen"] == payload["grid"]["chosen"]
