@@ -101,4 +101,4 @@ def test_a_fresh_work_folder_resumes_from_the_results_file_without_training(tiny
     for job_id, record in payload["results"].items():
         assert resumed["results"][job_id]["final_metrics"] == record["final_metrics"]
         assert resumed["results"][job_id]["test_metrics"] == record["test_metrics"]
-    assert resumed["grid"]["chosen"] == payload["grid"]["chosen"]
+    assert resumed["data"]["grid"]["chosen"] == payload["data"]["grid"]["chosen"]

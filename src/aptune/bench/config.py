@@ -883,8 +883,9 @@ def estimate_seconds(
     ``0.45 + 0.9 x density`` (0.8x without distillation), LoRA+Prune retraining ``0.2 + 0.75 x density``
     plus its calibration (forward and backward on ``prune_samples`` examples, mask tuning two forwards per
     sub-layer); an evaluation token costs a third of a training token (dev evaluations, the test
-    evaluation, and the epoch-1 test view); 20 s per process for start-up, loading and export. Jobs that
-    reuse a grid run cost nothing. ``None`` without a per-token cost.
+    evaluation, and the epoch-1 test view; for a causal LM also the dev and held-out perplexities every
+    method measures before tuning, after pruning for the pruned ones); 20 s per process for start-up,
+    loading and export. Jobs that reuse a grid run cost nothing. ``None`` without a per-token cost.
     """
     per_token = config.est_seconds_per_token
     if per_token <= 0:
@@ -927,6 +928,8 @@ def estimate_seconds(
                 total += per_token * min(samples, TUNING_SAMPLES) * config.max_length / 3 * 2 * 12
         if job.method == "apt" and config.task == "causal-lm":  # perplexities after its pruning
             total += (eval_seconds + heldout_seconds) * 0.9
+        elif job.method in ("ft", "lora") and config.task == "causal-lm":  # perplexities before tuning
+            total += eval_seconds + heldout_seconds
         total += factor * n * step + (config.evaluations + 1) * eval_seconds * min(1.0, factor + 0.2)
         total += test_seconds + heldout_seconds + 20
     forward = per_token * config.latency_batch * config.latency_length / 3
