@@ -181,6 +181,15 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
             for split in splits:
                 value = domains[stage][split]
                 assert isinstance(value, float) and 1.0 < value < 10 * vocab, (method, stage, split)
+    # the density each "after pruning" figure was measured at: APT's is its pre-tuning density
+    apt_record = json.loads((tmp_path / "work" / "results" / "apt-d0.70-s0.json").read_text())
+    assert rows["lora"]["domain_perplexity"]["after_pruning_density"] == 1.0
+    assert rows["apt"]["domain_perplexity"]["after_pruning_density"] == pytest.approx(
+        apt_record["schedule"]["initial_density"]
+    )
+    assert rows["apt"]["domain_perplexity"]["after_pruning_density"] > 0.7
+    for method in PRUNED:
+        assert rows[method]["domain_perplexity"]["after_pruning_density"] == pytest.approx(0.7, abs=0.02)
     # tuning on news text lowers the news perplexity of every pruned method
     for method in PRUNED:
         assert (

@@ -15,6 +15,10 @@ def _ppl(value: Any) -> str:
     return fmt_fixed(value, 2) if isinstance(value, (int, float)) else DASH
 
 
+def _density(value: Any) -> str:
+    return fmt_fixed(value, 2) if isinstance(value, (int, float)) else DASH
+
+
 def domain_lines(summary: Mapping[str, Any]) -> list[str]:
     """Per headline job: stack parameters and perplexities on BBC dev/test and the held-out domain.
 
@@ -37,6 +41,7 @@ def domain_lines(summary: Mapping[str, Any]) -> list[str]:
                 f"`{row['id']}`",
                 row["label"],
                 fmt_fixed(stack / 1e6, 2) if stack else DASH,
+                _density(domains.get("after_pruning_density")),
                 _ppl(before.get("dev")),
                 _ppl(before.get("heldout")),
                 _ppl(after.get("dev")),
@@ -48,6 +53,7 @@ def domain_lines(summary: Mapping[str, Any]) -> list[str]:
         "job",
         "method",
         "stack params (M)",
+        "density after pruning",
         "dev after pruning",
         "held-out after pruning",
         "dev after tuning",
@@ -56,9 +62,11 @@ def domain_lines(summary: Mapping[str, Any]) -> list[str]:
     ]
     lines = [
         "Perplexity (lower is better). *After pruning* is before the first tuning step (for dense LoRA:",
-        "the pretrained model). Stack: the attention and FFN Linear weights of the exported model.",
+        "the pretrained model), at the backbone density in its column: APT prunes one-shot only to its",
+        "pre-tuning density there and reaches the target during tuning, so its two columns are not at the",
+        "same structure. Stack: the attention and FFN Linear weights of the exported model.",
         "",
-        *md_table(head, table, "ll" + "r" * 6),
+        *md_table(head, table, "ll" + "r" * 7),
         "",
     ]
     if data.get("heldout_source"):

@@ -193,12 +193,27 @@ def _domain_perplexity(
         return None
     return {
         "after_pruning": recorded.get("after_pruning"),
+        "after_pruning_density": _density_after_pruning(result),
         "after_tuning": {
             "dev": dev.get(metric),
             "test": test.get(metric),
             "heldout": result.get("heldout_perplexity"),
         },
     }
+
+
+def _density_after_pruning(result: Mapping[str, Any]) -> float:
+    """The backbone density at which the perplexity *after pruning* was measured.
+
+    APT measures it after its one-shot pruning before tuning, which stops at the schedule's initial
+    density (above the target when the rest is pruned during tuning); a one-shot baseline measures it
+    at its final density; a dense method at 1.
+    """
+    initial = (result.get("schedule") or {}).get("initial_density")
+    if isinstance(initial, (int, float)):
+        return float(initial)
+    density = result.get("density")
+    return float(density) if isinstance(density, (int, float)) else 1.0
 
 
 _GROUP_FIELDS = (
