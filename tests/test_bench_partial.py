@@ -47,3 +47,73 @@ def test_a_partial_page_runs_nothing_and_names_what_has_not_run(tiny_setup, tmp_
     assert "MET" not in targets.replace("NOT EVALUATED", "")  # nothing about APT can be judged
     summary = json.loads(outcome.files["json"].read_text())
     assert summary["failures"]["apt-d0.50-s0"] == "not run yet"
+
+
+def _stale_headline(tmp_path):
+    """A work folder whose headline APT record reused the grid run at 1e-3; the grid now chooses 2e-3."""
+    from aptune.bench.config import Job
+
+    results = tmp_path / "results"
+    results.mkdir()
+    grid = {"lr": 2e-3, "primary_metric": "perplexity", "final_metrics": {"perplexity": 36.5}}
+    (results / "grid-apt-lr0.002-s0.json").write_text(json.dumps(grid))
+    stale = {"lr": 1e-3, "reused_from": "grid-apt-lr0.001-s0", "final_metrics": {"perplexity": 38.0}}
+    (results / "apt-s0.json").write_text(json.dumps(stale))
+    job = Job(
+        id="apt-s0", method="apt", label="APT", seed=0, density=0.7, lr=2e-3, reuse="grid-apt-lr0.002-s0"
+    )
+    return job, stale
+
+
+def test_a_headline_record_run_at_another_rate_is_not_read_as_done(tmp_path):
+    from aptune.bench.harness import _read_results, _run_one
+    from aptune.bench.records import NOT_RUN_YET
+
+    job, stale = _stale_headline(tmp_path)
+    assert _read_results(tmp_path, [job]) == {}  # the page never shows the 1e-3 run as the 2e-3 job
+    failures: dict[str, str] = {}
+    lines: list[str] = []
+    _run_one(
+        BenchConfig(report_only=True, workdir=str(tmp_path)),
+        tmp_path,
+        job,
+        failures,
+        lines.append,
+        "[1] apt-s0",
+    )
+    assert failures == {"apt-s0": NOT_RUN_YET} and "ran at lr 0.001, the grid now chooses 0.002" in lines[0]
+    assert json.loads((tmp_path / "results" / "apt-s0.json").read_text()) == stale  # left as it was
+
+    ran = _run_one(BenchConfig(workdir=str(tmp_path)), tmp_path, job, {}, lines.append, "[1] apt-s0")
+    assert not ran  # the grid run at the chosen rate is this very run: reused, nothing trained
+    kept = tmp_path / "results-other-rates" / "apt-s0.lr0.001.json"
+    assert json.loads(kept.read_text()) == stale  # set aside, never deleted
+    now = json.loads((tmp_path / "results" / "apt-s0.json").read_text())
+    assert now["lr"] == 2e-3 and now["reused_from"] == "grid-apt-lr0.002-s0"
+    assert _read_results(tmp_path, [job])["apt-s0"]["final_metrics"] == {"perplexity": 36.5}
+
+
+def test_the_grid_table_tells_a_rate_not_run_yet_from_a_failed_one():
+    from aptune.bench.page import _grid_lines
+
+    chosen = {
+        "apt": {
+            "lr": 0.002,
+            "dev": {"0.0005": None, "0.001": 38.0, "0.002": 36.5},
+            "metric": "perplexity",
+            "not_run": [],
+        },
+        "llm-pruner": {
+            "lr": 0.001,
+            "dev": {"0.0005": None, "0.001": 41.5, "0.002": None},
+            "metric": "perplexity",
+            "not_run": ["0.002"],
+        },
+    }
+    text = "\n".join(_grid_lines({"grid": {"seed": 0, "chosen": chosen, "rates": {}}}))
+    assert "0.0005: failed, 0.001: 38.0000, 0.002: 36.5000" in text
+    assert (
+        "| LLM-Pruner layer recipe + LoRA | 0.001 | dev perplexity: 0.0005: failed, 0.001: 41.5000, "
+        "0.002: not run yet |" in text
+    )
+    assert "The grid is not complete" in text

@@ -562,12 +562,21 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 )
             )
             rates = _rate_map(grid_record)
-            _write_json(
-                workdir / RATES_FILE, {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
-            )
+            for entry_method, entry in grid_record.items():
+                entry["not_run"] = [
+                    f"{j.lr:g}"
+                    for j in (*first, *second)
+                    if j.method == entry_method and failures.get(j.id) == NOT_RUN_YET
+                ]
+            if not config.report_only:  # a partial page leaves the work folder as it is
+                _write_json(
+                    workdir / RATES_FILE, {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
+                )
             for method, entry in grid_record.items():
                 dev = ", ".join(
-                    f"{lr}: {v:.4f}" if isinstance(v, float) else f"{lr}: failed"
+                    f"{lr}: {v:.4f}"
+                    if isinstance(v, float)
+                    else f"{lr}: {'not run yet' if lr in entry['not_run'] else 'failed'}"
                     for lr, v in entry["dev"].items()
                 )
                 log(f"[bench] grid: {method} lr {entry['lr']:g} (dev {entry['metric']} {dev})")
@@ -673,13 +682,42 @@ def _onnx_latency_stage(
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _ran_at(record: dict[str, Any]) -> float | None:
+    """The learning rate a result record was trained with (None when it does not say)."""
+    rate = record.get("lr", (record.get("job") or {}).get("lr"))
+    return float(rate) if isinstance(rate, (int, float)) else None
+
+
+def _is_current(record: dict[str, Any], job: Job) -> bool:
+    """Whether ``record`` is a run of ``job`` as planned now.
+
+    A headline job's id does not name its rate, so a record written while the grid was incomplete
+    (a partial page reuses the grid run chosen so far) belongs to another rate once the grid has
+    chosen differently.
+    """
+    rate = _ran_at(record)
+    return rate is None or abs(rate - job.lr) <= 1e-12 * max(abs(rate), abs(job.lr), 1.0)
+
+
 def _read_results(workdir: Path, jobs: list[Job]) -> dict[str, dict]:
+    """The finished records of ``jobs`` in ``workdir``, leaving out those run at another rate."""
     results = {}
     for job in jobs:
         path = workdir / "results" / f"{job.id}.json"
         if path.is_file():
-            results[job.id] = json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if _is_current(record, job):
+                results[job.id] = record
     return results
+
+
+def _set_aside(workdir: Path, result_path: Path, rate: float | None) -> Path:
+    """Move a result run at another rate out of ``results/`` (kept, never deleted); return where."""
+    folder = workdir / "results-other-rates"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{result_path.stem}.lr{rate:g}.json"
+    result_path.replace(target)
+    return target
 
 
 def _run_one(
@@ -694,8 +732,17 @@ def _run_one(
     """Run (or resume, reuse or import) one job; return whether it trained."""
     result_path = workdir / "results" / f"{job.id}.json"
     if result_path.is_file():
-        log(f"{prefix}: done earlier ({_describe(json.loads(result_path.read_text()))})")
-        return False
+        earlier = json.loads(result_path.read_text(encoding="utf-8"))
+        if _is_current(earlier, job):
+            log(f"{prefix}: done earlier ({_describe(earlier)})")
+            return False
+        other = f"ran at lr {_ran_at(earlier):g}, the grid now chooses {job.lr:g}"
+        if config.report_only:  # the work folder stays as it is
+            failures[job.id] = NOT_RUN_YET
+            log(f"{prefix}: {NOT_RUN_YET} (the record there {other})")
+            return False
+        moved = _set_aside(workdir, result_path, _ran_at(earlier))
+        log(f"{prefix}: the record there {other}; moved to {moved}")
     if job.reuse and (workdir / "results" / f"{job.reuse}.json").is_file():
         record = json.loads((workdir / "results" / f"{job.reuse}.json").read_text(encoding="utf-8"))
         record.update(job=job.to_dict(), reused_from=job.reuse)

@@ -302,6 +302,9 @@ _METHOD_NAMES = {
     "lora-prune-kwon": "LoRA+Prune (Kwon et al.) retraining",
     "lora-prune-tp": "LoRA+Prune (Torch-Pruning) retraining",
     "one-shot": "APT one-shot retraining",
+    "llm-pruner": "LLM-Pruner layer recipe + LoRA",
+    "tp-uniform": "Torch-Pruning uniform FFN + LoRA",
+    "aptune-one-shot": "aptune one-shot selection + LoRA",
 }
 
 
@@ -350,13 +353,22 @@ def _grid_lines(data: Mapping[str, Any]) -> list[str]:
     ]
     table = []
     for method, entry in grid["chosen"].items():
+        pending = set(entry.get("not_run") or ())
         scores = ", ".join(
-            f"{lr}: {fmt_fixed(value, 4)}" if value is not None else f"{lr}: failed"
+            f"{lr}: {fmt_fixed(value, 4)}"
+            if value is not None
+            else f"{lr}: {'not run yet' if lr in pending else 'failed'}"
             for lr, value in entry["dev"].items()
         )
         chosen = f"{entry['lr']:g}" + (" (configured: no grid run finished)" if entry.get("fallback") else "")
         table.append([_METHOD_NAMES.get(method, method), chosen, f"dev {entry['metric']}: {scores}"])
     lines += md_table(["method", "chosen rate", "grid"], table, "lrl")
+    if any(entry.get("not_run") for entry in grid["chosen"].values()):
+        lines += [
+            "",
+            "The grid is not complete: a rate chosen now may change when the rest has run, and a headline "
+            "job run at another rate is not shown.",
+        ]
     shared = [m for m in grid.get("rates") or {} if m not in grid["chosen"] and m in RATE_OF]
     if shared:
         taken = ", ".join(f"{_METHOD_NAMES.get(m, m)} uses that of {RATE_OF[m]}" for m in shared)
