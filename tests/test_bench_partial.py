@@ -67,21 +67,15 @@ def _stale_headline(tmp_path):
 
 def test_a_headline_record_run_at_another_rate_is_not_read_as_done(tmp_path):
     from aptune.bench.harness import _read_results, _run_one
-    from aptune.bench.records import NOT_RUN_YET
 
     job, stale = _stale_headline(tmp_path)
-    assert _read_results(tmp_path, [job]) == {}  # the page never shows the 1e-3 run as the 2e-3 job
+    # the page reads the grid run at the chosen rate, never the 1e-3 record, and copies nothing
+    assert _read_results(tmp_path, [job])["apt-s0"]["final_metrics"] == {"perplexity": 36.5}
     failures: dict[str, str] = {}
     lines: list[str] = []
-    _run_one(
-        BenchConfig(report_only=True, workdir=str(tmp_path)),
-        tmp_path,
-        job,
-        failures,
-        lines.append,
-        "[1] apt-s0",
-    )
-    assert failures == {"apt-s0": NOT_RUN_YET} and "ran at lr 0.001, the grid now chooses 0.002" in lines[0]
+    config = BenchConfig(report_only=True, workdir=str(tmp_path))
+    assert not _run_one(config, tmp_path, job, failures, lines.append, "[1] apt-s0")
+    assert failures == {} and lines[0].startswith("[1] apt-s0: the grid run grid-apt-lr0.002-s0 (")
     assert json.loads((tmp_path / "results" / "apt-s0.json").read_text()) == stale  # left as it was
 
     ran = _run_one(BenchConfig(workdir=str(tmp_path)), tmp_path, job, {}, lines.append, "[1] apt-s0")
@@ -91,6 +85,22 @@ def test_a_headline_record_run_at_another_rate_is_not_read_as_done(tmp_path):
     now = json.loads((tmp_path / "results" / "apt-s0.json").read_text())
     assert now["lr"] == 2e-3 and now["reused_from"] == "grid-apt-lr0.002-s0"
     assert _read_results(tmp_path, [job])["apt-s0"]["final_metrics"] == {"perplexity": 36.5}
+
+
+def test_a_partial_page_counts_a_job_run_at_another_rate_as_not_run(tmp_path):
+    from aptune.bench.harness import _read_results, _run_one
+    from aptune.bench.records import NOT_RUN_YET
+
+    job, stale = _stale_headline(tmp_path)
+    (tmp_path / "results" / "grid-apt-lr0.002-s0.json").unlink()  # the chosen rate's grid run is gone
+    assert _read_results(tmp_path, [job]) == {}
+    failures: dict[str, str] = {}
+    lines: list[str] = []
+    config = BenchConfig(report_only=True, workdir=str(tmp_path))
+    _run_one(config, tmp_path, job, failures, lines.append, "[1] apt-s0")
+    assert failures == {"apt-s0": NOT_RUN_YET}
+    assert "the record there ran at lr 0.001, the grid now chooses 0.002" in lines[0]
+    assert json.loads((tmp_path / "results" / "apt-s0.json").read_text()) == stale
 
 
 def test_the_grid_table_tells_a_rate_not_run_yet_from_a_failed_one():

@@ -699,15 +699,30 @@ def _is_current(record: dict[str, Any], job: Job) -> bool:
     return rate is None or abs(rate - job.lr) <= 1e-12 * max(abs(rate), abs(job.lr), 1.0)
 
 
+def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
+    """The record of the grid run ``job`` reuses (marked ``reused_from``), or None when there is none."""
+    path = workdir / "results" / f"{job.reuse}.json"
+    if not job.reuse or not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(job=job.to_dict(), reused_from=job.reuse)
+    return record
+
+
 def _read_results(workdir: Path, jobs: list[Job]) -> dict[str, dict]:
-    """The finished records of ``jobs`` in ``workdir``, leaving out those run at another rate."""
+    """The finished records of ``jobs`` in ``workdir``.
+
+    A record run at a rate the grid no longer chooses is left out; a job that reuses a finished grid
+    run reads that run's record when its own copy is not there yet (a partial page copies nothing).
+    """
     results = {}
     for job in jobs:
         path = workdir / "results" / f"{job.id}.json"
-        if path.is_file():
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if _is_current(record, job):
-                results[job.id] = record
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if record is None or not _is_current(record, job):
+            record = _reused_record(workdir, job)
+        if record is not None:
+            results[job.id] = record
     return results
 
 
@@ -731,33 +746,39 @@ def _run_one(
 ) -> bool:
     """Run (or resume, reuse or import) one job; return whether it trained."""
     result_path = workdir / "results" / f"{job.id}.json"
+    stale = None  # a record there run at a rate the grid no longer chooses
     if result_path.is_file():
         earlier = json.loads(result_path.read_text(encoding="utf-8"))
         if _is_current(earlier, job):
             log(f"{prefix}: done earlier ({_describe(earlier)})")
             return False
-        other = f"ran at lr {_ran_at(earlier):g}, the grid now chooses {job.lr:g}"
-        if config.report_only:  # the work folder stays as it is
-            failures[job.id] = NOT_RUN_YET
-            log(f"{prefix}: {NOT_RUN_YET} (the record there {other})")
+        stale = f"the record there ran at lr {_ran_at(earlier):g}, the grid now chooses {job.lr:g}"
+
+    def replace_stale() -> None:
+        if stale is not None:
+            moved = _set_aside(workdir, result_path, _ran_at(earlier))
+            log(f"{prefix}: {stale}; moved to {moved}")
+
+    record = _reused_record(workdir, job)
+    if record is not None:
+        if config.report_only:  # read in place: a partial page writes nothing into the work folder
+            log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
             return False
-        moved = _set_aside(workdir, result_path, _ran_at(earlier))
-        log(f"{prefix}: the record there {other}; moved to {moved}")
-    if job.reuse and (workdir / "results" / f"{job.reuse}.json").is_file():
-        record = json.loads((workdir / "results" / f"{job.reuse}.json").read_text(encoding="utf-8"))
-        record.update(job=job.to_dict(), reused_from=job.reuse)
+        replace_stale()
         _write_json(result_path, record)
         log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
         return False
+    if config.report_only:
+        failures[job.id] = NOT_RUN_YET
+        log(f"{prefix}: {NOT_RUN_YET}" + (f" ({stale})" if stale else ""))
+        return False
     record = imported.find(job) if imported else None
     if record is not None:
+        replace_stale()
         _write_json(result_path, record)
         log(f"{prefix}: imported from {imported.source} ({_describe(record)})")
         return False
-    if config.report_only:
-        failures[job.id] = NOT_RUN_YET
-        log(f"{prefix}: {NOT_RUN_YET}")
-        return False
+    replace_stale()
     missing = [d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()]
     if missing:
         failures[job.id] = f"skipped: {', '.join(missing)} did not finish"
