@@ -127,3 +127,16 @@ def test_the_grid_table_tells_a_rate_not_run_yet_from_a_failed_one():
         "0.002: not run yet |" in text
     )
     assert "The grid is not complete" in text
+    # APT chose the largest rate it tried; the LLM-Pruner recipe a rate inside its grid
+    assert "At an end of its grid: APT." in text
+
+
+def test_the_grid_table_says_nothing_of_edges_when_the_choice_is_inside():
+    from aptune.bench.page import _grid_lines
+
+    entry = {"lr": 0.001, "dev": {"0.0005": 40.0, "0.001": 38.0, "0.002": 39.0}, "metric": "perplexity"}
+    text = "\n".join(_grid_lines({"grid": {"seed": 0, "chosen": {"apt": entry}, "rates": {}}}))
+    assert "end of its grid" not in text
+    low = {**entry, "lr": 0.0005, "dev": {"0.0005": 37.0, "0.001": 38.0, "0.002": 39.0}}
+    text = "\n".join(_grid_lines({"grid": {"seed": 0, "chosen": {"apt": low}, "rates": {}}}))
+    assert "At an end of its grid: APT." in text

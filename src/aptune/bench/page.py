@@ -341,6 +341,12 @@ def _data_lines(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _at_grid_edge(entry: Mapping[str, Any]) -> bool:
+    """Whether the chosen rate is the smallest or the largest rate of the method's grid."""
+    rates = [float(rate) for rate in entry["dev"]]
+    return float(entry["lr"]) in (min(rates), max(rates))
+
+
 def _grid_lines(data: Mapping[str, Any]) -> list[str]:
     """The learning rates the dev grid chose, with the final dev metric of every rate tried."""
     grid = data.get("grid")
@@ -363,6 +369,17 @@ def _grid_lines(data: Mapping[str, Any]) -> list[str]:
         chosen = f"{entry['lr']:g}" + (" (configured: no grid run finished)" if entry.get("fallback") else "")
         table.append([_METHOD_NAMES.get(method, method), chosen, f"dev {entry['metric']}: {scores}"])
     lines += md_table(["method", "chosen rate", "grid"], table, "lrl")
+    edge = [
+        _METHOD_NAMES.get(method, method)
+        for method, entry in grid["chosen"].items()
+        if not entry.get("fallback") and len(entry["dev"]) > 1 and _at_grid_edge(entry)
+    ]
+    if edge:
+        lines += [
+            "",
+            f"At an end of its grid: {', '.join(edge)}. A better rate may lie beyond the rates tried; a "
+            "grid that extends past it would settle that.",
+        ]
     if any(entry.get("not_run") for entry in grid["chosen"].values()):
         lines += [
             "",
