@@ -140,3 +140,15 @@ def test_the_grid_table_says_nothing_of_edges_when_the_choice_is_inside():
     low = {**entry, "lr": 0.0005, "dev": {"0.0005": 37.0, "0.001": 38.0, "0.002": 39.0}}
     text = "\n".join(_grid_lines({"grid": {"seed": 0, "chosen": {"apt": low}, "rates": {}}}))
     assert "At an end of its grid: APT." in text
+
+
+def test_a_job_without_a_grid_rate_keeps_its_record(tmp_path):
+    """Without a grid a job's rate is 0 in the plan and its record holds the configured rate."""
+    from aptune.bench.config import Job
+    from aptune.bench.harness import _read_results
+
+    (tmp_path / "results").mkdir()
+    record = {"lr": 1e-3, "final_metrics": {"perplexity": 30.0}}
+    (tmp_path / "results" / "apt-s0.json").write_text(json.dumps(record))
+    job = Job(id="apt-s0", method="apt", label="APT", seed=0, density=0.7)
+    assert _read_results(tmp_path, [job]) == {"apt-s0": record}

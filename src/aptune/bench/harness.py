@@ -696,7 +696,9 @@ def _is_current(record: dict[str, Any], job: Job) -> bool:
     chosen differently.
     """
     rate = _ran_at(record)
-    return rate is None or abs(rate - job.lr) <= 1e-12 * max(abs(rate), abs(job.lr), 1.0)
+    if rate is None or not job.lr:  # no grid chose this job's rate: it runs at its method's configured one
+        return True
+    return abs(rate - job.lr) <= 1e-12 * max(abs(rate), abs(job.lr), 1.0)
 
 
 def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
