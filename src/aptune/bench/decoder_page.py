@@ -11,11 +11,7 @@ from aptune.report.tables import md_table
 __all__ = ["domain_lines"]
 
 
-def _ppl(value: Any) -> str:
-    return fmt_fixed(value, 2) if isinstance(value, (int, float)) else DASH
-
-
-def _density(value: Any) -> str:
+def _two_places(value: Any) -> str:
     return fmt_fixed(value, 2) if isinstance(value, (int, float)) else DASH
 
 
@@ -41,12 +37,12 @@ def domain_lines(summary: Mapping[str, Any]) -> list[str]:
                 f"`{row['id']}`",
                 row["label"],
                 fmt_fixed(stack / 1e6, 2) if stack else DASH,
-                _density(domains.get("after_pruning_density")),
-                _ppl(before.get("dev")),
-                _ppl(before.get("heldout")),
-                _ppl(after.get("dev")),
-                _ppl(after.get("test")),
-                _ppl(after.get("heldout")),
+                _two_places(domains.get("after_pruning_density")),
+                _two_places(before.get("dev")),
+                _two_places(before.get("heldout")),
+                _two_places(after.get("dev")),
+                _two_places(after.get("test")),
+                _two_places(after.get("heldout")),
             ]
         )
     head = [
