@@ -10,7 +10,7 @@ from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
 import aptune
 from aptune.bench import BenchConfig, plan_jobs, suite_config
-from aptune.bench.config import ABLATIONS, estimate_seconds
+from aptune.bench.config import ABLATIONS, JOB_DENSITY, _job, estimate_seconds
 from aptune.cli import main
 from tiny import tiny_bert
 
@@ -397,6 +397,17 @@ def test_every_ablation_is_a_valid_apt_setting(name: str) -> None:
     from aptune.config import AptConfig
 
     label, overrides = ABLATIONS[name]
-    config = AptConfig(**overrides)  # a typo in a field name or value fails here
-    assert label.startswith("APT") and overrides
-    assert all(getattr(config, key) == value for key, value in overrides.items())
+    job = _job("apt", 0, 0.6, name)  # the planner resolves values that stand for the job's density
+    config = AptConfig(target_density=job.density, **job.apt_overrides)  # a typo in a field fails here
+    assert label.startswith("APT") and overrides and job.label == label
+    assert all(getattr(config, key) == value for key, value in job.apt_overrides.items())
+    assert JOB_DENSITY not in job.apt_overrides.values()
+
+
+def test_pretune_at_target_ablation_prunes_to_the_job_density_before_tuning() -> None:
+    from aptune.config import AptConfig
+
+    job = _job("apt", 1, 0.55, "pretune-at-target")
+    assert job.apt_overrides == {"pretune_prune": True, "pretune_density": 0.55}
+    config = AptConfig(target_density=job.density, **job.apt_overrides)
+    assert config.pretune_target(is_decoder=True) == 0.55

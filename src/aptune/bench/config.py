@@ -65,6 +65,9 @@ GRID_FIRST_STAGE: tuple[str, ...] = ("ft", "lora", "apt", *PRUNE_THEN_LORA)
 #: Allocator settings a job can run under: the C library's defaults, or aptune's pinned threshold.
 ALLOCATORS: tuple[str, ...] = ("default", "pinned")
 
+#: An override value that stands for the job's density (resolved when the job is planned).
+JOB_DENSITY = "<job density>"
+
 #: APT ablations: name -> (label, AptConfig overrides). ``one-shot`` is its own method (aptune's
 #: salience applied once to the converged LoRA model, then retraining).
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -83,16 +86,21 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "hidden-norm-weighted": ("APT norm-weighted hidden dims", {"hidden_salience": "norm_weighted"}),
     "hidden-cost-initial": ("APT hidden cost from the initial structure", {"hidden_cost": "initial"}),
     "no-damage-curves": ("APT without damage curves", {"damage_curves": 0}),
+    "pretune-at-target": (
+        "APT pruned to the target before tuning",
+        {"pretune_prune": True, "pretune_density": JOB_DENSITY},
+    ),
     "one-shot": ("APT one-shot (prune once after LoRA)", {}),
 }
 
-_LABELS = {
+#: The display name of each method on the page and in the logs.
+METHOD_LABELS: dict[str, str] = {
     "ft": "FT",
     "lora": "LoRA",
     "lora-prune-kwon": "LoRA+Prune (Kwon et al.)",
     "lora-prune-tp": "LoRA+Prune (Torch-Pruning)",
     "apt": "APT",
-    "one-shot": "APT one-shot (prune once after LoRA)",
+    "one-shot": "APT one-shot",
     "llm-pruner": "LLM-Pruner layer recipe + LoRA",
     "tp-uniform": "Torch-Pruning uniform FFN + LoRA",
     "aptune-one-shot": "aptune one-shot selection + LoRA",
@@ -195,7 +203,7 @@ class BenchConfig:
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
-            "hidden-cost-initial, no-damage-curves."
+            "hidden-cost-initial, no-damage-curves, pretune-at-target."
         },
     )
     reference: str = field(default="ft", metadata={"help": "Method whose final metric sets the TTA bar."})
@@ -721,8 +729,10 @@ def _job(
     depends: list[str] | None = None,
 ) -> Job:
     dense = method in ("ft", "lora")
-    label = ABLATIONS[variant][0] if variant else _LABELS[method]
-    overrides = dict(ABLATIONS[variant][1]) if variant else {}
+    label = ABLATIONS[variant][0] if variant else METHOD_LABELS[method]
+    overrides = (
+        {k: density if v == JOB_DENSITY else v for k, v in ABLATIONS[variant][1].items()} if variant else {}
+    )
     job_id = _job_id(method, seed, density, variant, lr=lr, phase=phase, allocator=allocator)
     return Job(
         job_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aptune.bench.config import RATE_OF
+from aptune.bench.config import METHOD_LABELS, RATE_OF
 from aptune.bench.records import ALLOCATOR_NAMES, NOT_RUN_YET, is_headline, is_lora_prune, median_of
 from aptune.report.format import DASH, NA, fmt_fixed, fmt_sig, fmt_spread
 from aptune.report.tables import md_table
@@ -295,16 +295,10 @@ _LR_FIELDS = (
     ("LoRA+Prune retraining", "retrain_lr"),
 )
 
+#: A grid's method name: its label, and for the methods that retrain a pruned model, which rate it is.
 _METHOD_NAMES = {
-    "ft": "FT",
-    "lora": "LoRA",
-    "apt": "APT",
-    "lora-prune-kwon": "LoRA+Prune (Kwon et al.) retraining",
-    "lora-prune-tp": "LoRA+Prune (Torch-Pruning) retraining",
-    "one-shot": "APT one-shot retraining",
-    "llm-pruner": "LLM-Pruner layer recipe + LoRA",
-    "tp-uniform": "Torch-Pruning uniform FFN + LoRA",
-    "aptune-one-shot": "aptune one-shot selection + LoRA",
+    method: label + (" retraining" if method in ("lora-prune-kwon", "lora-prune-tp", "one-shot") else "")
+    for method, label in METHOD_LABELS.items()
 }
 
 
