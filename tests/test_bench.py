@@ -126,6 +126,7 @@ def _bench_args(folder, workdir, results):
         *("--evaluations", "3", "--seeds", "0", "--target-density", "0.5", "--densities", "0.5,0.7"),
         *("--ablations", "no-distill,one-shot", "--apt-num-events", "3", "--calibration-samples", "8"),
         *("--retrain-fraction", "0.5", "--ft-lr-grid", "0.002", "--adapter-lr-grid", "0.005,0.01"),
+        *("--grid-extend", "1"),
         *("--methods", "ft,lora,lora-prune-kwon,lora-prune-tp,apt", "--prune-samples", "8"),
         *("--dev-fraction", "0.25", "--test-fraction", "0.25", "--pinned-seeds", ""),
         *(
@@ -197,6 +198,12 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_setup, tmp_path, capsys):
             job = next(r for k, r in records.items() if k.startswith(f"grid-{method}-lr{lr}-"))
             assert job["final_metrics"]["accuracy"] == grid[lr]
     assert set(rates["chosen"]) == {"ft", "lora", "apt", "lora-prune-kwon"}
+    # with two rates the best is always at an end (ties: the smaller), so the grid tried one more
+    # rate past that end, and only one (--grid-extend 1)
+    for method in ("lora", "apt", "lora-prune-kwon"):
+        dev = rates["chosen"][method]["dev"]
+        past = 0.02 if dev["0.01"] > dev["0.005"] else 0.0025
+        assert sorted(float(lr) for lr in dev) == sorted([0.005, 0.01, past])
     assert rates["rates"]["lora-prune-tp"] == rates["rates"]["lora-prune-kwon"]
     for job_id in headline:
         record = records[job_id]

@@ -212,6 +212,13 @@ class BenchConfig:
         default=True, metadata={"help": "Choose every method's learning rate on dev from its grid first."}
     )
     grid_seed: int = field(default=0, metadata={"help": "Seed of the learning-rate grid runs."})
+    grid_extend: int = field(
+        default=2,
+        metadata={
+            "help": "Rates the grid may add past each end: while a method's best dev rate is the largest "
+            "(smallest) it tried, it tries one more, a grid step further, up to this many per end."
+        },
+    )
     ft_lr_grid: str = field(default="2e-5,5e-5,1e-4", metadata={"help": "Learning rates FT tries."})
     adapter_lr_grid: str = field(
         default="2e-4,5e-4,1e-3,2e-3",
@@ -394,6 +401,8 @@ class BenchConfig:
             bad("test_fraction", "dev and test together must leave at least 10 % for training")
         if self.max_test_samples < 0 or self.prune_samples < 1 or self.retrain_rank < 0:
             bad("prune_samples", "sample counts and the retraining rank must be >= 0 (prune-samples >= 1)")
+        if self.grid_extend < 0:
+            bad("grid_extend", "must be >= 0 (0 keeps the grid as configured)")
         if self.grid and (not self.lr_grid("ft") or not self.lr_grid("lora")):
             bad("adapter_lr_grid", "the learning-rate grids need at least one rate each")
         self.pinned_seed_list()
@@ -501,6 +510,7 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "pinned_seeds": "",
             "ft_lr_grid": "1e-4",
             "adapter_lr_grid": "1e-3,2e-3",
+            "grid_extend": 0,  # a smoke run: a two-rate grid would always extend
             "densities": "",
             "ablations": "one-shot",
             "retrain_fraction": 1 / 3,
@@ -799,6 +809,46 @@ def plan_grid(config: BenchConfig, rates: dict[str, float] | None = None) -> tup
         if any(m in methods for m in ("lora-prune-kwon", "lora-prune-tp"))
     ]
     return first, second
+
+
+def extend_grid(config: BenchConfig, jobs: list[Job], chosen: dict[str, Any]) -> list[Job]:
+    """Grid runs one step past an end of a method's grid where its best dev rate sits at that end.
+
+    A best rate at the largest (smallest) rate tried says that a better one may lie beyond it, so the
+    grid tries the next rate out, at the ratio of the two outermost rates at that end (for 5e-4, 1e-3,
+    2e-3: 4e-3, then 8e-3). At most ``config.grid_extend`` rates are added past each end of the
+    configured grid, under the same rule for every method.
+
+    Args:
+        config: The suite settings.
+        jobs: The grid jobs so far (one stage, extensions included).
+        chosen: `aptune.bench.harness.choose_rates` of those jobs.
+
+    Returns:
+        The new grid jobs (none once every best rate lies inside its grid, a run at the next rate
+        has not finished, or the limit is reached).
+    """
+    new: list[Job] = []
+    for method, entry in chosen.items():
+        runs = sorted((j for j in jobs if j.phase == "grid" and j.method == method), key=lambda j: j.lr)
+        rates = [j.lr for j in runs]
+        configured = config.lr_grid(method)
+        if entry.get("fallback") or len(rates) < 2 or not configured:
+            continue
+        best = float(entry["lr"])
+        if math.isclose(best, rates[-1]):
+            past, step, template = sum(r > max(configured) for r in rates), rates[-1] / rates[-2], runs[-1]
+        elif math.isclose(best, rates[0]):
+            past, step, template = sum(r < min(configured) for r in rates), rates[0] / rates[1], runs[0]
+        else:
+            continue
+        if past >= config.grid_extend:
+            continue
+        lr = float(f"{best * step:.3g}")
+        new.append(
+            _job(method, template.seed, template.density, lr=lr, phase="grid", depends=template.depends)
+        )
+    return new
 
 
 def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) -> list[Job]:

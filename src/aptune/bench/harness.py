@@ -42,6 +42,7 @@ from aptune.bench.config import (
     BenchConfig,
     Job,
     estimate_seconds,
+    extend_grid,
     plan_grid,
     plan_headline,
     plan_jobs,
@@ -550,17 +551,21 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         rates: dict[str, float] = {}
         grid_record: dict[str, Any] = {}
         if config.grid:
-            first, _ = plan_grid(config)
-            run_stage(first)
-            grid_record.update(choose_rates(config, first, _read_results(workdir, first), GRID_FIRST_STAGE))
+
+            def run_grid_stage(stage: list[Job], methods: tuple[str, ...]) -> list[Job]:
+                # the stage, then one rate further out wherever a best rate sits at an end of its grid
+                run_stage(stage)
+                chosen = choose_rates(config, stage, _read_results(workdir, stage), methods)
+                while extra := extend_grid(config, stage, chosen):
+                    stage = [*stage, *extra]
+                    run_stage(extra)
+                    chosen = choose_rates(config, stage, _read_results(workdir, stage), methods)
+                grid_record.update(chosen)
+                return stage
+
+            first = run_grid_stage(plan_grid(config)[0], GRID_FIRST_STAGE)
             rates = _rate_map(grid_record)
-            _, second = plan_grid(config, rates)
-            run_stage(second)
-            grid_record.update(
-                choose_rates(
-                    config, second, _read_results(workdir, second), ("lora-prune-kwon", "lora-prune-tp")
-                )
-            )
+            second = run_grid_stage(plan_grid(config, rates)[1], ("lora-prune-kwon", "lora-prune-tp"))
             rates = _rate_map(grid_record)
             for entry_method, entry in grid_record.items():
                 entry["not_run"] = [
