@@ -518,6 +518,12 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         f"{data['num_train']} train / {data['num_eval']} dev / {data['num_test']} test "
         f"({data['dedupe']['removed']} duplicates removed); estimated {format_duration(estimate)} "
         f"on 2 CPU cores; work folder {workdir if not config.dry_run else '(none: dry run)'}"
+        + (
+            f"; plus up to {config.grid_extend} grid runs past each end of a method's grid if its best rate "
+            "sits there"
+            if config.grid and config.grid_extend
+            else ""
+        )
     )
     if config.dry_run:
         for job in planned:
