@@ -127,8 +127,14 @@ def test_the_grid_table_tells_a_rate_not_run_yet_from_a_failed_one():
         "0.002: not run yet |" in text
     )
     assert "The grid is not complete" in text
-    # APT chose the largest rate it tried; the LLM-Pruner recipe a rate inside its grid
+    # APT chose the largest rate it tried; the LLM-Pruner recipe a rate inside its grid, but the only one
+    # that finished, which settles nothing
     assert "At an end of its grid: APT." in text
+    # a rate past the chosen one that has not run yet does not put the choice inside the grid
+    chosen["apt"]["dev"]["0.004"] = None
+    chosen["apt"]["not_run"] = ["0.004"]
+    text = "\n".join(_grid_lines({"grid": {"seed": 0, "chosen": chosen, "rates": {}}}))
+    assert "At an end of its grid: APT." in text and "0.004: not run yet" in text
 
 
 def test_the_grid_table_says_nothing_of_edges_when_the_choice_is_inside():

@@ -336,9 +336,10 @@ def _data_lines(data: Mapping[str, Any]) -> list[str]:
 
 
 def _at_grid_edge(entry: Mapping[str, Any]) -> bool:
-    """Whether the chosen rate is the smallest or the largest rate of the method's grid."""
-    rates = [float(rate) for rate in entry["dev"]]
-    return float(entry["lr"]) in (min(rates), max(rates))
+    """Whether the chosen rate is the smallest or the largest rate of the method's grid that finished
+    (a rate past it that has not run, or failed, settles nothing)."""
+    rates = [float(rate) for rate, value in entry["dev"].items() if value is not None]
+    return len(rates) > 1 and float(entry["lr"]) in (min(rates), max(rates))
 
 
 def _grid_lines(data: Mapping[str, Any]) -> list[str]:
@@ -366,7 +367,7 @@ def _grid_lines(data: Mapping[str, Any]) -> list[str]:
     edge = [
         _METHOD_NAMES.get(method, method)
         for method, entry in grid["chosen"].items()
-        if not entry.get("fallback") and len(entry["dev"]) > 1 and _at_grid_edge(entry)
+        if not entry.get("fallback") and _at_grid_edge(entry)
     ]
     if edge:
         lines += [
