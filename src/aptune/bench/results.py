@@ -136,6 +136,7 @@ def _job_row(
         "density": job.density,
         "metric": test.get(metric),
         "dev_metric": dev.get(metric),
+        "heldout_metric": result.get("heldout_perplexity"),
         "macro_f1": test.get("macro_f1"),
         "epoch1_metric": (epoch1.get("metrics") or {}).get(metric),
         "epoch1_final_structure": epoch1.get("final_structure"),
@@ -219,6 +220,7 @@ def _density_after_pruning(result: Mapping[str, Any]) -> float:
 _GROUP_FIELDS = (
     "metric",
     "dev_metric",
+    "heldout_metric",
     "macro_f1",
     "epoch1_metric",
     "train_seconds",
