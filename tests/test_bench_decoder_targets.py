@@ -49,7 +49,7 @@ def _record(test: float, heldout: float, params: int) -> dict:
 def _targets(figures=FIGURES, methods=METHODS):
     config = BenchConfig(
         task="causal-lm", methods=",".join(methods), seeds="0", densities="", ablations="",
-        target_density=0.7, reference="lora", grid=False,
+        target_density=0.7, reference="lora", grid=False, heldout="shakespeare",
     )  # fmt: skip
     jobs, results = [], {}
     for method in methods:
@@ -105,3 +105,16 @@ def test_the_exported_model_must_be_strictly_smaller_than_every_baseline():
     assert "Torch-Pruning uniform FFN + LoRA" in target["measured"]
     same = {**FIGURES, "apt": (30.0, 100.0, 750)}
     assert _targets(same)["params_vs_prune_then_lora"]["met"] is False
+
+
+def test_without_a_held_out_domain_the_test_split_decides():
+    import aptune.bench.targets as targets_module
+
+    config = BenchConfig(task="causal-lm", methods="lora,apt", heldout="", target_density=0.7)
+    apt = {"method": "apt", "variant": "", "density": 0.7, "label": "APT"}
+    lora = {"method": "lora", "variant": "", "density": 1.0, "label": "LoRA"}
+    apt["metric"], lora["metric"] = {"median": 30.0}, {"median": 25.0}
+    apt["heldout_metric"] = lora["heldout_metric"] = None
+    ctx = targets_module.TargetContext(config, {("APT", 0.7): apt, ("LoRA", 1.0): lora}, {})
+    reading = targets_module._perplexity_vs_lora(ctx)
+    assert reading.value == pytest.approx(1.2) and reading.complete and "held-out" not in reading.text

@@ -79,7 +79,7 @@ def test_a_bad_results_file_gets_a_one_line_error(tmp_path, content, message):
 @pytest.mark.integration
 def test_a_fresh_work_folder_resumes_from_the_results_file_without_training(tiny_setup, tmp_path):  # noqa: F811
     options = tiny_bench_options(tiny_setup, tmp_path)
-    options.update(grid=True, ft_lr_grid="0.002", adapter_lr_grid="0.005,0.01")
+    options.update(grid=True, ft_lr_grid="0.002", adapter_lr_grid="0.005,0.01", grid_extend=0)
     first = run_benchmark(BenchConfig(isolate=False, **options), log=lambda line: None)
     assert not first.failures
     payload = json.loads(first.files["json"].read_text())
