@@ -1,4 +1,5 @@
-"""The chunked causal-LM loss equals the model's own loss, in value and gradients."""
+"""The chunked causal-LM loss equals the model's own loss, in value and gradients; the chunked evaluation
+equals the model's own per-token losses and perplexity without forming the full logits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from aptune.errors import ConfigError
-from aptune.losses import chunked_causal_lm_loss, chunked_lm_forward
+from aptune.losses import chunked_causal_lm_loss, chunked_lm_eval, chunked_lm_forward, chunked_token_nll
+from aptune.tasks import compute_perplexity, token_nll
 from test_llama import tiny_llama
 
 
@@ -108,3 +110,83 @@ def test_works_on_a_peft_model_as_a_baseline_would_call_it():
     assert torch.allclose(loss, reference, atol=1e-5)
     for name, grad in expected.items():
         assert torch.allclose(_grads(model)[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+class _HeadSpy(torch.nn.Module):
+    """Wraps an output projection and records how many tokens each call projects."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.tokens: list[int] = []
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.tokens.append(hidden.shape[:-1].numel())
+        return self.head(hidden)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_the_chunked_evaluation_equals_the_models_per_token_losses(chunk):
+    model = tiny_llama().eval()
+    batch = _batch()
+    with torch.no_grad():
+        out = model(**batch)
+    expected = token_nll(out.logits, batch["labels"])
+    loss, nll = chunked_lm_eval(model, batch, chunk)
+    assert nll.shape == batch["labels"].shape and nll.dtype == torch.float32
+    assert torch.allclose(nll, expected, atol=1e-5)
+    assert torch.allclose(loss, out.loss, atol=1e-5)
+    assert torch.equal(token_nll(nll, batch["labels"]), nll)  # already per-token losses: passed through
+    # the perplexity the Trainer's metric computes is the same from either
+    from transformers import EvalPrediction
+
+    labels = batch["labels"].numpy()
+    ours = compute_perplexity(EvalPrediction(predictions=nll.numpy(), label_ids=labels))
+    theirs = compute_perplexity(EvalPrediction(predictions=expected.numpy(), label_ids=labels))
+    assert ours["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-5)
+
+
+def test_the_chunked_evaluation_never_projects_more_than_a_chunk():
+    model = tiny_llama().eval()
+    hidden = torch.randn(3, 11, model.config.hidden_size)
+    spy = _HeadSpy(model.lm_head)
+    chunked_token_nll(hidden, spy, _batch()["labels"], 4)
+    assert max(spy.tokens) == 4 and sum(spy.tokens) == 3 * 10  # every shifted position, once
+    with pytest.raises(ConfigError, match="chunk_size"):
+        chunked_token_nll(hidden, spy, _batch()["labels"], 0)
+
+
+@pytest.mark.parametrize("trainer_kind", ["apt", "baseline"])
+def test_evaluation_in_the_trainers_is_chunked_and_equal(tmp_path, trainer_kind):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    import aptune
+    from aptune.bench.decoder_methods import ChunkedLossTrainer
+
+    batch = _batch()
+    rows = [{k: batch[k][i].tolist() for k in batch} for i in range(3)]
+    data = Dataset.from_list(rows)
+    args = TrainingArguments(
+        str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True, per_device_eval_batch_size=2
+    )
+    common = {"args": args, "eval_dataset": data, "compute_metrics": compute_perplexity}
+    common["preprocess_logits_for_metrics"] = token_nll
+
+    def build(model, chunk):
+        if trainer_kind == "apt":
+            config = aptune.AptConfig(target_density=1.0, lm_loss_chunk=chunk)
+            return aptune.AptTrainer(model=model, apt_config=config, **common)
+        return ChunkedLossTrainer(model=model, lm_loss_chunk=chunk, **common)
+
+    reference_model = tiny_llama()
+    reference = Trainer(model=reference_model, **common).evaluate()
+    model = tiny_llama()
+    model.load_state_dict(reference_model.state_dict())
+    trainer = build(model, 4)
+    spy = _HeadSpy(model.lm_head)
+    model.lm_head = spy
+    ours = trainer.evaluate()
+    assert spy.tokens and max(spy.tokens) <= 4  # the logits of at most 4 tokens at a time
+    assert ours["eval_perplexity"] == pytest.approx(reference["eval_perplexity"], rel=1e-5)
+    assert ours["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5)

@@ -10,7 +10,9 @@ loss (labels shifted by one, ``-100`` ignored, mean over the counted tokens, or 
 
 `chunked_lm_forward` runs a causal LM's decoder without its output projection and returns that loss;
 an overridden ``compute_loss`` of a plain `transformers.Trainer` can call it, so that a baseline run
-(e.g. peft LoRA) uses the same loss and memory as aptune.
+(e.g. peft LoRA) uses the same loss and memory as aptune. `chunked_lm_eval` is its evaluation side:
+the loss and the per-token losses that `aptune.tasks.compute_perplexity` reads, block by block
+without a gradient, so an evaluation never holds the ``[tokens, vocabulary]`` logits either.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from torch.utils.checkpoint import checkpoint
 
 from aptune.errors import ConfigError
 
-__all__ = ["IGNORE_INDEX", "causal_lm_hidden_and_head", "chunked_causal_lm_loss", "chunked_lm_forward"]
+__all__ = [
+    "IGNORE_INDEX",
+    "causal_lm_hidden_and_head",
+    "chunked_causal_lm_loss",
+    "chunked_lm_eval",
+    "chunked_lm_forward",
+    "chunked_token_nll",
+]
 
 IGNORE_INDEX = -100
 
@@ -140,3 +149,64 @@ def chunked_lm_forward(
     kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
     hidden = decoder(**kwargs, use_cache=False).last_hidden_state
     return chunked_causal_lm_loss(hidden, head, inputs["labels"], chunk_size, num_items_in_batch)
+
+
+@torch.no_grad()
+def chunked_token_nll(
+    hidden_states: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
+    """Per-token causal-LM losses, the logits computed ``chunk_size`` tokens at a time, no gradient.
+
+    The layout is `aptune.tasks.token_nll`'s: position ``t`` holds the loss of predicting
+    ``labels[:, t + 1]``; positions whose next label is ``-100``, and the last position, hold 0.
+
+    Args:
+        hidden_states: Final hidden states, shape ``(batch, seq, d_model)``.
+        lm_head: The output projection.
+        labels: Token ids, shape ``(batch, seq)``, ``-100`` where no loss is taken.
+        chunk_size: Tokens per block.
+
+    Returns:
+        ``(batch, seq)`` float32 losses.
+
+    Raises:
+        ConfigError: ``chunk_size`` is not a positive int.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size={chunk_size!r} must be an int >= 1 (tokens per logits block)")
+    batch, seq = labels.shape
+    # (batch, seq - 1, d) -> (tokens, d) and (batch, seq - 1) -> (tokens,)
+    hidden = hidden_states[:, :-1, :].reshape(-1, hidden_states.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    losses = hidden.new_zeros(targets.shape[0], dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = lm_head(hidden[start : start + chunk_size]).float()  # (block, vocab)
+        block_targets = targets[start : start + chunk_size]
+        losses[start : start + chunk_size] = F.cross_entropy(
+            logits, block_targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+    # (tokens,) -> (batch, seq - 1) -> (batch, seq): the last position has no target
+    return F.pad(losses.view(batch, seq - 1), (0, 1))
+
+
+@torch.no_grad()
+def chunked_lm_eval(model: nn.Module, inputs: dict, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation of a causal LM on a batch without the full logits: ``(loss, per-token losses)``.
+
+    Args:
+        model: A Hugging Face causal LM (see `causal_lm_hidden_and_head`).
+        inputs: The batch; ``labels`` is required, other keys go to the decoder.
+        chunk_size: Tokens per logits block.
+
+    Returns:
+        The mean loss over the counted tokens (the model's own loss; 0 with none) and the
+        ``(batch, seq)`` per-token losses of `chunked_token_nll`.
+    """
+    decoder, head = causal_lm_hidden_and_head(model)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    labels = inputs["labels"]
+    nll = chunked_token_nll(hidden, head, labels, chunk_size)
+    counted = (labels[:, 1:] != IGNORE_INDEX).sum()
+    loss = nll.sum() / counted.clamp(min=1).to(nll.device, torch.float32)
+    return loss, nll

@@ -27,13 +27,14 @@ from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
 from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
-from aptune.losses import chunked_lm_forward
+from aptune.losses import chunked_lm_eval, chunked_lm_forward
 
 __all__ = [
     "AptCallback",
     "AptSeq2SeqTrainer",
     "AptTrainer",
     "TrainingDivergedError",
+    "chunked_prediction_step",
     "peak_rss_mb",
     "resolve_checkpoint",
 ]
@@ -269,6 +270,41 @@ class AptCallback(TrainerCallback):
             )
 
 
+def chunked_prediction_step(
+    trainer: Trainer, model, inputs: dict, prediction_loss_only: bool, chunk_size: int | None
+) -> tuple | None:
+    """A ``Trainer.prediction_step`` for a causal LM that never forms the ``[tokens, vocabulary]`` logits.
+
+    Used when the per-token losses are all the metrics need: the trainer's
+    ``preprocess_logits_for_metrics`` is `aptune.tasks.token_nll` (it passes them through), or only
+    the loss is wanted. The losses come from `aptune.losses.chunked_lm_eval`, ``chunk_size`` tokens
+    of logits at a time.
+
+    Args:
+        trainer: The trainer (its ``_prepare_inputs`` moves the batch to the device).
+        model: The model being evaluated.
+        inputs: The batch.
+        prediction_loss_only: As in ``Trainer.prediction_step``.
+        chunk_size: Tokens per logits block; None or 0 turns this off.
+
+    Returns:
+        ``(loss, per-token losses or None, labels)``, or None when this batch needs the model's own
+        evaluation (no chunk size, training mode, no labels, not a causal LM, or metrics that read
+        logits).
+    """
+    from aptune.tasks import token_nll
+
+    if not chunk_size or model.training or inputs.get("labels") is None:
+        return None
+    if not (prediction_loss_only or trainer.preprocess_logits_for_metrics is token_nll):
+        return None
+    if not type(trainer.accelerator.unwrap_model(model)).__name__.endswith("ForCausalLM"):
+        return None
+    inputs = trainer._prepare_inputs(inputs)
+    loss, nll = chunked_lm_eval(model, inputs, chunk_size)
+    return loss.detach(), None if prediction_loss_only else nll, inputs["labels"]
+
+
 class AptTrainer(Trainer):
     """`transformers.Trainer` with APT: adapters, pruning during training, self-distillation.
 
@@ -335,6 +371,15 @@ class AptTrainer(Trainer):
             # the Trainer skips its own division when the model normalises by num_items_in_batch
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The chunked evaluation of a causal LM when ``lm_loss_chunk`` is set (see
+        `chunked_prediction_step`); ``Trainer.prediction_step`` otherwise."""
+        chunk = self.apt_controller.config.lm_loss_chunk
+        chunked = chunked_prediction_step(self, model, inputs, prediction_loss_only, chunk)
+        if chunked is not None:
+            return chunked
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _chunked_lm_loss(self, model, inputs: dict, return_outputs: bool) -> bool:
         # Training steps of a causal LM with labels, when no caller needs the logits.

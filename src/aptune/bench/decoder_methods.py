@@ -62,6 +62,15 @@ class ChunkedLossTrainer(Trainer):
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The chunked evaluation (`aptune.trainer.chunked_prediction_step`), as APT's trainer runs it."""
+        from aptune.trainer import chunked_prediction_step
+
+        chunked = chunked_prediction_step(self, model, inputs, prediction_loss_only, self.lm_loss_chunk)
+        if chunked is not None:
+            return chunked
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
 
 def _eval_set(ctx, tokenizer, path: str):
     from aptune.tasks import load_task
@@ -86,7 +95,14 @@ def domain_perplexities(ctx, model: torch.nn.Module, tokenizer, splits: tuple[st
     out = {}
     for name, path in paths.items():
         data = _eval_set(ctx, tokenizer, path)
-        metrics = evaluate_model(model, data.eval, data.collator, ctx.config.eval_batch_size, "causal-lm")
+        metrics = evaluate_model(
+            model,
+            data.eval,
+            data.collator,
+            ctx.config.eval_batch_size,
+            "causal-lm",
+            lm_loss_chunk=ctx.config.lm_loss_chunk or None,
+        )
         out[name] = metrics["perplexity"]
     return out
 
@@ -121,7 +137,12 @@ def exported_extras(ctx, model: torch.nn.Module, tokenizer) -> dict[str, Any]:
     if ctx.heldout_file:
         data = _eval_set(ctx, tokenizer, ctx.heldout_file)
         out["heldout_perplexity"] = evaluate_model(
-            model, data.eval, data.collator, ctx.config.eval_batch_size, "causal-lm"
+            model,
+            data.eval,
+            data.collator,
+            ctx.config.eval_batch_size,
+            "causal-lm",
+            lm_loss_chunk=ctx.config.lm_loss_chunk or None,
         )["perplexity"]
     out["stack_params"] = stack_params(model, build_layout(model))
     return out

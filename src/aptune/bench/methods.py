@@ -251,10 +251,14 @@ def _param_count(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, dataset, collator, batch_size: int, task: str) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module, dataset, collator, batch_size: int, task: str, lm_loss_chunk: int | None = None
+) -> dict[str, float]:
     """Accuracy (classification) or perplexity (causal LM) of ``model`` on a tokenized data set.
 
-    The model is put in evaluation mode for the pass and back in its former mode afterwards.
+    The model is put in evaluation mode for the pass and back in its former mode afterwards. With
+    ``lm_loss_chunk`` a causal LM's loss comes from `aptune.losses.chunked_lm_eval` (the logits of
+    that many tokens at a time, as in training).
 
     Returns:
         ``{"accuracy": a, "macro_f1": f}`` or ``{"perplexity": p, "loss": l}``, plus ``"examples"``.
@@ -273,17 +277,23 @@ def evaluate_model(model: torch.nn.Module, dataset, collator, batch_size: int, t
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            out = model(**batch)
             labels = batch["labels"]
+            if task != "classification" and lm_loss_chunk:
+                from aptune.losses import chunked_lm_eval
+
+                loss, _ = chunked_lm_eval(model, batch, lm_loss_chunk)
+                out = {"loss": loss}
+            else:
+                out = model(**batch)
             if task == "classification":
-                ids = out.logits.argmax(-1)
+                ids = out["logits"].argmax(-1)
                 right += int((ids == labels).sum())
                 seen += int(labels.shape[0])
                 predicted += ids.tolist()
                 gold += labels.tolist()
             else:
                 count = int((labels[:, 1:] != -100).sum())  # targets after the shift
-                loss_sum += float(out.loss) * count
+                loss_sum += float(out["loss"]) * count
                 tokens += count
                 seen += int(labels.shape[0])
     finally:
@@ -321,8 +331,14 @@ class EpochTest(TrainerCallback):
         if self.record is not None or model is None or state.epoch is None or state.epoch < 1 - 1e-6:
             return
         began = time.perf_counter()
+        config = self.ctx.config
         metrics = evaluate_model(
-            model, self.task.eval, self.task.collator, self.ctx.config.eval_batch_size, self.ctx.config.task
+            model,
+            self.task.eval,
+            self.task.collator,
+            config.eval_batch_size,
+            config.task,
+            lm_loss_chunk=config.lm_loss_chunk or None,
         )
         self.record = {
             "step": int(state.global_step),

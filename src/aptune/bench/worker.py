@@ -101,7 +101,14 @@ def evaluate_test(ctx, result: dict[str, Any]) -> dict[str, Any]:
     model = _load_exported(result["model_dir"], ctx.config.task)
     tokenizer = load_tokenizer(ctx.model, ctx.tokenizer)
     test = load_test(ctx, tokenizer)
-    metrics = evaluate_model(model, test.eval, test.collator, ctx.config.eval_batch_size, ctx.config.task)
+    metrics = evaluate_model(
+        model,
+        test.eval,
+        test.collator,
+        ctx.config.eval_batch_size,
+        ctx.config.task,
+        lm_loss_chunk=ctx.config.lm_loss_chunk or None,
+    )
     extras = {}
     if ctx.config.task == "causal-lm":  # held-out domain and stack size (aptune.bench.decoder_methods)
         from aptune.bench.decoder_methods import exported_extras

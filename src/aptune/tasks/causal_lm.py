@@ -117,7 +117,9 @@ def token_nll(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch.Ten
     position, hold 0; :func:`compute_perplexity` skips them using the labels.
 
     Args:
-        logits: ``[batch, seq, vocab]``, or a tuple whose first item they are.
+        logits: ``[batch, seq, vocab]``, or a tuple whose first item they are. A ``[batch, seq]``
+            tensor is taken as these losses already (the chunked evaluation of
+            `aptune.losses.chunked_lm_eval`, which never forms the logits) and returned as float32.
         labels: ``[batch, seq]`` with -100 where no loss is taken.
 
     Returns:
@@ -127,6 +129,8 @@ def token_nll(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch.Ten
 
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
+    if logits.dim() == 2:
+        return logits.float()
     shifted_logits = logits[:, :-1, :].float()  # [batch, seq - 1, vocab]
     shifted_labels = labels[:, 1:]  # [batch, seq - 1]
     losses = torch.nn.functional.cross_entropy(
