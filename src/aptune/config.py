@@ -182,7 +182,8 @@ class AptConfig:
         lm_loss_chunk: Causal LMs: compute the logits and the cross-entropy this many tokens at a
             time (`aptune.losses`), so the vocabulary logits of a step never exist at once. Steps
             with prediction distillation still compute full logits (the KL needs the teacher's and
-            the student's). ``None``: the model's own loss.
+            the student's). Evaluation with the perplexity metric runs in the same blocks
+            (`aptune.losses.chunked_lm_eval`). ``None``: the model's own loss and logits.
         posttune_steps: Length of the post-distillation phase that follows the main run (the
             authors' last phase): the best dev checkpoint among the evaluations after the last
             pruning event (and the final model) is restored, then the model is tuned with the task
