@@ -72,6 +72,17 @@ class ChunkedLossTrainer(Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
 
+def _perplexity(ctx, model: torch.nn.Module, tokenizer, path: str) -> float:
+    """Perplexity of ``model`` on the text file ``path``, evaluated in the suite's logits blocks."""
+    from aptune.bench.methods import evaluate_model
+
+    data = _eval_set(ctx, tokenizer, path)
+    chunk = ctx.config.lm_loss_chunk or None
+    batch = ctx.config.eval_batch_size
+    metrics = evaluate_model(model, data.eval, data.collator, batch, "causal-lm", lm_loss_chunk=chunk)
+    return metrics["perplexity"]
+
+
 def _eval_set(ctx, tokenizer, path: str):
     from aptune.tasks import load_task
 
@@ -86,25 +97,11 @@ def domain_perplexities(ctx, model: torch.nn.Module, tokenizer, splits: tuple[st
     Returns:
         ``{split: perplexity, ..., "heldout": perplexity}`` (``heldout`` only when the suite has one).
     """
-    from aptune.bench.methods import evaluate_model
-
     files = {"dev": ctx.eval_file, "test": ctx.test_file}
     paths = {split: files[split] for split in splits}
     if ctx.heldout_file:
         paths["heldout"] = ctx.heldout_file
-    out = {}
-    for name, path in paths.items():
-        data = _eval_set(ctx, tokenizer, path)
-        metrics = evaluate_model(
-            model,
-            data.eval,
-            data.collator,
-            ctx.config.eval_batch_size,
-            "causal-lm",
-            lm_loss_chunk=ctx.config.lm_loss_chunk or None,
-        )
-        out[name] = metrics["perplexity"]
-    return out
+    return {name: _perplexity(ctx, model, tokenizer, path) for name, path in paths.items()}
 
 
 class DomainEval(TrainerCallback):
@@ -131,19 +128,9 @@ def exported_extras(ctx, model: torch.nn.Module, tokenizer) -> dict[str, Any]:
     """
     from aptune.arch import build_layout
     from aptune.bench.decoder_pruning import stack_params
-    from aptune.bench.methods import evaluate_model
-
     out: dict[str, Any] = {"heldout_perplexity": None}
     if ctx.heldout_file:
-        data = _eval_set(ctx, tokenizer, ctx.heldout_file)
-        out["heldout_perplexity"] = evaluate_model(
-            model,
-            data.eval,
-            data.collator,
-            ctx.config.eval_batch_size,
-            "causal-lm",
-            lm_loss_chunk=ctx.config.lm_loss_chunk or None,
-        )["perplexity"]
+        out["heldout_perplexity"] = _perplexity(ctx, model, tokenizer, ctx.heldout_file)
     out["stack_params"] = stack_params(model, build_layout(model))
     return out
 
