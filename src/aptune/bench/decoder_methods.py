@@ -128,6 +128,7 @@ def exported_extras(ctx, model: torch.nn.Module, tokenizer) -> dict[str, Any]:
     """
     from aptune.arch import build_layout
     from aptune.bench.decoder_pruning import stack_params
+
     out: dict[str, Any] = {"heldout_perplexity": None}
     if ctx.heldout_file:
         out["heldout_perplexity"] = _perplexity(ctx, model, tokenizer, ctx.heldout_file)
