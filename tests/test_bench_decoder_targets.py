@@ -10,16 +10,10 @@ from __future__ import annotations
 import pytest
 
 from aptune.bench import BenchConfig, Job
+from aptune.bench.config import METHOD_LABELS
 from aptune.bench.results import TARGETS, summarize
 
 METHODS = ("lora", "apt", "llm-pruner", "tp-uniform", "aptune-one-shot")
-LABELS = {
-    "lora": "LoRA",
-    "apt": "APT",
-    "llm-pruner": "LLM-Pruner layer recipe + LoRA",
-    "tp-uniform": "Torch-Pruning uniform FFN + LoRA",
-    "aptune-one-shot": "aptune one-shot selection + LoRA",
-}
 # (BBC test perplexity, held-out perplexity, exported params)
 FIGURES = {
     "lora": (20.0, 60.0, 1000),
@@ -57,7 +51,7 @@ def _targets(figures=FIGURES, methods=METHODS):
             continue
         dense = method == "lora"
         job_id = f"{method}-s0" if dense else f"{method}-d0.70-s0"
-        job = Job(job_id, method, LABELS[method], 0, 1.0 if dense else 0.7)
+        job = Job(job_id, method, METHOD_LABELS[method], 0, 1.0 if dense else 0.7)
         jobs.append(job)
         results[job.id] = _record(*figures[method])
     summary = summarize(config, jobs, results, {})

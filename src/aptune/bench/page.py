@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aptune.bench.config import METHOD_LABELS, RATE_OF
+from aptune.bench.config import LORA_PRUNE_METHODS, METHOD_LABELS, RATE_OF
 from aptune.bench.records import ALLOCATOR_NAMES, NOT_RUN_YET, is_headline, is_lora_prune, median_of
 from aptune.report.format import DASH, NA, fmt_fixed, fmt_sig, fmt_spread
 from aptune.report.tables import md_table
@@ -297,7 +297,7 @@ _LR_FIELDS = (
 
 #: A grid's method name: its label, and for the methods that retrain a pruned model, which rate it is.
 _METHOD_NAMES = {
-    method: label + (" retraining" if method in ("lora-prune-kwon", "lora-prune-tp", "one-shot") else "")
+    method: label + (" retraining" if method in LORA_PRUNE_METHODS else "")
     for method, label in METHOD_LABELS.items()
 }
 
