@@ -81,6 +81,29 @@ def test_plan_of_the_full_suite():
         BenchConfig(methods="ft,bogus")
 
 
+def test_ablation_seeds_repeat_only_the_named_ablations_on_every_seed():
+    config = suite_config("smollm2-bbc", seeds="0,1", ablations="static,pretune-at-target")
+    assert {(j.variant, j.seed) for j in plan_jobs(config) if j.variant} == {
+        ("static", 0),
+        ("pretune-at-target", 0),
+    }
+    both = suite_config(
+        "smollm2-bbc", seeds="0,1", ablations="static,pretune-at-target", ablation_seeds="pretune-at-target"
+    )
+    jobs = plan_jobs(both)
+    assert {(j.variant, j.seed) for j in jobs if j.variant} == {
+        ("static", 0),
+        ("pretune-at-target", 0),
+        ("pretune-at-target", 1),
+    }
+    ids = [j.id for j in jobs]
+    assert len(ids) == len(set(ids)) and "apt-pretune-at-target-d0.70-s1" in ids
+    with pytest.raises(aptune.ConfigError, match="not among --ablations"):
+        suite_config("smollm2-bbc", ablations="static", ablation_seeds="pretune-at-target")
+    with pytest.raises(aptune.ConfigError, match="ablation-seeds"):
+        suite_config("smollm2-bbc", ablation_seeds="bogus")
+
+
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")

@@ -206,6 +206,10 @@ class BenchConfig:
             "hidden-cost-initial, no-damage-curves, pretune-at-target."
         },
     )
+    ablation_seeds: str = field(
+        default="",
+        metadata={"help": "Ablations run on every headline seed; the others on the first seed only."},
+    )
     reference: str = field(default="ft", metadata={"help": "Method whose final metric sets the TTA bar."})
     tta_fraction: float = field(default=0.97, metadata={"help": "TTA bar: this share of the reference."})
     grid: bool = field(
@@ -308,6 +312,14 @@ class BenchConfig:
     def ablation_list(self) -> list[str]:
         """The APT ablations."""
         return _names(self.ablations, "ablations", tuple(ABLATIONS))
+
+    def seeds_of_ablation(self, variant: str) -> list[int]:
+        """The seeds of ablation ``variant``: every headline seed if ``ablation_seeds`` names it,
+        else the first."""
+        seeds = self.seed_list()
+        return (
+            seeds if variant in _names(self.ablation_seeds, "ablation_seeds", tuple(ABLATIONS)) else seeds[:1]
+        )
 
     def density_list(self) -> list[float]:
         """The sweep densities (empty: no sweep)."""
@@ -422,6 +434,11 @@ class BenchConfig:
         if not self.method_list():
             bad("methods", "give at least one method")
         self.ablation_list()
+        stray = set(_names(self.ablation_seeds, "ablation_seeds", tuple(ABLATIONS))) - set(
+            self.ablation_list()
+        )
+        if stray:
+            bad("ablation_seeds", f"{', '.join(sorted(stray))} is not among --ablations; add it there too")
         roles = {"q", "k", "v", "o", "up", "gate", "down"}
         if not self.role_list() or set(self.role_list()) - roles:
             bad("adapter_roles", f"comma-separated roles from {sorted(roles)}")
@@ -480,7 +497,8 @@ def _names(text: str, name: str, allowed: tuple[str, ...]) -> list[str]:
     values = _split(text)
     unknown = [v for v in values if v not in allowed]
     if unknown:
-        raise ConfigError(f"bench option --{name}: unknown {unknown}; choose from {', '.join(allowed)}")
+        option = name.replace("_", "-")
+        raise ConfigError(f"bench option --{option}: unknown {unknown}; choose from {', '.join(allowed)}")
     return list(dict.fromkeys(values))
 
 
@@ -855,9 +873,10 @@ def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) ->
     """The headline jobs at the chosen ``rates`` (method -> rate; the configured rates without a grid).
 
     Every method at ``target_density`` for every seed under the default allocator, and again under
-    the pinned setting for ``pinned_seeds``. Ablations (``one-shot`` included) and the density sweep
-    run with the first seed. A headline job equal to a grid run (same method, rate, seed and setting)
-    reuses its record.
+    the pinned setting for ``pinned_seeds``. Ablations (``one-shot`` included) run with the first
+    seed, or with every seed for those ``ablation_seeds`` names; the density sweep runs with the
+    first seed. A headline job equal to a grid run (same method, rate, seed and setting) reuses its
+    record.
     """
     rates = {**_fixed_rates(config), **(rates or {})}
     seeds = config.seed_list()
@@ -904,10 +923,8 @@ def plan_headline(config: BenchConfig, rates: dict[str, float] | None = None) ->
                 add(method, seed, d0, allocator=allocator)
     first = seeds[0]
     for variant in config.ablation_list():
-        if variant == "one-shot":
-            add("one-shot", first, d0, "one-shot")
-        else:
-            add("apt", first, d0, variant)
+        for seed in config.seeds_of_ablation(variant):
+            add("one-shot" if variant == "one-shot" else "apt", seed, d0, variant)
     for density in config.density_list():
         if math.isclose(density, d0):
             continue
