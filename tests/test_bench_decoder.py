@@ -227,6 +227,39 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     assert len(set(same["structure"]["ffn_per_layer"])) == 1
     page = outcome.files["md"].read_text()
     assert "## Perplexity on both domains" in page and "LLM-Pruner layer recipe + LoRA" in page
+    dense = outcome.summary["data"]["dense_structure"]
+    assert dense == {"layers": 10, "heads": 4, "ffn": 64, "hidden": 32}
+    assert "## Where each method prunes" in page and "64 FFN neurons per layer, 10 layers" in page
+
+
+def test_structure_lines_split_the_layers_into_thirds():
+    from aptune.bench.decoder_page import structure_lines
+
+    summary = {
+        "data": {"dense_structure": {"layers": 7, "heads": 4, "ffn": 10, "hidden": 8}},
+        "jobs": [
+            {"id": "lora-s0", "label": "LoRA", "structure": None},
+            {
+                "id": "apt-d0.70-s0",
+                "label": "APT",
+                # thirds of 7 layers: 3, 2, 2
+                "structure": {
+                    "heads_per_layer": [4, 4, 4, 2, 2, 0, 0],
+                    "ffn_per_layer": [10, 10, 10, 5, 5, 1, 1],
+                    "hidden_size": 8,
+                },
+            },
+        ],
+    }
+    lines = structure_lines(summary)
+    rows = [line for line in lines if line.startswith("| `")]
+    assert len(rows) == 1  # the dense job has no structure
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2:] == ["12 (100 %)", "4 (50 %)", "0 (0 %)", "30 (100 %)", "10 (50 %)", "2 (10 %)", "8"]
+    assert structure_lines({"jobs": summary["jobs"][:1]}) == []
+    # without the dense shape: counts only
+    unknown = structure_lines({"jobs": summary["jobs"]})
+    assert "| 12 | 4 | 0 | 30 | 10 | 2 | 8 |" in "\n".join(unknown).replace("  ", " ")
 
 
 def test_shakespeare_scenes_become_plain_text_documents(tmp_path):

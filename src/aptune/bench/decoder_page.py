@@ -8,7 +8,7 @@ from typing import Any
 from aptune.report.format import DASH, fmt_fixed
 from aptune.report.tables import md_table
 
-__all__ = ["domain_lines"]
+__all__ = ["domain_lines", "structure_lines"]
 
 
 def _two_places(value: Any) -> str:
@@ -78,3 +78,59 @@ def domain_lines(summary: Mapping[str, Any]) -> list[str]:
             + "."
         )
     return lines
+
+
+def _thirds(values: list[int]) -> list[int]:
+    """Sums over the first, middle and last third of the layers (the first thirds one longer)."""
+    size, extra = divmod(len(values), 3)
+    bounds = [0]
+    for part in range(3):
+        bounds.append(bounds[-1] + size + (1 if part < extra else 0))
+    return [sum(values[bounds[i] : bounds[i + 1]]) for i in range(3)]
+
+
+def structure_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Per pruned job: query heads and FFN neurons kept in the first, middle and last third of the
+    layers (share of the dense model when its shape is known), and the hidden size.
+
+    Returns:
+        Markdown lines (empty when no job recorded a per-layer structure).
+    """
+    dense = (summary.get("data") or {}).get("dense_structure") or {}
+    layers = dense.get("layers")
+    rows = []
+    for row in summary.get("jobs") or []:
+        structure = row.get("structure") or {}
+        heads, ffn = structure.get("heads_per_layer"), structure.get("ffn_per_layer")
+        if not heads or not ffn or len(heads) != len(ffn) or (layers and len(heads) != layers):
+            continue  # (an encoder-decoder lists both stacks: not split into thirds here)
+        cells = [f"`{row['id']}`", row["label"]]
+        for counts, per_layer in ((heads, dense.get("heads")), (ffn, dense.get("ffn"))):
+            for total, span in zip(_thirds(counts), _thirds([1] * len(counts)), strict=True):
+                cells.append(
+                    f"{total:,} ({100 * total / (per_layer * span):.0f} %)"
+                    if per_layer and span
+                    else f"{total:,}"
+                )
+        cells.append(str(structure.get("hidden_size", DASH)))
+        rows.append(cells)
+    if not rows:
+        return []
+    head = [
+        "job",
+        "method",
+        "heads, first third",
+        "heads, middle",
+        "heads, last third",
+        "FFN neurons, first third",
+        "FFN, middle",
+        "FFN, last third",
+        "hidden",
+    ]
+    lines = ["Kept in the exported model, by third of the layers"]
+    if dense:
+        lines[0] += (
+            f" (share of the dense model's {dense['heads']} query heads and {dense['ffn']:,} FFN neurons per "
+            f"layer, {layers} layers, hidden {dense['hidden']})"
+        )
+    return [lines[0] + ".", "", *md_table(head, rows, "ll" + "r" * 7), ""]

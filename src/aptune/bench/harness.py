@@ -337,6 +337,26 @@ def _prepare_model(config: BenchConfig, workdir: Path, log: Callable[[str], None
     return str(target)
 
 
+def _dense_structure(model: str) -> dict[str, int] | None:
+    """Layers, query heads and FFN neurons per layer of the dense model (None if its config won't load)."""
+    from transformers import AutoConfig
+
+    from aptune.assets import resolve_model_name
+
+    try:
+        path = model if Path(model).is_dir() else resolve_model_name(model)[0]
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception:  # the page then shows counts without the dense share
+        return None
+    values = {
+        "layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None),
+        "heads": getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", None),
+        "ffn": getattr(cfg, "intermediate_size", None) or getattr(cfg, "d_ff", None),
+        "hidden": getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None),
+    }
+    return values if all(isinstance(v, int) for v in values.values()) else None
+
+
 def _write_plan(workdir: Path, config: BenchConfig, jobs: list[Job], data: dict, model: str) -> None:
     plan_path = workdir / PLAN_FILE
     if plan_path.is_file():
@@ -618,6 +638,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         headline_apt = next((j for j in headline if j.method == "apt" and not j.variant), None)
         data = {
             **data,
+            "dense_structure": _dense_structure(model),
             # APT's settings, fixed in the suite before any test figure (its rate comes from the grid)
             "apt_settings": apt_settings(config, headline_apt).to_dict() if headline_apt else None,
             "grid": {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
