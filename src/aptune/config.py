@@ -138,6 +138,15 @@ class AptConfig:
             (benchmarks/results/smollm2-selection.md). With a ``selection_scale`` other than
             ``"global"`` set, the default is 0.
         damage_batches: Calibration batches the damage curves are measured on (forward only).
+        tuning_damage_curves: Rank the heads and neurons by measured damage curves at the pruning
+            events during tuning too, not only before it. The curves are measured on the current
+            model (adapters included) with the first ``damage_batches`` batches of the calibration
+            pass, which the controller keeps (and a checkpoint saves) for this; the running salience
+            orders the blocks inside each site. Hidden dimensions stay at those events (their
+            salience is not on the curves' loss scale). Needs pruning before tuning, damage curves
+            and no distillation (the curves use hard masks, distillation's windows soft ones). Each
+            event that removes blocks costs the forward passes of one set of curves. Off by
+            default: the running salience alone decides during tuning (the paper).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
@@ -275,6 +284,13 @@ class AptConfig:
     )
     damage_batches: int = field(
         default=2, metadata={"help": "Calibration batches the damage curves are measured on."}
+    )
+    tuning_damage_curves: bool = field(
+        default=False,
+        metadata={
+            "help": "Rank heads and neurons by measured damage curves at the pruning events during "
+            "tuning too (needs pruning before tuning, damage curves and no distillation)."
+        },
     )
     calibration_samples: int | None = field(
         default=None,
@@ -428,7 +444,7 @@ class AptConfig:
             bad("posttune_lr_scale", "must lie in (0, 1]; the authors use 0.1")
         if not 0.0 <= number("posttune_warmup") < 1.0:
             bad("posttune_warmup", "must lie in [0, 1); the authors use 0.06")
-        for name in ("prune_hidden", "distill", "distill_rank_growth"):
+        for name in ("prune_hidden", "distill", "distill_rank_growth", "tuning_damage_curves"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "expected true or false")
         if self.pretune_prune is not None and not isinstance(self.pretune_prune, bool):
@@ -443,6 +459,17 @@ class AptConfig:
                 "damage_curves",
                 f"cannot be combined with selection_scale={self.selection_scale!r}: the curves already put "
                 "every site on the loss scale; use selection_scale='global'",
+            )
+        if self.tuning_damage_curves and self.distill:
+            bad(
+                "tuning_damage_curves",
+                "measures its curves with hard masks, which distillation's soft-mask windows cannot share; "
+                "set distill=false (--no-distill) or drop tuning_damage_curves",
+            )
+        if self.tuning_damage_curves and (self.damage_curves == 0 or self.pretune_prune is False):
+            bad(
+                "tuning_damage_curves",
+                "needs damage curves (damage_curves > 0) and pruning before tuning (pretune_prune)",
             )
         if self.pretune_density is not None:
             if not density <= number("pretune_density") <= 1.0:

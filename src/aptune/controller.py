@@ -110,6 +110,22 @@ class AptController:
         self.posttune_record: dict[str, Any] = {}
         self.best: dict[str, Any] | None = None
         self._shapes_changed = False
+        # tuning_damage_curves: the calibration batches the curves run on, and the ranking (with its
+        # curves) of the soft-mask window now open, keyed by its event index
+        self._damage_batches: list[dict] = []
+        self._window_ranking: tuple[int, Salience, dict] | None = None
+        if (
+            config.tuning_damage_curves
+            and config.target_density < 1.0
+            and (
+                config.damage_curve_points(layout.is_decoder) == 0
+                or config.pretune_target(layout.is_decoder) is None
+            )
+        ):
+            raise ConfigError(
+                "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
+                "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
+            )
 
     # ------------------------------------------------------------------ public views of the parts
     def structure(self) -> dict:
@@ -248,7 +264,8 @@ class AptController:
                 self.snapshot_teacher(optimizer)
             move = schedule.mask_move(t)
             if move is not None:
-                self._move_masks(self.select(density), None if move == "hard" else schedule.mask_step)
+                keep = self._tuning_keep(density, schedule.window_index(t))
+                self._move_masks(keep, None if move == "hard" else schedule.mask_step)
         record = None
         k = schedule.event_index(t)
         if k is not None:
@@ -266,10 +283,14 @@ class AptController:
     def _event(self, index: int, density: float, budget_factor: float, optimizer) -> dict:
         params_before = self.param_count()
         removed = {"heads": 0, "neurons": 0, "hidden": 0}
+        measured = None
         if self._pruning_due(density):
             if not self.state.is_hard():
-                self.set_hard_masks(self.select(density))
+                self.set_hard_masks(self._tuning_keep(density, index))
+            if self._window_ranking is not None and self._window_ranking[0] == index:
+                measured = self._window_ranking[2]
             removed = self.prune_to_masks_(optimizer)
+        self._window_ranking = None
         # the student just shrank; the teacher keeps the old tensors alive: that is its memory cost
         self.distiller.note_memory(self.model)
         grown = self.grow_ranks_(budget_factor * self.initial_adapter_params, optimizer)
@@ -280,7 +301,29 @@ class AptController:
             params_before=params_before,
             removed=removed,
             grown={p: list(r) for p, r in grown.items()},
+            **({"damage_curves": [measured]} if measured is not None else {}),
         )
+
+    def _tuning_keep(self, density: float, index: int | None) -> KeepSet:
+        """Keep-set for ``density`` at the event ``index`` during tuning.
+
+        The running salience decides, unless ``tuning_damage_curves`` is on: then the heads and
+        neurons are ranked by damage curves measured once per event (on its first window step) on
+        the kept calibration batches, ordered inside each site by the running salience, and the
+        hidden dimensions stay.
+        """
+        if not self._damage_batches or index is None:
+            return self.select(density)
+        if self._window_ranking is None or self._window_ranking[0] != index:
+            running = Salience(list(self.scores.heads), list(self.scores.neurons), self.scores.hidden)
+            ranking, curves = self._damage_curve_scores(running, self._damage_batches)
+            self._window_ranking = (index, ranking, curves)
+        saved = self.scores.state_dict()
+        self.scores.replace(self._window_ranking[1])
+        try:
+            return self.select(density, False)
+        finally:
+            self.scores.load_state_dict(saved)
 
     def _record_event(self, **fields) -> dict:
         """Complete an event record with the current structure, store it and tell the listeners."""
@@ -498,6 +541,11 @@ class AptController:
             for kind, count in self.prune_to_masks_(optimizer).items():
                 removed[kind] = removed.get(kind, 0) + count
         self.pretuned = True
+        if self.config.tuning_damage_curves:
+            self._damage_batches = [
+                {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in b.items()}
+                for b in batches[: self.config.damage_batches]
+            ]
         record = self._record_event(
             index=-1,
             kind="pretune",
@@ -538,6 +586,7 @@ class AptController:
             return float(total) / len(batches)
 
         was_training = self.model.training
+        masks = self.state.state_dict()  # measured with hard masks; any soft masks come back after
         self.model.eval()
         try:
             return damage_curve_scores(
@@ -550,6 +599,7 @@ class AptController:
             )
         finally:
             self.state.clear()
+            self.state.load_state_dict(masks, device)
             self.model.train(was_training)
 
     # ------------------------------------------------------------------ distillation
@@ -679,7 +729,22 @@ class AptController:
             "events": [{k: v for k, v in e.items() if k != "scores"} for e in self.events],
             "generator": self.generator.get_state(),
             "posttune": {"active": self.posttuning, "record": dict(self.posttune_record), "best": self.best},
+            "tuning_damage": self._tuning_damage_state(),
         }
+
+    def _tuning_damage_state(self) -> dict[str, Any]:
+        # the kept calibration batches and the open window's ranking (tuning_damage_curves)
+        window = None
+        if self._window_ranking is not None:
+            index, ranking, curves = self._window_ranking
+            window = {
+                "index": index,
+                "heads": {str(i): t for i, t in enumerate(ranking.heads) if t is not None},
+                "neurons": {str(i): t for i, t in enumerate(ranking.neurons) if t is not None},
+                "hidden": ranking.hidden,
+                "curves": curves,
+            }
+        return {"batches": {str(i): dict(b) for i, b in enumerate(self._damage_batches)}, "window": window}
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any], optimizer=None) -> None:
@@ -735,6 +800,18 @@ class AptController:
             device = self._device()
             tensors = {name: t.to(device) for name, t in best["tensors"].items()}
             self.best = {**best, "step": int(best["step"]), "value": float(best["value"]), "tensors": tensors}
+        damage = state.get("tuning_damage") or {}
+        batches = damage.get("batches") or {}
+        self._damage_batches = [dict(batches[str(i)]) for i in range(len(batches))]
+        window = damage.get("window")
+        self._window_ranking = None
+        if window is not None:
+            ranking = Salience(
+                [window["heads"].get(str(i)) for i in range(len(self.layout.attention))],
+                [window["neurons"].get(str(i)) for i in range(len(self.layout.ffn))],
+                window["hidden"],
+            )
+            self._window_ranking = (int(window["index"]), ranking, window["curves"])
         self.state.collector.reset()
         self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 

@@ -86,6 +86,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "hidden-norm-weighted": ("APT norm-weighted hidden dims", {"hidden_salience": "norm_weighted"}),
     "hidden-cost-initial": ("APT hidden cost from the initial structure", {"hidden_cost": "initial"}),
     "no-damage-curves": ("APT without damage curves", {"damage_curves": 0}),
+    "damage-during-tuning": ("APT with damage curves during tuning", {"tuning_damage_curves": True}),
     "pretune-at-target": (
         "APT pruned to the target before tuning",
         {"pretune_prune": True, "pretune_density": JOB_DENSITY},
@@ -203,7 +204,7 @@ class BenchConfig:
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
-            "hidden-cost-initial, no-damage-curves, pretune-at-target."
+            "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target."
         },
     )
     ablation_seeds: str = field(
