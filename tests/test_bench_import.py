@@ -56,6 +56,24 @@ def test_a_results_file_of_other_options_is_refused_naming_them(tmp_path):
     # execution options (work folder, page name, note) do not count
     other = suite_config("smollm2-bbc", workdir="/elsewhere", name="other", page_note="n")
     ImportedRecords.load(_results_file(tmp_path, other, {}), config)
+    # nor do options that only add or drop jobs (another seed list, more ablations)
+    more = suite_config(
+        "smollm2-bbc", seeds="0,1,2", ablations="static,pretune-at-target", ablation_seeds="static"
+    )
+    ImportedRecords.load(_results_file(tmp_path, more, {}), config)
+
+
+def test_a_work_folder_takes_more_jobs_but_not_other_options(tmp_path):
+    from aptune.bench.harness import _write_plan
+
+    config = suite_config("smollm2-bbc", ablations="static")
+    _write_plan(tmp_path, config, [], {}, "model")
+    # more ablations, on every seed: the finished records stay valid
+    _write_plan(
+        tmp_path, suite_config("smollm2-bbc", ablations="static,apt-uniform", seeds="0,1"), [], {}, "m"
+    )
+    with pytest.raises(ConfigError, match=r"other --lm-loss-chunk, --max-steps; choose another --workdir"):
+        _write_plan(tmp_path, suite_config("smollm2-bbc", max_steps=7, lm_loss_chunk=64), [], {}, "model")
 
 
 def test_report_only_does_not_import():

@@ -19,6 +19,7 @@ __all__ = [
     "LATENCY_FILE",
     "METHODS",
     "PLAN_FILE",
+    "PLAN_ONLY_OPTIONS",
     "SUITES",
     "BenchConfig",
     "Job",
@@ -475,10 +476,23 @@ EXECUTION_OPTIONS: tuple[str, ...] = (
 )
 
 
+#: Options that only add or drop jobs: no job's own computation reads them, so a work folder or an
+#: imported page planned with other values still holds valid records for the jobs both plans share.
+PLAN_ONLY_OPTIONS: tuple[str, ...] = (
+    "seeds",
+    "seed_methods",
+    "pinned_seeds",
+    "ablations",
+    "ablation_seeds",
+    "densities",
+)
+
+
 def result_options(config: BenchConfig) -> dict[str, Any]:
-    """The options of ``config`` that change what a job computes (all but `EXECUTION_OPTIONS`)."""
+    """The options of ``config`` that change what a job computes (all but `EXECUTION_OPTIONS` and
+    `PLAN_ONLY_OPTIONS`)."""
     data = config.to_dict()
-    for name in EXECUTION_OPTIONS:
+    for name in (*EXECUTION_OPTIONS, *PLAN_ONLY_OPTIONS):
         data.pop(name, None)
     return data
 

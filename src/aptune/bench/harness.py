@@ -361,9 +361,12 @@ def _write_plan(workdir: Path, config: BenchConfig, jobs: list[Job], data: dict,
     plan_path = workdir / PLAN_FILE
     if plan_path.is_file():
         old = json.loads(plan_path.read_text(encoding="utf-8"))
-        if result_options(BenchConfig.from_dict(old["config"])) != result_options(config):
+        theirs, ours = result_options(BenchConfig.from_dict(old["config"])), result_options(config)
+        differing = sorted(name for name in ours if theirs.get(name) != ours[name])
+        if differing:
+            shown = ", ".join(f"--{n.replace('_', '-')}" for n in differing)
             raise ConfigError(
-                f"{workdir} holds a benchmark with other options; choose another --workdir or delete it"
+                f"{workdir} holds a benchmark run with other {shown}; choose another --workdir or delete it"
             )
     plan = {
         "config": config.to_dict(),

@@ -50,6 +50,12 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _at_least(value: float | None, floor: float | None) -> float | None:
+    """``max(value, floor)`` over the values present (None when neither is)."""
+    present = [v for v in (value, floor) if v is not None]
+    return max(present) if present else None
+
+
 def context_from_plan(workdir: str | Path):
     """Read ``plan.json`` of a work folder; return ``(WorkerContext, jobs by id)``."""
     from aptune.bench.methods import WorkerContext
@@ -159,7 +165,9 @@ def run_job(workdir: str | Path, job_id: str) -> dict[str, Any]:
         resting_rss_mb=resting,
         method_peak_rss_mb=result.get("peak_rss_mb"),
         **peak,
-        process_peak_rss_mb=memory.peak_mb(),
+        # VmHWM is not strictly monotone where pages are reclaimed behind the counter's back (the
+        # kernel refreshes it lazily), so the peak at the end is at least the one already read
+        process_peak_rss_mb=_at_least(memory.peak_mb(), peak.get("peak_rss_mb")),
         # "pinned": apply_allocator pinned the threshold at the start; "default": the environment keeps
         # aptune's pruning from pinning it (see aptune.host_memory)
         mmap_threshold=pinned_mmap_threshold(),
