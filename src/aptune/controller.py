@@ -53,7 +53,14 @@ from aptune.hub.modeling_aptune import apply_patches_
 from aptune.masks import MaskState, install_masks
 from aptune.ranks import allocate_ranks, growth_factor
 from aptune.schedule import Schedule, build_schedule
-from aptune.scores import Salience, ScoreTracker, hidden_salience_mode, measure_salience, summed_salience
+from aptune.scores import (
+    Salience,
+    ScoreTracker,
+    flat_score_vectors,
+    hidden_salience_mode,
+    measure_salience,
+    summed_salience,
+)
 from aptune.select import KeepSet
 from aptune.surgery import grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
 
@@ -318,12 +325,9 @@ class AptController:
             running = Salience(list(self.scores.heads), list(self.scores.neurons), self.scores.hidden)
             ranking, curves = self._damage_curve_scores(running, self._damage_batches)
             self._window_ranking = (index, ranking, curves)
-        saved = self.scores.state_dict()
-        self.scores.replace(self._window_ranking[1])
-        try:
-            return self.select(density, False)
-        finally:
-            self.scores.load_state_dict(saved)
+        counts = (self.blocks.unit_counts(), self.blocks.neuron_counts(), self.blocks.hidden_size)
+        vectors = flat_score_vectors(self._window_ranking[1], *counts)
+        return self.blocks.select(vectors, density, self.config, False)
 
     def _record_event(self, **fields) -> dict:
         """Complete an event record with the current structure, store it and tell the listeners."""

@@ -21,6 +21,7 @@ from aptune.salience import SalienceCollector, block_kurtosis
 __all__ = [
     "Salience",
     "ScoreTracker",
+    "flat_score_vectors",
     "hidden_salience_mode",
     "measure_salience",
     "norm_weighted_hidden",
@@ -298,10 +299,9 @@ class ScoreTracker:
             neurons: Neurons per FFN site now present.
             hidden_size: Hidden dimensions now present.
         """
-        heads = [s if s is not None else torch.zeros(n) for s, n in zip(self.heads, units, strict=True)]
-        ffn = [s if s is not None else torch.zeros(n) for s, n in zip(self.neurons, neurons, strict=True)]
-        hidden = self.hidden if self.hidden is not None else torch.zeros(hidden_size)
-        return cat_cpu(heads), cat_cpu(ffn), hidden
+        return flat_score_vectors(
+            Salience(self.heads, self.neurons, self.hidden), units, neurons, hidden_size
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Scores and counters (per-site tensors keyed by site index; missing scores are left out)."""
@@ -320,6 +320,24 @@ class ScoreTracker:
         self.hidden = state["hidden"]
         self.updates = int(state["updates"])
         self.adapter_importance = dict(state["adapter_importance"])
+
+
+def flat_score_vectors(
+    salience: Salience, units: list[int], neurons: list[int], hidden_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat score vectors of ``salience`` over every unit, every neuron and the hidden dims (0 where
+    a site has no score), as `aptune.blocks.BlockBook.select` takes them.
+
+    Args:
+        salience: Scores per site.
+        units: Units per attention site now present.
+        neurons: Neurons per FFN site now present.
+        hidden_size: Hidden dimensions now present.
+    """
+    heads = [s if s is not None else torch.zeros(n) for s, n in zip(salience.heads, units, strict=True)]
+    ffn = [s if s is not None else torch.zeros(n) for s, n in zip(salience.neurons, neurons, strict=True)]
+    hidden = salience.hidden if salience.hidden is not None else torch.zeros(hidden_size)
+    return cat_cpu(heads), cat_cpu(ffn), hidden
 
 
 def cat_cpu(parts: list[torch.Tensor]) -> torch.Tensor:
