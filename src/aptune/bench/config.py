@@ -24,6 +24,7 @@ __all__ = [
     "BenchConfig",
     "Job",
     "config_command",
+    "differing_options",
     "estimate_seconds",
     "plan_jobs",
     "result_options",
@@ -495,6 +496,12 @@ def result_options(config: BenchConfig) -> dict[str, Any]:
     for name in (*EXECUTION_OPTIONS, *PLAN_ONLY_OPTIONS):
         data.pop(name, None)
     return data
+
+
+def differing_options(theirs: BenchConfig, ours: BenchConfig) -> list[str]:
+    """Names of the `result_options` whose values differ between two configs, sorted."""
+    a, b = result_options(theirs), result_options(ours)
+    return sorted(name for name in b if a.get(name) != b[name])
 
 
 def _split(text: str) -> list[str]:

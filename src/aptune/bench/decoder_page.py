@@ -127,10 +127,10 @@ def structure_lines(summary: Mapping[str, Any]) -> list[str]:
         "FFN, last third",
         "hidden",
     ]
-    lines = ["Kept in the exported model, by third of the layers"]
+    title = "Kept in the exported model, by third of the layers"
     if dense:
-        lines[0] += (
+        title += (
             f" (share of the dense model's {dense['heads']} query heads and {dense['ffn']:,} FFN neurons per "
             f"layer, {layers} layers, hidden {dense['hidden']})"
         )
-    return [lines[0] + ".", "", *md_table(head, rows, "ll" + "r" * 7), ""]
+    return [title + ".", "", *md_table(head, rows, "ll" + "r" * 7), ""]

@@ -41,12 +41,12 @@ from aptune.bench.config import (
     RATES_FILE,
     BenchConfig,
     Job,
+    differing_options,
     estimate_seconds,
     extend_grid,
     plan_grid,
     plan_headline,
     plan_jobs,
-    result_options,
 )
 from aptune.bench.imported import ImportedRecords
 from aptune.bench.records import NOT_RUN_YET, record_metrics
@@ -361,8 +361,7 @@ def _write_plan(workdir: Path, config: BenchConfig, jobs: list[Job], data: dict,
     plan_path = workdir / PLAN_FILE
     if plan_path.is_file():
         old = json.loads(plan_path.read_text(encoding="utf-8"))
-        theirs, ours = result_options(BenchConfig.from_dict(old["config"])), result_options(config)
-        differing = sorted(name for name in ours if theirs.get(name) != ours[name])
+        differing = differing_options(BenchConfig.from_dict(old["config"]), config)
         if differing:
             shown = ", ".join(f"--{n.replace('_', '-')}" for n in differing)
             raise ConfigError(

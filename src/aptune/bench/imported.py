@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aptune.bench.config import BenchConfig, Job, result_options
+from aptune.bench.config import BenchConfig, Job, differing_options, result_options
 from aptune.errors import ConfigError
 
 __all__ = ["JOB_IDENTITY", "ImportedRecords"]
@@ -75,9 +75,8 @@ class ImportedRecords:
             their_config = BenchConfig.from_dict(payload["config"])
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"--import-results {source}: its options do not load here ({err})") from None
-        theirs = result_options(their_config)
-        ours = result_options(config)
-        differing = sorted(name for name in ours if theirs.get(name) != ours[name])
+        theirs, ours = result_options(their_config), result_options(config)
+        differing = differing_options(their_config, config)
         if differing:
             shown = ", ".join(
                 f"--{n.replace('_', '-')} {theirs.get(n)!r} (this run: {ours[n]!r})" for n in differing
