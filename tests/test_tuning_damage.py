@@ -12,7 +12,9 @@ from aptune.checkpoint import load_controller_state, save_controller_state
 from aptune.config import AptConfig
 from aptune.damage import curve_counts
 from aptune.errors import ConfigError
+from aptune.scores import Salience
 from aptune.surgery import prune_neurons_
+from aptune.tuning_damage import TuningDamageRanking
 from test_llama import _causal_lm_dataset, tiny_llama
 from tiny import tiny_bert
 
@@ -120,7 +122,7 @@ def test_a_state_saved_inside_a_window_resumes_to_the_same_structure(tmp_path) -
     )
     for step in range(1, stop + 1):
         _step(model, controller, optimizer, batches, step)
-    assert controller._window_ranking is not None
+    assert controller.tuning_damage.window is not None
     save_controller_state(controller, tmp_path)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -129,11 +131,11 @@ def test_a_state_saved_inside_a_window_resumes_to_the_same_structure(tmp_path) -
     model2.load_state_dict(weights)
     optimizer2 = torch.optim.AdamW([p for p in model2.parameters() if p.requires_grad], lr=5e-3)
     optimizer2.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-    assert len(controller2._damage_batches) == 2
-    for a, b in zip(controller._damage_batches, controller2._damage_batches, strict=True):
+    assert len(controller2.tuning_damage.batches) == 2
+    for a, b in zip(controller.tuning_damage.batches, controller2.tuning_damage.batches, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    index, ranking, curves = controller._window_ranking
-    index2, ranking2, curves2 = controller2._window_ranking
+    index, ranking, curves = controller.tuning_damage.window
+    index2, ranking2, curves2 = controller2.tuning_damage.window
     assert index2 == index and curves2 == curves
     for a, b in zip(ranking.neurons, ranking2.neurons, strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
@@ -160,3 +162,34 @@ def test_a_model_without_curves_before_tuning_is_told_what_to_set() -> None:
     # an encoder prunes before tuning only when asked, and has no damage curves by default
     with pytest.raises(ConfigError, match="set damage_curves"):
         aptune.prepare_(tiny_bert(), AptConfig(target_density=0.5, distill=False, tuning_damage_curves=True))
+
+
+def test_the_window_ranking_is_measured_once_per_event_and_ends_with_it() -> None:
+    ranking = TuningDamageRanking()
+    assert not ranking.active
+    ranking.keep([{"input_ids": torch.ones(2, 3, dtype=torch.long)}])
+    assert ranking.active and ranking.batches[0]["input_ids"].device.type == "cpu"
+    calls: list[int] = []
+
+    def measure(running, batches):
+        calls.append(len(batches))
+        scaled = Salience([h * 2 for h in running.heads], running.neurons, running.hidden)
+        return scaled, {"event": len(calls)}
+
+    running = Salience([torch.tensor([1.0, 3.0])], [torch.tensor([2.0])], None)
+    first = ranking.ranking(0, running, measure)
+    again = ranking.ranking(0, running, measure)
+    assert calls == [1] and first is again
+    assert torch.equal(first.heads[0], torch.tensor([2.0, 6.0]))
+    assert ranking.close(1) is None and ranking.window is None  # another event's close ends it too
+    ranking.ranking(1, running, measure)
+    assert calls == [1, 1]
+    saved = ranking.state_dict()
+    restored = TuningDamageRanking()
+    restored.load_state_dict(saved, attention_sites=1, ffn_sites=1)
+    assert torch.equal(restored.batches[0]["input_ids"], ranking.batches[0]["input_ids"])
+    assert restored.window[0] == 1 and torch.equal(restored.window[1].heads[0], torch.tensor([2.0, 6.0]))
+    assert restored.close(1) == {"event": 2} and restored.window is None
+    empty = TuningDamageRanking()
+    empty.load_state_dict(None, attention_sites=1, ffn_sites=1)
+    assert not empty.active and empty.window is None

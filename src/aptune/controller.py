@@ -63,6 +63,7 @@ from aptune.scores import (
 )
 from aptune.select import KeepSet
 from aptune.surgery import grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
+from aptune.tuning_damage import TuningDamageRanking
 
 __all__ = ["DISTILL_MODULE_NAME", "AptController", "LossParts", "prepare_"]
 
@@ -117,10 +118,7 @@ class AptController:
         self.posttune_record: dict[str, Any] = {}
         self.best: dict[str, Any] | None = None
         self._shapes_changed = False
-        # tuning_damage_curves: the calibration batches the curves run on, and the ranking (with its
-        # curves) of the soft-mask window now open, keyed by its event index
-        self._damage_batches: list[dict] = []
-        self._window_ranking: tuple[int, Salience, dict] | None = None
+        self.tuning_damage = TuningDamageRanking()
         if (
             config.tuning_damage_curves
             and config.target_density < 1.0
@@ -290,14 +288,14 @@ class AptController:
     def _event(self, index: int, density: float, budget_factor: float, optimizer) -> dict:
         params_before = self.param_count()
         removed = {"heads": 0, "neurons": 0, "hidden": 0}
-        measured = None
-        if self._pruning_due(density):
-            if not self.state.is_hard():
-                self.set_hard_masks(self._tuning_keep(density, index))
-            if self._window_ranking is not None and self._window_ranking[0] == index:
-                measured = self._window_ranking[2]
+        due = self._pruning_due(density)
+        if due and not self.state.is_hard():
+            self.set_hard_masks(self._tuning_keep(density, index))
+        measured = self.tuning_damage.close(index)  # the window ends with its event
+        if due:
             removed = self.prune_to_masks_(optimizer)
-        self._window_ranking = None
+        else:
+            measured = None
         # the student just shrank; the teacher keeps the old tensors alive: that is its memory cost
         self.distiller.note_memory(self.model)
         grown = self.grow_ranks_(budget_factor * self.initial_adapter_params, optimizer)
@@ -319,14 +317,12 @@ class AptController:
         the kept calibration batches, ordered inside each site by the running salience, and the
         hidden dimensions stay.
         """
-        if not self._damage_batches or index is None:
+        if not self.tuning_damage.active or index is None:
             return self.select(density)
-        if self._window_ranking is None or self._window_ranking[0] != index:
-            running = Salience(list(self.scores.heads), list(self.scores.neurons), self.scores.hidden)
-            ranking, curves = self._damage_curve_scores(running, self._damage_batches)
-            self._window_ranking = (index, ranking, curves)
+        running = Salience(list(self.scores.heads), list(self.scores.neurons), self.scores.hidden)
+        ranking = self.tuning_damage.ranking(index, running, self._damage_curve_scores)
         counts = (self.blocks.unit_counts(), self.blocks.neuron_counts(), self.blocks.hidden_size)
-        vectors = flat_score_vectors(self._window_ranking[1], *counts)
+        vectors = flat_score_vectors(ranking, *counts)
         return self.blocks.select(vectors, density, self.config, False)
 
     def _record_event(self, **fields) -> dict:
@@ -546,10 +542,7 @@ class AptController:
                 removed[kind] = removed.get(kind, 0) + count
         self.pretuned = True
         if self.config.tuning_damage_curves:
-            self._damage_batches = [
-                {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in b.items()}
-                for b in batches[: self.config.damage_batches]
-            ]
+            self.tuning_damage.keep(batches[: self.config.damage_batches])
         record = self._record_event(
             index=-1,
             kind="pretune",
@@ -733,22 +726,8 @@ class AptController:
             "events": [{k: v for k, v in e.items() if k != "scores"} for e in self.events],
             "generator": self.generator.get_state(),
             "posttune": {"active": self.posttuning, "record": dict(self.posttune_record), "best": self.best},
-            "tuning_damage": self._tuning_damage_state(),
+            "tuning_damage": self.tuning_damage.state_dict(),
         }
-
-    def _tuning_damage_state(self) -> dict[str, Any]:
-        # the kept calibration batches and the open window's ranking (tuning_damage_curves)
-        window = None
-        if self._window_ranking is not None:
-            index, ranking, curves = self._window_ranking
-            window = {
-                "index": index,
-                "heads": {str(i): t for i, t in enumerate(ranking.heads) if t is not None},
-                "neurons": {str(i): t for i, t in enumerate(ranking.neurons) if t is not None},
-                "hidden": ranking.hidden,
-                "curves": curves,
-            }
-        return {"batches": {str(i): dict(b) for i, b in enumerate(self._damage_batches)}, "window": window}
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any], optimizer=None) -> None:
@@ -804,18 +783,9 @@ class AptController:
             device = self._device()
             tensors = {name: t.to(device) for name, t in best["tensors"].items()}
             self.best = {**best, "step": int(best["step"]), "value": float(best["value"]), "tensors": tensors}
-        damage = state.get("tuning_damage") or {}
-        batches = damage.get("batches") or {}
-        self._damage_batches = [dict(batches[str(i)]) for i in range(len(batches))]
-        window = damage.get("window")
-        self._window_ranking = None
-        if window is not None:
-            ranking = Salience(
-                [window["heads"].get(str(i)) for i in range(len(self.layout.attention))],
-                [window["neurons"].get(str(i)) for i in range(len(self.layout.ffn))],
-                window["hidden"],
-            )
-            self._window_ranking = (int(window["index"]), ranking, window["curves"])
+        self.tuning_damage.load_state_dict(
+            state.get("tuning_damage"), len(self.layout.attention), len(self.layout.ffn)
+        )
         self.state.collector.reset()
         self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 
