@@ -136,6 +136,7 @@ def test_train_end_to_end_writes_model_and_report(tmp_path, tiny_model_dir, caps
         ("labels_out_of_range", "label"),
         ("bad_density", "target_density"),
         ("not_a_model", "not a model"),
+        ("bad_save_total_limit", "--save-total-limit must be >= 1"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, expected):
@@ -163,6 +164,8 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, 
         args += ["--num-labels", "2"]
     elif case == "bad_density":
         args += ["--target-density", "1.5"]
+    elif case == "bad_save_total_limit":
+        args += ["--save-steps", "5", "--save-total-limit", "0"]
     elif case == "not_a_model":
         (tmp_path / "empty-model").mkdir()
         (tmp_path / "empty-model" / "notes.txt").write_text("hello")

@@ -180,3 +180,59 @@ def test_state_saved_inside_a_window_resumes_in_process(tmp_path):
     inputs.pop("labels")
     with torch.no_grad():
         torch.testing.assert_close(model2.eval()(**inputs).logits, model.eval()(**inputs).logits)
+
+
+def _recorded_run(folder: Path, stop_at: int | None = None, resume: str | None = None):
+    """A tiny APT run with a report recorder and a checkpoint every 4 steps (optionally stopped early)."""
+    import datasets
+    from transformers import TrainerCallback, TrainingArguments
+
+    from aptune.report import RunRecorder
+    from tiny import tiny_bert
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_at is not None and state.global_step == stop_at:
+                control.should_training_stop = True
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 120, (48, 12), generator=generator)
+    rows = {"input_ids": ids.tolist(), "attention_mask": [[1] * 12] * 48, "labels": (ids[:, 1] % 3).tolist()}
+    data = datasets.Dataset.from_dict(rows)
+    args = TrainingArguments(
+        str(folder), max_steps=24, per_device_train_batch_size=8, learning_rate=5e-3, save_strategy="steps",
+        save_steps=4, eval_strategy="steps", eval_steps=6, report_to=[], use_cpu=True, disable_tqdm=True,
+        seed=0, logging_steps=100, dataloader_pin_memory=False,
+    )  # fmt: skip
+    recorder = RunRecorder({"run": "tiny"}, {"name": "tiny"})
+    trainer = aptune.AptTrainer(
+        model=tiny_bert(),
+        args=args,
+        apt_config=aptune.AptConfig(target_density=0.5, num_events=3, distill=False),
+        train_dataset=data,
+        eval_dataset=data.select(range(16)),
+        recorder=recorder,
+        callbacks=[StopAt()],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return recorder.to_dict()
+
+
+def test_the_report_of_a_resumed_run_covers_the_whole_run(tmp_path):
+    straight = _recorded_run(tmp_path / "straight")
+    stopped = _recorded_run(tmp_path / "cut", stop_at=10)
+    assert [row["step"] for row in stopped["steps"]] == list(range(1, 11))
+    resumed = _recorded_run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-8"))
+    # the steps after the checkpoint come once, from the resumed process (steps 9 and 10 are redone)
+    assert [row["step"] for row in resumed["steps"]] == [row["step"] for row in straight["steps"]]
+    assert [row["step"] for row in resumed["steps"]] == list(range(1, 25))
+    assert [e["step"] for e in resumed["events"]] == [e["step"] for e in straight["events"]]
+    assert [e["removed"] for e in resumed["events"]] == [e["removed"] for e in straight["events"]]
+    assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]] == [6, 12, 18, 24]
+    assert len(resumed["salience_history"]) == len(straight["salience_history"])
+    assert resumed["resumed"] == [{"from_step": 8}] and "resumed" not in straight
+    # the phase clocks continue from the saved totals instead of starting again at zero
+    saved = aptune.checkpoint.load_run_record(tmp_path / "cut" / "checkpoint-8")
+    for phase, seconds in saved["phase_times"].items():
+        assert resumed["phase_times"][phase] >= seconds
+    assert resumed["summary"]["final_step"] == straight["summary"]["final_step"] == 24

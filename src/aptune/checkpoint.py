@@ -9,7 +9,9 @@ state of the checkpoint as usual. This module only moves that state to and from 
 
 Files (written atomically into the checkpoint folder): ``aptune_state.json`` (everything small, with
 a placeholder for each tensor) and ``aptune_state.safetensors`` (the tensors, keyed by their path in
-the state, e.g. ``blocks/units/0``). Nothing is unpickled.
+the state, e.g. ``blocks/units/0``). Nothing is unpickled. A run that keeps a report also saves
+its record so far (``aptune_record.json``: steps, events, evaluations, phase times), so that the
+report of a resumed run covers the whole run.
 """
 
 from __future__ import annotations
@@ -25,17 +27,21 @@ from aptune.atomic import atomic_path, write_text_atomic
 from aptune.errors import ConfigError
 
 __all__ = [
+    "RECORD_JSON",
     "STATE_JSON",
     "STATE_TENSORS",
     "has_controller_state",
     "last_complete_checkpoint",
     "load_controller_state",
+    "load_run_record",
     "save_controller_state",
+    "save_run_record",
 ]
 
 STATE_JSON = "aptune_state.json"
 STATE_TENSORS = "aptune_state.safetensors"
 STATE_VERSION = 2
+RECORD_JSON = "aptune_record.json"
 _TENSOR = "<tensor>"  # placeholder in the JSON for a tensor stored in the safetensors file
 
 
@@ -111,6 +117,21 @@ def load_controller_state(controller, folder: str | Path, optimizer=None) -> Non
         controller.load_state_dict(state, optimizer)
     except ConfigError as error:
         raise ConfigError(f"{folder}: {error}") from None
+
+
+def save_run_record(folder: str | Path, record: dict[str, Any]) -> None:
+    """Write a run's record so far (a `aptune.report.RunRecorder` dict) into the checkpoint ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / RECORD_JSON, json.dumps(record))
+
+
+def load_run_record(folder: str | Path) -> dict[str, Any] | None:
+    """The record `save_run_record` wrote into ``folder``, or None (a checkpoint saved without one)."""
+    path = Path(folder) / RECORD_JSON
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _split(tree: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:

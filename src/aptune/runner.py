@@ -99,6 +99,9 @@ class RunArguments:
     save_steps: int | None = field(
         default=None, metadata={"help": "Save a resumable checkpoint every N steps (default: none)."}
     )
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep only the N newest checkpoints (default: all)."}
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "Checkpoint folder to resume from, or 'last' (same output_dir)."}
     )
@@ -129,6 +132,10 @@ class RunArguments:
             raise ConfigError("choose at most one of --bf16 and --fp16")
         if self.evaluations < 0:
             raise ConfigError(f"--evaluations must be >= 0, got {self.evaluations}")
+        for name in ("save_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     def data_source(self) -> dict[str, Any]:
         """Keyword arguments of `aptune.tasks.load_task` for the data (built-in default filled in)."""
@@ -413,6 +420,7 @@ def _training_arguments(
         eval_steps=data.eval_every,
         save_strategy="steps" if run_args.save_steps else "no",
         save_steps=run_args.save_steps or 500,
+        save_total_limit=run_args.save_total_limit,
         report_to=[],
         seed=run_args.seed,
         bf16=run_args.bf16,

@@ -21,7 +21,13 @@ from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from aptune.checkpoint import last_complete_checkpoint, load_controller_state, save_controller_state
+from aptune.checkpoint import (
+    last_complete_checkpoint,
+    load_controller_state,
+    load_run_record,
+    save_controller_state,
+    save_run_record,
+)
 from aptune.config import AptConfig
 from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
 from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
@@ -237,7 +243,32 @@ class AptCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if self.trainer.is_world_process_zero() and folder.is_dir():
+            if self.recorder is not None:  # before the controller state, which marks the save complete
+                record = {"report": self.recorder.to_dict(), "phase_times": self._phases_so_far()}
+                save_run_record(folder, record)
             save_controller_state(self.controller, folder)
+
+    def _phases_so_far(self) -> dict[str, float]:
+        """Seconds per phase up to now, the running phase included."""
+        times = dict(self._phase_times)
+        times[self._phase] = times.get(self._phase, 0.0) + time.perf_counter() - self._phase_started
+        return times
+
+    def restore_record(self, checkpoint: str | Path) -> None:
+        """Continue the record saved with ``checkpoint`` (see `aptune.checkpoint.save_run_record`).
+
+        The recorder takes the steps, events, evaluations and salience up to the checkpoint, the
+        phase clocks continue from their saved totals, and ``resumed`` in the report lists the
+        steps the run was resumed from. Nothing happens without a recorder or a saved record.
+        """
+        saved = load_run_record(checkpoint)
+        if self.recorder is None or saved is None:
+            return
+        report = saved.get("report") or {}
+        self.recorder.restore_history(report)
+        self._phase_times = {k: float(v) for k, v in (saved.get("phase_times") or {}).items()}
+        resumed = [*(report.get("resumed") or []), {"from_step": self.controller.step_count}]
+        self.recorder.set("resumed", resumed)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics:
@@ -422,6 +453,7 @@ class AptTrainer(Trainer):
         resume_from_checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint:
             load_controller_state(self.apt_controller, resume_from_checkpoint)
+            self.apt_callback.restore_record(resume_from_checkpoint)
         if self.apt_controller.posttuning:  # the checkpoint is one of the post-distillation phase
             self._main_output = self._main_output or TrainOutput(
                 self.apt_controller.step_count, float("nan"), {}

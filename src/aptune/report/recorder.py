@@ -238,6 +238,24 @@ class RunRecorder:
         data["summary"] = summarize(data)
         return data
 
+    def restore_history(self, data: Mapping[str, Any]) -> None:
+        """Take the steps, events, evaluations, salience and phase times of an earlier record.
+
+        A resumed run calls it with the record its checkpoint saved (`to_dict`), so that its report
+        covers the whole run; this recorder's config, model and extra fields stay.
+
+        Raises:
+            DataError: ``data`` is not a report dict.
+        """
+        earlier = RunRecorder.from_dict(data)
+        self._created = earlier._created
+        self._steps = earlier._steps
+        self._events = earlier._events
+        self._evals = earlier._evals
+        self._salience = earlier._salience
+        self._salience_history = earlier._salience_history
+        self._phase_times = {**earlier._phase_times, **self._phase_times}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecorder:
         """Rebuild a recorder from :meth:`to_dict` / :func:`load_report` output (e.g. to resume a run).
