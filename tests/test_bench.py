@@ -1,5 +1,6 @@
 """The benchmark harness: the plan, the command line, and tiny end-to-end runs (encoder and decoder)."""
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -347,10 +348,8 @@ def test_bench_help_and_dry_run(tiny_setup, tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
-    """Causal LM: LoRA, LoRA+Prune and APT pruning before tuning, perplexity, LoRA sets the TTA bar."""
-    from aptune.bench import run_benchmark
-
+def _tiny_decoder_bench(word_tokenizer, tmp_path, **overrides):
+    """The decoder suite on a 2-layer GQA LLaMA and 30 lines of random words (no held-out domain)."""
     word_tokenizer.save_pretrained(tmp_path / "model")
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -403,6 +402,14 @@ def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
         results_dir=str(tmp_path / "results"),
         name="llama",
     )
+    return dataclasses.replace(bench, **overrides)
+
+
+def test_bench_decoder_path_on_a_tiny_llama(word_tokenizer, tmp_path):
+    """Causal LM: LoRA, LoRA+Prune and APT pruning before tuning, perplexity, LoRA sets the TTA bar."""
+    from aptune.bench import run_benchmark
+
+    bench = _tiny_decoder_bench(word_tokenizer, tmp_path)
     outcome = run_benchmark(bench, log=lambda line: None)
     assert not outcome.failures
     summary = outcome.summary
@@ -454,3 +461,35 @@ def test_pretune_at_target_ablation_prunes_to_the_job_density_before_tuning() ->
     assert job.apt_overrides == {"pretune_prune": True, "pretune_density": 0.55}
     config = AptConfig(target_density=job.density, **job.apt_overrides)
     assert config.pretune_target(is_decoder=True) == 0.55
+
+
+def test_an_interrupted_apt_job_resumes_from_its_last_checkpoint(word_tokenizer, tmp_path):
+    """With --checkpoint-steps an APT job that was stopped continues where its checkpoint left off."""
+    import shutil
+
+    from aptune.bench import run_benchmark
+
+    bench = _tiny_decoder_bench(word_tokenizer, tmp_path, methods="apt", checkpoint_steps=4)
+    first = run_benchmark(bench, log=lambda line: None)
+    assert not first.failures
+    work = tmp_path / "work"
+    record = json.loads((work / "results" / "apt-d0.70-s0.json").read_text())
+    assert "resumed" not in record
+    checkpoints = work / "runs" / "apt-d0.70-s0" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-18"]
+    # a sitting stopped after step 16's checkpoint: no later checkpoint, no model, no result
+    shutil.rmtree(checkpoints / "checkpoint-18")
+    shutil.rmtree(work / "runs" / "apt-d0.70-s0" / "model")
+    (work / "results" / "apt-d0.70-s0.json").unlink()
+    second = run_benchmark(bench, log=lambda line: None)
+    assert not second.failures
+    resumed = json.loads((work / "results" / "apt-d0.70-s0.json").read_text())
+    assert resumed["resumed"] == [{"from_step": 16}]
+    # the whole run's steps, and the perplexities right after pruning as measured before the stop
+    assert sorted(int(s) for s in resumed["step_times"]) == list(range(1, 19))
+    assert resumed["domain_perplexity"] == record["domain_perplexity"]
+    assert resumed["total_steps"] == record["total_steps"] == 18
+    after, before = resumed["final_metrics"]["perplexity"], record["final_metrics"]["perplexity"]
+    assert after == pytest.approx(before, rel=1e-4)
+    page = second.files["md"].read_text()
+    assert "**Resumed from a checkpoint**: `apt-d0.70-s0` (from step 16)" in page

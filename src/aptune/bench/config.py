@@ -156,6 +156,13 @@ class BenchConfig:
     )
     keep_workdir: bool = field(default=False, metadata={"help": "Keep a temporary work folder."})
     isolate: bool = field(default=True, metadata={"help": "Run every job in its own process."})
+    checkpoint_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Save a checkpoint of every APT job each N optimizer steps (0: none); a job "
+            "interrupted by a later sitting resumes from its last checkpoint."
+        },
+    )
     dry_run: bool = field(default=False, metadata={"help": "Print the plan and time estimate only."})
     report_only: bool = field(
         default=False,
@@ -418,6 +425,8 @@ class BenchConfig:
             bad("prune_samples", "sample counts and the retraining rank must be >= 0 (prune-samples >= 1)")
         if self.grid_extend < 0:
             bad("grid_extend", "must be >= 0 (0 keeps the grid as configured)")
+        if self.checkpoint_steps < 0:
+            bad("checkpoint_steps", "must be >= 0 (0 saves no checkpoints)")
         if self.grid and (not self.lr_grid("ft") or not self.lr_grid("lora")):
             bad("adapter_lr_grid", "the learning-rate grids need at least one rate each")
         self.pinned_seed_list()
@@ -469,6 +478,7 @@ EXECUTION_OPTIONS: tuple[str, ...] = (
     "workdir",
     "keep_workdir",
     "isolate",
+    "checkpoint_steps",
     "dry_run",
     "report_only",
     "page_note",

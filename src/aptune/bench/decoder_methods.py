@@ -18,6 +18,7 @@ BBC test split and the held-out domain (`exported_extras`).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, set_seed
 
+from aptune.atomic import write_json_atomic
 from aptune.bench.config import Job
 from aptune.bench.measure import MemoryMonitor, step_time_summary
 
@@ -105,19 +107,31 @@ def domain_perplexities(ctx, model: torch.nn.Module, tokenizer, splits: tuple[st
 
 
 class DomainEval(TrainerCallback):
-    """Measures `domain_perplexities` once, at the start of training (after APT's pruning before tuning)."""
+    """Measures `domain_perplexities` once, at the start of training (after APT's pruning before tuning).
 
-    def __init__(self, ctx, tokenizer) -> None:
+    With a ``store`` file the figures are also written there, and a run resumed from a checkpoint
+    reads them back instead of measuring its partly tuned model.
+    """
+
+    def __init__(self, ctx, tokenizer, store: Path | None = None) -> None:
         self.ctx = ctx
         self.tokenizer = tokenizer
+        self.store = store
         self.record: dict[str, float] | None = None
         self.seconds = 0.0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.record is None and model is not None:
-            began = time.perf_counter()
-            self.record = domain_perplexities(self.ctx, model, self.tokenizer)
-            self.seconds = time.perf_counter() - began
+        if self.record is not None or model is None:
+            return
+        if state.global_step > 0:  # resumed: the model is no longer the one right after pruning
+            if self.store is not None and self.store.is_file():
+                self.record = json.loads(self.store.read_text(encoding="utf-8"))
+            return
+        began = time.perf_counter()
+        self.record = domain_perplexities(self.ctx, model, self.tokenizer)
+        self.seconds = time.perf_counter() - began
+        if self.store is not None:
+            write_json_atomic(self.store, self.record)
 
 
 def exported_extras(ctx, model: torch.nn.Module, tokenizer) -> dict[str, Any]:

@@ -790,13 +790,34 @@ def apt_settings(cfg: BenchConfig, job: Job):
     )
 
 
+#: File in an APT job's run folder that keeps the perplexities measured right after the pruning
+#: before tuning, for a resumed job.
+AFTER_PRUNING_FILE = "after_pruning.json"
+
+
+def _resumable(out: Path, cfg: BenchConfig) -> str | None:
+    """The checkpoint an APT job resumes from: the last complete one, when checkpoints are on."""
+    from aptune.checkpoint import last_complete_checkpoint
+    from aptune.runner import CHECKPOINTS_DIR
+
+    if not cfg.checkpoint_steps:
+        return None
+    last = last_complete_checkpoint(out / CHECKPOINTS_DIR)
+    return str(last) if last is not None else None
+
+
 def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
-    """APT through `aptune.runner.run_training`; the figures come from its ``report.json``."""
+    """APT through `aptune.runner.run_training`; the figures come from its ``report.json``.
+
+    With ``checkpoint_steps`` the run saves checkpoints, and a job whose run folder holds a complete
+    one (an earlier sitting was stopped) resumes from it; its record lists ``resumed`` steps.
+    """
     from aptune.report import load_report
     from aptune.runner import RunArguments, run_training
 
     cfg = ctx.config
     out = ctx.run_dir(job.id)
+    resume = _resumable(out, cfg)
     run_args = RunArguments(
         model=ctx.model,
         tokenizer=ctx.tokenizer,
@@ -805,7 +826,10 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         eval_file=ctx.eval_file,
         max_length=cfg.max_length,
         output_dir=str(out),
-        overwrite=True,
+        overwrite=resume is None,
+        resume_from_checkpoint=resume,
+        save_steps=cfg.checkpoint_steps or None,
+        save_total_limit=2 if cfg.checkpoint_steps else None,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or None,
         batch_size=cfg.batch_size,
@@ -826,7 +850,7 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
     if cfg.task == "causal-lm":  # perplexities right after the pruning before tuning
         from aptune.bench.decoder_methods import DomainEval
 
-        domains = [DomainEval(ctx, load_tokenizer(ctx.model, ctx.tokenizer))]
+        domains = [DomainEval(ctx, load_tokenizer(ctx.model, ctx.tokenizer), out / AFTER_PRUNING_FILE)]
     summary = run_training(run_args, apt_config, callbacks=[*epoch, *domains])
     report = load_report(out)
     steps = {
@@ -857,7 +881,8 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
     if apt_config.distill and distill_end is not None:
         tail = [t for s, t in steps.items() if s > distill_end]
         summary_steps["after_distillation"] = statistics.median(tail) if tail else None
-    if monitor is not None and "load" in phases:
+    resumed = report.get("resumed") or []
+    if monitor is not None and "load" in phases and not resumed:
         # run_training has no callback hook: place the marks from its own timings (load phase, step
         # times, evaluation run times), which is accurate to the duration of one step
         eval_runtimes = {
@@ -903,6 +928,8 @@ def run_apt(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) 
         "trainable_params": (report.get("summary") or {}).get("trainable_params"),
         "apt_config": apt_config.to_dict(),
         "report": str(out / "report.md"),
+        # resumed from a checkpoint: the step times span every process, the peak memory is the last one's
+        **({"resumed": resumed} if resumed else {}),
         **({"domain_perplexity": {"after_pruning": domains[0].record}} if domains else {}),
     }
 

@@ -512,6 +512,16 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
             "fewer seeds than planned.",
             "",
         ]
+    resumed = [r for r in summary["jobs"] if r.get("resumed_from_steps")]
+    if resumed:
+        listed = ", ".join(
+            f"`{r['id']}` (from step {', '.join(str(s) for s in r['resumed_from_steps'])})" for r in resumed
+        )
+        lines += [
+            f"**Resumed from a checkpoint**: {listed}. Their training times add up the steps of every "
+            "process; their peak memory is the last process's only. Metrics are unaffected.",
+            "",
+        ]
     env = summary["environment"]
     # only the load before the first job says whether others were busy
     start_load = (env.get("load_average_at_start") or [None])[0]
