@@ -291,11 +291,10 @@ class AptController:
         due = self._pruning_due(density)
         if due and not self.state.is_hard():
             self.set_hard_masks(self._tuning_keep(density, index))
-        measured = self.tuning_damage.close(index)  # the window ends with its event
+        curves = self.tuning_damage.close(index)  # the window ends with its event
+        measured = curves if due else None
         if due:
             removed = self.prune_to_masks_(optimizer)
-        else:
-            measured = None
         # the student just shrank; the teacher keeps the old tensors alive: that is its memory cost
         self.distiller.note_memory(self.model)
         grown = self.grow_ranks_(budget_factor * self.initial_adapter_params, optimizer)

@@ -282,8 +282,7 @@ class AptCallback(TrainerCallback):
             self.recorder.log_eval(state.global_step + self.step_offset, clean)
 
     def on_train_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self._phase_times[self._phase] = self._phase_times.get(self._phase, 0.0) + now - self._phase_started
+        self._phase_times = self._phases_so_far()
         if self.recorder is not None:
             for phase, seconds in self._phase_times.items():
                 self.recorder.set_phase_time(phase, seconds)
