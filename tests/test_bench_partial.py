@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -158,3 +159,40 @@ def test_a_job_without_a_grid_rate_keeps_its_record(tmp_path):
     (tmp_path / "results" / "apt-s0.json").write_text(json.dumps(record))
     job = Job(id="apt-s0", method="apt", label="APT", seed=0, density=0.7)
     assert _read_results(tmp_path, [job]) == {"apt-s0": record}
+
+
+def test_only_jobs_is_checked():
+    with pytest.raises(ConfigError, match="--only-jobs"):
+        BenchConfig(report_only=True, workdir="w", only_jobs="apt-d0.70-s0").validate()
+    with pytest.raises(ConfigError, match="--only-jobs"):
+        BenchConfig(only_jobs=" , ").validate()
+    config = BenchConfig(only_jobs="apt-d0.70-s0, latency,apt-d0.70-s0")
+    assert config.only_job_list() == ["apt-d0.70-s0", "latency"]
+    assert config.runs_now("latency") and not config.runs_now("lora-s0")
+    assert BenchConfig().runs_now("lora-s0")  # no list: everything runs
+
+
+def test_a_sitting_runs_only_the_named_jobs_and_a_later_one_completes_the_page(word_tokenizer, tmp_path):
+    """--only-jobs: the named job trains, the others and the latency stage wait for a later sitting."""
+    from test_bench import _tiny_decoder_bench
+
+    bench = _tiny_decoder_bench(word_tokenizer, tmp_path, methods="lora,apt", only_jobs="apt-d0.70-s0,nope")
+    work = tmp_path / "work"
+    lines: list[str] = []
+    first = run_benchmark(bench, log=lines.append)
+    assert (work / "results" / "apt-d0.70-s0.json").is_file()
+    assert not (work / "results" / "lora-s0.json").exists() and not (work / LATENCY_FILE).exists()
+    assert first.failures == {"lora-s0": "not run yet", "latency": "not run yet"}
+    assert any(line.endswith("lora-s0: not run yet (not among --only-jobs)") for line in lines)
+    assert any("--only-jobs named nope, which this plan has no job of" in line for line in lines)
+    assert first.files["md"].read_text().startswith("# Benchmark `llama` (partial)")
+    # the next sitting runs what is left; the APT job is not trained again
+    apt_record = (work / "results" / "apt-d0.70-s0.json").read_bytes()
+    lines.clear()
+    later = dataclasses.replace(bench, only_jobs="lora-s0,latency")
+    second = run_benchmark(later, log=lines.append)
+    assert not second.failures
+    assert (work / "results" / "apt-d0.70-s0.json").read_bytes() == apt_record
+    assert any("apt-d0.70-s0: done earlier" in line for line in lines)
+    assert (work / LATENCY_FILE).is_file()
+    assert not second.files["md"].read_text().startswith("# Benchmark `llama` (partial)")

@@ -174,6 +174,14 @@ class BenchConfig:
     page_note: str = field(
         default="", metadata={"help": "A sentence printed at the top of the page (e.g. machine conditions)."}
     )
+    only_jobs: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated job ids (as --dry-run lists them, plus 'latency' and 'onnx-latency') "
+            "to run in this sitting; every other unfinished part is left for a later one and the page "
+            "is marked partial (default: run everything)."
+        },
+    )
     import_results: str = field(
         default="",
         metadata={
@@ -360,6 +368,14 @@ class BenchConfig:
         """Adapter roles shared by LoRA and APT."""
         return tuple(_split(self.adapter_roles))
 
+    def only_job_list(self) -> list[str]:
+        """The job ids (and stages) ``--only-jobs`` names, in order and without repeats."""
+        return list(dict.fromkeys(_split(self.only_jobs)))
+
+    def runs_now(self, part: str) -> bool:
+        """Whether this sitting may run ``part`` (a job id, ``latency`` or ``onnx-latency``)."""
+        return not self.only_jobs or part in self.only_job_list()
+
     def results_name(self) -> str:
         """Base name of the result files."""
         return self.name or (self.suite + ("-quick" if self.quick else ""))
@@ -379,6 +395,10 @@ class BenchConfig:
                 "import_results",
                 "seeds a work folder, which --report-only leaves as it is; run without --report-only",
             )
+        if self.report_only and self.only_jobs:
+            bad("only_jobs", "names jobs to run, and --report-only runs none; drop one of the two")
+        if self.only_jobs and not self.only_job_list():
+            bad("only_jobs", "give comma-separated job ids (see --dry-run), or leave it empty to run all")
         if not self.dataset_name and not self.train_file:
             bad("train_file", "give --train-file (and --eval-file) or --dataset-name bbc_news")
         if self.dataset_name and self.dataset_name != "bbc_news":
@@ -482,6 +502,7 @@ EXECUTION_OPTIONS: tuple[str, ...] = (
     "dry_run",
     "report_only",
     "page_note",
+    "only_jobs",
     "import_results",
     "est_seconds_per_token",  # only the printed time estimate
 )
@@ -706,6 +727,7 @@ def config_command(config: BenchConfig) -> str:
             "dry_run",
             "report_only",
             "page_note",
+            "only_jobs",
             "import_results",
         ) or value == getattr(base, f.name):
             continue

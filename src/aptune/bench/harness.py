@@ -615,9 +615,14 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 log(f"[bench] grid: {method} lr {entry['lr']:g} (dev {entry['metric']} {dev})")
         headline = plan_headline(config, rates)
         run_stage(headline)
+        stages = ("latency", "onnx-latency")
+        stray = [p for p in config.only_job_list() if p not in known and p not in stages]
+        if stray:
+            named = ", ".join(stray)
+            log(f"[bench] --only-jobs named {named}, which this plan has no job of (--dry-run lists them)")
         latency_path = workdir / LATENCY_FILE
         latency: dict[str, Any] = {}
-        if config.report_only:
+        if config.report_only or not config.runs_now("latency"):
             if not latency_path.is_file():
                 failures["latency"] = NOT_RUN_YET
         elif state["ran_any"] or not latency_path.is_file():
@@ -696,7 +701,7 @@ def _onnx_latency_stage(
         log(f"[bench] ONNX Runtime latency skipped: {reason}")
         return {"skipped": reason}
     path = workdir / ONNX_LATENCY_FILE
-    if config.report_only:
+    if config.report_only or not config.runs_now("onnx-latency"):
         if not path.is_file():
             failures["onnx-latency"] = NOT_RUN_YET
     elif trained or not path.is_file():
@@ -813,6 +818,10 @@ def _run_one(
         replace_stale()
         _write_json(result_path, record)
         log(f"{prefix}: imported from {imported.source} ({_describe(record)})")
+        return False
+    if not config.runs_now(job.id):
+        failures[job.id] = NOT_RUN_YET
+        log(f"{prefix}: {NOT_RUN_YET} (not among --only-jobs)" + (f"; {stale}" if stale else ""))
         return False
     replace_stale()
     missing = [d for d in job.depends if d in failures or not (workdir / "results" / f"{d}.json").is_file()]
