@@ -493,3 +493,43 @@ def test_an_interrupted_apt_job_resumes_from_its_last_checkpoint(word_tokenizer,
     assert after == pytest.approx(before, rel=1e-4)
     page = second.files["md"].read_text()
     assert "**Resumed from a checkpoint**: `apt-d0.70-s0` (from step 16)" in page
+
+
+def test_an_interrupted_prune_then_lora_job_resumes_with_the_same_pruned_model(word_tokenizer, tmp_path):
+    """With --checkpoint-steps a peft baseline keeps its pruned model and resumes LoRA from a checkpoint."""
+    import shutil
+
+    from aptune.bench import run_benchmark
+    from aptune.bench.decoder_methods import PRUNED_FILE
+
+    bench = _tiny_decoder_bench(word_tokenizer, tmp_path, methods="aptune-one-shot", checkpoint_steps=4)
+    first = run_benchmark(bench, log=lambda line: None)
+    assert not first.failures
+    work, job = tmp_path / "work", "aptune-one-shot-d0.70-s0"
+    record = json.loads((work / "results" / f"{job}.json").read_text())
+    assert "resumed" not in record
+    run = work / "runs" / job
+    assert (run / PRUNED_FILE).is_file()
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-18"]
+    # a sitting stopped after step 16's checkpoint: no later checkpoint, no model, no result
+    shutil.rmtree(checkpoints / "checkpoint-18")
+    shutil.rmtree(run / "model")
+    (work / "results" / f"{job}.json").unlink()
+    second = run_benchmark(bench, log=lambda line: None)
+    assert not second.failures
+    resumed = json.loads((work / "results" / f"{job}.json").read_text())
+    assert resumed["resumed"] == [{"from_step": 16}]
+    # the pruning was read back, not done again: the same plan, after-pruning figures and clock
+    assert resumed["pruning"] == record["pruning"]
+    assert resumed["domain_perplexity"]["after_pruning"] == record["domain_perplexity"]["after_pruning"]
+    assert resumed["phases"] == record["phases"]
+    # the clock of the whole run: steps 1..18, the evaluations before the stop kept
+    assert sorted(int(s) for s in resumed["step_times"]) == list(range(1, 19))
+    assert {k: v for k, v in resumed["step_times"].items() if int(k) <= 16} == {
+        k: v for k, v in record["step_times"].items() if int(k) <= 16
+    }
+    assert [p["step"] for p in resumed["curve"]] == [p["step"] for p in record["curve"]]
+    after, before = resumed["final_metrics"]["perplexity"], record["final_metrics"]["perplexity"]
+    assert after == pytest.approx(before, rel=1e-4)
+    assert resumed["params_after"] == record["params_after"]

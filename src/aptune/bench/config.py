@@ -159,7 +159,8 @@ class BenchConfig:
     checkpoint_steps: int = field(
         default=0,
         metadata={
-            "help": "Save a checkpoint of every APT job each N optimizer steps (0: none); a job "
+            "help": "Save a checkpoint of every APT and decoder prune-then-LoRA job each N optimizer "
+            "steps (0: none); a job "
             "interrupted by a later sitting resumes from its last checkpoint."
         },
     )

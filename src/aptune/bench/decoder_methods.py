@@ -18,6 +18,7 @@ BBC test split and the held-out domain (`exported_extras`).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from aptune.bench.config import Job
 from aptune.bench.measure import MemoryMonitor, step_time_summary
 
 __all__ = [
+    "PRUNED_DIR",
+    "PRUNED_FILE",
     "PRUNERS",
     "ChunkedLossTrainer",
     "DomainEval",
@@ -234,8 +237,59 @@ def _lora_targets(model: torch.nn.Module, roles: tuple[str, ...]) -> list[str]:
     return targets
 
 
+#: Folder (an aptune export) and record of the pruned model before LoRA, kept when checkpoints are on.
+PRUNED_DIR = "pruned-before-lora"
+PRUNED_FILE = "pruned-before-lora.json"
+
+
+def _prune_or_reload(ctx, job: Job, out: Path, model, tokenizer, task, save: bool):
+    """The pruned model and what its pruning measured: pruned now, or read back from an earlier sitting.
+
+    With ``save`` (checkpoints on) the pruned model is written as an export folder and its record
+    after it, so a resumed job trains the same structure instead of pruning again (a second pruning
+    is not guaranteed to choose the same heads and neurons).
+    """
+    from aptune.arch import build_layout
+    from aptune.bench.decoder_pruning import stack_params
+    from aptune.bench.methods import _param_count, calibration_batches
+
+    stored = out / PRUNED_FILE
+    if save and stored.is_file():
+        from aptune.export import load
+
+        model = load(out / PRUNED_DIR, dtype=torch.float32)
+        return model, json.loads(stored.read_text(encoding="utf-8"))
+    layout = build_layout(model)
+    pruned = {"params_before": _param_count(model), "stack_before": stack_params(model, layout)}
+    began = time.perf_counter()
+    batches = calibration_batches(task, ctx.config.prune_samples, ctx.config.calibration_batch_size, job.seed)
+    model, record = PRUNERS[job.method](ctx, job, model, layout, batches)
+    pruned["prune_seconds"] = time.perf_counter() - began
+    layout = build_layout(model)
+    record.update(
+        heads_per_layer=[
+            int(model.get_submodule(s.q).weight.shape[0]) // s.head_dim for s in layout.attention
+        ],
+        ffn_per_layer=[int(model.get_submodule(s.up).weight.shape[0]) for s in layout.ffn],
+        hidden_size=layout.hidden_size,
+    )
+    pruned.update(
+        record=record,
+        stack_after=stack_params(model, layout),
+        after_pruning=domain_perplexities(ctx, model, tokenizer),
+    )
+    if save:
+        save_plain_pruned(copy.deepcopy(model), tokenizer, out / PRUNED_DIR)  # it attaches (zero) adapters
+        write_json_atomic(stored, pruned)  # last: its presence marks the folder complete
+    return model, pruned
+
+
 def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
     """Prune the pretrained model with the job's method, then peft LoRA for the run's steps.
+
+    With the suite's ``checkpoint_steps`` the pruned model is kept and LoRA saves checkpoints, so a
+    job stopped partway resumes in a later sitting from its last complete checkpoint (its record
+    then lists ``resumed``; the step times span every process, the peak memory is the last one's).
 
     Returns:
         The common record (see `aptune.bench.methods`) plus ``pruning`` (the recipe's plan and the
@@ -244,8 +298,6 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     """
     from peft import LoraConfig, get_peft_model
 
-    from aptune.arch import build_layout
-    from aptune.bench.decoder_pruning import stack_params
     from aptune.bench.methods import (
         StepClock,
         _common,
@@ -254,7 +306,7 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
         _train,
         _trainer_kwargs,
         _training_args,
-        calibration_batches,
+        last_clocked_checkpoint,
         total_steps,
     )
 
@@ -262,26 +314,12 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     set_seed(job.seed)
     out = ctx.run_dir(job.id)
     model, tokenizer, task = _load(ctx)
-    layout = build_layout(model)
-    params_before = _param_count(model)
-    stack_before = stack_params(model, layout)
     steps = total_steps(ctx, len(task.train))
+    resume = last_clocked_checkpoint(out / "checkpoints") if cfg.checkpoint_steps else None
     if monitor is not None:
         monitor.mark("calibration_start")
-    began = time.perf_counter()
-    batches = calibration_batches(task, cfg.prune_samples, cfg.calibration_batch_size, job.seed)
-    model, record = PRUNERS[job.method](ctx, job, model, layout, batches)
-    prune_seconds = time.perf_counter() - began
-    layout = build_layout(model)
-    stack_after = stack_params(model, layout)
-    record.update(
-        heads_per_layer=[
-            int(model.get_submodule(s.q).weight.shape[0]) // s.head_dim for s in layout.attention
-        ],
-        ffn_per_layer=[int(model.get_submodule(s.up).weight.shape[0]) for s in layout.ffn],
-        hidden_size=layout.hidden_size,
-    )
-    after_pruning = domain_perplexities(ctx, model, tokenizer)
+    model, pruned = _prune_or_reload(ctx, job, out, model, tokenizer, task, save=bool(cfg.checkpoint_steps))
+    prune_seconds, record = pruned["prune_seconds"], pruned["record"]
     targets = _lora_targets(model, cfg.role_list())
     lora = get_peft_model(
         model,
@@ -291,12 +329,12 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     clock = StepClock(monitor)
     trainer = ChunkedLossTrainer(
         model=lora,
-        args=_training_args(ctx, job, out, ctx.job_lr(job), steps),
+        args=_training_args(ctx, job, out, ctx.job_lr(job), steps, save_steps=cfg.checkpoint_steps),
         callbacks=[clock],
         lm_loss_chunk=cfg.lm_loss_chunk,
         **_trainer_kwargs(task),
     )
-    _train(trainer, clock, steps)
+    _train(trainer, clock, steps, resume)
     merged = lora.merge_and_unload()
     params_after = _param_count(merged)  # before the export attaches its (zero) adapters
     save_plain_pruned(merged, tokenizer, out / "model")
@@ -305,11 +343,11 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
         model_dir=str(out / "model"),
         total_steps=steps,
         retrain_steps=steps,
-        params_before=params_before,
+        params_before=pruned["params_before"],
         params_after=params_after,
-        stack_params_before=stack_before,
-        stack_params_after=stack_after,
-        density=stack_after / stack_before,
+        stack_params_before=pruned["stack_before"],
+        stack_params_after=pruned["stack_after"],
+        density=pruned["stack_after"] / pruned["stack_before"],
         trainable_params=trainable,
         adapter_params=trainable,
         lora_rank=cfg.lora_rank,
@@ -317,9 +355,11 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
         step_summary=step_time_summary(clock.step_times, last_prune_step=0),
         phases={"calibration_pruning": prune_seconds},
         pruning=record,
-        domain_perplexity={"after_pruning": after_pruning},
+        domain_perplexity={"after_pruning": pruned["after_pruning"]},
         lr=ctx.job_lr(job),
         eval_seconds=clock.eval_seconds,
         epoch1_test=None,
     )
+    if resume is not None:
+        result["resumed"] = [{"from_step": int(resume.name.rsplit("-", 1)[-1])}]
     return result

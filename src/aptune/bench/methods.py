@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from aptune.atomic import write_json_atomic
 from aptune.bench.config import BenchConfig, Job
 from aptune.bench.measure import MemoryMonitor, chained_curve, curve_from_step_times, step_time_summary
 from aptune.trainer import peak_rss_mb
@@ -126,8 +127,17 @@ def eval_every(ctx: WorkerContext, steps: int) -> int:
     return max(1, steps // ctx.config.evaluations)
 
 
+#: File a `StepClock` writes into every Trainer checkpoint: its step times and evaluations so far.
+#: Written after the Trainer's own files, so it also marks the checkpoint as complete.
+CLOCK_FILE = "bench_clock.json"
+
+
 class StepClock(TrainerCallback):
-    """Times every optimizer step (evaluation excluded), records evaluations and the training peak RSS."""
+    """Times every optimizer step (evaluation excluded), records evaluations and the training peak RSS.
+
+    When the Trainer saves checkpoints, the clock's record so far goes into each (`CLOCK_FILE`), and
+    `load_state_dict` on a clock of a resumed run restores it, so the record covers every step.
+    """
 
     def __init__(self, monitor: MemoryMonitor | None = None) -> None:
         self.monitor = monitor
@@ -158,6 +168,25 @@ class StepClock(TrainerCallback):
         else:
             self.evals.append((state.global_step, clean))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The step times and evaluations so far (JSON-ready)."""
+        return {
+            "step_times": {str(k): v for k, v in self.step_times.items()},
+            "evals": [[step, metrics] for step, metrics in self.evals],
+            "eval_seconds": self.eval_seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict` (a run resumed from a checkpoint)."""
+        self.step_times = {int(k): float(v) for k, v in state["step_times"].items()}
+        self.evals = [(int(step), dict(metrics)) for step, metrics in state["evals"]]
+        self.eval_seconds = float(state["eval_seconds"])
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            write_json_atomic(folder / CLOCK_FILE, self.state_dict())
+
     def on_train_end(self, args, state, control, **kwargs):
         self.peak_rss_mb = peak_rss_mb()
         if torch.cuda.is_available():
@@ -166,7 +195,20 @@ class StepClock(TrainerCallback):
             self.monitor.mark("train_end")
 
 
-def _training_args(ctx: WorkerContext, job: Job, out: Path, lr: float, steps: int) -> TrainingArguments:
+def last_clocked_checkpoint(folder: Path) -> Path | None:
+    """The newest Trainer checkpoint in ``folder`` whose save finished (it holds a `CLOCK_FILE`)."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and (path / CLOCK_FILE).is_file() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    return max(found)[1] if found else None
+
+
+def _training_args(
+    ctx: WorkerContext, job: Job, out: Path, lr: float, steps: int, *, save_steps: int = 0
+) -> TrainingArguments:
+    """The Trainer settings of a peft job; ``save_steps`` > 0 checkpoints that often (the newest 2 kept)."""
     cfg = ctx.config
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -180,7 +222,9 @@ def _training_args(ctx: WorkerContext, job: Job, out: Path, lr: float, steps: in
         logging_steps=10,
         eval_strategy="steps",
         eval_steps=eval_every(ctx, steps),
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2 if save_steps else None,
         report_to=[],
         seed=job.seed,
         dataloader_num_workers=0,
@@ -222,8 +266,10 @@ def _trainer_kwargs(task) -> dict[str, Any]:
     }
 
 
-def _train(trainer: Trainer, clock: StepClock, steps: int) -> None:
-    trainer.train()
+def _train(trainer: Trainer, clock: StepClock, steps: int, resume: Path | None = None) -> None:
+    if resume is not None:
+        clock.load_state_dict(json.loads((resume / CLOCK_FILE).read_text(encoding="utf-8")))
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     if not clock.evals or clock.evals[-1][0] != steps:
         trainer.evaluate()  # the final evaluation, as run_training does
 
