@@ -1,0 +1,65 @@
+"""The held-out loss split by kind of token (`aptune.bench.token_kinds`) against the suite's perplexity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from aptune.bench.methods import evaluate_model
+from aptune.bench.token_kinds import KINDS, kind_losses, newline_token_ids, token_kinds
+from aptune.tasks import load_task
+
+BREAK, START, OTHER = (KINDS.index(k) for k in ("line break", "line start", "other"))
+
+
+def test_each_target_gets_the_kind_of_the_token_it_predicts():
+    newline = 4
+    ids = torch.tensor([[5, newline, 7, 8, newline, newline, 9]])
+    # position t holds the kind of token t + 1; a newline right after a newline is a line break
+    assert token_kinds(ids, {newline}).tolist() == [[BREAK, START, OTHER, BREAK, BREAK, START, OTHER]]
+
+
+def test_newline_tokens_are_found_by_their_text():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "a": 1, "b\n": 2, "\n": 3, "c": 4}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>")), unk_token="<unk>"
+    )
+    assert newline_token_ids(tokenizer) == {2, 3}
+
+
+def test_the_kinds_add_up_to_the_suites_perplexity(word_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(word_tokenizer),
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=word_tokenizer.pad_token_id,
+        )
+    ).eval()
+    lines = ["the cat sat . on the mat . the dog", "river flows . through london . the city ."] * 3
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    data = load_task(
+        "causal-lm",
+        word_tokenizer,
+        train_file=str(tmp_path / "text.jsonl"),
+        eval_file=str(tmp_path / "text.jsonl"),
+        max_length=8,
+    )
+    stop = word_tokenizer.convert_tokens_to_ids(".")
+    sums = kind_losses(model, data.eval, data.collator, {stop}, chunk=5, batch_size=3)
+    assert sum(sums[k]["tokens"] for k in KINDS) == sums["all"]["tokens"] > 0
+    assert sum(sums[k]["loss_sum"] for k in KINDS) == pytest.approx(sums["all"]["loss_sum"], rel=1e-9)
+    assert sums["line break"]["tokens"] > 0 and sums["line start"]["tokens"] > 0
+    reference = evaluate_model(model, data.eval, data.collator, 3, "causal-lm")["perplexity"]
+    assert math.exp(sums["all"]["loss_sum"] / sums["all"]["tokens"]) == pytest.approx(reference, rel=1e-5)
