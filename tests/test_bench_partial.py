@@ -196,3 +196,38 @@ def test_a_sitting_runs_only_the_named_jobs_and_a_later_one_completes_the_page(w
     assert any("apt-d0.70-s0: done earlier" in line for line in lines)
     assert (work / LATENCY_FILE).is_file()
     assert not second.files["md"].read_text().startswith("# Benchmark `llama` (partial)")
+
+
+def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_path):
+    """A default that changed since a record was written makes the record stale, never mislabelled."""
+    from aptune.bench.config import Job
+    from aptune.bench.harness import _read_results, _run_one
+    from aptune.bench.methods import apt_settings, apt_settings_mismatch
+    from aptune.bench.records import NOT_RUN_YET
+
+    config = BenchConfig(workdir=str(tmp_path))
+    job = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7)
+    now = json.loads(json.dumps(apt_settings(config, job).to_dict()))
+    (tmp_path / "results").mkdir()
+    record = {"final_metrics": {"accuracy": 0.9}, "apt_config": {**now, "format_version": -1}}
+    path = tmp_path / "results" / f"{job.id}.json"
+    path.write_text(json.dumps(record))
+    assert apt_settings_mismatch(record, config, job) == []  # the same settings (the version is not one)
+    assert set(_read_results(tmp_path, [job], config)) == {job.id}
+    # a field the record does not know is not a difference; one it ran with otherwise is
+    older = {k: v for k, v in now.items() if k != "initial_rank"}
+    assert apt_settings_mismatch({"apt_config": older}, config, job) == []
+    changed = {**record, "apt_config": {**now, "initial_rank": now["initial_rank"] + 1, "seed": 5}}
+    assert apt_settings_mismatch(changed, config, job) == ["initial_rank", "seed"]
+    lora = Job(id="lora-s0", method="lora", label="LoRA", seed=0, density=1.0)
+    assert apt_settings_mismatch(changed, config, lora) == []  # only APT jobs carry APT settings
+    path.write_text(json.dumps(changed))
+    assert _read_results(tmp_path, [job], config) == {}
+    assert set(_read_results(tmp_path, [job])) == {job.id}  # without the options, as before
+    failures: dict[str, str] = {}
+    lines: list[str] = []
+    report = BenchConfig(report_only=True, workdir=str(tmp_path))
+    _run_one(report, tmp_path, job, failures, lines.append, "[1] apt-d0.70-s0")
+    assert failures == {job.id: NOT_RUN_YET}
+    assert "ran with other APT settings (initial_rank, seed)" in lines[0]
+    assert json.loads(path.read_text()) == changed  # a partial page leaves it in place

@@ -583,11 +583,11 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             def run_grid_stage(stage: list[Job], methods: tuple[str, ...]) -> list[Job]:
                 # the stage, then one rate further out wherever a best rate sits at an end of its grid
                 run_stage(stage)
-                chosen = choose_rates(config, stage, _read_results(workdir, stage), methods)
+                chosen = choose_rates(config, stage, _read_results(workdir, stage, config), methods)
                 while extra := extend_grid(config, stage, chosen):
                     stage = [*stage, *extra]
                     run_stage(extra)
-                    chosen = choose_rates(config, stage, _read_results(workdir, stage), methods)
+                    chosen = choose_rates(config, stage, _read_results(workdir, stage, config), methods)
                 grid_record.update(chosen)
                 return stage
 
@@ -639,7 +639,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         if latency_path.is_file():
             latency = json.loads(latency_path.read_text(encoding="utf-8"))
         onnx_latency = _onnx_latency_stage(config, workdir, state["ran_any"], failures, log)
-        results = _read_results(workdir, headline)
+        results = _read_results(workdir, headline, config)
         from aptune.bench.methods import apt_settings
 
         headline_apt = next((j for j in headline if j.method == "apt" and not j.variant), None)
@@ -660,7 +660,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
                 }
                 for j in known.values()
                 if j.phase == "grid"
-                for r in [_read_results(workdir, [j]).get(j.id) or {}]
+                for r in [_read_results(workdir, [j], config).get(j.id) or {}]
             },
         }
         seconds = time.perf_counter() - started
@@ -677,7 +677,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             onnx_latency=onnx_latency,
         )
         grid_jobs = [j for j in known.values() if j.phase == "grid"]
-        files = write_results(config, summary, results, latency, _read_results(workdir, grid_jobs))
+        files = write_results(config, summary, results, latency, _read_results(workdir, grid_jobs, config))
         log(f"[bench] done in {format_duration(seconds)}: {files['md']}")
         return BenchOutcome(files, summary, headline, failures, estimate, seconds, workdir)
     finally:
@@ -727,17 +727,29 @@ def _ran_at(record: dict[str, Any]) -> float | None:
     return float(rate) if isinstance(rate, (int, float)) else None
 
 
-def _is_current(record: dict[str, Any], job: Job) -> bool:
-    """Whether ``record`` is a run of ``job`` as planned now.
+def _stale_reason(record: dict[str, Any], job: Job, config: BenchConfig | None = None) -> str | None:
+    """Why ``record`` is not a run of ``job`` as planned now, or None when it is.
 
     A headline job's id does not name its rate, so a record written while the grid was incomplete
     (a partial page reuses the grid run chosen so far) belongs to another rate once the grid has
-    chosen differently.
+    chosen differently. With ``config``, an APT record whose settings differ from what the job would
+    run with now (a default changed since) does not stand for the job either.
     """
     rate = _ran_at(record)
-    if rate is None or not job.lr:  # no grid chose this job's rate: it runs at its method's configured one
-        return True
-    return abs(rate - job.lr) <= 1e-12 * max(abs(rate), abs(job.lr), 1.0)
+    if rate is not None and job.lr and abs(rate - job.lr) > 1e-12 * max(abs(rate), abs(job.lr), 1.0):
+        return f"the record there ran at lr {rate:g}, the grid now chooses {job.lr:g}"
+    if config is not None:
+        from aptune.bench.methods import apt_settings_mismatch
+
+        changed = apt_settings_mismatch(record, config, job)
+        if changed:
+            return f"the record there ran with other APT settings ({', '.join(changed)})"
+    return None
+
+
+def _is_current(record: dict[str, Any], job: Job, config: BenchConfig | None = None) -> bool:
+    """Whether ``record`` is a run of ``job`` as planned now (see `_stale_reason`)."""
+    return _stale_reason(record, job, config) is None
 
 
 def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
@@ -750,28 +762,40 @@ def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
     return record
 
 
-def _read_results(workdir: Path, jobs: list[Job]) -> dict[str, dict]:
+def _read_results(workdir: Path, jobs: list[Job], config: BenchConfig | None = None) -> dict[str, dict]:
     """The finished records of ``jobs`` in ``workdir``.
 
-    A record run at a rate the grid no longer chooses is left out; a job that reuses a finished grid
-    run reads that run's record when its own copy is not there yet (a partial page copies nothing).
+    A record run at a rate the grid no longer chooses (or, with ``config``, with other APT settings)
+    is left out; a job that reuses a finished grid run reads that run's record when its own copy is
+    not there yet (a partial page copies nothing).
     """
     results = {}
     for job in jobs:
         path = workdir / "results" / f"{job.id}.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        if record is None or not _is_current(record, job):
+        if record is None or not _is_current(record, job, config):
             record = _reused_record(workdir, job)
+            if record is not None and not _is_current(record, job, config):
+                record = None
         if record is not None:
             results[job.id] = record
     return results
 
 
 def _set_aside(workdir: Path, result_path: Path, rate: float | None) -> Path:
-    """Move a result run at another rate out of ``results/`` (kept, never deleted); return where."""
+    """Move a stale result out of ``results/`` (kept, never deleted); return where.
+
+    A result run at another rate is named by its rate; one run with other settings at the same rate
+    gets a numbered name, so no earlier set-aside record is overwritten.
+    """
     folder = workdir / "results-other-rates"
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{result_path.stem}.lr{rate:g}.json"
+    tag = f"lr{rate:g}" if rate is not None else "other"
+    target = folder / f"{result_path.stem}.{tag}.json"
+    number = 1
+    while target.exists():
+        number += 1
+        target = folder / f"{result_path.stem}.{tag}.{number}.json"
     result_path.replace(target)
     return target
 
@@ -787,13 +811,13 @@ def _run_one(
 ) -> bool:
     """Run (or resume, reuse or import) one job; return whether it trained."""
     result_path = workdir / "results" / f"{job.id}.json"
-    stale = None  # a record there run at a rate the grid no longer chooses
+    stale = None  # why a record there no longer stands for the job (another rate or other settings)
     if result_path.is_file():
         earlier = json.loads(result_path.read_text(encoding="utf-8"))
-        if _is_current(earlier, job):
+        stale = _stale_reason(earlier, job, config)
+        if stale is None:
             log(f"{prefix}: done earlier ({_describe(earlier)})")
             return False
-        stale = f"the record there ran at lr {_ran_at(earlier):g}, the grid now chooses {job.lr:g}"
 
     def replace_stale() -> None:
         if stale is not None:
@@ -801,6 +825,11 @@ def _run_one(
             log(f"{prefix}: {stale}; moved to {moved}")
 
     record = _reused_record(workdir, job)
+    if record is not None and not _is_current(record, job, config):
+        log(
+            f"{prefix}: the grid run {job.reuse} does not stand for it ({_stale_reason(record, job, config)})"
+        )
+        record = None
     if record is not None:
         if config.report_only:  # read in place: a partial page writes nothing into the work folder
             log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
@@ -814,6 +843,9 @@ def _run_one(
         log(f"{prefix}: {NOT_RUN_YET}" + (f" ({stale})" if stale else ""))
         return False
     record = imported.find(job) if imported else None
+    if record is not None and not _is_current(record, job, config):
+        log(f"{prefix}: not imported: {_stale_reason(record, job, config)}")
+        record = None
     if record is not None:
         replace_stale()
         _write_json(result_path, record)

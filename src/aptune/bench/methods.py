@@ -836,6 +836,22 @@ def apt_settings(cfg: BenchConfig, job: Job):
     )
 
 
+def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) -> list[str]:
+    """The APT settings a finished APT job's ``record`` ran with that differ from what it would run with now.
+
+    Only fields both know are compared (a field added later, whose default keeps the old
+    behaviour, is not a difference), so a record stays valid across versions until a default it
+    depends on changes; then it no longer stands for the job.
+
+    Returns:
+        The differing field names, sorted (empty for other methods and for records without settings).
+    """
+    if job.method != "apt" or not isinstance(record.get("apt_config"), dict):
+        return []
+    ran, now = record["apt_config"], json.loads(json.dumps(apt_settings(cfg, job).to_dict()))
+    return sorted(k for k in set(ran) & set(now) if k != "format_version" and ran[k] != now[k])
+
+
 #: File in an APT job's run folder that keeps the perplexities measured right after the pruning
 #: before tuning, for a resumed job.
 AFTER_PRUNING_FILE = "after_pruning.json"
