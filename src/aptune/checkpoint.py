@@ -17,6 +17,7 @@ report of a resumed run covers the whole run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,14 @@ def has_controller_state(folder: str | Path) -> bool:
     return (folder / STATE_JSON).is_file() and (folder / STATE_TENSORS).is_file()
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+def last_complete_checkpoint(
+    output_dir: str | Path, is_complete: Callable[[Path], bool] = has_controller_state
+) -> Path | None:
     """The newest ``checkpoint-N`` folder whose save finished.
 
     The Trainer writes a checkpoint folder in place; aptune writes its controller state last, so a
-    folder without it was interrupted while saving and is skipped.
+    folder without it was interrupted while saving and is skipped. ``is_complete`` names another
+    last-written file's check (a callback that saves after the Trainer).
     """
     folders = []
     for path in Path(output_dir).glob("checkpoint-*"):
@@ -63,7 +67,7 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
         if path.is_dir() and suffix.isdigit():
             folders.append((int(suffix), path))
     for _, path in sorted(folders, reverse=True):
-        if has_controller_state(path) and (path / "trainer_state.json").is_file():
+        if is_complete(path) and (path / "trainer_state.json").is_file():
             return path
     return None
 

@@ -197,12 +197,9 @@ class StepClock(TrainerCallback):
 
 def last_clocked_checkpoint(folder: Path) -> Path | None:
     """The newest Trainer checkpoint in ``folder`` whose save finished (it holds a `CLOCK_FILE`)."""
-    found = []
-    for path in folder.glob("checkpoint-*"):
-        suffix = path.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and (path / CLOCK_FILE).is_file() and (path / "trainer_state.json").is_file():
-            found.append((int(suffix), path))
-    return max(found)[1] if found else None
+    from aptune.checkpoint import last_complete_checkpoint
+
+    return last_complete_checkpoint(folder, is_complete=lambda path: (path / CLOCK_FILE).is_file())
 
 
 def _training_args(
