@@ -463,6 +463,18 @@ def test_pretune_at_target_ablation_prunes_to_the_job_density_before_tuning() ->
     assert config.pretune_target(is_decoder=True) == 0.55
 
 
+@pytest.mark.parametrize("variant", ["pretune-halfway", "hidden-norm-weighted", "damage-during-tuning"])
+def test_ablations_that_prune_during_tuning_leave_half_of_the_pruning_to_it(variant: str) -> None:
+    from aptune.config import AptConfig
+    from aptune.schedule import build_schedule
+
+    job = _job("apt", 1, 0.4, variant)
+    assert job.apt_overrides["pretune_density"] == pytest.approx(0.7)
+    config = AptConfig(target_density=job.density, **job.apt_overrides)
+    schedule = build_schedule(config, 300, is_decoder=True)
+    assert schedule.initial_density == pytest.approx(0.7) and schedule.densities[-1] == pytest.approx(0.4)
+
+
 def test_an_interrupted_apt_job_resumes_from_its_last_checkpoint(word_tokenizer, tmp_path):
     """With --checkpoint-steps an APT job that was stopped continues where its checkpoint left off."""
     import shutil

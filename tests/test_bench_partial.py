@@ -231,3 +231,62 @@ def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_pa
     assert failures == {job.id: NOT_RUN_YET}
     assert "ran with other APT settings (initial_rank, seed)" in lines[0]
     assert json.loads(path.read_text()) == changed  # a partial page leaves it in place
+
+
+def test_a_changed_default_lets_one_run_stand_for_the_job_that_now_asks_for_it(tmp_path):
+    """Decoders now prune to the target before tuning: the default and the ablations trade records."""
+    from aptune.bench.config import Job, _job
+    from aptune.bench.harness import _read_results, _run_one
+    from aptune.bench.methods import apt_settings, apt_settings_mismatch
+
+    config = BenchConfig(workdir=str(tmp_path), task="causal-lm", apt_pretune_prune=True)
+    default = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7, lr=2e-3)
+    halfway = _job("apt", 0, 0.7, "pretune-halfway", lr=2e-3)
+    at_target = _job("apt", 0, 0.7, "pretune-at-target", lr=2e-3)
+    assert halfway.apt_overrides["pretune_density"] == pytest.approx(0.85)
+
+    def record(job: Job, initial: float, perplexity: float) -> dict:
+        settings = json.loads(json.dumps(apt_settings(config, job).to_dict()))
+        return {
+            "job": job.to_dict(),
+            "lr": job.lr,
+            "apt_config": settings,
+            "schedule": {"initial_density": initial},
+            "final_metrics": {"perplexity": perplexity},
+        }
+
+    # the default's record ran when the family default pruned halfway (0.85) before tuning
+    old_default, target_run = record(default, 0.85, 36.5), record(at_target, 0.7, 34.8)
+    assert apt_settings_mismatch(old_default, config, default) == ["pretune_density"]
+    assert apt_settings_mismatch(old_default, config, halfway) == []  # asked otherwise, the same run
+    assert apt_settings_mismatch(target_run, config, default) == []
+    assert apt_settings_mismatch(target_run, config, halfway) == ["pretune_density"]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / f"{default.id}.json").write_text(json.dumps(old_default))
+    (results / f"{at_target.id}.json").write_text(json.dumps(target_run))
+
+    read = _read_results(tmp_path, [default, halfway, at_target], config)
+    assert read[default.id]["final_metrics"] == {"perplexity": 34.8}
+    assert read[default.id]["same_run_as"] == at_target.id and read[default.id]["job"]["id"] == default.id
+    assert read[halfway.id]["final_metrics"] == {"perplexity": 36.5}
+    assert read[halfway.id]["same_run_as"] == default.id
+    assert "same_run_as" not in read[at_target.id]
+    # another rate or another seed is another run
+    other_rate = dataclasses.replace(default, lr=1e-3)
+    other_seed = dataclasses.replace(default, id="apt-d0.70-s1", seed=1)
+    assert _read_results(tmp_path, [other_rate, other_seed], config) == {}
+
+    lines: list[str] = []
+    for job in (default, halfway):
+        trained = _run_one(config, tmp_path, job, {}, lines.append, f"[1] {job.id}")
+        assert not trained
+    assert "ran with other APT settings (pretune_density); moved to" in lines[0]
+    assert lines[1].startswith(f"[1] {default.id}: the run of {at_target.id}, the same settings (")
+    assert lines[2].startswith(f"[1] {halfway.id}: the run of {default.id}, the same settings (")
+    written = json.loads((results / f"{default.id}.json").read_text())
+    assert written["same_run_as"] == at_target.id and written["final_metrics"] == {"perplexity": 34.8}
+    # the old default's record was set aside, and still stands for the halfway ablation
+    set_aside = tmp_path / "results-other-rates" / f"{default.id}.lr0.002.json"
+    assert json.loads(set_aside.read_text()) == old_default
+    assert json.loads((results / f"{halfway.id}.json").read_text())["same_run_as"] == default.id

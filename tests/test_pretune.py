@@ -22,10 +22,11 @@ from tiny import tiny_bert
 @pytest.mark.parametrize(
     ("fields", "is_decoder", "expected"),
     [
-        ({"target_density": 0.7}, True, 0.85),  # the authors' LLaMA recipe
-        ({"target_density": 0.4}, True, 0.7),  # half of what is removed goes before tuning
+        ({"target_density": 0.7}, True, 0.7),  # decoders: everything before tuning
+        ({"target_density": 0.4}, True, 0.4),
         ({"target_density": 0.7}, False, None),  # encoders start the cubic from 1
-        ({"target_density": 0.7, "pretune_prune": True}, False, 0.85),  # the old flag: scaled default
+        ({"target_density": 0.7, "pretune_prune": True}, False, 0.7),  # the flag alone: to the target
+        ({"target_density": 0.7, "pretune_density": 0.85}, True, 0.85),  # the authors' LLaMA script
         ({"target_density": 0.7, "pretune_prune": False}, True, None),
         ({"target_density": 0.7, "pretune_density": 0.9}, False, 0.9),  # setting the density turns it on
         ({"target_density": 0.7, "pretune_density": 0.7}, True, 0.7),  # everything before tuning
@@ -73,7 +74,14 @@ def test_cli_has_the_pretune_options() -> None:
 
 # ---------------------------------------------------------------------------------------------- schedule
 def test_decoder_schedule_runs_the_cubic_from_the_pretune_density() -> None:
-    config = AptConfig(target_density=0.7, prune_start=0.05, prune_end=0.4, density_warmup=0.05, num_events=6)
+    config = AptConfig(
+        target_density=0.7,
+        pretune_density=0.85,
+        prune_start=0.05,
+        prune_end=0.4,
+        density_warmup=0.05,
+        num_events=6,
+    )
     schedule = build_schedule(config, 1000, is_decoder=True)
     assert schedule.initial_density == pytest.approx(0.85)
     assert schedule.density_target(0) == pytest.approx(0.85)
@@ -84,9 +92,16 @@ def test_decoder_schedule_runs_the_cubic_from_the_pretune_density() -> None:
     assert schedule.densities[-1] == 0.7
     assert all(b <= a for a, b in zip(schedule.densities, schedule.densities[1:], strict=False))
     # an encoder with the same config still starts from 1
-    encoder = build_schedule(config, 1000)
+    encoder = build_schedule(dataclasses.replace(config, pretune_density=None), 1000)
     assert encoder.initial_density == 1.0 and encoder.densities[-1] == 0.7
     assert max(encoder.densities) > 0.85
+
+
+def test_decoder_default_prunes_everything_before_tuning() -> None:
+    schedule = build_schedule(AptConfig(target_density=0.6, num_events=4), 1000, is_decoder=True)
+    assert schedule.initial_density == pytest.approx(0.6)
+    # the events during tuning keep the density (they only grow adapter ranks)
+    assert list(schedule.densities) == pytest.approx([0.6] * 4)
 
 
 # ---------------------------------------------------------------------------------------------- controller
@@ -98,7 +113,7 @@ def _largest_block_share(controller) -> float:
 
 def test_calibration_prunes_to_the_pretune_density_within_one_block() -> None:
     model = tiny_llama()
-    config = AptConfig(target_density=0.4, prune_hidden=False, distill=False)
+    config = AptConfig(target_density=0.4, pretune_density=0.7, prune_hidden=False, distill=False)
     controller = aptune.prepare_(model, config, total_steps=40)
     data = _causal_lm_dataset(8)
     batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
@@ -115,7 +130,12 @@ def test_pruning_in_rounds_rescores_the_model_the_round_before_pruned() -> None:
     data = _causal_lm_dataset(8)
     batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
     config = AptConfig(
-        target_density=0.4, pretune_rounds=2, damage_curves=0, prune_hidden=False, distill=False
+        target_density=0.4,
+        pretune_density=0.7,
+        pretune_rounds=2,
+        damage_curves=0,
+        prune_hidden=False,
+        distill=False,
     )
     controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
     before = controller.param_count()
@@ -148,6 +168,7 @@ def test_trainer_pretunes_then_reaches_the_target_at_the_end_of_pruning(tmp_path
     model = tiny_llama()
     config = AptConfig(
         target_density=0.4,
+        pretune_density=0.7,
         num_events=3,
         initial_rank=2,
         distill=False,

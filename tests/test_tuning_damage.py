@@ -29,6 +29,7 @@ def _batches() -> list[dict]:
 def _config(**fields) -> AptConfig:
     values = {
         "target_density": 0.4,
+        "pretune_density": 0.7,
         "damage_curves": 2,
         "damage_batches": 2,
         "distill": False,
@@ -162,6 +163,12 @@ def test_a_model_without_curves_before_tuning_is_told_what_to_set() -> None:
     # an encoder prunes before tuning only when asked, and has no damage curves by default
     with pytest.raises(ConfigError, match="set damage_curves"):
         aptune.prepare_(tiny_bert(), AptConfig(target_density=0.5, distill=False, tuning_damage_curves=True))
+
+
+def test_a_decoder_pruned_to_the_target_before_tuning_is_told_to_leave_room() -> None:
+    # the decoder default prunes everything before tuning: no event would use the curves
+    with pytest.raises(ConfigError, match="set pretune_density above target_density"):
+        aptune.prepare_(tiny_llama(), _config(pretune_density=None), total_steps=STEPS)
 
 
 def test_the_window_ranking_is_measured_once_per_event_and_ends_with_it() -> None:

@@ -106,13 +106,15 @@ class AptConfig:
             encoder-decoders (they start the cubic schedule from density 1). Setting
             ``pretune_density`` turns it on.
         pretune_density: Density of the one-shot pruning before tuning, in
-            ``[target_density, 1]``. ``None``: half of what is to be removed goes before tuning,
-            ``1 - (1 - target_density) / 2`` (0.85 on the way to 0.7 as in the authors' LLaMA
-            script, 0.7 on the way to 0.4). ``target_density`` itself prunes everything before
-            tuning (no pruning during tuning, only rank growth). SmolLM2-135M, target 0.7, 300
-            steps, seed 0 (benchmarks/results/smollm2-bbc-300steps.md): 0.7 gives BBC dev / test /
-            held-out perplexity 34.8 / 34.4 / 129 against 36.5 / 36.9 / 162 for the default 0.85;
-            the default stays until a second seed confirms it.
+            ``[target_density, 1]``. ``None``: ``target_density``, everything is pruned before
+            tuning and the events during tuning only grow adapter ranks. The authors' LLaMA script
+            prunes half of what is to be removed before tuning and the rest during tuning
+            (``1 - (1 - target_density) / 2``: 0.85 on the way to 0.7, 0.7 on the way to 0.4);
+            on SmolLM2-135M at 0.7 after 300 steps (benchmarks/results/smollm2-bbc-300steps.md)
+            that did worse on BBC dev on both seeds (perplexity 36.5 / 36.8 against 34.8 / 34.2),
+            so it is an option (``pretune_density=0.85``), not the default. A density above the
+            target is needed for settings that act on pruning during tuning (gradual hidden
+            dimensions, ``tuning_damage_curves``).
         pretune_rounds: Rounds of the pruning before tuning. Round ``r`` of ``R`` runs the
             calibration pass through the model the rounds before it have pruned, scores afresh and
             prunes to ``1 - (1 - d) * r / R`` (``d``: the pretune density), so the blocks that stay
@@ -266,7 +268,7 @@ class AptConfig:
         default=None,
         metadata={
             "help": "Density of the pruning before tuning, in [target_density, 1] "
-            "(default: 1 - (1 - target_density) / 2, e.g. 0.85 for 0.7)."
+            "(default: target_density; the authors' LLaMA script: 1 - (1 - target_density) / 2)."
         },
     )
     pretune_rounds: int | None = field(
@@ -493,8 +495,8 @@ class AptConfig:
 
         Returns:
             ``pretune_density`` when set; else, when pruning before tuning is on (``pretune_prune``
-            true, or None on a decoder), ``1 - (1 - target_density) / 2``; None when it is off or
-            there is nothing to prune (``target_density`` 1).
+            true, or None on a decoder), ``target_density``; None when it is off or there is
+            nothing to prune (``target_density`` 1).
         """
         enabled = self.pretune_prune
         if enabled is None:
@@ -503,7 +505,7 @@ class AptConfig:
             return None
         if self.pretune_density is not None:
             return float(self.pretune_density)
-        return 1.0 - (1.0 - float(self.target_density)) / 2.0
+        return float(self.target_density)
 
     def calibration_plan(self, is_decoder: bool, train_batch_size: int) -> tuple[int, int]:
         """Examples and micro-batch size of the calibration pass for this model family.

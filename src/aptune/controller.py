@@ -119,17 +119,21 @@ class AptController:
         self.best: dict[str, Any] | None = None
         self._shapes_changed = False
         self.tuning_damage = TuningDamageRanking()
+        pretune = config.pretune_target(layout.is_decoder)
         if (
             config.tuning_damage_curves
             and config.target_density < 1.0
-            and (
-                config.damage_curve_points(layout.is_decoder) == 0
-                or config.pretune_target(layout.is_decoder) is None
-            )
+            and (config.damage_curve_points(layout.is_decoder) == 0 or pretune is None)
         ):
             raise ConfigError(
                 "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
                 "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
+            )
+        if config.tuning_damage_curves and pretune is not None and pretune <= config.target_density:
+            raise ConfigError(
+                "AptConfig.tuning_damage_curves=True acts on the pruning during tuning, and pretune_density "
+                f"{pretune:g} leaves none (it is the target density); set pretune_density above "
+                "target_density (e.g. 1 - (1 - target_density) / 2) or drop tuning_damage_curves"
             )
 
     # ------------------------------------------------------------------ public views of the parts

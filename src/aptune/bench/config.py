@@ -70,6 +70,10 @@ ALLOCATORS: tuple[str, ...] = ("default", "pinned")
 #: An override value that stands for the job's density (resolved when the job is planned).
 JOB_DENSITY = "<job density>"
 
+#: An override value that stands for the density halfway from 1 to the job's density,
+#: ``1 - (1 - d) / 2`` (the authors' LLaMA script prunes that far before tuning).
+HALFWAY_DENSITY = "<halfway to the job density>"
+
 #: APT ablations: name -> (label, AptConfig overrides). ``one-shot`` is its own method (aptune's
 #: salience applied once to the converged LoRA model, then retraining).
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -85,13 +89,24 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "APT hidden dims scored at the block inputs",
         {"hidden_salience": "block_inputs"},
     ),
-    "hidden-norm-weighted": ("APT norm-weighted hidden dims", {"hidden_salience": "norm_weighted"}),
+    "hidden-norm-weighted": (
+        "APT norm-weighted hidden dims",
+        # they leave only during tuning, so half of the pruning is left for it
+        {"hidden_salience": "norm_weighted", "pretune_density": HALFWAY_DENSITY},
+    ),
     "hidden-cost-initial": ("APT hidden cost from the initial structure", {"hidden_cost": "initial"}),
     "no-damage-curves": ("APT without damage curves", {"damage_curves": 0}),
-    "damage-during-tuning": ("APT with damage curves during tuning", {"tuning_damage_curves": True}),
+    "damage-during-tuning": (
+        "APT with damage curves during tuning",
+        {"tuning_damage_curves": True, "pretune_density": HALFWAY_DENSITY},
+    ),
     "pretune-at-target": (
         "APT pruned to the target before tuning",
         {"pretune_prune": True, "pretune_density": JOB_DENSITY},
+    ),
+    "pretune-halfway": (
+        "APT pruned halfway before tuning, the rest during tuning",
+        {"pretune_prune": True, "pretune_density": HALFWAY_DENSITY},
     ),
     "one-shot": ("APT one-shot (prune once after LoRA)", {}),
 }
@@ -222,7 +237,7 @@ class BenchConfig:
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
-            "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target."
+            "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target, pretune-halfway."
         },
     )
     ablation_seeds: str = field(
@@ -813,8 +828,11 @@ def _job(
 ) -> Job:
     dense = method in ("ft", "lora")
     label = ABLATIONS[variant][0] if variant else METHOD_LABELS[method]
+    placeholders = {JOB_DENSITY: density, HALFWAY_DENSITY: 1.0 - (1.0 - density) / 2.0}
     overrides = (
-        {k: density if v == JOB_DENSITY else v for k, v in ABLATIONS[variant][1].items()} if variant else {}
+        {k: placeholders.get(v, v) if isinstance(v, str) else v for k, v in ABLATIONS[variant][1].items()}
+        if variant
+        else {}
     )
     job_id = _job_id(method, seed, density, variant, lr=lr, phase=phase, allocator=allocator)
     return Job(

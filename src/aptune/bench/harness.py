@@ -762,12 +762,50 @@ def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
     return record
 
 
+def _same_run_record(
+    workdir: Path, job: Job, config: BenchConfig | None, imported: ImportedRecords | None = None
+) -> dict[str, Any] | None:
+    """A finished APT record of another job that computed what ``job`` computes, or None.
+
+    When a default changes, an ablation can come to ask for what the default now does (or the
+    default for what an ablation did): the same seed, density, rate and allocator, and settings
+    that resolve to the same run (`aptune.bench.methods.apt_settings_mismatch`). Such a record
+    stands for ``job`` too, marked ``same_run_as`` with the job that ran it. Looked up in the work
+    folder's results, then its set-aside results, then the imported results file. Only APT jobs
+    with a chosen rate are matched: their records carry the settings that make the match exact.
+    """
+    if job.method != "apt" or config is None or not job.lr:
+        return None
+    candidates: list[dict[str, Any]] = []
+    for folder in ("results", "results-other-rates"):
+        for path in sorted((workdir / folder).glob("*.json")):
+            candidates.append(json.loads(path.read_text(encoding="utf-8")))
+    if imported is not None:
+        candidates.extend(imported.records.values())
+    wanted = (job.method, job.seed, job.allocator, list(job.depends))
+    for record in candidates:
+        ran = record.get("job") or {}
+        if not isinstance(record.get("apt_config"), dict) or _ran_at(record) is None:
+            continue
+        found = (ran.get("method"), ran.get("seed"), ran.get("allocator"), list(ran.get("depends") or []))
+        if found != wanted:
+            continue
+        if not isinstance(ran.get("density"), (int, float)) or abs(ran["density"] - job.density) > 1e-9:
+            continue
+        if _is_current(record, job, config):
+            copy = {k: v for k, v in record.items() if k not in ("reused_from", "same_run_as")}
+            copy.update(job=job.to_dict(), same_run_as=record.get("same_run_as") or ran.get("id"))
+            return copy
+    return None
+
+
 def _read_results(workdir: Path, jobs: list[Job], config: BenchConfig | None = None) -> dict[str, dict]:
     """The finished records of ``jobs`` in ``workdir``.
 
     A record run at a rate the grid no longer chooses (or, with ``config``, with other APT settings)
     is left out; a job that reuses a finished grid run reads that run's record when its own copy is
-    not there yet (a partial page copies nothing).
+    not there yet (a partial page copies nothing), and an APT job without a current record of its
+    own reads that of a job that computed the same (`_same_run_record`).
     """
     results = {}
     for job in jobs:
@@ -777,6 +815,8 @@ def _read_results(workdir: Path, jobs: list[Job], config: BenchConfig | None = N
             record = _reused_record(workdir, job)
             if record is not None and not _is_current(record, job, config):
                 record = None
+        if record is None:
+            record = _same_run_record(workdir, job, config)
         if record is not None:
             results[job.id] = record
     return results
@@ -838,18 +878,27 @@ def _run_one(
         _write_json(result_path, record)
         log(f"{prefix}: the grid run {job.reuse} ({_describe(record)})")
         return False
+    record = _same_run_record(workdir, job, config, None if config.report_only else imported)
+    if record is not None and config.report_only:
+        log(f"{prefix}: the run of {record['same_run_as']} ({_describe(record)})")
+        return False
     if config.report_only:
         failures[job.id] = NOT_RUN_YET
         log(f"{prefix}: {NOT_RUN_YET}" + (f" ({stale})" if stale else ""))
         return False
-    record = imported.find(job) if imported else None
-    if record is not None and not _is_current(record, job, config):
-        log(f"{prefix}: not imported: {_stale_reason(record, job, config)}")
-        record = None
+    found = imported.find(job) if imported else None
+    if found is not None and not _is_current(found, job, config):
+        log(f"{prefix}: not imported: {_stale_reason(found, job, config)}")
+        found = None
+    if found is not None:
+        replace_stale()
+        _write_json(result_path, found)
+        log(f"{prefix}: imported from {imported.source} ({_describe(found)})")
+        return False
     if record is not None:
         replace_stale()
         _write_json(result_path, record)
-        log(f"{prefix}: imported from {imported.source} ({_describe(record)})")
+        log(f"{prefix}: the run of {record['same_run_as']}, the same settings ({_describe(record)})")
         return False
     if not config.runs_now(job.id):
         failures[job.id] = NOT_RUN_YET

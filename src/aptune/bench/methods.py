@@ -833,20 +833,40 @@ def apt_settings(cfg: BenchConfig, job: Job):
     )
 
 
+#: `AptConfig` fields whose only effect is the density of the pruning before tuning; records are
+#: compared by that density as resolved when they ran (their schedule's ``initial_density``).
+PRETUNE_FIELDS: tuple[str, ...] = ("pretune_prune", "pretune_density")
+
+
 def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) -> list[str]:
     """The APT settings a finished APT job's ``record`` ran with that differ from what it would run with now.
 
     Only fields both know are compared (a field added later, whose default keeps the old
     behaviour, is not a difference), so a record stays valid across versions until a default it
-    depends on changes; then it no longer stands for the job.
+    depends on changes; then it no longer stands for the job. The pruning before tuning is compared
+    by the density it resolved to (the record's schedule), not by how it was asked for: a record
+    left with the family default when that default was 0.85 differs from a job whose default is
+    now the target, and one that asked for the target explicitly computed the same as that job.
 
     Returns:
         The differing field names, sorted (empty for other methods and for records without settings).
     """
     if job.method != "apt" or not isinstance(record.get("apt_config"), dict):
         return []
-    ran, now = record["apt_config"], json.loads(json.dumps(apt_settings(cfg, job).to_dict()))
-    return sorted(k for k in set(ran) & set(now) if k != "format_version" and ran[k] != now[k])
+    settings = apt_settings(cfg, job)
+    ran, now = record["apt_config"], json.loads(json.dumps(settings.to_dict()))
+    ran_initial = (record.get("schedule") or {}).get("initial_density")
+    compared_raw = () if isinstance(ran_initial, (int, float)) else PRETUNE_FIELDS
+    changed = {
+        k
+        for k in set(ran) & set(now)
+        if k != "format_version" and (k not in PRETUNE_FIELDS or k in compared_raw) and ran[k] != now[k]
+    }
+    if not compared_raw:
+        initial_now = settings.pretune_target(is_decoder=cfg.task == "causal-lm") or 1.0
+        if abs(float(ran_initial) - initial_now) > 1e-9:
+            changed.add("pretune_density")
+    return sorted(changed)
 
 
 #: File in an APT job's run folder that keeps the perplexities measured right after the pruning

@@ -522,6 +522,15 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
             "process; their peak memory is the last process's only. Metrics are unaffected.",
             "",
         ]
+    shared = [r for r in summary["jobs"] if r.get("same_run_as")]
+    if shared:
+        listed = ", ".join(f"`{r['id']}` is the run of `{r['same_run_as']}`" for r in shared)
+        lines += [
+            f"**One run, two jobs**: {listed}. Their settings resolve to the same run (a default "
+            "changed, so an ablation and the default now ask for the same thing), so the record is "
+            "shown under both and was trained once.",
+            "",
+        ]
     env = summary["environment"]
     # only the load before the first job says whether others were busy
     start_load = (env.get("load_average_at_start") or [None])[0]

@@ -150,6 +150,7 @@ def _job_row(
         "peak_rss_mb": _job_peak(job, results),
         "peak_rss_reset": result.get("peak_rss_reset"),
         "resumed_from_steps": [int(r["from_step"]) for r in result.get("resumed") or []],
+        "same_run_as": result.get("same_run_as") or "",
         "resting_rss_mb": result.get("resting_rss_mb"),
         "cuda_max_allocated_mb": result.get("cuda_max_allocated_mb"),
         "step_start_s": steps.get("start"),
