@@ -214,9 +214,11 @@ def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_pa
     path.write_text(json.dumps(record))
     assert apt_settings_mismatch(record, config, job) == []  # the same settings (the version is not one)
     assert set(_read_results(tmp_path, [job], config)) == {job.id}
-    # a field the record does not know is not a difference; one it ran with otherwise is
-    older = {k: v for k, v in now.items() if k != "initial_rank"}
+    # a field the record does not know ran as its default: no difference unless the job sets it
+    older = {k: v for k, v in now.items() if k not in ("initial_rank", "hidden_cost")}
     assert apt_settings_mismatch({"apt_config": older}, config, job) == []
+    newer = dataclasses.replace(job, apt_overrides={"hidden_cost": "initial"})
+    assert apt_settings_mismatch({"apt_config": older}, config, newer) == ["hidden_cost"]
     changed = {**record, "apt_config": {**now, "initial_rank": now["initial_rank"] + 1, "seed": 5}}
     assert apt_settings_mismatch(changed, config, job) == ["initial_rank", "seed"]
     lora = Job(id="lora-s0", method="lora", label="LoRA", seed=0, density=1.0)
@@ -261,6 +263,12 @@ def test_a_changed_default_lets_one_run_stand_for_the_job_that_now_asks_for_it(t
     assert apt_settings_mismatch(old_default, config, halfway) == []  # asked otherwise, the same run
     assert apt_settings_mismatch(target_run, config, default) == []
     assert apt_settings_mismatch(target_run, config, halfway) == ["pretune_density"]
+    # an ablation that sets a field the old record predates is not its run
+    damage = _job("apt", 0, 0.7, "damage-during-tuning", lr=2e-3)
+    predates = {k: v for k, v in old_default["apt_config"].items() if k != "tuning_damage_curves"}
+    assert apt_settings_mismatch({**old_default, "apt_config": predates}, config, damage) == [
+        "tuning_damage_curves"
+    ]
     results = tmp_path / "results"
     results.mkdir()
     (results / f"{default.id}.json").write_text(json.dumps(old_default))

@@ -841,9 +841,11 @@ PRETUNE_FIELDS: tuple[str, ...] = ("pretune_prune", "pretune_density")
 def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) -> list[str]:
     """The APT settings a finished APT job's ``record`` ran with that differ from what it would run with now.
 
-    Only fields both know are compared (a field added later, whose default keeps the old
-    behaviour, is not a difference), so a record stays valid across versions until a default it
-    depends on changes; then it no longer stands for the job. The pruning before tuning is compared
+    A field the record does not know was added later, and ran as its default (a new field's
+    default keeps the old behaviour), so a record stays valid across versions until a default it
+    depends on changes, or the job sets a newer field otherwise; then it no longer stands for the
+    job. Fields the record has and `AptConfig` no longer has are not compared. The pruning before
+    tuning is compared
     by the density it resolved to (the record's schedule), not by how it was asked for: a record
     left with the family default when that default was 0.85 differs from a job whose default is
     now the target, and one that asked for the target explicitly computed the same as that job.
@@ -853,14 +855,17 @@ def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) ->
     """
     if job.method != "apt" or not isinstance(record.get("apt_config"), dict):
         return []
+    from aptune.config import AptConfig
+
     settings = apt_settings(cfg, job)
-    ran, now = record["apt_config"], json.loads(json.dumps(settings.to_dict()))
+    now = json.loads(json.dumps(settings.to_dict()))
+    ran = {**json.loads(json.dumps(AptConfig().to_dict())), **record["apt_config"]}
     ran_initial = (record.get("schedule") or {}).get("initial_density")
     compared_raw = () if isinstance(ran_initial, (int, float)) else PRETUNE_FIELDS
     changed = {
         k
-        for k in set(ran) & set(now)
-        if k != "format_version" and (k not in PRETUNE_FIELDS or k in compared_raw) and ran[k] != now[k]
+        for k in now
+        if k != "format_version" and (k not in PRETUNE_FIELDS or k in compared_raw) and ran.get(k) != now[k]
     }
     if not compared_raw:
         initial_now = settings.pretune_target(is_decoder=cfg.task == "causal-lm") or 1.0
