@@ -298,3 +298,13 @@ def test_a_changed_default_lets_one_run_stand_for_the_job_that_now_asks_for_it(t
     set_aside = tmp_path / "results-other-rates" / f"{default.id}.lr0.002.json"
     assert json.loads(set_aside.read_text()) == old_default
     assert json.loads((results / f"{halfway.id}.json").read_text())["same_run_as"] == default.id
+
+
+def test_the_page_does_not_call_settings_frozen_when_a_default_changed_after_some_runs():
+    from aptune.bench.page import _apt_settings_line
+
+    data = {"apt_settings": {"target_density": 0.7, "pretune_density": None}}
+    assert "frozen in the suite before any test figure" in _apt_settings_line(data)[0]
+    changed = _apt_settings_line(data, default_changed=True)[0]
+    assert "frozen in the suite" not in changed and "a default changed after some of the runs" in changed
+    assert changed.endswith("target_density 0.7.")
