@@ -17,15 +17,17 @@ A failed job does not stop the run: the page lists it with the end of its log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,16 +294,47 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit (so ``finally`` clauses run) instead of ending
+    the process at once; outside the main thread, where no handler can be set, nothing changes."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_isolated(args: list[str], log_file: Path) -> str | None:
-    """Run a worker command; return None on success, else the end of its log."""
+    """Run a worker command; return None on success, else the end of its log.
+
+    When the benchmark itself is stopped (Ctrl-C, or SIGTERM from ``kill``) the worker is stopped
+    with it, rather than left training on its own and writing its result after the run has ended.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    with log_file.open("w", encoding="utf-8") as log:
-        proc = subprocess.run(
-            _worker_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env, check=False
-        )
-    if proc.returncode != 0:
-        return f"exit status {proc.returncode}:\n{_tail(log_file)}"
+    with log_file.open("w", encoding="utf-8") as log, _sigterm_raises():
+        proc = subprocess.Popen(_worker_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:  # the benchmark is stopping: stop the job too
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    if returncode != 0:
+        return f"exit status {returncode}:\n{_tail(log_file)}"
     return None
 
 
