@@ -898,10 +898,9 @@ def _run_one(
             log(f"{prefix}: {stale}; moved to {moved}")
 
     record = _reused_record(workdir, job)
-    if record is not None and not _is_current(record, job, config):
-        log(
-            f"{prefix}: the grid run {job.reuse} does not stand for it ({_stale_reason(record, job, config)})"
-        )
+    reason = _stale_reason(record, job, config) if record is not None else None
+    if reason is not None:
+        log(f"{prefix}: the grid run {job.reuse} does not stand for it ({reason})")
         record = None
     if record is not None:
         if config.report_only:  # read in place: a partial page writes nothing into the work folder
@@ -920,8 +919,9 @@ def _run_one(
         log(f"{prefix}: {NOT_RUN_YET}" + (f" ({stale})" if stale else ""))
         return False
     found = imported.find(job) if imported else None
-    if found is not None and not _is_current(found, job, config):
-        log(f"{prefix}: not imported: {_stale_reason(found, job, config)}")
+    reason = _stale_reason(found, job, config) if found is not None else None
+    if reason is not None:
+        log(f"{prefix}: not imported: {reason}")
         found = None
     if found is not None:
         replace_stale()

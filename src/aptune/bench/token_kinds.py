@@ -30,9 +30,7 @@ def token_kinds(ids: torch.Tensor, newline_ids: set[int]) -> torch.Tensor:
         ``(batch, seq)`` long tensor; position ``t`` is the kind of token ``t + 1`` (the last
         position is ``other`` and carries no loss).
     """
-    is_break = torch.zeros_like(ids, dtype=torch.bool)
-    for token in newline_ids:
-        is_break |= ids == token
+    is_break = torch.isin(ids, torch.tensor(sorted(newline_ids), dtype=ids.dtype, device=ids.device))
     kinds = torch.full_like(ids, KINDS.index("other"))
     # target t + 1 is a line start when token t is a line break
     kinds[:, :-1][is_break[:, :-1]] = KINDS.index("line start")
