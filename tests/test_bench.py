@@ -463,6 +463,24 @@ def test_pretune_at_target_ablation_prunes_to_the_job_density_before_tuning() ->
     assert config.pretune_target(is_decoder=True) == 0.55
 
 
+def test_the_all_heads_ablation_keeps_every_attention_unit() -> None:
+    import aptune
+    from aptune.config import AptConfig
+    from test_llama import _causal_lm_dataset, tiny_llama
+
+    job = _job("apt", 0, 0.5, "all-heads")
+    config = AptConfig(target_density=0.5, distill=False, prune_hidden=False, **job.apt_overrides)
+    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    units, neurons = controller.blocks.unit_counts(), controller.blocks.neuron_counts()
+    data = _causal_lm_dataset(8)
+    controller.calibrate_and_prune_(
+        [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    )
+    assert controller.blocks.unit_counts() == units  # every head stays ...
+    assert sum(controller.blocks.neuron_counts()) < sum(neurons)  # ... the FFN pays for the budget
+    assert controller.density() <= 0.5 + 1e-9
+
+
 @pytest.mark.parametrize("variant", ["pretune-halfway", "hidden-norm-weighted", "damage-during-tuning"])
 def test_ablations_that_prune_during_tuning_leave_half_of_the_pruning_to_it(variant: str) -> None:
     from aptune.config import AptConfig

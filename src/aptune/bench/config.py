@@ -67,6 +67,9 @@ GRID_FIRST_STAGE: tuple[str, ...] = ("ft", "lora", "apt", *PRUNE_THEN_LORA)
 #: Allocator settings a job can run under: the C library's defaults, or aptune's pinned threshold.
 ALLOCATORS: tuple[str, ...] = ("default", "pinned")
 
+#: A per-layer head floor that no model reaches, so that every attention head is kept.
+EVERY_HEAD = 1 << 20
+
 #: An override value that stands for the job's density (resolved when the job is planned).
 JOB_DENSITY = "<job density>"
 
@@ -103,6 +106,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "pretune-at-target": (
         "APT pruned to the target before tuning",
         {"pretune_prune": True, "pretune_density": JOB_DENSITY},
+    ),
+    "all-heads": (
+        "APT with every attention head kept",
+        # a floor above any model's heads per layer: only FFN neurons (and hidden dims) compete
+        {"min_heads_per_layer": EVERY_HEAD},
     ),
     "pretune-halfway": (
         "APT pruned halfway before tuning, the rest during tuning",
@@ -237,7 +245,8 @@ class BenchConfig:
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
-            "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target, pretune-halfway."
+            "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target, "
+            "pretune-halfway, all-heads."
         },
     )
     ablation_seeds: str = field(
