@@ -250,7 +250,8 @@ def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
             "2",
             "--target-density",
             "0.6",
-            "--pretune-prune",
+            "--pretune-density",
+            "0.8",
             "--calibration-samples",
             "8",
             "--max-length",
@@ -264,6 +265,9 @@ def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
     assert code == 0, stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["events"][0]["kind"] == "pretune"
+    # the two-stage path: pruned to 0.8 before tuning, the rest by the events during tuning
+    assert report["events"][0]["target_density"] == pytest.approx(0.8)
+    assert report["events"][-1]["density"] < report["events"][0]["density"]
     assert report["final_metrics"]["perplexity"] > 1.0
     assert (out / "model" / "modeling_aptune.py").exists()
 

@@ -213,3 +213,26 @@ def test_encoder_without_pretune_does_not_calibrate(tmp_path) -> None:
     controller = aptune.prepare_(model, config, total_steps=40)
     assert controller.pretune_density is None
     assert controller.schedule.initial_density == 1.0
+
+
+@pytest.mark.parametrize(("targets", "fails"), [(("q", "v"), True), (("q", "v", "up"), False)])
+def test_pruning_that_leaves_nothing_to_tune_is_one_clear_error(targets: tuple, fails: bool) -> None:
+    from aptune.select import KeepSet
+
+    config = AptConfig(target_density=0.5, adapter_targets=targets, prune_hidden=False, distill=False)
+    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    units, neurons = sum(controller.blocks.unit_counts()), sum(controller.blocks.neuron_counts())
+    hidden = controller.blocks.hidden_size
+    controller.set_hard_masks(
+        KeepSet(
+            heads=torch.zeros(units, dtype=torch.bool),  # every head goes, and with it q and v
+            neurons=torch.ones(neurons, dtype=torch.bool),
+            hidden=torch.ones(hidden, dtype=torch.bool),
+            params=0.0,
+        )
+    )
+    if fails:
+        with pytest.raises(ConfigError, match="nothing is left to tune; add adapters on the FFN"):
+            controller.prune_to_masks_()
+    else:
+        assert controller.prune_to_masks_()["heads"] > 0

@@ -408,7 +408,30 @@ class AptController:
                 # from now on activation sizes change at every event: see aptune.host_memory
                 pin_mmap_threshold()
             release_freed_memory(self.model)
+            self._require_something_to_tune()
         return removed
+
+    def _require_something_to_tune(self) -> None:
+        """Raise a `ConfigError` when the pruning left no trainable weight that reaches the loss.
+
+        That happens when every adapted module lost all its rows or columns (e.g. adapters only on
+        q and v, and every head removed) and the model has no other trainable parameter (a causal
+        LM's head is frozen); the next backward pass would fail deep inside torch.
+        """
+        if any(a.out_features > 0 and a.in_features > 0 for a in self.adapters.values()):
+            return
+        adapter_params = {id(p) for a in self.adapters.values() for p in a.parameters()}
+        if any(
+            p.requires_grad and p.numel() > 0 and id(p) not in adapter_params for p in self.model.parameters()
+        ):
+            return
+        raise ConfigError(
+            f"pruning to density {self.density():.3g} removed every module that carries an adapter "
+            f"({', '.join(sorted({name.rsplit('.', 1)[-1] for name in self.adapters}))}), so nothing is "
+            "left to tune; add adapters on the FFN "
+            "(adapter_targets with up, gate, down), keep heads with min_heads_per_layer, or raise "
+            "target_density"
+        )
 
     def _remove_(
         self,
