@@ -236,3 +236,13 @@ def test_pruning_that_leaves_nothing_to_tune_is_one_clear_error(targets: tuple, 
             controller.prune_to_masks_()
     else:
         assert controller.prune_to_masks_()["heads"] > 0
+
+
+def test_distillation_without_pruning_during_tuning_is_one_clear_error() -> None:
+    config = AptConfig(target_density=0.5, distill=True)  # decoders prune everything before tuning
+    with pytest.raises(ConfigError, match="set pretune_density above target_density"):
+        aptune.prepare_(tiny_llama(), config, total_steps=40)
+    halfway = dataclasses.replace(config, pretune_density=0.75)
+    assert aptune.prepare_(tiny_llama(), halfway, total_steps=40).pretune_density == 0.75
+    encoder = aptune.prepare_(tiny_bert(), config, total_steps=40)  # encoders prune during tuning
+    assert encoder.pretune_density is None

@@ -129,6 +129,12 @@ class AptController:
                 "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
                 "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
             )
+        if config.distill and pretune is not None and pretune <= config.target_density < 1.0:
+            raise ConfigError(
+                "AptConfig.distill=True distils from the model as it was before each pruning window during "
+                f"tuning, and pretune_density {pretune:g} (the target density) leaves no pruning for tuning; "
+                "set pretune_density above target_density (e.g. 1 - (1 - target_density) / 2) or drop distill"
+            )
         if config.tuning_damage_curves and pretune is not None and pretune <= config.target_density:
             raise ConfigError(
                 "AptConfig.tuning_damage_curves=True acts on the pruning during tuning, and pretune_density "
