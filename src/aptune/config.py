@@ -114,7 +114,7 @@ class AptConfig:
             that did worse on BBC dev on both seeds (perplexity 36.5 / 36.8 against 34.8 / 34.2),
             so it is an option (``pretune_density=0.85``), not the default. A density above the
             target is needed for settings that act on pruning during tuning (gradual hidden
-            dimensions, ``tuning_damage_curves``).
+            dimensions, ``tuning_damage_curves``, ``distill``).
         pretune_rounds: Rounds of the pruning before tuning. Round ``r`` of ``R`` runs the
             calibration pass through the model the rounds before it have pruned, scores afresh and
             prunes to ``1 - (1 - d) * r / R`` (``d``: the pretune density), so the blocks that stay

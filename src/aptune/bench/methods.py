@@ -845,8 +845,8 @@ def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) ->
     default keeps the old behaviour), so a record stays valid across versions until a default it
     depends on changes, or the job sets a newer field otherwise; then it no longer stands for the
     job. Fields the record has and `AptConfig` no longer has are not compared. The pruning before
-    tuning is compared
-    by the density it resolved to (the record's schedule), not by how it was asked for: a record
+    tuning is compared by the density it resolved to (the record's schedule), not by how it was
+    asked for: a record
     left with the family default when that default was 0.85 differs from a job whose default is
     now the target, and one that asked for the target explicitly computed the same as that job.
 
