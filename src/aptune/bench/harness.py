@@ -795,8 +795,22 @@ def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
     return record
 
 
+def _finished_records(workdir: Path, imported: ImportedRecords | None = None) -> list[dict[str, Any]]:
+    """Every record in the work folder's results and set-aside results, then the imported file's."""
+    records = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for folder in ("results", "results-other-rates")
+        for path in sorted((workdir / folder).glob("*.json"))
+    ]
+    return records + (list(imported.records.values()) if imported is not None else [])
+
+
 def _same_run_record(
-    workdir: Path, job: Job, config: BenchConfig | None, imported: ImportedRecords | None = None
+    workdir: Path,
+    job: Job,
+    config: BenchConfig | None,
+    imported: ImportedRecords | None = None,
+    candidates: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """A finished APT record of another job that computed what ``job`` computes, or None.
 
@@ -804,17 +818,14 @@ def _same_run_record(
     default for what an ablation did): the same seed, density, rate and allocator, and settings
     that resolve to the same run (`aptune.bench.methods.apt_settings_mismatch`). Such a record
     stands for ``job`` too, marked ``same_run_as`` with the job that ran it. Looked up in the work
-    folder's results, then its set-aside results, then the imported results file. Only APT jobs
-    with a chosen rate are matched: their records carry the settings that make the match exact.
+    folder's results, then its set-aside results, then the imported results file (or in
+    ``candidates``, `_finished_records` read once by a caller that looks up many jobs). Only APT
+    jobs with a chosen rate are matched: their records carry the settings that make the match exact.
     """
     if job.method != "apt" or config is None or not job.lr:
         return None
-    candidates: list[dict[str, Any]] = []
-    for folder in ("results", "results-other-rates"):
-        for path in sorted((workdir / folder).glob("*.json")):
-            candidates.append(json.loads(path.read_text(encoding="utf-8")))
-    if imported is not None:
-        candidates.extend(imported.records.values())
+    if candidates is None:
+        candidates = _finished_records(workdir, imported)
     wanted = (job.method, job.seed, job.allocator, list(job.depends))
     for record in candidates:
         ran = record.get("job") or {}
@@ -841,6 +852,7 @@ def _read_results(workdir: Path, jobs: list[Job], config: BenchConfig | None = N
     own reads that of a job that computed the same (`_same_run_record`).
     """
     results = {}
+    candidates: list[dict[str, Any]] | None = None  # read once, when a job first needs them
     for job in jobs:
         path = workdir / "results" / f"{job.id}.json"
         record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -848,8 +860,10 @@ def _read_results(workdir: Path, jobs: list[Job], config: BenchConfig | None = N
             record = _reused_record(workdir, job)
             if record is not None and not _is_current(record, job, config):
                 record = None
-        if record is None:
-            record = _same_run_record(workdir, job, config)
+        if record is None and job.method == "apt" and config is not None:
+            if candidates is None:
+                candidates = _finished_records(workdir)
+            record = _same_run_record(workdir, job, config, candidates=candidates)
         if record is not None:
             results[job.id] = record
     return results
