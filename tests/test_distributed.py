@@ -17,7 +17,7 @@ LOOP = textwrap.dedent(
     from tiny import tiny_bert
     import aptune
     from aptune.controller import DISTILL_MODULE_NAME
-    from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
+    from aptune.distributed import all_reduce_gradients_, close_process_group, exclude_from_ddp_
 
     out = sys.argv[1]
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -61,6 +61,7 @@ LOOP = textwrap.dedent(
          "density": controller.density()},
         os.path.join(out, f"final-{rank}.pt"),
     )
+    close_process_group()
     """
 )
 
@@ -102,3 +103,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert len(single["checksums"]) == 3 and single["density"] <= 0.5 + 1e-6
     torch.testing.assert_close(rank0["logits"], rank1["logits"], rtol=0, atol=0)
     torch.testing.assert_close(rank0["logits"], single["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_close_process_group_leaves_no_group_behind(tmp_path):
+    """The CLI's shutdown destroys an active group and is a no-op when there is none."""
+    import torch.distributed as dist
+
+    from aptune.distributed import close_process_group
+
+    close_process_group()  # nothing active: nothing to do
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()

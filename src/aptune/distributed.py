@@ -25,6 +25,7 @@ __all__ = [
     "all_reduce_gradients_",
     "all_reduce_salience_stats_",
     "check_same_on_all_ranks",
+    "close_process_group",
     "exclude_from_ddp_",
     "is_distributed",
     "rebuild_ddp_",
@@ -34,6 +35,17 @@ __all__ = [
 def is_distributed() -> bool:
     """Whether a process group with more than one rank is active."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def close_process_group() -> None:
+    """Wait for every rank, then shut the default process group down (no-op when none is active).
+
+    For entry points that own the process (the CLI): a gloo group left to the interpreter's exit
+    can abort the process while its worker threads are still being torn down.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_salience_stats_(collector) -> None:

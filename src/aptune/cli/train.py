@@ -50,12 +50,14 @@ def _echo_summary(summary: dict) -> None:
 
 
 def _train(**values) -> None:
+    from aptune.distributed import close_process_group
     from aptune.runner import run_training
 
     config_file = values.pop("config", None)
     with user_errors():
         run_args, config = _configs(values, config_file)
         summary = run_training(run_args, config)
+    close_process_group()  # the command owns the process: every rank leaves the group together
     if summary["params_after"] is None:  # a non-zero rank under torchrun: rank 0 reports
         return
     _echo_summary(summary)
