@@ -246,3 +246,29 @@ def test_distillation_without_pruning_during_tuning_is_one_clear_error() -> None
     assert aptune.prepare_(tiny_llama(), halfway, total_steps=40).pretune_density == 0.75
     encoder = aptune.prepare_(tiny_bert(), config, total_steps=40)  # encoders prune during tuning
     assert encoder.pretune_density is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "noted"),
+    [
+        ({}, True),  # the decoder default: damage curves keep them, and nothing is left for tuning
+        ({"pretune_density": 0.85}, False),  # they leave during tuning
+        ({"prune_hidden": False}, False),  # the user did not ask for them
+        ({"damage_curves": 0}, False),  # the one-shot selection removes them
+    ],
+)
+def test_pretune_record_says_when_hidden_dimensions_cannot_leave(fields: dict, noted: bool) -> None:
+    from aptune.trainer import describe_event
+
+    data = _causal_lm_dataset(8)
+    batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    config = AptConfig(target_density=0.7, distill=False, **fields)
+    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    hidden_before = controller.blocks.hidden_size
+    record = controller.calibrate_and_prune_(batches)
+    assert ("hidden_note" in record) is noted
+    if noted:
+        assert controller.blocks.hidden_size == hidden_before  # what the note says is what happened
+        assert "set pretune_density above target_density" in describe_event(record)
+    else:
+        assert "hidden dimensions stay" not in describe_event(record)

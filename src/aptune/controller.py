@@ -575,6 +575,9 @@ class AptController:
         self.pretuned = True
         if self.config.tuning_damage_curves:
             self.tuning_damage.keep(batches[: self.config.damage_batches])
+        notes = {}
+        if keep_hidden and self.config.prune_hidden and density <= self.config.target_density < 1.0:
+            notes["hidden_note"] = hidden_stay_note(density)
         record = self._record_event(
             index=-1,
             kind="pretune",
@@ -585,6 +588,7 @@ class AptController:
             removed=removed,
             grown={},
             **({"damage_curves": measured} if curves else {}),
+            **notes,
         )
         if density > self.config.target_density:
             self.scores.clear()
@@ -820,6 +824,21 @@ class AptController:
         )
         self.state.collector.reset()
         self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
+
+
+def hidden_stay_note(pretune_density: float) -> str:
+    """Why no hidden dimension leaves in a run that prunes everything before tuning, and the fix.
+
+    The pruning before tuning keeps the hidden dimensions whenever damage curves rank the heads and
+    neurons or the hidden salience is ``"norm_weighted"``; they leave only at the events during
+    tuning, and a pretune density equal to the target leaves those events nothing to remove.
+    """
+    return (
+        "hidden dimensions stay: the pruning before tuning keeps them and "
+        f"pretune_density {pretune_density:g} (the target) leaves no pruning for tuning; "
+        "set pretune_density above target_density "
+        "(e.g. 1 - (1 - target_density) / 2) to prune them during tuning"
+    )
 
 
 def _kept(mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -81,6 +81,7 @@ def describe_event(record: dict) -> str:
         f"{removed['neurons']} FFN neurons, {removed['hidden']} hidden dims; "
         f"hidden {record['hidden_size']}, heads/layer {record['heads_per_layer']}; "
         f"{len(grown)} adapters grew, ranks {rank_text}"
+        + (f"; {record['hidden_note']}" if record.get("hidden_note") else "")
     )
 
 
