@@ -481,6 +481,33 @@ def test_the_all_heads_ablation_keeps_every_attention_unit() -> None:
     assert controller.density() <= 0.5 + 1e-9
 
 
+def test_the_all_linear_ablation_tunes_every_projection_through_pruning() -> None:
+    import aptune
+    from aptune.config import AptConfig
+    from test_llama import _causal_lm_dataset, tiny_llama
+
+    job = _job("apt", 0, 0.5, "all-linear")
+    config = AptConfig(target_density=0.5, distill=False, prune_hidden=False, **job.apt_overrides)
+    model = tiny_llama()
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+    controller = aptune.prepare_(model, config, total_steps=40)
+    assert set(controller.adapters) == linears  # seven per layer: q, k, v, o, gate, up, down
+    data = _causal_lm_dataset(8)
+    batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    controller.calibrate_and_prune_(batches)
+    assert controller.density() <= 0.5 + 1e-9
+    # the adapters on o and down lost the input columns of the removed heads and neurons
+    for name, adapter in controller.adapters.items():
+        assert adapter.lora_A.shape[1] == adapter.base_layer.weight.shape[1], name
+    model(**batches[0]).loss.backward()
+    # every projection that still has weights is tuned (a site pruned away entirely is skipped)
+    present = {n: a for n, a in controller.adapters.items() if a.base_layer.weight.numel()}
+    assert {n.rsplit(".", 1)[-1] for n in present} == {
+        f"{r}_proj" for r in ("q", "k", "v", "o", "gate", "up", "down")
+    }
+    assert all(a.lora_B.grad is not None and a.lora_B.grad.abs().sum() > 0 for a in present.values())
+
+
 @pytest.mark.parametrize("variant", ["pretune-halfway", "hidden-norm-weighted", "damage-during-tuning"])
 def test_ablations_that_prune_during_tuning_leave_half_of_the_pruning_to_it(variant: str) -> None:
     from aptune.config import AptConfig

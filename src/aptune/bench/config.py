@@ -112,6 +112,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # a floor above any model's heads per layer: only FFN neurons (and hidden dims) compete
         {"min_heads_per_layer": EVERY_HEAD},
     ),
+    "all-linear": (
+        "APT with adapters on every linear layer",
+        # the decoder baselines' peft LoRA adapts every Linear; APT's decoder default is q and v only
+        {"adapter_targets": ("q", "k", "v", "o", "gate", "up", "down")},
+    ),
     "pretune-halfway": (
         "APT pruned halfway before tuning, the rest during tuning",
         {"pretune_prune": True, "pretune_density": HALFWAY_DENSITY},
@@ -246,7 +251,7 @@ class BenchConfig:
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
             "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target, "
-            "pretune-halfway, all-heads."
+            "pretune-halfway, all-heads, all-linear."
         },
     )
     ablation_seeds: str = field(
