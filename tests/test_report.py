@@ -339,6 +339,19 @@ def test_markdown_formats_free_form_fields_and_pretune_event(tmp_path: Path) -> 
         "| pre-tune | 0 | – | 0.750 | 7,500 |",
     ):
         assert row in md, f"missing row: {row}"
+    assert "**Note:**" not in md  # no event carries a note
+
+
+def test_markdown_shows_why_hidden_dimensions_stayed(tmp_path: Path) -> None:
+    from aptune.controller import hidden_stay_note
+
+    rec = RunRecorder({}, _model_info())
+    event = {"step": 0, "index": -1, "kind": "pretune", "density": 0.7, "params": 7_000}
+    rec.log_event({**event, "hidden_note": hidden_stay_note(0.7)})
+    md = write_report(tmp_path, rec, plots=False)["report.md"].read_text(encoding="utf-8")
+    events = md.split("## Pruning events")[1]
+    assert "**Note:** pre-tune: hidden dimensions stay:" in events
+    assert "pretune_density 0.7 (the target)" in events
 
 
 def test_memory_fields_with_a_unit_word_inside_the_key_use_that_unit(tmp_path: Path) -> None:

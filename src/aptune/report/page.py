@@ -145,6 +145,12 @@ def render_markdown(data: Mapping[str, Any], plot_links: Mapping[str, str]) -> s
             "trainable params",
         ]
         out += ["## Pruning events", "", *md_table(headers, table, "rrrrrrrrlr"), ""]
+        notes = [
+            f"{event_name(e, i).lstrip('#')}: {e['hidden_note']}."
+            for i, e in enumerate(events)
+            if e.get("hidden_note")
+        ]
+        out += [*(f"**Note:** {n}" for n in notes), *([""] if notes else [])]
 
     # Dev metrics over time
     evals = rows_of(data.get("evals"))
