@@ -190,3 +190,50 @@ def test_evaluation_in_the_trainers_is_chunked_and_equal(tmp_path, trainer_kind)
     assert spy.tokens and max(spy.tokens) <= 4  # the logits of at most 4 tokens at a time
     assert ours["eval_perplexity"] == pytest.approx(reference["eval_perplexity"], rel=1e-5)
     assert ours["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5)
+
+
+def test_the_calibration_pass_uses_the_chunked_loss_and_decides_the_same(monkeypatch):
+    """Pruning before tuning (salience pass and damage curves) with ``lm_loss_chunk`` removes the
+    same blocks as with the model's own loss, and never projects more than a chunk of tokens."""
+    import aptune
+    import aptune.losses
+    from aptune.config import AptConfig
+    from test_llama import _causal_lm_dataset
+
+    block_loss = aptune.losses._block_loss_sum
+    tokens: list[int] = []  # tokens of every projection onto the vocabulary
+
+    def counted_block_loss(hidden, *args):
+        tokens.append(hidden.shape[0])
+        return block_loss(hidden, *args)
+
+    monkeypatch.setattr(aptune.losses, "_block_loss_sum", counted_block_loss)
+
+    data = _causal_lm_dataset(8)
+    batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    kept, curves, projected = [], [], []
+    for chunk in (None, 5):
+        model = tiny_llama()
+        tokens.clear()
+        model.lm_head.register_forward_hook(lambda m, args, out: tokens.append(args[0].shape[:-1].numel()))
+        config = AptConfig(target_density=0.6, pretune_density=0.6, distill=False, lm_loss_chunk=chunk)
+        controller = aptune.prepare_(model, config, total_steps=40)
+        record = controller.calibrate_and_prune_(batches)
+        kept.append(controller.blocks.kept_ids())
+        curves.append(record["damage_curves"])
+        projected.append(list(tokens))
+    assert all(torch.equal(a, b) for a, b in zip(*kept, strict=True))
+    assert json_close(curves[0], curves[1])
+    assert max(projected[0]) == 2 * 12  # the model's own loss projects a whole batch at once ...
+    assert max(projected[1]) == 5  # ... the chunked one never more than a chunk
+
+
+def json_close(a, b) -> bool:
+    """Nested lists / dicts of numbers equal within float tolerance."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(json_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(json_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    return a == b

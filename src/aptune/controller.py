@@ -50,6 +50,7 @@ from aptune.distributed import (
 from aptune.errors import ConfigError, ModelError
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
+from aptune.losses import chunked_lm_forward, is_causal_lm
 from aptune.masks import MaskState, install_masks
 from aptune.ranks import allocate_ranks, growth_factor
 from aptune.schedule import Schedule, build_schedule
@@ -560,7 +561,9 @@ class AptController:
         seen = 0
         for index in range(1, rounds + 1):
             # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
-            total, seen = summed_salience(self.model, batches, self.state.collector, self._reduced_salience)
+            total, seen = summed_salience(
+                self.model, batches, self.state.collector, self._reduced_salience, self.batch_loss
+            )
             ranking = total
             if curves:
                 ranking, damage = self._damage_curve_scores(total, batches[: self.config.damage_batches])
@@ -595,6 +598,19 @@ class AptController:
         self.state.collector.active = self._collecting(self.step_count + 1)
         return record
 
+    def batch_loss(self, batch: dict) -> torch.Tensor | None:
+        """The model's loss on ``batch`` (with labels), as the run's training steps compute it.
+
+        With ``AptConfig.lm_loss_chunk`` set on a causal LM, the loss is the chunked one
+        (`aptune.losses.chunked_lm_forward`, the same value), so the calibration pass and the
+        damage curves never hold a batch's ``[tokens, vocabulary]`` logits; otherwise
+        ``model(**batch).loss`` (None when the model returns no loss).
+        """
+        chunk = self.config.lm_loss_chunk
+        if chunk is not None and is_causal_lm(self.model) and batch.get("labels") is not None:
+            return chunked_lm_forward(self.model, batch, chunk)
+        return self.model(**batch).loss
+
     def _damage_curve_scores(self, salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
         """Head and neuron scores from measured damage curves (`aptune.damage`) on ``batches``."""
         if not batches:
@@ -612,7 +628,7 @@ class AptController:
                 self.set_hard_masks(keep)
             total = torch.zeros((), dtype=torch.float64, device=device)
             for batch in batches:
-                total += self.model(**batch).loss.double()
+                total += self.batch_loss(batch).double()
             if is_distributed():  # every rank must measure the same curves
                 torch.distributed.all_reduce(total)
                 total /= torch.distributed.get_world_size()

@@ -31,6 +31,7 @@ __all__ = [
     "chunked_lm_eval",
     "chunked_lm_forward",
     "chunked_token_nll",
+    "is_causal_lm",
 ]
 
 IGNORE_INDEX = -100
@@ -103,6 +104,11 @@ def chunked_causal_lm_loss(
 
 def _module_block_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face ``*ForCausalLM`` (the models the chunked loss serves)."""
+    return type(model).__name__.endswith("ForCausalLM")
 
 
 def causal_lm_hidden_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:

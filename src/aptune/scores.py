@@ -154,6 +154,7 @@ def summed_salience(
     batches: Iterable[dict],
     collector: SalienceCollector,
     measure: Callable[[], Salience],
+    loss_of: Callable[[dict], torch.Tensor | None] | None = None,
 ) -> tuple[Salience, int]:
     """The salience summed over calibration batches (one-shot pruning before tuning).
 
@@ -165,6 +166,9 @@ def summed_salience(
         batches: Model-input dicts that include labels (the model must return ``loss``).
         collector: The collector the mask hooks feed.
         measure: Reads the salience of the batch from ``collector`` (after any all-reduce).
+        loss_of: The loss of one batch (on the model's device); ``None``: ``model(**batch).loss``.
+            The controller passes the chunked causal-LM loss when the run uses it, so that this
+            pass never holds a batch's vocabulary logits either.
 
     Returns:
         ``(summed salience, number of batches)``.
@@ -182,7 +186,7 @@ def summed_salience(
             collector.reset()
             collector.active = True
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = model(**batch).loss if loss_of is None else loss_of(batch)
             if loss is None:
                 raise ModelError("calibration batches must contain labels so that the model returns a loss")
             loss.backward()

@@ -33,7 +33,7 @@ from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
 from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
-from aptune.losses import chunked_lm_eval, chunked_lm_forward
+from aptune.losses import chunked_lm_eval, chunked_lm_forward, is_causal_lm
 
 __all__ = [
     "AptCallback",
@@ -416,8 +416,7 @@ class AptTrainer(Trainer):
         # Training steps of a causal LM with labels, when no caller needs the logits.
         if self.apt_controller.config.lm_loss_chunk is None or return_outputs or not model.training:
             return False
-        name = type(self.accelerator.unwrap_model(model)).__name__
-        return name.endswith("ForCausalLM") and inputs.get("labels") is not None
+        return is_causal_lm(self.accelerator.unwrap_model(model)) and inputs.get("labels") is not None
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not self.model.training:
