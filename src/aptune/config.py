@@ -195,7 +195,8 @@ class AptConfig:
             with prediction distillation still compute full logits (the KL needs the teacher's and
             the student's). Evaluation with the perplexity metric runs in the same blocks
             (`aptune.losses.chunked_lm_eval`), and so do the calibration pass and the damage curves
-            of the pruning before tuning (the same loss, so the same decisions). ``None``: the model's own loss and logits.
+            of the pruning before tuning (the same loss, so the same decisions). ``None``: the
+            model's own loss and logits.
         posttune_steps: Length of the post-distillation phase that follows the main run (the
             authors' last phase): the best dev checkpoint among the evaluations after the last
             pruning event (and the final model) is restored, then the model is tuned with the task
