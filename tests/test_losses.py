@@ -223,17 +223,17 @@ def test_the_calibration_pass_uses_the_chunked_loss_and_decides_the_same(monkeyp
         curves.append(record["damage_curves"])
         projected.append(list(tokens))
     assert all(torch.equal(a, b) for a, b in zip(*kept, strict=True))
-    assert json_close(curves[0], curves[1])
+    assert _nested_close(curves[0], curves[1])
     assert max(projected[0]) == 2 * 12  # the model's own loss projects a whole batch at once ...
     assert max(projected[1]) == 5  # ... the chunked one never more than a chunk
 
 
-def json_close(a, b) -> bool:
+def _nested_close(a, b) -> bool:
     """Nested lists / dicts of numbers equal within float tolerance."""
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(json_close(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_nested_close(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(json_close(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(_nested_close(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float):
         return a == pytest.approx(b, rel=1e-4, abs=1e-6)
     return a == b
