@@ -508,6 +508,20 @@ def test_the_all_linear_ablation_tunes_every_projection_through_pruning() -> Non
     assert all(a.lora_B.grad is not None and a.lora_B.grad.abs().sum() > 0 for a in present.values())
 
 
+def test_the_qv_only_ablation_adapts_q_and_v_and_nothing_else() -> None:
+    import aptune
+    from aptune.config import AptConfig
+    from test_llama import tiny_llama
+
+    job = _job("apt", 0, 0.5, "qv-only")
+    config = AptConfig(target_density=0.5, distill=False, **job.apt_overrides)
+    model = tiny_llama()
+    controller = aptune.prepare_(model, config, total_steps=40)
+    layers = model.config.num_hidden_layers
+    assert sorted({n.rsplit(".", 1)[-1] for n in controller.adapters}) == ["q_proj", "v_proj"]
+    assert len(controller.adapters) == 2 * layers
+
+
 @pytest.mark.parametrize("variant", ["pretune-halfway", "hidden-norm-weighted", "damage-during-tuning"])
 def test_ablations_that_prune_during_tuning_leave_half_of_the_pruning_to_it(variant: str) -> None:
     from aptune.config import AptConfig

@@ -235,6 +235,25 @@ def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_pa
     assert json.loads(path.read_text()) == changed  # a partial page leaves it in place
 
 
+def test_adapter_roles_compare_as_a_set_and_the_all_linear_ablation_can_be_the_default(tmp_path):
+    """A record that lists the same roles in another order ran the same settings; other roles did not."""
+    from aptune.bench.config import Job, _job
+    from aptune.bench.methods import apt_settings, apt_settings_mismatch
+
+    every = BenchConfig(workdir=str(tmp_path), adapter_roles="q,k,v,o,up,gate,down")
+    default = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7, lr=2e-3)
+    ran = json.loads(json.dumps(apt_settings(every, default).to_dict()))
+    reordered = {"apt_config": {**ran, "adapter_targets": ["q", "k", "v", "o", "gate", "up", "down"]}}
+    assert apt_settings_mismatch(reordered, every, default) == []
+    all_linear = _job("apt", 0, 0.7, "all-linear", lr=2e-3)
+    assert apt_settings_mismatch({"apt_config": ran}, every, all_linear) == []  # the default's run
+    qv = _job("apt", 0, 0.7, "qv-only", lr=2e-3)
+    assert apt_settings_mismatch({"apt_config": ran}, every, qv) == ["adapter_targets"]
+    fewer = BenchConfig(workdir=str(tmp_path), adapter_roles="q,v,up")
+    ran_fewer = json.loads(json.dumps(apt_settings(fewer, default).to_dict()))
+    assert apt_settings_mismatch({"apt_config": ran_fewer}, fewer, all_linear) == ["adapter_targets"]
+
+
 def test_a_changed_default_lets_one_run_stand_for_the_job_that_now_asks_for_it(tmp_path):
     """Decoders now prune to the target before tuning: the default and the ablations trade records."""
     from aptune.bench.config import Job, _job

@@ -14,6 +14,17 @@ def test_defaults_validate_and_round_trip(tmp_path):
     assert '"format_version": 1' in config.to_json()
 
 
+def test_adapter_targets_are_a_set_of_roles_in_one_order():
+    """The same roles in any order, or repeated, ask for the same run (adapters attach in this order)."""
+    from aptune.config import ADAPTER_ROLES
+
+    shuffled = AptConfig(adapter_targets=("down", "q", "gate", "up", "v", "q"))
+    assert shuffled.adapter_targets == ("q", "v", "up", "gate", "down")
+    assert shuffled == AptConfig(adapter_targets=["q", "v", "up", "gate", "down"])
+    assert AptConfig(adapter_targets=tuple(reversed(ADAPTER_ROLES))).adapter_targets == ADAPTER_ROLES
+    assert AptConfig().adapter_targets is None  # the family default stays the family's
+
+
 def test_absolute_and_fraction_points_survive_json():
     config = AptConfig(prune_start=20, prune_end=0.5)
     again = AptConfig.from_json(config.to_json())

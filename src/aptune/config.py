@@ -18,13 +18,16 @@ from typing import Any
 
 from aptune.errors import ConfigError
 
-__all__ = ["CONFIG_FORMAT_VERSION", "AptConfig"]
+__all__ = ["ADAPTER_ROLES", "CONFIG_FORMAT_VERSION", "AptConfig"]
 
 CONFIG_FORMAT_VERSION = 1
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
 _HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
 _HIDDEN_COSTS = ("current", "initial")
+#: The roles ``AptConfig.adapter_targets`` chooses from, in the order adapters are attached.
+ADAPTER_ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
+
 _LAYER_MAPPINGS = ("nearest", "same")
 _LAYOUTS = ("free", "uniform")
 _SELECTION_SCALES = ("global", "layer", "site")
@@ -343,6 +346,9 @@ class AptConfig:
         if isinstance(self.adapter_targets, list):
             self.adapter_targets = tuple(self.adapter_targets)
         self.validate()
+        if self.adapter_targets is not None:
+            # a set of roles: one order (and no repeats), so that equal choices give equal runs
+            self.adapter_targets = tuple(r for r in ADAPTER_ROLES if r in self.adapter_targets)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -420,12 +426,12 @@ class AptConfig:
         if self.calibration_batch_size is not None:
             integer("calibration_batch_size", 1)
         if self.adapter_targets is not None:
-            roles = {"q", "k", "v", "o", "up", "gate", "down"}
+            roles = ", ".join(ADAPTER_ROLES)
             if not isinstance(self.adapter_targets, tuple) or not self.adapter_targets:
-                bad("adapter_targets", f"expected a non-empty list of roles from {sorted(roles)}")
-            unknown = [r for r in self.adapter_targets if r not in roles]
+                bad("adapter_targets", f"expected a non-empty list of roles from {roles}")
+            unknown = [r for r in self.adapter_targets if r not in ADAPTER_ROLES]
             if unknown:
-                bad("adapter_targets", f"unknown role(s) {unknown}; choose from {sorted(roles)}")
+                bad("adapter_targets", f"unknown role(s) {unknown}; choose from {roles}")
         integer("min_heads_per_layer", 0)
         integer("min_neurons_per_layer", 0)
         integer("min_hidden", 1)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from aptune.config import ADAPTER_ROLES
 from aptune.errors import ConfigError
 
 __all__ = [
@@ -114,8 +115,14 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "all-linear": (
         "APT with adapters on every linear layer",
-        # the decoder baselines' peft LoRA adapts every Linear; APT's decoder default is q and v only
-        {"adapter_targets": ("q", "k", "v", "o", "gate", "up", "down")},
+        # what adapting every projection adds where the suite's roles are fewer (minilm-bbc: q, v,
+        # up); where they are already all of them (smollm2-bbc) it asks for the default's run
+        {"adapter_targets": ADAPTER_ROLES},
+    ),
+    "qv-only": (
+        "APT with adapters on q and v only",
+        # aptune's own default for decoders, measured where the suite adapts every projection
+        {"adapter_targets": ("q", "v")},
     ),
     "pretune-halfway": (
         "APT pruned halfway before tuning, the rest during tuning",
@@ -251,7 +258,7 @@ class BenchConfig:
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
             "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target, "
-            "pretune-halfway, all-heads, all-linear."
+            "pretune-halfway, all-heads, all-linear, qv-only."
         },
     )
     ablation_seeds: str = field(
@@ -501,9 +508,8 @@ class BenchConfig:
         )
         if stray:
             bad("ablation_seeds", f"{', '.join(sorted(stray))} is not among --ablations; add it there too")
-        roles = {"q", "k", "v", "o", "up", "gate", "down"}
-        if not self.role_list() or set(self.role_list()) - roles:
-            bad("adapter_roles", f"comma-separated roles from {sorted(roles)}")
+        if not self.role_list() or set(self.role_list()) - set(ADAPTER_ROLES):
+            bad("adapter_roles", f"comma-separated roles from {', '.join(ADAPTER_ROLES)}")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
