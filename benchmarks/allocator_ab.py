@@ -1,15 +1,25 @@
 """glibc's default allocator vs aptune's pinned mmap threshold: step time and peak RSS, side by side.
 
-    python benchmarks/allocator_ab.py [--repeats 3] [--steps 40]
+    python benchmarks/allocator_ab.py [--model minilm|smollm2] [--workloads lora,apt]
+        [--repeats 3] [--steps 40]
 
-MiniLM-L6, synthetic batch 16 x 128, two workloads: peft LoRA (fixed shapes; "pinned" = from the
-first step) and aptune APT at density 0.4 (pruning events at steps 2-16 of 40, so activation sizes
-change; "pinned" = aptune's default, from its first pruning event; "default" =
-``APTUNE_PIN_MMAP_THRESHOLD=0``). Each (workload, allocator) pair runs ``--repeats`` times, every
-run in its own process, the pairs interleaved. Prints and writes ``results/allocator_ab.json`` and
-``.md``: median step time over the steps after the last pruning event (all steps for LoRA), the
-peak RSS of the training loop (VmHWM reset after loading), medians over the repeats, and the
-ratios pinned / default.
+``minilm`` (MiniLM-L6, synthetic batch 16 x 128): peft LoRA on q, v and FFN-up (fixed shapes;
+"pinned" = from the first step) and aptune APT at density 0.4 (pruning events at steps 2-16 of 40,
+so activation sizes change; "pinned" = aptune's default, from its first pruning event; "default" =
+``APTUNE_PIN_MMAP_THRESHOLD=0``).
+
+``smollm2`` (SmolLM2-135M, synthetic batch 4 x 256, the causal-LM loss in blocks of 512 tokens, as
+the decoder suite runs it): peft LoRA on every projection, and APT at density 0.7 under the decoder
+default, everything pruned once before tuning from a calibration pass of 8 examples in
+micro-batches of 2 (no damage curves, to keep the pass short), the events during tuning only growing
+adapter ranks; "pinned" pins right after that pass, as aptune did before it kept the C library's
+threshold for runs with nothing left to prune.
+
+Each (workload, allocator) pair runs ``--repeats`` times, every run in its own process, the pairs
+interleaved. Prints and writes ``results/allocator_ab.json`` and ``.md`` (``allocator_ab_smollm2.*``
+for the decoder): median step time over the steps after the last event (all steps for LoRA), the
+peak RSS of the training loop (VmHWM reset after loading, and for APT on the decoder after its
+calibration pass), medians over the repeats, and the ratios pinned / default.
 """
 
 from __future__ import annotations
@@ -26,45 +36,92 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _run_once(workload: str, steps: int) -> dict:
+#: Per model: what is loaded, the synthetic batch, the LoRA targets and APT's settings.
+MODELS: dict[str, dict] = {
+    "minilm": {
+        "name": None,  # the built-in default
+        "task": "classification",
+        "batch": (16, 128),
+        "lora_targets": ["query", "value", "intermediate.dense"],
+        "apt": {"target_density": 0.4},
+        "lm_loss_chunk": None,
+        "title": "MiniLM-L6, batch 16 x 128",
+    },
+    "smollm2": {
+        "name": "smollm2-135m",
+        "task": "causal-lm",
+        "batch": (4, 256),
+        "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "apt": {
+            "target_density": 0.7,
+            "distill": False,
+            "adapter_targets": ("q", "k", "v", "o", "up", "gate", "down"),
+            "calibration_samples": 8,
+            "calibration_batch_size": 2,
+            "damage_curves": 0,  # the salience alone decides: a shorter pass, the same kind of structure
+        },
+        "lm_loss_chunk": 512,
+        "title": "SmolLM2-135M, batch 4 x 256, chunked causal-LM loss (512 tokens)",
+    },
+}
+
+
+def _batches(spec: dict, count: int, rows: int | None = None) -> list[dict]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    size, length = spec["batch"]
+    rows = rows or size
+    batches = []
+    for index in range(count):
+        ids = torch.randint(1000, 20000, (rows, length), generator=gen)
+        labels = ids.clone() if spec["task"] == "causal-lm" else torch.arange(index, index + rows) % 5
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return batches
+
+
+def _run_once(model_key: str, workload: str, steps: int) -> dict:
     import torch
 
     from aptune.bench.measure import peak_rss_mb, reset_peak_rss
     from aptune.host_memory import pin_mmap_threshold, pinned_mmap_threshold
+    from aptune.losses import chunked_lm_forward
     from aptune.runner import load_model_and_tokenizer
 
+    spec = MODELS[model_key]
     if workload == "lora":
         pin_mmap_threshold()  # from the start; APTUNE_PIN_MMAP_THRESHOLD=0 makes this a no-op
-    model, _ = load_model_and_tokenizer(None, "classification", num_labels=5)
-    gen = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(4):
-        ids = torch.randint(1000, 20000, (16, 128), generator=gen)
-        batches.append(
-            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.arange(16) % 5}
-        )
+    num_labels = 5 if spec["task"] == "classification" else None
+    model, _ = load_model_and_tokenizer(spec["name"], spec["task"], num_labels=num_labels)
+    batches = _batches(spec, 4)
     controller = None
     if workload == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(
-            r=8, lora_alpha=16, target_modules=["query", "value", "intermediate.dense"],
-            modules_to_save=["classifier", "pooler"],
-        )  # fmt: skip
+        extra = {"modules_to_save": ["classifier", "pooler"]} if spec["task"] == "classification" else {}
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=spec["lora_targets"], **extra)
         model = get_peft_model(model, config)
     else:
         import aptune
 
-        controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=steps)
+        apt = aptune.AptConfig(**spec["apt"], lm_loss_chunk=spec["lm_loss_chunk"])
+        controller = aptune.prepare_(model, apt, total_steps=steps)
+        if spec["task"] == "causal-lm":  # the decoder default: everything pruned before tuning
+            controller.calibrate_and_prune_(_batches(spec, apt.calibration_samples // 2, rows=2))
+            # nothing is left to prune, so aptune keeps the C library's threshold: "pinned" pins
+            # here, where aptune did before (a no-op under APTUNE_PIN_MMAP_THRESHOLD=0)
+            pin_mmap_threshold()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
+    chunk = spec["lm_loss_chunk"]
     reset_peak_rss()
     times = []
     for step in range(steps):
         began = time.perf_counter()
-        loss = model(**batches[step % len(batches)]).loss
+        batch = batches[step % len(batches)]
+        loss = chunked_lm_forward(model, batch, chunk) if chunk else model(**batch).loss
         loss.backward()
-        del loss  # its graph refers to the shapes before the next pruning event
+        del loss  # its graph refers to the shapes before the next event
         optimizer.step()
         if controller is not None:
             controller.step(optimizer)
@@ -78,28 +135,33 @@ def _run_once(workload: str, steps: int) -> dict:
     }
 
 
-def _spawn(workload: str, allocator: str, steps: int) -> dict:
+def _spawn(model_key: str, workload: str, allocator: str, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     env["APTUNE_PIN_MMAP_THRESHOLD"] = "0" if allocator == "default" else ""
-    cmd = [sys.executable, __file__, "--child", workload, "--steps", str(steps)]
+    cmd = [sys.executable, __file__, "--child", workload, "--model", model_key, "--steps", str(steps)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="minilm")
+    parser.add_argument("--workloads", default="lora,apt", help="comma-separated: lora, apt")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--child", choices=["lora", "apt"])
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_run_once(args.child, args.steps)))
+        print(json.dumps(_run_once(args.model, args.child, args.steps)))
         return
+    workloads = [w for w in ("lora", "apt") if w in args.workloads.split(",")]
+    if not workloads:
+        parser.error("--workloads: name lora, apt or both")
     runs: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
-        for workload in ("lora", "apt"):
+        for workload in workloads:
             for allocator in ("default", "pinned"):
-                result = _spawn(workload, allocator, args.steps)
+                result = _spawn(args.model, workload, allocator, args.steps)
                 runs.setdefault(f"{workload}/{allocator}", []).append(result)
                 print(f"[{repeat + 1}/{args.repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
     summary = {}
@@ -109,29 +171,32 @@ def main() -> None:
             "step_s": statistics.median(r["step_s"] for r in results),
             "runs": results,
         }
+    command = f"python benchmarks/allocator_ab.py --model {args.model} --workloads {','.join(workloads)} "
+    command += f"--repeats {args.repeats} --steps {args.steps}"
     lines = [
         "# Allocator A/B: glibc default vs pinned 4 MiB mmap threshold",
         "",
-        f"`python benchmarks/allocator_ab.py --repeats {args.repeats} --steps {args.steps}`; MiniLM-L6, "
-        "batch 16 x 128, medians over the repeats (each run its own process, pairs interleaved). APT "
-        "step time: median over the steps after its last pruning event.",
+        f"`{command}`; {MODELS[args.model]['title']}, medians over the repeats (each run its own "
+        "process, pairs interleaved). APT step time: median over the steps after its last event.",
         "",
         "| workload | peak RSS default (MB) | pinned (MB) | ratio | step default (s) | pinned (s) | ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for workload in ("lora", "apt"):
+    for workload in workloads:
         d, p = summary[f"{workload}/default"], summary[f"{workload}/pinned"]
         lines.append(
             f"| {workload} | {d['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} | "
             f"{p['peak_rss_mb'] / d['peak_rss_mb']:.2f} | {d['step_s']:.3f} | {p['step_s']:.3f} | "
             f"{p['step_s'] / d['step_s']:.2f} |"
         )
-    for allocator in ("default", "pinned"):
-        ratio = summary[f"apt/{allocator}"]["peak_rss_mb"] / summary[f"lora/{allocator}"]["peak_rss_mb"]
-        lines.append(f"\nAPT / LoRA peak RSS with the {allocator} allocator: {ratio:.2f}x")
+    if len(workloads) == 2:
+        for allocator in ("default", "pinned"):
+            ratio = summary[f"apt/{allocator}"]["peak_rss_mb"] / summary[f"lora/{allocator}"]["peak_rss_mb"]
+            lines.append(f"\nAPT / LoRA peak RSS with the {allocator} allocator: {ratio:.2f}x")
+    name = "allocator_ab" if args.model == "minilm" else f"allocator_ab_{args.model}"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "allocator_ab.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    (RESULTS / "allocator_ab.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 

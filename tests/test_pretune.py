@@ -126,6 +126,23 @@ def test_calibration_prunes_to_the_pretune_density_within_one_block() -> None:
     assert controller._collecting(controller.schedule.start)
 
 
+@pytest.mark.parametrize(("pretune_density", "pins"), [(0.7, True), (0.4, False)])
+def test_the_allocator_is_pinned_only_while_pruning_remains(monkeypatch, pretune_density, pins) -> None:
+    """Pruned once to the target, activation sizes change once: the C library's threshold stays."""
+    import aptune.controller
+
+    calls: list[None] = []
+    monkeypatch.setattr(aptune.controller, "pin_mmap_threshold", lambda: calls.append(None))
+    model = tiny_llama()
+    config = AptConfig(target_density=0.4, pretune_density=pretune_density, prune_hidden=False, distill=False)
+    controller = aptune.prepare_(model, config, total_steps=40)
+    data = _causal_lm_dataset(8)
+    batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    record = controller.calibrate_and_prune_(batches)
+    assert sum(record["removed"].values()) > 0  # the control: the pass removed blocks either way
+    assert bool(calls) is pins
+
+
 def test_pruning_in_rounds_rescores_the_model_the_round_before_pruned() -> None:
     data = _causal_lm_dataset(8)
     batches = [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]

@@ -411,12 +411,16 @@ class AptController:
         state.clear()
         state.collector.reset()
         if any(removed.values()):
-            if self._device().type == "cpu":
-                # from now on activation sizes change at every event: see aptune.host_memory
+            if self._device().type == "cpu" and self._pruning_remains():
+                # activation sizes will change at every event from here on: see aptune.host_memory
                 pin_mmap_threshold()
             release_freed_memory(self.model)
             self._require_something_to_tune()
         return removed
+
+    def _pruning_remains(self) -> bool:
+        """Whether the model is still above the target density, so later events will remove more."""
+        return self._pruning_due(self.config.target_density)
 
     def _require_something_to_tune(self) -> None:
         """Raise a `ConfigError` when the pruning left no trainable weight that reaches the loss.

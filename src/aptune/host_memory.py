@@ -15,9 +15,12 @@ each) are then mapped separately and go back to the operating system as soon as 
 while the many small tensors still come from the heap. Mapping fresh pages for every large tensor
 has a price: with the dense MiniLM-L6 shapes, peft LoRA's step is about 17 % slower pinned
 (`benchmarks/allocator_ab.py`), while APT's step after pruning, with smaller tensors, is unchanged.
-So the controller pins the threshold at the first pruning event that removes something, on the CPU
-(steps before it run exactly as without aptune); set ``APTUNE_PIN_MMAP_THRESHOLD=0`` to leave the
-allocator alone, or a number of bytes to choose another threshold. An explicit
+So the controller pins the threshold, on the CPU, at the first pruning event that removes something
+while more pruning is to follow (steps before it run exactly as without aptune). A run pruned to
+its target in one go (decoders' default: everything before tuning) changes its activation sizes
+once, and the events after it only grow adapter ranks, so it keeps the C library's dynamic
+threshold. Set ``APTUNE_PIN_MMAP_THRESHOLD=0`` to leave the allocator alone, or a number of bytes
+to choose another threshold. An explicit
 ``MALLOC_MMAP_THRESHOLD_`` in the environment always wins (glibc reads it at start-up).
 
 `own_file_backed_tensors_` is the second half: transformers loads safetensors weights as views of
