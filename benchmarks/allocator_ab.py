@@ -150,34 +150,76 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--child", choices=["lora", "apt"])
+    parser.add_argument(
+        "--page-only", action="store_true", help="rewrite the .md page from the saved .json, measure nothing"
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_run_once(args.model, args.child, args.steps)))
         return
-    workloads = [w for w in ("lora", "apt") if w in args.workloads.split(",")]
-    if not workloads:
-        parser.error("--workloads: name lora, apt or both")
+    name = "allocator_ab" if args.model == "minilm" else f"allocator_ab_{args.model}"
+    if args.page_only:
+        summary = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+        # pages saved before the command was recorded: the options given now name it
+        summary.setdefault(
+            "command", _command(args.model, args.workloads.split(","), args.repeats, args.steps)
+        )
+    else:
+        workloads = [w for w in ("lora", "apt") if w in args.workloads.split(",")]
+        if not workloads:
+            parser.error("--workloads: name lora, apt or both")
+        summary = _measure(args.model, workloads, args.repeats, args.steps)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    page = _page(args.model, summary)
+    (RESULTS / f"{name}.md").write_text(page, encoding="utf-8")
+    print(page)
+
+
+def _measure(model_key: str, workloads: list[str], repeats: int, steps: int) -> dict:
+    """Run every (workload, allocator) pair ``repeats`` times, interleaved; medians and every run."""
+    machine = {"load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
     runs: dict[str, list[dict]] = {}
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         for workload in workloads:
             for allocator in ("default", "pinned"):
-                result = _spawn(args.model, workload, allocator, args.steps)
+                result = _spawn(model_key, workload, allocator, steps)
                 runs.setdefault(f"{workload}/{allocator}", []).append(result)
-                print(f"[{repeat + 1}/{args.repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
-    summary = {}
+                print(f"[{repeat + 1}/{repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
+    summary: dict = {}
     for key, results in runs.items():
         summary[key] = {
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
             "step_s": statistics.median(r["step_s"] for r in results),
             "runs": results,
         }
-    command = f"python benchmarks/allocator_ab.py --model {args.model} --workloads {','.join(workloads)} "
-    command += f"--repeats {args.repeats} --steps {args.steps}"
+    summary["machine"] = machine
+    summary["command"] = _command(model_key, workloads, repeats, steps)
+    return summary
+
+
+def _command(model_key: str, workloads: list[str], repeats: int, steps: int) -> str:
+    options = f"--model {model_key} --workloads {','.join(workloads)} --repeats {repeats} --steps {steps}"
+    return f"python benchmarks/allocator_ab.py {options}"
+
+
+def _page(model_key: str, summary: dict) -> str:
+    """The Markdown page of a saved summary (see `_measure`)."""
+    workloads = [w for w in ("lora", "apt") if f"{w}/default" in summary and f"{w}/pinned" in summary]
+    command = summary.get("command", "python benchmarks/allocator_ab.py")
+    machine = summary.get("machine")
+    if machine:
+        load = (
+            f"1-minute load average before the first run: {machine['load_average_1min']:.2f} on "
+            f"{machine['cpus']} CPUs."
+        )
+    else:
+        load = "The load of the machine before the runs was not recorded."
     lines = [
         "# Allocator A/B: glibc default vs pinned 4 MiB mmap threshold",
         "",
-        f"`{command}`; {MODELS[args.model]['title']}, medians over the repeats (each run its own "
-        "process, pairs interleaved). APT step time: median over the steps after its last event.",
+        f"`{command}`; {MODELS[model_key]['title']}, medians over the repeats (each run its own "
+        f"process, pairs interleaved). APT step time: median over the steps after its last event. {load}",
         "",
         "| workload | peak RSS default (MB) | pinned (MB) | ratio | step default (s) | pinned (s) | ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -189,15 +231,24 @@ def main() -> None:
             f"{p['peak_rss_mb'] / d['peak_rss_mb']:.2f} | {d['step_s']:.3f} | {p['step_s']:.3f} | "
             f"{p['step_s'] / d['step_s']:.2f} |"
         )
+    lines += [
+        "",
+        "Every run, in the order it ran:",
+        "",
+        "| workload | allocator | peak RSS (MB) | step (s) |",
+    ]
+    lines.append("| --- | --- | --- | --- |")
+    for workload in workloads:
+        for allocator in ("default", "pinned"):
+            runs = summary[f"{workload}/{allocator}"]["runs"]
+            rss = ", ".join(f"{r['peak_rss_mb']:.0f}" for r in runs)
+            step = ", ".join(f"{r['step_s']:.3f}" for r in runs)
+            lines.append(f"| {workload} | {allocator} | {rss} | {step} |")
     if len(workloads) == 2:
         for allocator in ("default", "pinned"):
             ratio = summary[f"apt/{allocator}"]["peak_rss_mb"] / summary[f"lora/{allocator}"]["peak_rss_mb"]
             lines.append(f"\nAPT / LoRA peak RSS with the {allocator} allocator: {ratio:.2f}x")
-    name = "allocator_ab" if args.model == "minilm" else f"allocator_ab_{args.model}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
