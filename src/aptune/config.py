@@ -162,7 +162,8 @@ class AptConfig:
             training step of the pruned model (SmolLM2-135M, batch 4 x 128: calibration peak
             2.37 GB in micro-batches of 4, 1.72 GB in micro-batches of 2, training 1.87 GB).
         adapter_targets: Roles that get adapters (``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"up"``,
-            ``"gate"``, ``"down"``). ``None``: q, v and FFN-up for encoders, q and v for decoders.
+            ``"gate"``, ``"down"``), in any order: adapters attach in `ADAPTER_ROLES` order.
+            ``None``: q, v and FFN-up for encoders, q and v for decoders.
         min_heads_per_layer: Heads every attention module keeps (0 lets a layer lose all heads;
             the attention sub-layer then contributes only its output bias).
         min_neurons_per_layer: FFN neurons every layer keeps (0 allows removing the whole FFN).

@@ -861,7 +861,7 @@ def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) ->
     now = json.loads(json.dumps(settings.to_dict()))
     ran = {**json.loads(json.dumps(AptConfig().to_dict())), **record["apt_config"]}
     if isinstance(ran.get("adapter_targets"), list):
-        # a set of roles; records from before AptConfig put them in one order list them as asked
+        # a set of roles: records written before AptConfig fixed their order list them as asked
         ran["adapter_targets"] = [r for r in ADAPTER_ROLES if r in ran["adapter_targets"]]
     ran_initial = (record.get("schedule") or {}).get("initial_density")
     compared_raw = () if isinstance(ran_initial, (int, float)) else PRETUNE_FIELDS
