@@ -73,9 +73,9 @@ def _batches(spec: dict, count: int, rows: int | None = None) -> list[dict]:
     size, length = spec["batch"]
     rows = rows or size
     batches = []
-    for index in range(count):
+    for _ in range(count):
         ids = torch.randint(1000, 20000, (rows, length), generator=gen)
-        labels = ids.clone() if spec["task"] == "causal-lm" else torch.arange(index, index + rows) % 5
+        labels = ids.clone() if spec["task"] == "causal-lm" else torch.arange(rows) % 5
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     return batches
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from aptune.arch.base import ModelLayout
 from aptune.bench.kwon import block_costs
+from aptune.config import ADAPTER_ROLES
 from aptune.errors import ConfigError
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 #: Every Linear role of a decoder layer (the prunable stack, and peft LoRA's targets).
-ROLES: tuple[str, ...] = ("q", "k", "v", "o", "up", "gate", "down")
+ROLES: tuple[str, ...] = ADAPTER_ROLES
 
 
 def stack_params(model: nn.Module, layout: ModelLayout) -> int:
