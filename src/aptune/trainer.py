@@ -347,6 +347,12 @@ class AptTrainer(Trainer):
         apt_config: The `AptConfig` (default ``AptConfig()``); ignored when the model was already
             prepared with `aptune.prepare_`.
         recorder: Optional `aptune.report.RunRecorder` fed with steps, events and evaluations.
+        calibration_dataset: Examples for the calibration pass of the pruning before tuning, in the
+            training data's format (labels included: the salience needs gradients). The pass takes
+            the first ``calibration_samples`` of them in order, so shuffle it for a random subset.
+            Default: the training data, as the training loader shuffles it. Use it to prune with
+            text of another domain than the task's, for example general text when the pruned
+            model must keep more than the task.
 
     Example:
         >>> trainer = aptune.AptTrainer(model=model, args=TrainingArguments("out", max_steps=300),
@@ -357,7 +363,14 @@ class AptTrainer(Trainer):
     """
 
     def __init__(
-        self, model=None, args=None, *more, apt_config: AptConfig | None = None, recorder=None, **kwargs
+        self,
+        model=None,
+        args=None,
+        *more,
+        apt_config: AptConfig | None = None,
+        recorder=None,
+        calibration_dataset=None,
+        **kwargs,
     ):
         if model is None:
             raise ModelError(
@@ -365,12 +378,23 @@ class AptTrainer(Trainer):
             )
         controller = getattr(model, "_aptune_controller", None) or prepare_(model, apt_config)
         self.apt_controller: AptController = controller
+        if calibration_dataset is not None and controller.pretune_density is None:
+            raise ConfigError(
+                "calibration data is read only by the pruning before tuning, which this run does not do: "
+                "set pretune_density (CLI --pretune-density) or drop the calibration data"
+            )
         # the distillation transform lives outside the forward pass: DDP must not track it
         exclude_from_ddp_(model, DISTILL_MODULE_NAME + ".")
         if args is not None and getattr(args, "ddp_find_unused_parameters", None) is None:
             # attention modules that lost every head leave their (empty) projections unused
             args.ddp_find_unused_parameters = True
+        sized = calibration_dataset is not None and hasattr(calibration_dataset, "__len__")
+        if sized and not len(calibration_dataset):
+            raise ConfigError(
+                "calibration_dataset is empty: pass examples, or None to calibrate on the training data"
+            )
         super().__init__(model, args, *more, **kwargs)
+        self.calibration_dataset = calibration_dataset
         self.apt_callback = AptCallback(self, recorder)
         self.posttune_output = None
         self._main_output = None
@@ -566,17 +590,18 @@ class AptTrainer(Trainer):
         return float(value) if value is not None else None
 
     def calibrate_and_prune_(self) -> dict:
-        """One-shot pruning before tuning from ``calibration_samples`` training examples.
+        """One-shot pruning before tuning from ``calibration_samples`` examples.
 
-        Sample count and micro-batch come from `aptune.AptConfig.calibration_plan` (decoders: 128
-        examples in micro-batches of 2 at the run's max length).
+        The examples come from ``calibration_dataset`` when the trainer has one, else from the
+        training data. Sample count and micro-batch come from `aptune.AptConfig.calibration_plan`
+        (decoders: 128 examples in micro-batches of 2 at the run's max length).
         """
         controller = self.apt_controller
         needed, micro = controller.config.calibration_plan(
             controller.layout.is_decoder, self.args.per_device_train_batch_size
         )
         batches, seen = [], 0
-        for batch in self.get_train_dataloader():
+        for batch in self.calibration_dataloader():
             size = len(next(iter(batch.values())))
             # micro-batches lower the peak memory (the salience is summed over them)
             for start in range(0, size, micro):
@@ -588,6 +613,20 @@ class AptTrainer(Trainer):
             if seen >= needed:
                 break
         return controller.calibrate_and_prune_(batches, self.optimizer)
+
+    def calibration_dataloader(self):
+        """The loader of the calibration pass: ``calibration_dataset`` in order, at the training
+        batch size, or the training loader when there is no calibration dataset."""
+        if self.calibration_dataset is None:
+            return self.get_train_dataloader()
+        # the Trainer's own loader factory: the same collator, column removal and device placement
+        # as training; no dataloader_key, so the evaluation loaders it may cache stay untouched
+        return self._get_dataloader(
+            dataset=self.calibration_dataset,
+            description="Calibration",
+            batch_size=self.args.per_device_train_batch_size,
+            sampler_fn=self._get_eval_sampler,
+        )
 
     def export(self, out_dir) -> torch.nn.Module:
         """Merge adapters and write ``out_dir`` (see `aptune.export`); returns the small model."""
