@@ -80,10 +80,14 @@ def _batches(spec: dict, count: int, rows: int | None = None) -> list[dict]:
     return batches
 
 
-def _run_once(model_key: str, workload: str, steps: int) -> dict:
+def _run_once(
+    model_key: str, workload: str, steps: int, apt_overrides: dict | None = None, trace: bool = False
+) -> dict:
+    """One training loop of ``workload``; ``apt_overrides`` change APT's settings, and ``trace``
+    adds every step's RSS, time and trainable parameter count (``"trace"``)."""
     import torch
 
-    from aptune.bench.measure import peak_rss_mb, reset_peak_rss
+    from aptune.bench.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
     from aptune.host_memory import pin_mmap_threshold, pinned_mmap_threshold
     from aptune.losses import chunked_lm_forward
     from aptune.runner import load_model_and_tokenizer
@@ -104,7 +108,9 @@ def _run_once(model_key: str, workload: str, steps: int) -> dict:
     else:
         import aptune
 
-        apt = aptune.AptConfig(**spec["apt"], lm_loss_chunk=spec["lm_loss_chunk"])
+        apt = aptune.AptConfig(
+            **{**spec["apt"], **(apt_overrides or {})}, lm_loss_chunk=spec["lm_loss_chunk"]
+        )
         controller = aptune.prepare_(model, apt, total_steps=steps)
         if spec["task"] == "causal-lm":  # the decoder default: everything pruned before tuning
             controller.calibrate_and_prune_(_batches(spec, apt.calibration_samples // 2, rows=2))
@@ -115,7 +121,7 @@ def _run_once(model_key: str, workload: str, steps: int) -> dict:
     model.train()
     chunk = spec["lm_loss_chunk"]
     reset_peak_rss()
-    times = []
+    times, steps_seen = [], []
     for step in range(steps):
         began = time.perf_counter()
         batch = batches[step % len(batches)]
@@ -127,12 +133,20 @@ def _run_once(model_key: str, workload: str, steps: int) -> dict:
             controller.step(optimizer)
         optimizer.zero_grad()
         times.append(time.perf_counter() - began)
+        if trace:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            steps_seen.append(
+                {"step": step + 1, "rss_mb": current_rss_mb(), "step_s": times[-1], "trainable": trainable}
+            )
     last_event = controller.schedule.events[-1] if controller is not None else 0
-    return {
+    result = {
         "pinned": pinned_mmap_threshold(),  # APT: set by the controller at its first pruning event
         "peak_rss_mb": peak_rss_mb(),
         "step_s": statistics.median(times[last_event + 1 :] or times),
     }
+    if trace:
+        result.update(trace=steps_seen, events=list(controller.schedule.events) if controller else [])
+    return result
 
 
 def _spawn(model_key: str, workload: str, allocator: str, steps: int) -> dict:
