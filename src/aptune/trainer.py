@@ -378,6 +378,11 @@ class AptTrainer(Trainer):
             )
         controller = getattr(model, "_aptune_controller", None) or prepare_(model, apt_config)
         self.apt_controller: AptController = controller
+        sized = calibration_dataset is not None and hasattr(calibration_dataset, "__len__")
+        if sized and not len(calibration_dataset):
+            raise ConfigError(
+                "calibration_dataset is empty: pass examples, or None to calibrate on the training data"
+            )
         if calibration_dataset is not None and controller.pretune_density is None:
             raise ConfigError(
                 "calibration data is read only by the pruning before tuning, which this run does not do: "
@@ -388,11 +393,6 @@ class AptTrainer(Trainer):
         if args is not None and getattr(args, "ddp_find_unused_parameters", None) is None:
             # attention modules that lost every head leave their (empty) projections unused
             args.ddp_find_unused_parameters = True
-        sized = calibration_dataset is not None and hasattr(calibration_dataset, "__len__")
-        if sized and not len(calibration_dataset):
-            raise ConfigError(
-                "calibration_dataset is empty: pass examples, or None to calibrate on the training data"
-            )
         super().__init__(model, args, *more, **kwargs)
         self.calibration_dataset = calibration_dataset
         self.apt_callback = AptCallback(self, recorder)
