@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from aptune.atomic import write_json_atomic, write_text_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -184,9 +186,9 @@ def main() -> None:
             parser.error("--workloads: name lora, apt or both")
         summary = _measure(args.model, workloads, args.repeats, args.steps)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        write_json_atomic(RESULTS / f"{name}.json", summary)
     page = _page(args.model, summary)
-    (RESULTS / f"{name}.md").write_text(page, encoding="utf-8")
+    write_text_atomic(RESULTS / f"{name}.md", page)
     print(page)
 
 

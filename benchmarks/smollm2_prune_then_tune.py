@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 import aptune
+from aptune.atomic import write_json_atomic, write_text_atomic
 from aptune.runner import load_model_and_tokenizer
 from aptune.tasks import load_task
 
@@ -148,7 +148,7 @@ def main() -> None:
     result["ppl_lora"] = _perplexity(lora, task, work)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "smollm2_prune_then_tune.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(RESULTS / "smollm2_prune_then_tune.json", result, indent=2)
     lines = [
         f"# SmolLM2-135M on BBC texts: prune to {args.density:.0%} before tuning, {args.steps} steps",
         "",
@@ -166,7 +166,7 @@ def main() -> None:
         f"({result['inference_speedup']:.2f}x). Training: APT {result['apt_train_seconds']:.0f} s "
         f"(+ {result['calibration_seconds']:.0f} s calibration), LoRA {result['lora_train_seconds']:.0f} s.",
     ]
-    (RESULTS / "smollm2_prune_then_tune.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(RESULTS / "smollm2_prune_then_tune.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import aptune
+from aptune.atomic import write_json_atomic
 from aptune.damage import damage_curve_scores
 from aptune.scores import Salience, measure_salience
 from aptune.tasks.bbc import bbc_news_records
@@ -407,16 +407,14 @@ def main() -> None:
             )
 
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "dense": dense,
-                    "diagnostics": diagnostics,
-                    "results": results,
-                },
-                indent=1,
-            )
+        write_json_atomic(
+            args.json,
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "dense": dense,
+                "diagnostics": diagnostics,
+                "results": results,
+            },
         )
 
 

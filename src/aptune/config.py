@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aptune.atomic import write_text_atomic
 from aptune.errors import ConfigError
 
 __all__ = ["ADAPTER_ROLES", "CONFIG_FORMAT_VERSION", "AptConfig"]
@@ -593,7 +594,7 @@ class AptConfig:
         """Serialise to JSON; also write it to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            write_text_atomic(path, text + "\n")
         return text
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from aptune.atomic import write_json_atomic
 from aptune.config import AptConfig
 from aptune.errors import ConfigError, ModelError
 from aptune.loading import (
@@ -417,7 +418,7 @@ def _start_run_folder(out: Path, run_args: RunArguments, apt_config: AptConfig) 
 
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_ARGS_FILE).write_text(json.dumps(asdict(run_args), indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / RUN_ARGS_FILE, asdict(run_args), indent=2)
     apt_config.to_json(out / APT_CONFIG_FILE)
 
 
@@ -636,5 +637,5 @@ def evaluate_run(run_dir: str | Path, *, eval_file: str | None = None, batch_siz
         for k, v in trainer.evaluate().items()
         if isinstance(v, (int, float))
     }
-    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(run_dir / "eval.json", metrics, indent=2)
     return metrics
