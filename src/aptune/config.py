@@ -186,8 +186,10 @@ class AptConfig:
             tokens, dev perplexity 29.0 dense, the lowest-scored hidden dims masked, no tuning):
             dropping 28 / 57 of 576 dims gives 41.1 / 70.0 by ``norm_weighted``, 43.0 / 74.6 by
             ``block_inputs``, 47.8 / 225 by ``residual`` (45.8 / 126 with kurtosis), 54.2 at random
-            for 28. ``norm_weighted`` stays opt-in until gradual hidden pruning during tuning has
-            been measured end to end.
+            for 28. ``norm_weighted`` stays opt-in: end to end (SmolLM2-135M, BBC, density 0.7 via
+            0.85 before tuning, seed 0) no hidden dimension left during tuning, because per
+            parameter its lowest score ranked above 89 % of the FFN neurons (steps 50 and 100; the
+            scores' total is the block-input salience's, a scale, not a measured damage).
         hidden_cost: Parameters a hidden dimension is charged in the salience-per-parameter order:
             ``"current"`` (from the units and neurons present now, the paper's formula) or
             ``"initial"`` (from the structure at preparation, so that hidden dimensions do not look
