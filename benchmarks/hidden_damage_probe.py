@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 from pathlib import Path
 
@@ -31,10 +30,9 @@ import torch
 
 import aptune
 from aptune.atomic import write_json_atomic, write_text_atomic
-from aptune.tasks.bbc import bbc_news_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smollm2_selection_probe import calibrate, load_model, packed_blocks, perplexity
+from smollm2_selection_probe import bbc_blocks, calibrate, load_model, perplexity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "hidden_damage_probe"
@@ -53,11 +51,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     model, tokenizer = load_model(args.model_dir)
-    train, dev, _ = bbc_news_records()
-    train_texts = [r["text"] for r in train]
-    random.Random(args.seed).shuffle(train_texts)
-    calib = packed_blocks(train_texts, tokenizer, args.length, args.calibration_blocks)
-    dev_blocks = packed_blocks([r["text"] for r in dev], tokenizer, args.length, args.eval_blocks)
+    calib, dev_blocks = bbc_blocks(
+        tokenizer, args.seed, args.length, args.calibration_blocks, args.eval_blocks
+    )
     dense = perplexity(model, dev_blocks)
     print(f"dense perplexity {dense:.2f}", flush=True)
 

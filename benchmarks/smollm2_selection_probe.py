@@ -83,6 +83,19 @@ def packed_blocks(texts: list[str], tokenizer, length: int, count: int) -> torch
     return torch.tensor(ids[: count * length]).view(count, length)  # (count, length)
 
 
+def bbc_blocks(tokenizer, seed: int, length: int, calibration: int, evaluation: int):
+    """Calibration blocks from shuffled BBC training text and evaluation blocks from BBC dev text.
+
+    Returns:
+        ``(calibration, evaluation)`` tensors of shape ``(count, length)``.
+    """
+    train, dev, _ = bbc_news_records()
+    train_texts = [r["text"] for r in train]
+    random.Random(seed).shuffle(train_texts)
+    calib = packed_blocks(train_texts, tokenizer, length, calibration)
+    return calib, packed_blocks([r["text"] for r in dev], tokenizer, length, evaluation)
+
+
 @torch.no_grad()
 def perplexity(model, blocks: torch.Tensor, batch: int = 4) -> float:
     """``exp`` of the mean next-token loss over the blocks (all of the same length)."""
@@ -258,11 +271,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model, tokenizer = load_model(args.model_dir)
-    train, dev, _ = bbc_news_records()
-    train_texts = [r["text"] for r in train]
-    random.Random(args.seed).shuffle(train_texts)
-    calib = packed_blocks(train_texts, tokenizer, args.length, args.calibration_blocks)
-    held_out = packed_blocks([r["text"] for r in dev], tokenizer, args.length, args.eval_blocks)
+    calib, held_out = bbc_blocks(tokenizer, args.seed, args.length, args.calibration_blocks, args.eval_blocks)
 
     dense = perplexity(model, held_out)
     print(f"dense perplexity {dense:.2f} on {args.eval_blocks} x {args.length} dev tokens", flush=True)
