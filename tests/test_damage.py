@@ -10,7 +10,7 @@ import torch
 
 import aptune
 from aptune.config import AptConfig
-from aptune.damage import curve_counts, damage_curve_scores, hull_slopes
+from aptune.damage import curve_counts, damage_curve_scores, hidden_curve_counts, hull_slopes
 from aptune.errors import ConfigError
 from aptune.scores import Salience, summed_salience
 from aptune.select import select_keep_set
@@ -115,6 +115,69 @@ def test_curve_scores_keep_the_salience_order_within_a_site() -> None:
     assert scores.hidden is None
 
 
+def test_hidden_curve_counts_halve_from_the_reach() -> None:
+    assert hidden_curve_counts(576, 0.3, 4) == [22, 43, 86, 173]
+    assert hidden_curve_counts(8, 0.5, 4) == [1, 2, 4]  # no repeats, at least one
+    assert hidden_curve_counts(8, 0.0, 4) == [] and hidden_curve_counts(8, 0.5, 0) == []
+
+
+def _hidden_synthetic(hidden_salience: torch.Tensor, hidden_cost, neuron_cost):
+    """One FFN site of 8 neurons and a hidden site; damage grows with the count removed of each."""
+
+    def loss_of(keep):
+        if keep is None:
+            return 2.0
+        return 2.0 + neuron_cost(int((~keep.neurons).sum())) + hidden_cost(int((~keep.hidden).sum()))
+
+    return Salience([], [torch.ones(8)], hidden_salience), loss_of
+
+
+def test_the_hidden_curve_puts_hidden_dims_on_the_loss_scale() -> None:
+    # hidden damage 0.05 k^2 for the k lowest removed: removing 1, 2, 4 costs 0.05, 0.2, 0.8
+    hidden_salience = torch.tensor([3.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    salience, loss_of = _hidden_synthetic(hidden_salience, lambda k: 0.05 * k * k, lambda k: 0.5 * k)
+    scores, curves = damage_curve_scores(salience, [], [8], 8, loss_of, points=2, hidden_counts=[1, 2, 4])
+    assert curves["hidden_counts"] == [1, 2, 4]
+    assert curves["hidden"] == pytest.approx([0.05, 0.2, 0.8])
+    # independent reading: by salience mass the lowest 1, 2, 4 dims carry 1, 3, 10; the curve
+    # (0,0) (1,0.05) (3,0.2) (10,0.8) is convex, so each stretch's slope is its finite difference
+    slopes = [0.05 / 1, (0.2 - 0.05) / 2, (0.8 - 0.2) / 7]
+    expected = torch.empty(8)
+    order = torch.argsort(hidden_salience)
+    stretch = [0, 1, 2, 2, 2, 2, 2, 2]  # the dims beyond the last count keep the last slope
+    for position, dim in enumerate(order.tolist()):
+        expected[dim] = slopes[stretch[position]] * hidden_salience[dim]
+    assert scores.hidden == pytest.approx(expected, rel=1e-4)
+    assert torch.equal(torch.argsort(scores.hidden), torch.argsort(hidden_salience))
+    assert scores.neurons[0] is not salience.neurons[0]  # the neurons were scored as before
+
+
+def test_without_hidden_counts_the_hidden_scores_stay_and_nothing_is_measured() -> None:
+    hidden_salience = torch.arange(1.0, 9.0)
+    salience, loss_of = _hidden_synthetic(hidden_salience, lambda k: 100.0 * k, lambda k: 0.5 * k)
+    scores, curves = damage_curve_scores(salience, [], [8], 8, loss_of, points=2)
+    assert scores.hidden is hidden_salience and "hidden" not in curves
+
+
+def test_cheap_hidden_dims_leave_and_dear_ones_stay_by_the_curves() -> None:
+    # the same salience; only the measured damage of removing hidden dims differs
+    hidden_salience = torch.arange(1.0, 9.0)
+    ones = torch.ones(8)
+    options = {"prune_hidden": True, "num_hidden": 8}
+
+    def kept_hidden(hidden_cost) -> int:
+        salience, loss_of = _hidden_synthetic(hidden_salience, hidden_cost, lambda k: 0.5 * k)
+        scores, _ = damage_curve_scores(salience, [], [8], 8, loss_of, points=2, hidden_counts=[1, 2, 4])
+        # neurons cost 8 parameters each (one per hidden dim); a hidden dim 8 (one per neuron)
+        keep = select_keep_set(
+            torch.zeros(0), scores.neurons[0], scores.hidden, torch.zeros(0), ones, 48, **options
+        )
+        return int(keep.hidden.sum())
+
+    assert kept_hidden(lambda k: 0.001 * k) < 8
+    assert kept_hidden(lambda k: 50.0 * k) == 8
+
+
 # ---------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     ("fields", "needle"),
@@ -132,7 +195,9 @@ def test_bad_damage_fields_are_one_clear_error(fields: dict, needle: str) -> Non
 def test_cli_has_the_damage_options() -> None:
     from aptune.cli.options import dataclass_options
 
-    assert {"damage_curves", "damage_batches"} <= {opt.name for opt in dataclass_options(AptConfig)}
+    assert {"damage_curves", "damage_batches", "hidden_damage_curve"} <= {
+        opt.name for opt in dataclass_options(AptConfig)
+    }
 
 
 # ---------------------------------------------------------------------------------------------- controller

@@ -13,7 +13,7 @@ from aptune.config import AptConfig
 from aptune.damage import curve_counts
 from aptune.errors import ConfigError
 from aptune.scores import Salience
-from aptune.surgery import prune_neurons_
+from aptune.surgery import prune_hidden_, prune_neurons_
 from aptune.tuning_damage import TuningDamageRanking
 from test_llama import _causal_lm_dataset, tiny_llama
 from tiny import tiny_bert
@@ -146,12 +146,85 @@ def test_a_state_saved_inside_a_window_resumes_to_the_same_structure(tmp_path) -
     assert controller2.structure() == controller.structure()
 
 
+def _hidden_config(**fields) -> AptConfig:
+    return _config(prune_hidden=True, hidden_salience="norm_weighted", hidden_damage_curve=True, **fields)
+
+
+def test_with_the_hidden_curve_every_event_measures_it_on_the_tuned_model(monkeypatch) -> None:
+    batches = _batches()
+    model, controller, optimizer = _fresh(_hidden_config())
+    controller.calibrate_and_prune_(batches)
+    hidden = controller.blocks.hidden_size
+    assert hidden == 48  # never one-shot
+    seen: list[tuple[torch.nn.Module, object, torch.Tensor]] = []
+    measure = controller._damage_curve_scores
+
+    def spy(salience, kept_batches, **options):
+        assert options == {"with_hidden": True}
+        seen.append(
+            (copy.deepcopy(controller.model), copy.deepcopy(controller.layout), salience.hidden.clone())
+        )
+        return measure(salience, kept_batches, **options)
+
+    monkeypatch.setattr(controller, "_damage_curve_scores", spy)
+    for step in range(1, STEPS + 1):
+        _step(model, controller, optimizer, batches, step)
+    pruning = [
+        e for e in controller.events if e.get("kind") != "pretune" and e["params"] < e["params_before"]
+    ]
+    assert pruning and len(seen) == len(pruning)
+    (curves,) = pruning[0]["damage_curves"]
+    assert curves["hidden_counts"] == [14, 29]  # 0.6 x 48, then half of it (2 points)
+
+    # the first point, re-measured on the copy with those hidden dims physically removed
+    copied, layout, hidden_salience = seen[0]
+    first = curves["hidden_counts"][0]
+    keep = torch.sort(torch.argsort(hidden_salience.cpu(), stable=True)[first:]).values
+
+    @torch.no_grad()
+    def loss() -> float:
+        copied.eval()
+        return sum(float(copied(**b).loss) for b in batches[:2]) / 2
+
+    intact = loss()
+    prune_hidden_(copied, layout, keep)
+    assert curves["hidden"][0] > 0
+    assert loss() - intact == pytest.approx(curves["hidden"][0], rel=1e-4, abs=1e-6)
+
+
+def test_hidden_dims_leave_when_their_curve_says_they_are_cheap(monkeypatch) -> None:
+    def run(option: bool) -> int:
+        batches = _batches()
+        config = _hidden_config() if option else _config(prune_hidden=True, hidden_salience="norm_weighted")
+        model, controller, optimizer = _fresh(config)
+        controller.calibrate_and_prune_(batches)
+        measure = controller._damage_curve_scores
+
+        def free_hidden(salience, kept_batches, **options):
+            ranking, curves = measure(salience, kept_batches, **options)
+            # hidden dims whose removal costs nothing: only the option lets them compete at all
+            return Salience(ranking.heads, ranking.neurons, torch.zeros_like(ranking.hidden)), curves
+
+        monkeypatch.setattr(controller, "_damage_curve_scores", free_hidden)
+        for step in range(1, STEPS + 1):
+            _step(model, controller, optimizer, batches, step)
+        return controller.blocks.hidden_size
+
+    assert run(option=True) < 48
+    assert run(option=False) == 48
+
+
 @pytest.mark.parametrize(
     ("fields", "needle"),
     [
         ({"distill": True}, "set distill=false"),
         ({"damage_curves": 0}, "needs damage curves"),
         ({"pretune_prune": False}, "needs damage curves"),
+        ({"hidden_damage_curve": True}, "set tuning_damage_curves=true and prune_hidden=true"),
+        (
+            {"hidden_damage_curve": True, "tuning_damage_curves": False, "prune_hidden": True},
+            "hidden_damage_curve",
+        ),
     ],
 )
 def test_settings_it_cannot_work_with_are_one_clear_error(fields: dict, needle: str) -> None:

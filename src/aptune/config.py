@@ -149,10 +149,20 @@ class AptConfig:
             model (adapters included) with the first ``damage_batches`` batches of the calibration
             pass, which the controller keeps (and a checkpoint saves) for this; the running salience
             orders the blocks inside each site. Hidden dimensions stay at those events (their
-            salience is not on the curves' loss scale). Needs pruning before tuning, damage curves
-            and no distillation (the curves use hard masks, distillation's windows soft ones). Each
+            salience is not on the curves' loss scale) unless ``hidden_damage_curve``. Needs pruning
+            before tuning, damage curves and no distillation (the curves use hard masks,
+            distillation's windows soft ones). Each
             event that removes blocks costs the forward passes of one set of curves. Off by
             default: the running salience alone decides during tuning (the paper).
+        hidden_damage_curve: With ``tuning_damage_curves``, let the hidden dimensions compete at those
+            events too, on the same loss scale: the loss increase of removing the lowest-salience
+            hidden dimensions from every layer is measured at ``damage_curves`` counts that halve
+            from ``1 - target_density`` of them down (`aptune.damage.hidden_curve_counts`), and every
+            dimension scores its stretch's hull slope times its salience, so that a hidden dimension
+            leaves when its measured loss per parameter is lower than a head's or a neuron's. Needs
+            ``prune_hidden``; ``hidden_salience="norm_weighted"`` gives decoders the best order
+            (benchmarks/results/hidden_damage_probe.md). Costs ``damage_curves`` more forward passes
+            per event. Off by default.
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
@@ -301,6 +311,13 @@ class AptConfig:
         metadata={
             "help": "Rank heads and neurons by measured damage curves at the pruning events during "
             "tuning too (needs pruning before tuning, damage curves and no distillation)."
+        },
+    )
+    hidden_damage_curve: bool = field(
+        default=False,
+        metadata={
+            "help": "With tuning_damage_curves: hidden dimensions compete at those events too, by their "
+            "own measured damage curve (needs prune_hidden)."
         },
     )
     calibration_samples: int | None = field(
@@ -458,7 +475,13 @@ class AptConfig:
             bad("posttune_lr_scale", "must lie in (0, 1]; the authors use 0.1")
         if not 0.0 <= number("posttune_warmup") < 1.0:
             bad("posttune_warmup", "must lie in [0, 1); the authors use 0.06")
-        for name in ("prune_hidden", "distill", "distill_rank_growth", "tuning_damage_curves"):
+        for name in (
+            "prune_hidden",
+            "distill",
+            "distill_rank_growth",
+            "tuning_damage_curves",
+            "hidden_damage_curve",
+        ):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "expected true or false")
         if self.pretune_prune is not None and not isinstance(self.pretune_prune, bool):
@@ -484,6 +507,12 @@ class AptConfig:
             bad(
                 "tuning_damage_curves",
                 "needs damage curves (damage_curves > 0) and pruning before tuning (pretune_prune)",
+            )
+        if self.hidden_damage_curve and not (self.tuning_damage_curves and self.prune_hidden):
+            bad(
+                "hidden_damage_curve",
+                "acts at the damage-curve events during tuning and removes hidden dimensions; set "
+                "tuning_damage_curves=true and prune_hidden=true, or drop hidden_damage_curve",
             )
         if self.pretune_density is not None:
             if not density <= number("pretune_density") <= 1.0:

@@ -39,7 +39,7 @@ from aptune.adapter import AptLinear, attach_adapter
 from aptune.arch import ModelLayout, build_layout
 from aptune.blocks import BlockBook
 from aptune.config import AptConfig
-from aptune.damage import damage_curve_scores
+from aptune.damage import damage_curve_scores, hidden_curve_counts
 from aptune.distill import DISTILL_MODULE_NAME, DistillTransform, LossParts, SelfDistiller, valid_positions
 from aptune.distributed import (
     all_reduce_salience_stats_,
@@ -330,10 +330,17 @@ class AptController:
         if not self.tuning_damage.active or index is None:
             return self.select(density)
         running = Salience(list(self.scores.heads), list(self.scores.neurons), self.scores.hidden)
-        ranking = self.tuning_damage.ranking(index, running, self._damage_curve_scores)
+        with_hidden = self.config.hidden_damage_curve
+        measure = self._damage_curve_scores
+        if with_hidden:
+
+            def measure(salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
+                return self._damage_curve_scores(salience, batches, with_hidden=True)
+
+        ranking = self.tuning_damage.ranking(index, running, measure)
         counts = (self.blocks.unit_counts(), self.blocks.neuron_counts(), self.blocks.hidden_size)
         vectors = flat_score_vectors(ranking, *counts)
-        return self.blocks.select(vectors, density, self.config, False)
+        return self.blocks.select(vectors, density, self.config, None if with_hidden else False)
 
     def _record_event(self, **fields) -> dict:
         """Complete an event record with the current structure, store it and tell the listeners."""
@@ -615,8 +622,11 @@ class AptController:
             return chunked_lm_forward(self.model, batch, chunk)
         return self.model(**batch).loss
 
-    def _damage_curve_scores(self, salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
-        """Head and neuron scores from measured damage curves (`aptune.damage`) on ``batches``."""
+    def _damage_curve_scores(
+        self, salience: Salience, batches: list[dict], with_hidden: bool = False
+    ) -> tuple[Salience, dict]:
+        """Head and neuron scores from measured damage curves (`aptune.damage`) on ``batches``; with
+        ``with_hidden`` the hidden dimensions' too (`AptConfig.hidden_damage_curve`)."""
         if not batches:
             raise ModelError("damage curves need at least one calibration batch")
 
@@ -638,6 +648,7 @@ class AptController:
                 total /= torch.distributed.get_world_size()
             return float(total) / len(batches)
 
+        points = self.config.damage_curve_points(self.layout.is_decoder)
         was_training = self.model.training
         masks = self.state.state_dict()  # measured with hard masks; any soft masks come back after
         self.model.eval()
@@ -648,7 +659,10 @@ class AptController:
                 self.blocks.neuron_counts(),
                 self.blocks.hidden_size,
                 loss_of,
-                self.config.damage_curve_points(self.layout.is_decoder),
+                points,
+                hidden_curve_counts(self.blocks.hidden_size, 1.0 - self.config.target_density, points)
+                if with_hidden
+                else (),
             )
         finally:
             self.state.clear()

@@ -11,6 +11,13 @@ salience. The budgeted selection (score per parameter, `aptune.select.select_kee
 measured marginal damage per parameter across sites, while inside a site the salience still decides
 block by block, so a site can stop anywhere between two measured points.
 
+The hidden dimensions can get a curve of their own (``hidden_counts``, for the pruning events during
+tuning, `aptune.config.AptConfig.hidden_damage_curve`): the loss increase when the lowest-salience
+hidden dimensions are removed from every layer at once, read the same way, so that they compete with
+heads and neurons by measured loss per parameter rather than by a salience whose scale is a
+convention. Its counts grow geometrically (`hidden_curve_counts`): removing hidden dimensions hurts
+more and more steeply, and the first ones removed are the ones a gradual schedule decides on.
+
 `damage_curve_scores` is pure: it takes the loss as a callable of a keep-set, so it is tested on
 synthetic damage functions; `aptune.controller.AptController.calibrate_and_prune_` supplies the real
 one (forward passes with hard masks, `AptConfig.damage_curves`).
@@ -26,7 +33,7 @@ import torch
 from aptune.scores import Salience
 from aptune.select import KeepSet
 
-__all__ = ["curve_counts", "damage_curve_scores", "hull_slopes"]
+__all__ = ["curve_counts", "damage_curve_scores", "hidden_curve_counts", "hull_slopes"]
 
 #: Share of a site's mean salience added to every block, so that blocks of zero salience still
 #: move along the curve.
@@ -73,6 +80,25 @@ def curve_counts(blocks: int, points: int) -> list[int]:
     return sorted({blocks} | {max(1, round(j * blocks / points)) for j in range(1, points + 1)})
 
 
+def hidden_curve_counts(hidden_size: int, reach: float, points: int) -> list[int]:
+    """Numbers of hidden dimensions removed at which the hidden curve is measured.
+
+    Args:
+        hidden_size: Hidden dimensions now present.
+        reach: Largest share of them the curve removes (e.g. ``1 - target_density``: no budget
+            removes more).
+        points: Points of the curve.
+
+    Returns:
+        Increasing counts that halve from the reach down (``reach x hidden_size``, half of it, a
+        quarter, ...), at least 1, without repeats; empty when ``points`` or the reach is 0.
+    """
+    top = min(hidden_size, round(reach * hidden_size))
+    if points <= 0 or top <= 0:
+        return []
+    return sorted({max(1, round(top / 2**j)) for j in range(points)})
+
+
 def damage_curve_scores(
     salience: Salience,
     unit_counts: Sequence[int],
@@ -80,7 +106,8 @@ def damage_curve_scores(
     hidden_size: int,
     loss_of: Callable[[KeepSet | None], float],
     points: int,
-) -> tuple[Salience, dict[str, list[list[float]]]]:
+    hidden_counts: Sequence[int] = (),
+) -> tuple[Salience, dict]:
     """Scores from measured damage curves (see the module docstring).
 
     Args:
@@ -91,12 +118,15 @@ def damage_curve_scores(
         loss_of: Loss of the model with the blocks outside a keep-set removed (``None``: intact).
         points: Points per curve (fractions ``1/points .. 1`` of the site; a site with fewer blocks
             is measured at every count).
+        hidden_counts: Increasing numbers of hidden dimensions removed at which the hidden curve is
+            measured (`hidden_curve_counts`); empty: no hidden curve, hidden scores unchanged.
 
     Returns:
-        ``(scores, curves)``: the `Salience` whose head and neuron scores are the hull slopes times
-        the salience (hidden scores unchanged), and the measured loss increases
-        ``{"heads": [...], "neurons": [...]}`` per site and count (as measured; the slopes use them
-        clipped at 0 and made non-decreasing).
+        ``(scores, curves)``: the `Salience` whose head and neuron scores (and hidden scores, with
+        ``hidden_counts``) are the hull slopes times the salience, and the measured loss increases
+        ``{"heads": [...], "neurons": [...]}`` per site and count, plus ``"hidden"`` (one list)
+        and ``"hidden_counts"`` with a hidden curve (as measured; the slopes use them clipped at 0
+        and made non-decreasing).
     """
     base = loss_of(None)
     counts = (list(unit_counts), list(neuron_counts))
@@ -122,22 +152,65 @@ def damage_curve_scores(
                     params=0.0,
                 )
                 damages.append(loss_of(keep) - base)
-            # removing more never helps in this model of the damage
-            monotone = torch.tensor(damages, dtype=torch.float64).clamp(min=0).cummax(0).values.tolist()
-            # the curve over the salience mass removed (a tiny share per block keeps it increasing)
-            values = score.detach().double().cpu().clamp(min=0)
-            sorted_values = values[order] + _MASS_FLOOR * (float(values.sum()) / size + 1e-30)
-            mass = sorted_values.cumsum(0)
-            slopes = hull_slopes([float(mass[c - 1]) for c in removal_counts], monotone)
-            new = torch.empty(size, dtype=torch.float64)
-            start = 0
-            for stop, slope in zip(removal_counts, slopes, strict=True):
-                # loss per unit of salience on this stretch of the curve, times the block's salience
-                new[order[start:stop]] = slope * sorted_values[start:stop]
-                start = stop
-            scored[kind].append(new.float().to(score.device))
+            scored[kind].append(_curve_scores(score, order, removal_counts, damages))
             curves[kind].append(damages)
-    return Salience(scored[0], scored[1], salience.hidden), {"heads": curves[0], "neurons": curves[1]}
+    result: dict = {"heads": curves[0], "neurons": curves[1]}
+    hidden = salience.hidden
+    if hidden_counts and hidden is not None and hidden_size > 0:
+        order = torch.argsort(hidden.detach().float().cpu(), stable=True)  # lowest salience first
+        counts_now = [c for c in hidden_counts if c < hidden_size]  # at least one dimension stays
+        damages = []
+        for removed in counts_now:
+            kept = torch.ones(hidden_size, dtype=torch.bool)
+            kept[order[:removed]] = False
+            keep = KeepSet(
+                heads=_flat([torch.ones(n, dtype=torch.bool) for n in counts[0]]),
+                neurons=_flat([torch.ones(n, dtype=torch.bool) for n in counts[1]]),
+                hidden=kept,
+                params=0.0,
+            )
+            damages.append(loss_of(keep) - base)
+        if counts_now:
+            hidden = _curve_scores(hidden, order, counts_now, damages, extend=True)
+        result["hidden"], result["hidden_counts"] = damages, counts_now
+    return Salience(scored[0], scored[1], hidden), result
+
+
+def _curve_scores(
+    score: torch.Tensor,
+    order: torch.Tensor,
+    removal_counts: Sequence[int],
+    damages: Sequence[float],
+    extend: bool = False,
+) -> torch.Tensor:
+    """Every block's hull slope (loss per unit of salience) times its salience.
+
+    Args:
+        score: Salience of the site's blocks.
+        order: Block indices, lowest salience first.
+        removal_counts: Increasing numbers of blocks removed at the measured points.
+        damages: Loss increase measured at each count.
+        extend: Give the blocks beyond the last count the last slope (a curve that stops short of
+            the whole site); otherwise the last count must be the site's size.
+    """
+    size = score.numel()
+    # removing more never helps in this model of the damage
+    monotone = torch.tensor(list(damages), dtype=torch.float64).clamp(min=0).cummax(0).values.tolist()
+    # the curve over the salience mass removed (a tiny share per block keeps it increasing)
+    values = score.detach().double().cpu().clamp(min=0)
+    sorted_values = values[order] + _MASS_FLOOR * (float(values.sum()) / size + 1e-30)
+    mass = sorted_values.cumsum(0)
+    slopes = hull_slopes([float(mass[c - 1]) for c in removal_counts], monotone)
+    stops = list(removal_counts)
+    if extend and stops[-1] < size:
+        stops[-1] = size  # the last stretch's slope carries on to the site's end
+    new = torch.empty(size, dtype=torch.float64)
+    start = 0
+    for stop, slope in zip(stops, slopes, strict=True):
+        # loss per unit of salience on this stretch of the curve, times the block's salience
+        new[order[start:stop]] = slope * sorted_values[start:stop]
+        start = stop
+    return new.float().to(score.device)
 
 
 def _flat(flags: list[torch.Tensor]) -> torch.Tensor:
