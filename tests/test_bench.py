@@ -522,7 +522,9 @@ def test_the_qv_only_ablation_adapts_q_and_v_and_nothing_else() -> None:
     assert len(controller.adapters) == 2 * layers
 
 
-@pytest.mark.parametrize("variant", ["pretune-halfway", "hidden-norm-weighted", "damage-during-tuning"])
+@pytest.mark.parametrize(
+    "variant", ["pretune-halfway", "hidden-norm-weighted", "damage-during-tuning", "hidden-damage"]
+)
 def test_ablations_that_prune_during_tuning_leave_half_of_the_pruning_to_it(variant: str) -> None:
     from aptune.config import AptConfig
     from aptune.schedule import build_schedule

@@ -104,6 +104,17 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "APT with damage curves during tuning",
         {"tuning_damage_curves": True, "pretune_density": HALFWAY_DENSITY},
     ),
+    "hidden-damage": (
+        "APT with damage curves during tuning, hidden dims included",
+        # every block on the measured loss scale at the events during tuning, hidden dims by their own
+        # curve over the norm-weighted order (the best order, benchmarks/results/hidden_damage_probe.md)
+        {
+            "tuning_damage_curves": True,
+            "hidden_damage_curve": True,
+            "hidden_salience": "norm_weighted",
+            "pretune_density": HALFWAY_DENSITY,
+        },
+    ),
     "pretune-at-target": (
         "APT pruned to the target before tuning",
         {"pretune_prune": True, "pretune_density": JOB_DENSITY},
@@ -257,7 +268,7 @@ class BenchConfig:
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
-            "hidden-cost-initial, no-damage-curves, damage-during-tuning, pretune-at-target, "
+            "hidden-cost-initial, no-damage-curves, damage-during-tuning, hidden-damage, pretune-at-target, "
             "pretune-halfway, all-heads, all-linear, qv-only."
         },
     )
