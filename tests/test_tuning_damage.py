@@ -220,11 +220,7 @@ def test_hidden_dims_leave_when_their_curve_says_they_are_cheap(monkeypatch) -> 
         ({"distill": True}, "set distill=false"),
         ({"damage_curves": 0}, "needs damage curves"),
         ({"pretune_prune": False}, "needs damage curves"),
-        ({"hidden_damage_curve": True}, "set tuning_damage_curves=true and prune_hidden=true"),
-        (
-            {"hidden_damage_curve": True, "tuning_damage_curves": False, "prune_hidden": True},
-            "hidden_damage_curve",
-        ),
+        ({"hidden_damage_curve": True}, "set prune_hidden=true"),
     ],
 )
 def test_settings_it_cannot_work_with_are_one_clear_error(fields: dict, needle: str) -> None:

@@ -154,15 +154,22 @@ class AptConfig:
             distillation's windows soft ones). Each
             event that removes blocks costs the forward passes of one set of curves. Off by
             default: the running salience alone decides during tuning (the paper).
-        hidden_damage_curve: With ``tuning_damage_curves``, let the hidden dimensions compete at those
-            events too, on the same loss scale: the loss increase of removing the lowest-salience
-            hidden dimensions from every layer is measured at ``damage_curves`` counts that halve
-            from ``1 - target_density`` of them down (`aptune.damage.hidden_curve_counts`), and every
-            dimension scores its stretch's hull slope times its salience, so that a hidden dimension
-            leaves when its measured loss per parameter is lower than a head's or a neuron's. Needs
-            ``prune_hidden``; ``hidden_salience="norm_weighted"`` gives decoders the best order
-            (benchmarks/results/hidden_damage_probe.md). Costs ``damage_curves`` more forward passes
-            per event. Off by default.
+        hidden_damage_curve: Let the hidden dimensions compete at the pruning events during tuning by
+            a measured loss rather than by the scale of their salience. The loss increase of
+            removing the lowest-salience hidden dimensions from every layer is measured at counts
+            that halve from ``1 - target_density`` of them down (`aptune.damage.hidden_curve_counts`,
+            ``damage_curves`` points, 4 when that is 0) on the calibration batches the controller
+            keeps. With ``tuning_damage_curves`` every block is then on that loss scale (each hidden
+            dimension scores its stretch's hull slope times its salience); without it, the heads
+            and neurons keep their running salience, and a second curve, the loss of removing the
+            blocks the selection ranks lowest at the same parameter amounts, prices every hidden
+            dimension at the score per parameter where removing blocks costs as much loss per
+            parameter (`aptune.hidden_exchange`; ``2 x points + 1`` forward passes per event).
+            Either way a hidden dimension leaves when removing it is measured to hurt less per
+            parameter. Needs ``prune_hidden``, pruning before tuning to a ``pretune_density`` above
+            the target (hidden dimensions never leave one-shot) and no distillation;
+            ``hidden_salience="norm_weighted"`` gives decoders the best order
+            (benchmarks/results/hidden_damage_probe.md). Off by default.
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
@@ -316,8 +323,8 @@ class AptConfig:
     hidden_damage_curve: bool = field(
         default=False,
         metadata={
-            "help": "With tuning_damage_curves: hidden dimensions compete at those events too, by their "
-            "own measured damage curve (needs prune_hidden)."
+            "help": "Hidden dimensions compete at the pruning events during tuning by a measured damage "
+            "curve (needs prune_hidden, pruning before tuning above the target, no distillation)."
         },
     )
     calibration_samples: int | None = field(
@@ -508,11 +515,22 @@ class AptConfig:
                 "tuning_damage_curves",
                 "needs damage curves (damage_curves > 0) and pruning before tuning (pretune_prune)",
             )
-        if self.hidden_damage_curve and not (self.tuning_damage_curves and self.prune_hidden):
+        if self.hidden_damage_curve and not self.prune_hidden:
             bad(
                 "hidden_damage_curve",
-                "acts at the damage-curve events during tuning and removes hidden dimensions; set "
-                "tuning_damage_curves=true and prune_hidden=true, or drop hidden_damage_curve",
+                "prices hidden dimensions for removal; set prune_hidden=true or drop it",
+            )
+        if self.hidden_damage_curve and self.distill:
+            bad(
+                "hidden_damage_curve",
+                "measures its curves with hard masks, which distillation's soft-mask windows cannot share; "
+                "set distill=false (--no-distill) or drop hidden_damage_curve",
+            )
+        if self.hidden_damage_curve and self.pretune_prune is False:
+            bad(
+                "hidden_damage_curve",
+                "measures its curves on batches of the calibration pass before tuning; set pretune_prune "
+                "and a pretune_density above target_density, or drop hidden_damage_curve",
             )
         if self.pretune_density is not None:
             if not density <= number("pretune_density") <= 1.0:

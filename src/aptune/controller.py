@@ -28,8 +28,9 @@ best dev checkpoint kept by `AptController.remember_best_` and tunes on with the
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ from aptune.distributed import (
     rebuild_ddp_,
 )
 from aptune.errors import ConfigError, ModelError
+from aptune.hidden_exchange import hidden_exchange_scores
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.losses import chunked_lm_forward, is_causal_lm
@@ -135,6 +137,18 @@ class AptController:
                 "AptConfig.distill=True distils from the model as it was before each pruning window during "
                 f"tuning, and pretune_density {pretune:g} (the target density) leaves no pruning for tuning; "
                 "set pretune_density above target_density (e.g. 1 - (1 - target_density) / 2) or drop distill"
+            )
+        if config.hidden_damage_curve and config.target_density < 1.0 and pretune is None:
+            raise ConfigError(
+                "AptConfig.hidden_damage_curve=True measures its curves on batches of the calibration pass "
+                "before tuning, which this model does not run; set pretune_prune=true and pretune_density "
+                "above target_density, or drop hidden_damage_curve"
+            )
+        if config.hidden_damage_curve and pretune is not None and pretune <= config.target_density < 1.0:
+            raise ConfigError(
+                "AptConfig.hidden_damage_curve=True acts on the pruning during tuning, and pretune_density "
+                f"{pretune:g} leaves none (it is the target density); set pretune_density above "
+                "target_density (e.g. 1 - (1 - target_density) / 2) or drop hidden_damage_curve"
             )
         if config.tuning_damage_curves and pretune is not None and pretune <= config.target_density:
             raise ConfigError(
@@ -331,16 +345,20 @@ class AptController:
             return self.select(density)
         running = Salience(list(self.scores.heads), list(self.scores.neurons), self.scores.hidden)
         with_hidden = self.config.hidden_damage_curve
-        measure = self._damage_curve_scores
-        if with_hidden:
+        if not self.config.tuning_damage_curves:  # hidden_damage_curve alone: only the hidden dims repriced
+            measure = self._hidden_exchange_scores
+        elif with_hidden:
 
             def measure(salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
                 return self._damage_curve_scores(salience, batches, with_hidden=True)
 
+        else:
+            measure = self._damage_curve_scores
         ranking = self.tuning_damage.ranking(index, running, measure)
         counts = (self.blocks.unit_counts(), self.blocks.neuron_counts(), self.blocks.hidden_size)
         vectors = flat_score_vectors(ranking, *counts)
-        return self.blocks.select(vectors, density, self.config, None if with_hidden else False)
+        keep_hidden = not with_hidden or ranking.hidden is None
+        return self.blocks.select(vectors, density, self.config, False if keep_hidden else None)
 
     def _record_event(self, **fields) -> dict:
         """Complete an event record with the current structure, store it and tell the listeners."""
@@ -587,7 +605,7 @@ class AptController:
             for kind, count in self.prune_to_masks_(optimizer).items():
                 removed[kind] = removed.get(kind, 0) + count
         self.pretuned = True
-        if self.config.tuning_damage_curves:
+        if self.config.tuning_damage_curves or self.config.hidden_damage_curve:
             self.tuning_damage.keep(batches[: self.config.damage_batches])
         notes = {}
         if keep_hidden and self.config.prune_hidden and density <= self.config.target_density < 1.0:
@@ -627,9 +645,91 @@ class AptController:
     ) -> tuple[Salience, dict]:
         """Head and neuron scores from measured damage curves (`aptune.damage`) on ``batches``; with
         ``with_hidden`` the hidden dimensions' too (`AptConfig.hidden_damage_curve`)."""
+        points = self.config.damage_curve_points(self.layout.is_decoder)
+        hidden_counts = self._hidden_curve_counts(points) if with_hidden else ()
+        with self._hard_mask_losses(batches) as loss_of:
+            return damage_curve_scores(
+                salience,
+                self.blocks.unit_counts(),
+                self.blocks.neuron_counts(),
+                self.blocks.hidden_size,
+                loss_of,
+                points,
+                hidden_counts,
+            )
+
+    def _hidden_exchange_scores(self, salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
+        """The running salience, with the hidden dimensions priced against the heads and neurons by
+        a measured block curve and hidden curve (`aptune.hidden_exchange`)."""
+        blocks = self.blocks
+        hidden_size = blocks.hidden_size
+        heads, neurons, hidden = flat_score_vectors(
+            salience, blocks.unit_counts(), blocks.neuron_counts(), hidden_size
+        )
+        head_costs, neuron_costs = blocks.costs()
+        params_now = blocks.param_count()
+        per_hidden = params_now / hidden_size  # the parameters of one hidden dim: sum a + sum c
+        charge = blocks.initial_hidden_cost if self.config.hidden_cost == "initial" else per_hidden
+        # score per parameter of every head and neuron, as the selection orders them
+        head_density = heads / (head_costs * hidden_size)
+        neuron_density = neurons / (neuron_costs * hidden_size)
+        counts = self._hidden_curve_counts(self.config.damage_curve_points(self.layout.is_decoder) or 4)
+        order = torch.argsort(hidden.float(), stable=True)  # lowest salience first
+        every_head = torch.ones(heads.numel(), dtype=torch.bool)
+        every_neuron = torch.ones(neurons.numel(), dtype=torch.bool)
+
+        def blocks_without(amount: float) -> KeepSet:
+            """The selection's keep-set with ``amount`` parameters of heads and neurons removed."""
+            density = (params_now - amount) / blocks.initial_params
+            return blocks.select((heads, neurons, hidden), density, self.config, False)
+
+        def threshold(keep: KeepSet) -> float:
+            """The highest score per parameter among the blocks ``keep`` removes."""
+            removed = torch.cat([head_density[~keep.heads.cpu()], neuron_density[~keep.neurons.cpu()]])
+            return float(removed.max()) if removed.numel() else 0.0
+
+        block_params, block_damages, thresholds, hidden_damages = [], [], [], []
+        with self._hard_mask_losses(batches) as loss_of:
+            base = loss_of(None)
+            for count in counts:
+                keep = blocks_without(count * per_hidden)
+                removed_params = params_now - float(keep.params)
+                block_damages.append(loss_of(keep) - base)
+                # a stretch's slope is the marginal loss at its middle: pair it with the threshold there
+                middle = ((block_params[-1] if block_params else 0.0) + removed_params) / 2
+                thresholds.append(threshold(blocks_without(middle)))
+                block_params.append(removed_params)
+                kept = torch.ones(hidden_size, dtype=torch.bool)
+                kept[order[:count]] = False
+                hidden_keep = KeepSet(heads=every_head, neurons=every_neuron, hidden=kept, params=0.0)
+                hidden_damages.append(loss_of(hidden_keep) - base)
+        curves = {
+            "hidden_counts": counts,
+            "hidden": hidden_damages,
+            "block_params": block_params,
+            "blocks": block_damages,
+            "block_thresholds": thresholds,
+        }
+        if not counts or block_params[0] <= 0:  # nothing to compare with: the hidden dims stay
+            return Salience(salience.heads, salience.neurons, None), curves
+        priced = hidden_exchange_scores(
+            hidden, counts, hidden_damages, per_hidden, charge, block_params, block_damages, thresholds
+        )
+        return Salience(salience.heads, salience.neurons, priced), curves
+
+    def _hidden_curve_counts(self, points: int) -> list[int]:
+        """Counts of the hidden curve (`aptune.damage.hidden_curve_counts`), below the hidden size."""
+        hidden_size = self.blocks.hidden_size
+        counts = hidden_curve_counts(hidden_size, 1.0 - self.config.target_density, points)
+        return [c for c in counts if c < hidden_size]
+
+    @contextlib.contextmanager
+    def _hard_mask_losses(self, batches: list[dict]) -> Iterator[Callable[[KeepSet | None], float]]:
+        """Yield ``loss_of(keep)``: the mean loss on ``batches`` with the blocks outside ``keep``
+        masked to 0 (``None``: none), in eval mode without gradients; the masks and the training
+        mode of before come back afterwards."""
         if not batches:
             raise ModelError("damage curves need at least one calibration batch")
-
         device = self._device()
         # on the device once: every point of every curve runs the same batches
         batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
@@ -648,22 +748,11 @@ class AptController:
                 total /= torch.distributed.get_world_size()
             return float(total) / len(batches)
 
-        points = self.config.damage_curve_points(self.layout.is_decoder)
         was_training = self.model.training
         masks = self.state.state_dict()  # measured with hard masks; any soft masks come back after
         self.model.eval()
         try:
-            return damage_curve_scores(
-                salience,
-                self.blocks.unit_counts(),
-                self.blocks.neuron_counts(),
-                self.blocks.hidden_size,
-                loss_of,
-                points,
-                hidden_curve_counts(self.blocks.hidden_size, 1.0 - self.config.target_density, points)
-                if with_hidden
-                else (),
-            )
+            yield loss_of
         finally:
             self.state.clear()
             self.state.load_state_dict(masks, device)

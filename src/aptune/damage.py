@@ -33,7 +33,7 @@ import torch
 from aptune.scores import Salience
 from aptune.select import KeepSet
 
-__all__ = ["curve_counts", "damage_curve_scores", "hidden_curve_counts", "hull_slopes"]
+__all__ = ["curve_counts", "curve_reading", "damage_curve_scores", "hidden_curve_counts", "hull_slopes"]
 
 #: Share of a site's mean salience added to every block, so that blocks of zero salience still
 #: move along the curve.
@@ -152,7 +152,7 @@ def damage_curve_scores(
                     params=0.0,
                 )
                 damages.append(loss_of(keep) - base)
-            scored[kind].append(_curve_scores(score, order, removal_counts, damages))
+            scored[kind].append(curve_reading(score, order, removal_counts, damages))
             curves[kind].append(damages)
     result: dict = {"heads": curves[0], "neurons": curves[1]}
     hidden = salience.hidden
@@ -171,19 +171,20 @@ def damage_curve_scores(
             )
             damages.append(loss_of(keep) - base)
         if counts_now:
-            hidden = _curve_scores(hidden, order, counts_now, damages, extend=True)
+            hidden = curve_reading(hidden, order, counts_now, damages, extend=True)
         result["hidden"], result["hidden_counts"] = damages, counts_now
     return Salience(scored[0], scored[1], hidden), result
 
 
-def _curve_scores(
+def curve_reading(
     score: torch.Tensor,
     order: torch.Tensor,
     removal_counts: Sequence[int],
     damages: Sequence[float],
     extend: bool = False,
 ) -> torch.Tensor:
-    """Every block's hull slope (loss per unit of salience) times its salience.
+    """Every block's hull slope (loss per unit of salience) times its salience: the loss the curve
+    attributes to removing it.
 
     Args:
         score: Salience of the site's blocks.

@@ -105,11 +105,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {"tuning_damage_curves": True, "pretune_density": HALFWAY_DENSITY},
     ),
     "hidden-damage": (
-        "APT with damage curves during tuning, hidden dims included",
-        # every block on the measured loss scale at the events during tuning, hidden dims by their own
-        # curve over the norm-weighted order (the best order, benchmarks/results/hidden_damage_probe.md)
+        "APT hidden dims priced by measured damage",
+        # the heads and neurons by running salience as in APT, the hidden dims by their measured loss
+        # against the blocks' (aptune.hidden_exchange), in the norm-weighted order (the best order,
+        # benchmarks/results/hidden_damage_probe.md); they leave only during tuning
         {
-            "tuning_damage_curves": True,
             "hidden_damage_curve": True,
             "hidden_salience": "norm_weighted",
             "pretune_density": HALFWAY_DENSITY,
