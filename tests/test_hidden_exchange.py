@@ -10,7 +10,7 @@ import torch
 import aptune
 from aptune.config import AptConfig
 from aptune.errors import ConfigError
-from aptune.hidden_exchange import exchange_thresholds, hidden_exchange_scores
+from aptune.hidden_exchange import exchange_thresholds, hidden_exchange_ranking, hidden_exchange_scores
 from aptune.scores import Salience
 from aptune.surgery import prune_hidden_
 from test_llama import _causal_lm_dataset, tiny_llama
@@ -75,6 +75,52 @@ def test_the_dims_of_one_stretch_keep_their_salience_order_and_ratio() -> None:
     # dims 1 and 3 share the first stretch: same slope, prices proportional to salience (below the
     # first knot the map is linear through 0)
     assert float(scores[3] / scores[1]) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_the_measured_ranking_prices_hidden_dims_by_their_loss_against_real_blocks() -> None:
+    # tiny LLaMA's blocks with random salience; removing a head or neuron costs alpha x its salience
+    # (so alpha x its score per parameter per parameter), a hidden dim its weight w_i. A hidden dim
+    # then belongs where blocks cost w_i / per_hidden per parameter, i.e. at score per parameter
+    # w_i / (per_hidden x alpha), and the selection charges it per_hidden: its score is w_i / alpha.
+    from aptune.arch import build_layout
+    from aptune.blocks import BlockBook
+
+    model = tiny_llama()
+    layout = build_layout(model)
+    units = [model.get_submodule(s.q).weight.shape[0] // s.unit_width for s in layout.attention]
+    neurons = [model.get_submodule(s.up).weight.shape[0] for s in layout.ffn]
+    blocks = BlockBook(layout, units, neurons)
+    generator = torch.Generator().manual_seed(0)
+    salience = Salience(
+        [torch.rand(n, generator=generator) for n in units],
+        [torch.rand(n, generator=generator) for n in neurons],
+        torch.rand(blocks.hidden_size, generator=generator),
+    )
+    # losses on the blocks' scale: the hidden dims' marginal losses fall inside the block curve's
+    weights = torch.rand(blocks.hidden_size, generator=generator) * 2
+    salience = Salience(salience.heads, salience.neurons, weights)  # the order is the true one
+    alpha = 2.0
+    flat_heads, flat_neurons = torch.cat(salience.heads), torch.cat(salience.neurons)
+
+    def loss_of(keep) -> float:
+        if keep is None:
+            return 1.0
+        blocks_lost = float(flat_heads[~keep.heads].sum() + flat_neurons[~keep.neurons].sum())
+        return 1.0 + alpha * blocks_lost + float(weights[~keep.hidden].sum())
+
+    config = AptConfig(target_density=0.4, min_heads_per_layer=0, min_neurons_per_layer=0)
+    counts = [3, 7, 14, 29]
+    ranking, curves = hidden_exchange_ranking(salience, blocks, config, counts, loss_of)
+    assert ranking.heads is salience.heads and ranking.neurons is salience.neurons
+    assert curves["hidden_counts"] == counts and len(curves["hidden"]) == 4
+    assert curves["hidden"][0] == pytest.approx(float(torch.sort(weights).values[:3].sum()), rel=1e-6)
+    # below the last point the prices follow w / alpha up to the granularity of a tiny model's
+    # blocks (a head is 1/8 of an attention site): the midpoint thresholds are coarse
+    low = torch.argsort(weights)[:29]
+    ratio = ranking.hidden[low] / (weights[low] / alpha)
+    assert float(ratio.median()) == pytest.approx(1.0, abs=0.1)
+    assert float(ratio.min()) >= 0.8 and float(ratio.max()) <= 1.2
+    assert torch.equal(torch.argsort(ranking.hidden), torch.argsort(weights))
 
 
 # ---------------------------------------------------------------------------------------------- controller

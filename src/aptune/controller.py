@@ -49,7 +49,7 @@ from aptune.distributed import (
     rebuild_ddp_,
 )
 from aptune.errors import ConfigError, ModelError
-from aptune.hidden_exchange import hidden_exchange_scores
+from aptune.hidden_exchange import hidden_exchange_ranking
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.losses import chunked_lm_forward, is_causal_lm
@@ -660,62 +660,10 @@ class AptController:
 
     def _hidden_exchange_scores(self, salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:
         """The running salience, with the hidden dimensions priced against the heads and neurons by
-        a measured block curve and hidden curve (`aptune.hidden_exchange`)."""
-        blocks = self.blocks
-        hidden_size = blocks.hidden_size
-        heads, neurons, hidden = flat_score_vectors(
-            salience, blocks.unit_counts(), blocks.neuron_counts(), hidden_size
-        )
-        head_costs, neuron_costs = blocks.costs()
-        params_now = blocks.param_count()
-        per_hidden = params_now / hidden_size  # the parameters of one hidden dim: sum a + sum c
-        charge = blocks.initial_hidden_cost if self.config.hidden_cost == "initial" else per_hidden
-        # score per parameter of every head and neuron, as the selection orders them
-        head_density = heads / (head_costs * hidden_size)
-        neuron_density = neurons / (neuron_costs * hidden_size)
+        a measured block curve and hidden curve on ``batches`` (`aptune.hidden_exchange`)."""
         counts = self._hidden_curve_counts(self.config.damage_curve_points(self.layout.is_decoder) or 4)
-        order = torch.argsort(hidden.float(), stable=True)  # lowest salience first
-        every_head = torch.ones(heads.numel(), dtype=torch.bool)
-        every_neuron = torch.ones(neurons.numel(), dtype=torch.bool)
-
-        def blocks_without(amount: float) -> KeepSet:
-            """The selection's keep-set with ``amount`` parameters of heads and neurons removed."""
-            density = (params_now - amount) / blocks.initial_params
-            return blocks.select((heads, neurons, hidden), density, self.config, False)
-
-        def threshold(keep: KeepSet) -> float:
-            """The highest score per parameter among the blocks ``keep`` removes."""
-            removed = torch.cat([head_density[~keep.heads.cpu()], neuron_density[~keep.neurons.cpu()]])
-            return float(removed.max()) if removed.numel() else 0.0
-
-        block_params, block_damages, thresholds, hidden_damages = [], [], [], []
         with self._hard_mask_losses(batches) as loss_of:
-            base = loss_of(None)
-            for count in counts:
-                keep = blocks_without(count * per_hidden)
-                removed_params = params_now - float(keep.params)
-                block_damages.append(loss_of(keep) - base)
-                # a stretch's slope is the marginal loss at its middle: pair it with the threshold there
-                middle = ((block_params[-1] if block_params else 0.0) + removed_params) / 2
-                thresholds.append(threshold(blocks_without(middle)))
-                block_params.append(removed_params)
-                kept = torch.ones(hidden_size, dtype=torch.bool)
-                kept[order[:count]] = False
-                hidden_keep = KeepSet(heads=every_head, neurons=every_neuron, hidden=kept, params=0.0)
-                hidden_damages.append(loss_of(hidden_keep) - base)
-        curves = {
-            "hidden_counts": counts,
-            "hidden": hidden_damages,
-            "block_params": block_params,
-            "blocks": block_damages,
-            "block_thresholds": thresholds,
-        }
-        if not counts or block_params[0] <= 0:  # nothing to compare with: the hidden dims stay
-            return Salience(salience.heads, salience.neurons, None), curves
-        priced = hidden_exchange_scores(
-            hidden, counts, hidden_damages, per_hidden, charge, block_params, block_damages, thresholds
-        )
-        return Salience(salience.heads, salience.neurons, priced), curves
+            return hidden_exchange_ranking(salience, self.blocks, self.config, counts, loss_of)
 
     def _hidden_curve_counts(self, points: int) -> list[int]:
         """Counts of the hidden curve (`aptune.damage.hidden_curve_counts`), below the hidden size."""

@@ -24,19 +24,111 @@ it is charged: in the selection it sits exactly among the blocks whose removal c
 parameter. Cost: ``2 x points + 1`` forward passes over the kept batches per event.
 
 `exchange_thresholds` and `hidden_exchange_scores` are pure and tested on synthetic curves;
-`aptune.controller.AptController` measures the curves.
+`hidden_exchange_ranking` measures the curves through a ``loss_of(keep)`` callable, which
+`aptune.controller.AptController` supplies (forward passes with hard masks).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from aptune.damage import curve_reading, hull_slopes
+from aptune.scores import Salience, flat_score_vectors
+from aptune.select import KeepSet
 
-__all__ = ["exchange_thresholds", "hidden_exchange_scores"]
+if TYPE_CHECKING:
+    from aptune.blocks import BlockBook
+    from aptune.config import AptConfig
+
+__all__ = ["exchange_thresholds", "hidden_exchange_ranking", "hidden_exchange_scores"]
+
+
+def hidden_exchange_ranking(
+    salience: Salience,
+    blocks: BlockBook,
+    config: AptConfig,
+    hidden_counts: Sequence[int],
+    loss_of: Callable[[KeepSet | None], float],
+) -> tuple[Salience, dict]:
+    """Measure both curves and price the hidden dimensions (see the module docstring).
+
+    Args:
+        salience: The running salience (heads and neurons are returned unchanged; the hidden
+            scores order the hidden dimensions).
+        blocks: The blocks now present (costs, parameter count, the selection).
+        config: The run's config (floors, layout and ``hidden_cost`` of the selection).
+        hidden_counts: Increasing numbers of hidden dimensions removed at the hidden curve's points
+            (`aptune.damage.hidden_curve_counts`), each below the hidden size.
+        loss_of: Loss with the blocks outside a keep-set removed (``None``: intact).
+
+    Returns:
+        ``(ranking, curves)``: the salience with the priced hidden scores (hidden scores None, so
+        that the hidden dimensions stay, when no head or neuron can be removed to compare with),
+        and the measurements: ``hidden_counts``, ``hidden`` (loss increases), ``block_params``,
+        ``blocks`` (loss increases) and ``block_thresholds``.
+    """
+    hidden_size = blocks.hidden_size
+    heads, neurons, hidden = flat_score_vectors(
+        salience, blocks.unit_counts(), blocks.neuron_counts(), hidden_size
+    )
+    head_costs, neuron_costs = blocks.costs()
+    params_now = blocks.param_count()
+    per_hidden = params_now / hidden_size  # the parameters of one hidden dim: sum a + sum c
+    charge = blocks.initial_hidden_cost if config.hidden_cost == "initial" else per_hidden
+    # score per parameter of every head and neuron, as the selection orders them
+    head_density = heads / (head_costs * hidden_size)
+    neuron_density = neurons / (neuron_costs * hidden_size)
+    order = torch.argsort(hidden.float(), stable=True)  # lowest salience first
+    every_head = torch.ones(heads.numel(), dtype=torch.bool)
+    every_neuron = torch.ones(neurons.numel(), dtype=torch.bool)
+
+    def blocks_without(amount: float) -> KeepSet:
+        """The selection's keep-set with ``amount`` parameters of heads and neurons removed."""
+        return blocks.select(
+            (heads, neurons, hidden), (params_now - amount) / blocks.initial_params, config, False
+        )
+
+    def threshold(keep: KeepSet) -> float:
+        """The highest score per parameter among the blocks ``keep`` removes."""
+        removed = torch.cat([head_density[~keep.heads.cpu()], neuron_density[~keep.neurons.cpu()]])
+        return float(removed.max()) if removed.numel() else 0.0
+
+    block_params: list[float] = []
+    block_damages: list[float] = []
+    thresholds: list[float] = []
+    hidden_damages: list[float] = []
+    base = loss_of(None)
+    for count in hidden_counts:
+        keep = blocks_without(count * per_hidden)
+        removed_params = params_now - float(keep.params)
+        if removed_params > (block_params[-1] if block_params else 0.0):  # floors may stop the blocks
+            block_damages.append(loss_of(keep) - base)
+            # a stretch's slope is the marginal loss at its middle: pair it with the threshold there
+            middle = ((block_params[-1] if block_params else 0.0) + removed_params) / 2
+            thresholds.append(threshold(blocks_without(middle)))
+            block_params.append(removed_params)
+        kept = torch.ones(hidden_size, dtype=torch.bool)
+        kept[order[:count]] = False
+        hidden_damages.append(
+            loss_of(KeepSet(heads=every_head, neurons=every_neuron, hidden=kept, params=0.0)) - base
+        )
+    curves = {
+        "hidden_counts": list(hidden_counts),
+        "hidden": hidden_damages,
+        "block_params": block_params,
+        "blocks": block_damages,
+        "block_thresholds": thresholds,
+    }
+    if not hidden_counts or not block_params:  # nothing to compare with: the hidden dims stay
+        return Salience(salience.heads, salience.neurons, None), curves
+    priced = hidden_exchange_scores(
+        hidden, hidden_counts, hidden_damages, per_hidden, charge, block_params, block_damages, thresholds
+    )
+    return Salience(salience.heads, salience.neurons, priced), curves
 
 
 def exchange_thresholds(
