@@ -169,7 +169,10 @@ class AptConfig:
             parameter. Needs ``prune_hidden``, pruning before tuning to a ``pretune_density`` above
             the target (hidden dimensions never leave one-shot) and no distillation;
             ``hidden_salience="norm_weighted"`` gives decoders the best order
-            (benchmarks/results/hidden_damage_probe.md). Off by default.
+            (benchmarks/results/hidden_damage_probe.md). Off by default. On the pretrained
+            SmolLM2-135M (no tuning) the pricing keeps every hidden dimension at density 0.85 and
+            0.7: they cost 2.1-3.2x the loss per parameter of the heads and neurons ranked lowest
+            (benchmarks/results/hidden_exchange_probe.md).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
