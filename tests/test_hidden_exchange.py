@@ -248,6 +248,7 @@ def test_without_the_option_the_hidden_dims_keep_their_salience() -> None:
     [
         ({"prune_hidden": False}, "set prune_hidden=true"),
         ({"distill": True}, "set distill=false"),
+        ({"selection_scale": "layer"}, "use selection_scale='global'"),
         ({"pretune_prune": False, "pretune_density": None}, "measures its curves on batches"),
     ],
 )

@@ -164,7 +164,8 @@ class AptConfig:
             and neurons keep their running salience, and a second curve, the loss of removing the
             blocks the selection ranks lowest at the same parameter amounts, prices every hidden
             dimension at the score per parameter where removing blocks costs as much loss per
-            parameter (`aptune.hidden_exchange`; ``2 x points + 1`` forward passes per event).
+            parameter (`aptune.hidden_exchange`; ``2 x points + 1`` forward passes per event; needs
+            ``selection_scale="global"``).
             Either way a hidden dimension leaves when removing it is measured to hurt less per
             parameter. Needs ``prune_hidden``, pruning before tuning to a ``pretune_density`` above
             the target (hidden dimensions never leave one-shot) and no distillation;
@@ -522,6 +523,12 @@ class AptConfig:
             bad(
                 "hidden_damage_curve",
                 "prices hidden dimensions for removal; set prune_hidden=true or drop it",
+            )
+        if self.hidden_damage_curve and self.selection_scale != "global":
+            bad(
+                "hidden_damage_curve",
+                f"prices hidden dimensions on the global salience-per-parameter scale, which "
+                f"selection_scale={self.selection_scale!r} rescales; use selection_scale='global'",
             )
         if self.hidden_damage_curve and self.distill:
             bad(
