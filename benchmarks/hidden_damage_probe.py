@@ -32,7 +32,7 @@ import aptune
 from aptune.atomic import write_json_atomic, write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smollm2_selection_probe import bbc_blocks, calibrate, load_model, perplexity
+from smollm2_selection_probe import add_probe_arguments, bbc_blocks, calibrate, load_model, perplexity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "hidden_damage_probe"
@@ -40,13 +40,8 @@ NAME = "hidden_damage_probe"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=Path("/work/cache/smollm2"))
+    add_probe_arguments(parser)
     parser.add_argument("--hidden", type=int, nargs="+", default=[14, 28, 57])
-    parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--calibration-blocks", type=int, default=16)
-    parser.add_argument("--micro-batch", type=int, default=2)
-    parser.add_argument("--eval-blocks", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 

@@ -83,6 +83,17 @@ def packed_blocks(texts: list[str], tokenizer, length: int, count: int) -> torch
     return torch.tensor(ids[: count * length]).view(count, length)  # (count, length)
 
 
+def add_probe_arguments(parser) -> None:
+    """The options every SmolLM2 probe on BBC blocks takes: model folder, block length, calibration
+    and evaluation blocks, micro-batch and seed."""
+    parser.add_argument("--model-dir", type=Path, default=Path("/work/cache/smollm2"))
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--calibration-blocks", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--eval-blocks", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def bbc_blocks(tokenizer, seed: int, length: int, calibration: int, evaluation: int):
     """Calibration blocks from shuffled BBC training text and evaluation blocks from BBC dev text.
 
