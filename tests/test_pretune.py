@@ -9,6 +9,7 @@ import torch
 from transformers import TrainingArguments
 
 import aptune
+from aptune.adapter import AptLinear
 from aptune.cli.options import dataclass_options
 from aptune.config import AptConfig
 from aptune.errors import ConfigError
@@ -263,6 +264,32 @@ def test_distillation_without_pruning_during_tuning_is_one_clear_error() -> None
     assert aptune.prepare_(tiny_llama(), halfway, total_steps=40).pretune_density == 0.75
     encoder = aptune.prepare_(tiny_bert(), config, total_steps=40)  # encoders prune during tuning
     assert encoder.pretune_density is None
+
+
+@pytest.mark.parametrize("option", ["distill", "tuning_damage_curves", "hidden_damage_curve"])
+def test_an_option_of_the_tuning_window_rejected_leaves_the_model_as_it_was(option: str) -> None:
+    # each needs pruning left for tuning; the decoder default prunes everything before tuning
+    config = AptConfig(**{"target_density": 0.5, "prune_hidden": True, "distill": False, option: True})
+    model = tiny_llama()
+    before = {name: (param.requires_grad, param.detach().clone()) for name, param in model.named_parameters()}
+    with pytest.raises(
+        ConfigError, match=f"AptConfig.{option}=True .*set pretune_density above target_density"
+    ):
+        aptune.prepare_(model, config, total_steps=40)
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    for name, (trainable, value) in before.items():
+        assert after[name].requires_grad == trainable and torch.equal(after[name], value)
+    assert getattr(model, "_aptune_controller", None) is None
+    assert not any(isinstance(module, AptLinear) for module in model.modules())
+    aptune.prepare_(model, dataclasses.replace(config, pretune_density=0.75), total_steps=40)  # the fix works
+
+
+@pytest.mark.parametrize("option", ["distill", "tuning_damage_curves", "hidden_damage_curve"])
+def test_a_run_that_prunes_nothing_accepts_every_option_of_the_tuning_window(option: str) -> None:
+    config = AptConfig(**{"target_density": 1.0, "prune_hidden": True, "distill": False, option: True})
+    for model in (tiny_llama(), tiny_bert()):
+        assert aptune.prepare_(model, config, total_steps=40).pretune_density is None
 
 
 @pytest.mark.parametrize(

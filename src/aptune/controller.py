@@ -122,40 +122,6 @@ class AptController:
         self.best: dict[str, Any] | None = None
         self._shapes_changed = False
         self.tuning_damage = TuningDamageRanking()
-        pretune = config.pretune_target(layout.is_decoder)
-        if (
-            config.tuning_damage_curves
-            and config.target_density < 1.0
-            and (config.damage_curve_points(layout.is_decoder) == 0 or pretune is None)
-        ):
-            raise ConfigError(
-                "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
-                "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
-            )
-        if config.distill and pretune is not None and pretune <= config.target_density < 1.0:
-            raise ConfigError(
-                "AptConfig.distill=True distils from the model as it was before each pruning window during "
-                f"tuning, and pretune_density {pretune:g} (the target density) leaves no pruning for tuning; "
-                "set pretune_density above target_density (e.g. 1 - (1 - target_density) / 2) or drop distill"
-            )
-        if config.hidden_damage_curve and config.target_density < 1.0 and pretune is None:
-            raise ConfigError(
-                "AptConfig.hidden_damage_curve=True measures its curves on batches of the calibration pass "
-                "before tuning, which this model does not run; set pretune_prune=true and pretune_density "
-                "above target_density, or drop hidden_damage_curve"
-            )
-        if config.hidden_damage_curve and pretune is not None and pretune <= config.target_density < 1.0:
-            raise ConfigError(
-                "AptConfig.hidden_damage_curve=True acts on the pruning during tuning, and pretune_density "
-                f"{pretune:g} leaves none (it is the target density); set pretune_density above "
-                "target_density (e.g. 1 - (1 - target_density) / 2) or drop hidden_damage_curve"
-            )
-        if config.tuning_damage_curves and pretune is not None and pretune <= config.target_density:
-            raise ConfigError(
-                "AptConfig.tuning_damage_curves=True acts on the pruning during tuning, and pretune_density "
-                f"{pretune:g} leaves none (it is the target density); set pretune_density above "
-                "target_density (e.g. 1 - (1 - target_density) / 2) or drop tuning_damage_curves"
-            )
 
     # ------------------------------------------------------------------ public views of the parts
     def structure(self) -> dict:
@@ -897,6 +863,54 @@ class AptController:
         self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 
 
+# Options that act on the pruning events during tuning: (field, what it does there, what to drop).
+_TUNING_WINDOW_OPTIONS = (
+    ("distill", "distils from the model as it was before each pruning window during tuning", "distill"),
+    ("hidden_damage_curve", "acts on the pruning during tuning", "hidden_damage_curve"),
+    ("tuning_damage_curves", "acts on the pruning during tuning", "tuning_damage_curves"),
+)
+
+
+def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
+    """Raise one clear `ConfigError` when an option needs what this model's run will not have.
+
+    ``tuning_damage_curves`` needs damage curves and the pruning before tuning;
+    ``hidden_damage_curve`` needs the calibration batches of that pruning; these and ``distill``
+    need pruning left for the events during tuning (a pretune density above the target). A run
+    that prunes nothing (``target_density`` 1) needs none of it.
+
+    Args:
+        config: The run's configuration.
+        is_decoder: Whether the model is a decoder LM (the family defaults differ).
+
+    Raises:
+        ConfigError: Naming the option and the setting that makes it work.
+    """
+    if config.target_density >= 1.0:
+        return
+    pretune = config.pretune_target(is_decoder)
+    if config.tuning_damage_curves and (config.damage_curve_points(is_decoder) == 0 or pretune is None):
+        raise ConfigError(
+            "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
+            "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
+        )
+    if config.hidden_damage_curve and pretune is None:
+        raise ConfigError(
+            "AptConfig.hidden_damage_curve=True measures its curves on batches of the calibration pass "
+            "before tuning, which this model does not run; set pretune_prune=true and pretune_density "
+            "above target_density, or drop hidden_damage_curve"
+        )
+    if pretune is None or pretune > config.target_density:
+        return
+    for option, role, drop in _TUNING_WINDOW_OPTIONS:
+        if getattr(config, option):
+            raise ConfigError(
+                f"AptConfig.{option}=True {role}, and pretune_density {pretune:g} leaves no pruning for "
+                "tuning (it is the target density); set pretune_density above target_density "
+                f"(e.g. 1 - (1 - target_density) / 2) or drop {drop}"
+            )
+
+
 def hidden_stay_note(pretune_density: float) -> str:
     """Why no hidden dimension leaves in a run that prunes everything before tuning, and the fix.
 
@@ -945,6 +959,7 @@ def prepare_(
     Raises:
         UnsupportedModelError: the model family or task head is not supported.
         ModelError: the model was already prepared.
+        ConfigError: an option needs what this model's run will not have (the model is untouched).
 
     Example:
         >>> controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=1000)
@@ -958,6 +973,7 @@ def prepare_(
             "this model was already prepared by aptune; reuse its controller (model._aptune_controller)"
         )
     layout = build_layout(model)
+    check_tuning_window_options(config, layout.is_decoder)  # before anything changes the model
     apply_patches_(model, layout.patches)
     for param in model.parameters():
         param.requires_grad_(False)
