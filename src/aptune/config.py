@@ -173,7 +173,10 @@ class AptConfig:
             (benchmarks/results/hidden_damage_probe.md). Off by default. On the pretrained
             SmolLM2-135M (no tuning) the pricing keeps every hidden dimension at density 0.85 and
             0.7: they cost 2.1-3.2x the loss per parameter of the heads and neurons ranked lowest
-            (benchmarks/results/hidden_exchange_probe.md).
+            (benchmarks/results/hidden_exchange_probe.md). During tuning (suite ablation
+            ``hidden-damage``, 0.85 before tuning, 300 steps) it kept every hidden dimension at
+            each of its six events too: 1.5-3.4x the blocks' loss per parameter, so the export is as large as
+            without the option (benchmarks/results/smollm2-bbc-300steps.md).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
             decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
