@@ -863,11 +863,11 @@ class AptController:
         self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 
 
-# Options that act on the pruning events during tuning: (field, what it does there, what to drop).
+# Options that act on the pruning events during tuning: (field, what it does there).
 _TUNING_WINDOW_OPTIONS = (
-    ("distill", "distils from the model as it was before each pruning window during tuning", "distill"),
-    ("hidden_damage_curve", "acts on the pruning during tuning", "hidden_damage_curve"),
-    ("tuning_damage_curves", "acts on the pruning during tuning", "tuning_damage_curves"),
+    ("distill", "distils from the model as it was before each pruning window during tuning"),
+    ("hidden_damage_curve", "acts on the pruning during tuning"),
+    ("tuning_damage_curves", "acts on the pruning during tuning"),
 )
 
 
@@ -902,12 +902,12 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
         )
     if pretune is None or pretune > config.target_density:
         return
-    for option, role, drop in _TUNING_WINDOW_OPTIONS:
+    for option, role in _TUNING_WINDOW_OPTIONS:
         if getattr(config, option):
             raise ConfigError(
                 f"AptConfig.{option}=True {role}, and pretune_density {pretune:g} leaves no pruning for "
                 "tuning (it is the target density); set pretune_density above target_density "
-                f"(e.g. 1 - (1 - target_density) / 2) or drop {drop}"
+                f"(e.g. 1 - (1 - target_density) / 2) or drop {option}"
             )
 
 
