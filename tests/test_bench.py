@@ -481,6 +481,26 @@ def test_the_all_heads_ablation_keeps_every_attention_unit() -> None:
     assert controller.density() <= 0.5 + 1e-9
 
 
+def test_the_floors_ablation_keeps_every_head_and_half_of_every_ffn() -> None:
+    import aptune
+    from aptune.config import AptConfig
+    from test_llama import _causal_lm_dataset, tiny_llama
+
+    job = _job("apt", 0, 0.75, "floors")
+    config = AptConfig(target_density=0.75, distill=False, prune_hidden=False, **job.apt_overrides)
+    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
+    units, neurons = controller.blocks.unit_counts(), controller.blocks.neuron_counts()
+    data = _causal_lm_dataset(8)
+    controller.calibrate_and_prune_(
+        [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
+    )
+    assert controller.blocks.unit_counts() == units  # every head stays ...
+    kept = controller.blocks.neuron_counts()
+    assert all(k >= n // 2 for k, n in zip(kept, neurons, strict=True))  # ... and half of every FFN
+    assert sum(kept) < sum(neurons)  # the rest of the FFN pays for the budget
+    assert controller.density() <= 0.75 + 1e-9
+
+
 def test_the_all_linear_ablation_tunes_every_projection_through_pruning() -> None:
     import aptune
     from aptune.config import AptConfig

@@ -57,3 +57,33 @@ def test_state_dict_round_trip():
     restored.load_state_dict(book.state_dict())
     assert restored.structure() == book.structure()
     assert restored.neurons[0].tolist() == [5, 9] and restored.initial_params == book.initial_params
+
+
+def _strip_layer_one_scores(book: BlockBook) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Layer 1's neurons score far below everything else, so a free selection removes them first.
+    heads = torch.ones(sum(book.unit_counts())) * 100.0
+    layer0 = torch.linspace(10.0, 20.0, book.neuron_counts()[0])
+    layer1 = torch.linspace(0.01, 0.1, book.neuron_counts()[1])
+    return heads, torch.cat([layer0, layer1]), torch.ones(book.hidden_size) * 1e6
+
+
+@pytest.mark.parametrize(
+    ("share", "per_layer", "floor"), [(0.0, 0, 0), (0.5, 0, 32), (0.25, 0, 16), (0.25, 40, 40), (0.6, 10, 39)]
+)
+def test_min_neurons_share_is_a_floor_of_every_layers_initial_ffn_width(share, per_layer, floor):
+    controller = aptune.prepare_(tiny_llama(), aptune.AptConfig(distill=False))
+    book = controller.blocks  # FFN width 64 in both layers
+    config = aptune.AptConfig(
+        target_density=0.6, min_neurons_share=share, min_neurons_per_layer=per_layer, prune_hidden=False
+    )
+    assert book.neuron_floor(config) == floor
+    keep = book.select(_strip_layer_one_scores(book), 0.6, config)
+    kept = [int(n.sum()) for n in book.split(keep)[1]]
+    assert min(kept) >= floor
+    assert kept[1] == floor  # the floor binds: without it, layer 1 loses more (checked at share 0)
+    assert keep.params <= 0.6 * book.initial_params + 1e-6
+
+
+def test_min_neurons_share_out_of_range_is_refused():
+    with pytest.raises(aptune.ConfigError, match=r"min_neurons_share=1\.5 is invalid: must lie in \[0, 1\]"):
+        aptune.AptConfig(min_neurons_share=1.5)

@@ -110,6 +110,23 @@ def test_resume_from_a_different_config_is_refused(tmp_path):
         load_controller_state(other, tmp_path / "missing")
 
 
+def test_a_state_written_before_an_option_existed_resumes_as_its_default(tmp_path):
+    import json
+
+    from tiny import tiny_bert
+
+    config = aptune.AptConfig(target_density=0.5)
+    save_controller_state(aptune.prepare_(tiny_bert(), config, total_steps=100), tmp_path)
+    meta_path = tmp_path / "aptune_state.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["state"]["config"]["min_neurons_share"]  # as written by a version without the option
+    meta_path.write_text(json.dumps(meta))
+    load_controller_state(aptune.prepare_(tiny_bert(), config, total_steps=100), tmp_path)
+    other = aptune.AptConfig(target_density=0.5, min_neurons_share=0.5)
+    with pytest.raises(aptune.ConfigError, match=r"different AptConfig \(differs in: min_neurons_share\)"):
+        load_controller_state(aptune.prepare_(tiny_bert(), other, total_steps=100), tmp_path)
+
+
 def test_interrupted_checkpoint_folders_are_skipped(tmp_path):
     from aptune.checkpoint import last_complete_checkpoint
 

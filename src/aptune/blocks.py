@@ -9,6 +9,7 @@ these ids, so the book never reads the model; the controller tells it what the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -175,7 +176,7 @@ class BlockBook:
                 head_groups=head_groups.long(),
                 neuron_groups=neuron_groups.long(),
                 min_heads_per_group=config.min_heads_per_layer,
-                min_neurons_per_group=config.min_neurons_per_layer,
+                min_neurons_per_group=self.neuron_floor(config),
                 min_hidden=min(config.min_hidden, hidden_size),
                 prune_hidden=prune_hidden,
                 num_hidden=hidden_size,
@@ -194,6 +195,13 @@ class BlockBook:
                 head_costs[keep.heads.cpu()], neuron_costs[keep.neurons.cpu()], int(keep.hidden.sum())
             )
         return keep
+
+    def neuron_floor(self, config: AptConfig) -> int:
+        """FFN neurons every layer keeps: the larger of ``min_neurons_per_layer`` and
+        ``min_neurons_share`` of the narrowest FFN site's width at preparation (rounded up)."""
+        widths = self.original["neurons"]
+        share_floor = math.ceil(config.min_neurons_share * min(widths)) if widths else 0
+        return max(config.min_neurons_per_layer, share_floor)
 
     def layer_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer id of every unit and every neuron now present (flat, as in `costs`).

@@ -814,9 +814,9 @@ class AptController:
                 changed by training or pruning.
         """
         now = self.config.to_dict()
-        differences = sorted(
-            k for k in set(state["config"]) | set(now) if state["config"].get(k) != now.get(k)
-        )
+        # an option added after the state was written counts as its default (what that run did)
+        saved = AptConfig.from_dict(state["config"]).to_dict()
+        differences = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if differences:
             raise ConfigError(
                 f"it was written by a run with a different AptConfig (differs in: {', '.join(differences)}); "

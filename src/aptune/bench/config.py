@@ -124,6 +124,12 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # a floor above any model's heads per layer: only FFN neurons (and hidden dims) compete
         {"min_heads_per_layer": EVERY_HEAD},
     ),
+    "floors": (
+        "APT with every attention head and half of every FFN kept",
+        # the two floors that matched LLM-Pruner's layer recipe on both domains before tuning
+        # (benchmarks/results/smollm2-selection.md, held-out section)
+        {"min_heads_per_layer": EVERY_HEAD, "min_neurons_share": 0.5},
+    ),
     "all-linear": (
         "APT with adapters on every linear layer",
         # what adapting every projection adds where the suite's roles are fewer (minilm-bbc: q, v,
@@ -269,7 +275,7 @@ class BenchConfig:
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
             "hidden-cost-initial, no-damage-curves, damage-during-tuning, hidden-damage, pretune-at-target, "
-            "pretune-halfway, all-heads, all-linear, qv-only."
+            "pretune-halfway, all-heads, floors, all-linear, qv-only."
         },
     )
     ablation_seeds: str = field(
