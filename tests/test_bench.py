@@ -463,37 +463,36 @@ def test_pretune_at_target_ablation_prunes_to_the_job_density_before_tuning() ->
     assert config.pretune_target(is_decoder=True) == 0.55
 
 
-def test_the_all_heads_ablation_keeps_every_attention_unit() -> None:
+def _pruned_tiny_llama(ablation: str, density: float):
+    """A tiny LLaMA prepared with ``ablation``'s overrides and pruned once from a calibration pass.
+
+    Returns:
+        ``(controller, units, neurons)``: the units and neurons per site are those before pruning.
+    """
     import aptune
     from aptune.config import AptConfig
     from test_llama import _causal_lm_dataset, tiny_llama
 
-    job = _job("apt", 0, 0.5, "all-heads")
-    config = AptConfig(target_density=0.5, distill=False, prune_hidden=False, **job.apt_overrides)
+    job = _job("apt", 0, density, ablation)
+    config = AptConfig(target_density=density, distill=False, prune_hidden=False, **job.apt_overrides)
     controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
     units, neurons = controller.blocks.unit_counts(), controller.blocks.neuron_counts()
     data = _causal_lm_dataset(8)
     controller.calibrate_and_prune_(
         [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
     )
+    return controller, units, neurons
+
+
+def test_the_all_heads_ablation_keeps_every_attention_unit() -> None:
+    controller, units, neurons = _pruned_tiny_llama("all-heads", 0.5)
     assert controller.blocks.unit_counts() == units  # every head stays ...
     assert sum(controller.blocks.neuron_counts()) < sum(neurons)  # ... the FFN pays for the budget
     assert controller.density() <= 0.5 + 1e-9
 
 
 def test_the_floors_ablation_keeps_every_head_and_half_of_every_ffn() -> None:
-    import aptune
-    from aptune.config import AptConfig
-    from test_llama import _causal_lm_dataset, tiny_llama
-
-    job = _job("apt", 0, 0.75, "floors")
-    config = AptConfig(target_density=0.75, distill=False, prune_hidden=False, **job.apt_overrides)
-    controller = aptune.prepare_(tiny_llama(), config, total_steps=40)
-    units, neurons = controller.blocks.unit_counts(), controller.blocks.neuron_counts()
-    data = _causal_lm_dataset(8)
-    controller.calibrate_and_prune_(
-        [{k: torch.tensor(data[i : i + 2][k]) for k in data.column_names} for i in range(0, 8, 2)]
-    )
+    controller, units, neurons = _pruned_tiny_llama("floors", 0.75)
     assert controller.blocks.unit_counts() == units  # every head stays ...
     kept = controller.blocks.neuron_counts()
     assert all(k >= n // 2 for k, n in zip(kept, neurons, strict=True))  # ... and half of every FFN

@@ -197,7 +197,7 @@ class AptConfig:
             floor fits every layer (every supported family has one FFN width). With
             ``min_neurons_per_layer`` set too, the larger floor applies. On SmolLM2-135M at
             density 0.7, before tuning, the damage curves with every KV group kept thin the
-            middle layers' FFN to a fifth and BBC perplexity rises from 68.4 to 83.2; half of
+            middle layers' FFN to 313-516 of 1536 neurons and BBC perplexity rises from 68.4 to 83.2; half of
             every FFN kept brings it to 67.6 with the held-out domain at 126.1 (LLM-Pruner's layer
             recipe: 68.1 / 125.0; benchmarks/results/smollm2-selection.md). Not measured after
             tuning yet; off by default.
