@@ -367,7 +367,9 @@ def main() -> None:
         from aptune.bench.heldout import shakespeare_scenes
 
         scenes = shakespeare_scenes(0)  # every scene, in the suite's seeded order
-        suite_scenes = 16  # the suite's held-out documents are the first 16 (its heldout_samples)
+        from aptune.bench.config import suite_config
+
+        suite_scenes = suite_config("smollm2-bbc").heldout_samples  # the suite scores the first ones
         chosen_scenes = scenes[suite_scenes:] if args.second_domain_split == "dev" else scenes[:suite_scenes]
         # (blocks, length)
         second = packed_blocks(chosen_scenes, tokenizer, args.length, args.second_domain_blocks)
