@@ -1,7 +1,7 @@
 """glibc's default allocator vs aptune's pinned mmap threshold: step time and peak RSS, side by side.
 
     python benchmarks/allocator_ab.py [--model minilm|smollm2] [--workloads lora,apt]
-        [--repeats 3] [--steps 40]
+        [--repeats 3] [--steps 40] [--threshold BYTES]
 
 ``minilm`` (MiniLM-L6, synthetic batch 16 x 128): peft LoRA on q, v and FFN-up (fixed shapes;
 "pinned" = from the first step) and aptune APT at density 0.4 (pruning events at steps 2-16 of 40,
@@ -20,6 +20,9 @@ interleaved. Prints and writes ``results/allocator_ab.json`` and ``.md`` (``allo
 for the decoder): median step time over the steps after the last event (all steps for LoRA), the
 peak RSS of the training loop (VmHWM reset after loading, and for APT on the decoder after its
 calibration pass), medians over the repeats, and the ratios pinned / default.
+
+``--threshold`` sets the pinned threshold (default: aptune's `DEFAULT_MMAP_THRESHOLD`); a
+threshold other than the default writes ``allocator_ab[_<model>]_<bytes>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import time
 from pathlib import Path
 
 from aptune.atomic import write_json_atomic, write_text_atomic
+from aptune.host_memory import DEFAULT_MMAP_THRESHOLD
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -151,9 +155,9 @@ def _run_once(
     return result
 
 
-def _spawn(model_key: str, workload: str, allocator: str, steps: int) -> dict:
+def _spawn(model_key: str, workload: str, allocator: str, steps: int, threshold: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    env["APTUNE_PIN_MMAP_THRESHOLD"] = "0" if allocator == "default" else ""
+    env["APTUNE_PIN_MMAP_THRESHOLD"] = "0" if allocator == "default" else str(threshold)
     cmd = [sys.executable, __file__, "--child", workload, "--model", model_key, "--steps", str(steps)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,6 +169,12 @@ def main() -> None:
     parser.add_argument("--workloads", default="lora,apt", help="comma-separated: lora, apt")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=DEFAULT_MMAP_THRESHOLD,
+        help="the pinned mmap threshold in bytes (default: aptune's)",
+    )
     parser.add_argument("--child", choices=["lora", "apt"])
     parser.add_argument(
         "--page-only", action="store_true", help="rewrite the .md page from the saved .json, measure nothing"
@@ -173,18 +183,23 @@ def main() -> None:
     if args.child:
         print(json.dumps(_run_once(args.model, args.child, args.steps)))
         return
+    if args.threshold <= 0:
+        parser.error("--threshold: give a positive number of bytes, e.g. 524288")
     name = "allocator_ab" if args.model == "minilm" else f"allocator_ab_{args.model}"
+    if args.threshold != DEFAULT_MMAP_THRESHOLD:
+        name += f"_{args.threshold}"
     if args.page_only:
         summary = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
         # pages saved before the command was recorded: the options given now name it
         summary.setdefault(
-            "command", _command(args.model, args.workloads.split(","), args.repeats, args.steps)
+            "command",
+            _command(args.model, args.workloads.split(","), args.repeats, args.steps, args.threshold),
         )
     else:
         workloads = [w for w in ("lora", "apt") if w in args.workloads.split(",")]
         if not workloads:
             parser.error("--workloads: name lora, apt or both")
-        summary = _measure(args.model, workloads, args.repeats, args.steps)
+        summary = _measure(args.model, workloads, args.repeats, args.steps, args.threshold)
         RESULTS.mkdir(exist_ok=True)
         write_json_atomic(RESULTS / f"{name}.json", summary)
     page = _page(args.model, summary)
@@ -192,14 +207,14 @@ def main() -> None:
     print(page)
 
 
-def _measure(model_key: str, workloads: list[str], repeats: int, steps: int) -> dict:
+def _measure(model_key: str, workloads: list[str], repeats: int, steps: int, threshold: int) -> dict:
     """Run every (workload, allocator) pair ``repeats`` times, interleaved; medians and every run."""
     machine = {"load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
     runs: dict[str, list[dict]] = {}
     for repeat in range(repeats):
         for workload in workloads:
             for allocator in ("default", "pinned"):
-                result = _spawn(model_key, workload, allocator, steps)
+                result = _spawn(model_key, workload, allocator, steps, threshold)
                 runs.setdefault(f"{workload}/{allocator}", []).append(result)
                 print(f"[{repeat + 1}/{repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
     summary: dict = {}
@@ -210,13 +225,24 @@ def _measure(model_key: str, workloads: list[str], repeats: int, steps: int) -> 
             "runs": results,
         }
     summary["machine"] = machine
-    summary["command"] = _command(model_key, workloads, repeats, steps)
+    summary["command"] = _command(model_key, workloads, repeats, steps, threshold)
+    summary["threshold"] = threshold
     return summary
 
 
-def _command(model_key: str, workloads: list[str], repeats: int, steps: int) -> str:
+def _command(model_key: str, workloads: list[str], repeats: int, steps: int, threshold: int) -> str:
     options = f"--model {model_key} --workloads {','.join(workloads)} --repeats {repeats} --steps {steps}"
+    if threshold != DEFAULT_MMAP_THRESHOLD:
+        options += f" --threshold {threshold}"
     return f"python benchmarks/allocator_ab.py {options}"
+
+
+def _size(nbytes: int) -> str:
+    """``4 MiB``, ``512 KiB`` or a plain byte count."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes % scale == 0:
+            return f"{nbytes // scale} {unit}"
+    return f"{nbytes} bytes"
 
 
 def _page(model_key: str, summary: dict) -> str:
@@ -232,7 +258,8 @@ def _page(model_key: str, summary: dict) -> str:
     else:
         load = "The load of the machine before the runs was not recorded."
     lines = [
-        "# Allocator A/B: glibc default vs pinned 4 MiB mmap threshold",
+        # pages saved before the threshold was an option measured the default of the time, 4 MiB
+        f"# Allocator A/B: glibc default vs pinned {_size(summary.get('threshold', 4 << 20))} mmap threshold",
         "",
         f"`{command}`; {MODELS[model_key]['title']}, medians over the repeats (each run its own "
         f"process, pairs interleaved). APT step time: median over the steps after its last event. {load}",

@@ -13,9 +13,17 @@ from aptune.errors import ConfigError
 from test_bench import tiny_bench_options, tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
 
 
-def _results_file(tmp_path, config: BenchConfig, records: dict, grid_records: dict | None = None):
+def _results_file(
+    tmp_path,
+    config: BenchConfig,
+    records: dict,
+    grid_records: dict | None = None,
+    latency: dict | None = None,
+):
     path = tmp_path / "page.json"
     payload = {"config": config.to_dict(), "results": records, "grid_records": grid_records or {}}
+    if latency is not None:
+        payload["latency"] = latency
     path.write_text(json.dumps(payload), encoding="utf-8")
     return path
 
@@ -46,6 +54,47 @@ def test_grid_records_are_read_too(tmp_path):
     job = first[-1]
     path = _results_file(tmp_path, config, {}, {job.id: _record(job, 40.0)})
     assert ImportedRecords.load(path, config).find(job)["final_metrics"]["perplexity"] == 40.0
+
+
+LATENCY = {"settings": {"batch_size": 4}, "dense": {"latency": {"median_ms": 9.0}}, "jobs": {"a": {}}}
+
+
+def test_the_latency_measurements_seed_a_work_folder_that_has_none(tmp_path):
+    from aptune.bench.harness import _seed_latency
+
+    config = suite_config("smollm2-bbc")
+    path = _results_file(tmp_path, config, {}, latency=LATENCY)
+    imported = ImportedRecords.load(path, config)
+    assert imported.latency == LATENCY
+    target, lines = tmp_path / "work" / "latency.json", []
+    target.parent.mkdir()
+    _seed_latency(target, imported, lines.append)
+    assert json.loads(target.read_text()) == {**LATENCY, "imported_from": str(path)}
+    assert len(lines) == 1 and str(path) in lines[0]
+    # a work folder's own measurements are never replaced
+    target.write_text('{"jobs": {}}')
+    _seed_latency(target, imported, lines.append)
+    assert json.loads(target.read_text()) == {"jobs": {}} and len(lines) == 1
+
+
+def test_a_results_file_without_latency_seeds_none(tmp_path):
+    from aptune.bench.harness import _seed_latency
+
+    config = suite_config("smollm2-bbc")
+    for latency in (None, {"skipped": "no models"}):
+        imported = ImportedRecords.load(_results_file(tmp_path, config, {}, latency=latency), config)
+        assert imported.latency is None
+        _seed_latency(tmp_path / "latency.json", imported, print)
+        assert not (tmp_path / "latency.json").exists()
+
+
+def test_the_page_says_where_imported_latency_came_from():
+    from aptune.bench.page import _imported_latency_note
+
+    note = _imported_latency_note({"latency_imported_from": "/elsewhere/smollm2-bbc.json"})
+    assert "`smollm2-bbc.json`" in note and "jobs trained since have none" in note
+    assert _imported_latency_note({"latency_imported_from": None}) == ""
+    assert _imported_latency_note({}) == ""
 
 
 def test_a_results_file_of_other_options_is_refused_naming_them(tmp_path):
@@ -120,3 +169,7 @@ def test_a_fresh_work_folder_resumes_from_the_results_file_without_training(tiny
         assert resumed["results"][job_id]["final_metrics"] == record["final_metrics"]
         assert resumed["results"][job_id]["test_metrics"] == record["test_metrics"]
     assert resumed["data"]["grid"]["chosen"] == payload["data"]["grid"]["chosen"]
+    # the latency of the first sitting's exported models comes along, and the page says so
+    assert resumed["latency"]["jobs"] == payload["latency"]["jobs"]
+    assert resumed["latency"]["imported_from"] == str(first.files["json"])
+    assert f"The latency figures are those of `{first.files['json'].name}`" in again.files["md"].read_text()

@@ -654,6 +654,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             named = ", ".join(stray)
             log(f"[bench] --only-jobs named {named}, which this plan has no job of (--dry-run lists them)")
         latency_path = workdir / LATENCY_FILE
+        _seed_latency(latency_path, imported, log)
         latency: dict[str, Any] = {}
         if config.report_only or not config.runs_now("latency"):
             if not latency_path.is_file():
@@ -793,6 +794,14 @@ def _reused_record(workdir: Path, job: Job) -> dict[str, Any] | None:
     record = json.loads(path.read_text(encoding="utf-8"))
     record.update(job=job.to_dict(), reused_from=job.reuse)
     return record
+
+
+def _seed_latency(latency_path: Path, imported: ImportedRecords | None, log: Callable[[str], None]) -> None:
+    """Write the imported results file's latency measurements where the work folder has none."""
+    if imported is None or imported.latency is None or latency_path.is_file():
+        return
+    write_json_atomic(latency_path, {**imported.latency, "imported_from": str(imported.source)})
+    log(f"[bench] latency: the measurements of {imported.source} (its sitting's exported models)")
 
 
 def _finished_records(workdir: Path, imported: ImportedRecords | None = None) -> list[dict[str, Any]]:

@@ -8,8 +8,11 @@ that computed the same thing: the same method, seed, density, variant, APT overr
 rate, allocator and dependencies. The harness writes that record into the work folder, marked with
 ``imported_from``, instead of training the job again (``aptune bench --import-results``).
 
-Only the records move: the exported models stay on the machine that trained them, so the latency
-stage of the importing run measures the models it has, and the page shows no latency for the others.
+Only the records move: the exported models stay on the machine that trained them. The results
+file's latency measurements (``latency``: the exported models timed together in the sitting that
+wrote it) seed a work folder that has none, so a page rewritten from imported jobs keeps them and
+says where they came from; once a job trains here, the latency stage times the models this work
+folder has, and only those.
 """
 
 from __future__ import annotations
@@ -48,10 +51,13 @@ class ImportedRecords:
     Attributes:
         source: The results file.
         records: ``{job identity: record}`` (see `JOB_IDENTITY`).
+        latency: The file's latency measurements (``latency.json`` of the work folder that wrote
+            it), or ``None`` when it has none.
     """
 
     source: Path
     records: dict[tuple, dict[str, Any]]
+    latency: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: str | Path, config: BenchConfig) -> ImportedRecords:
@@ -87,7 +93,9 @@ class ImportedRecords:
             for record in (payload.get(group) or {}).values():
                 if isinstance(record, dict) and isinstance(record.get("job"), dict):
                     records.setdefault(_identity(record["job"]), record)
-        return cls(source, records)
+        latency = payload.get("latency")
+        has_timings = isinstance(latency, dict) and isinstance(latency.get("jobs"), dict)
+        return cls(source, records, latency if has_timings else None)
 
     def find(self, job: Job) -> dict[str, Any] | None:
         """A copy of the record that computed ``job`` (its ``job`` field set to ``job``), or ``None``."""

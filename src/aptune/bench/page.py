@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from aptune.bench.config import LORA_PRUNE_METHODS, METHOD_LABELS, RATE_OF
@@ -439,6 +440,16 @@ def _rates_line(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     )
 
 
+def _imported_latency_note(summary: Mapping[str, Any]) -> str:
+    source = summary.get("latency_imported_from")
+    if not source:
+        return ""
+    return (
+        f" The latency figures are those of `{PurePath(source).name}`, measured in the sitting that wrote it "
+        "on the exported models that sitting had; jobs trained since have none."
+    )
+
+
 def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
     cfg, data, env = summary["config"], summary["data"], summary["environment"]
     length = f"{cfg['max_steps']} steps" if cfg["max_steps"] else f"{cfg['epochs']:g} epoch(s)"
@@ -468,7 +479,7 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
         f"warm-up forwards per model, then the median of {lat_rep} timed forwards, all models interleaved "
         f"round by round in one process ({settings.get('threads', '?')} threads), torch.inference_mode. "
         "The FLOP ratio counts matrix-multiply FLOPs from the layer shapes; FLOP-implied latency = dense "
-        "latency x FLOP ratio.",
+        "latency x FLOP ratio." + _imported_latency_note(summary),
         f"- Machine: {env['cpu_count']} CPUs, torch {env['torch']}, transformers {env['transformers']}, "
         f"peft {env['peft']}, Python {env['python']}; load average at the end "
         f"{env.get('load_average_at_end')}.",

@@ -464,6 +464,7 @@ def summarize(
             "flops": dense.get("flops"),
         },
         "latency_settings": latency.get("settings"),
+        "latency_imported_from": latency.get("imported_from"),
         "onnx_latency": _onnx_summary(onnx_latency),
         "groups": list(groups.values()),
         "jobs": rows,
