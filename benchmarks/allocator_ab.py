@@ -52,6 +52,7 @@ MODELS: dict[str, dict] = {
         "apt": {"target_density": 0.4},
         "lm_loss_chunk": None,
         "title": "MiniLM-L6, batch 16 x 128",
+        "pinned_when": "LoRA from its first step; APT at its first pruning event, as aptune does.",
     },
     "smollm2": {
         "name": "smollm2-135m",
@@ -68,6 +69,10 @@ MODELS: dict[str, dict] = {
         },
         "lm_loss_chunk": 512,
         "title": "SmolLM2-135M, batch 4 x 256, chunked causal-LM loss (512 tokens)",
+        "pinned_when": (
+            "LoRA from its first step; APT right after its calibration pass, whose heap it keeps, so "
+            "the pinned APT / LoRA ratio compares a later pin with an earlier one."
+        ),
     },
 }
 
@@ -263,6 +268,8 @@ def _page(model_key: str, summary: dict) -> str:
         "",
         f"`{command}`; {MODELS[model_key]['title']}, medians over the repeats (each run its own "
         f"process, pairs interleaved). APT step time: median over the steps after its last event. {load}",
+        "",
+        f"When the threshold is pinned: {MODELS[model_key]['pinned_when']}",
         "",
         "| workload | peak RSS default (MB) | pinned (MB) | ratio | step default (s) | pinned (s) | ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
