@@ -364,11 +364,10 @@ def main() -> None:
     second = None
     dense_second = None
     if args.second_domain_blocks:
+        from aptune.bench.config import suite_config
         from aptune.bench.heldout import shakespeare_scenes
 
         scenes = shakespeare_scenes(0)  # every scene, in the suite's seeded order
-        from aptune.bench.config import suite_config
-
         suite_scenes = suite_config("smollm2-bbc").heldout_samples  # the suite scores the first ones
         chosen_scenes = scenes[suite_scenes:] if args.second_domain_split == "dev" else scenes[:suite_scenes]
         # (blocks, length)
