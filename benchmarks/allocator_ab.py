@@ -23,6 +23,10 @@ calibration pass), medians over the repeats, and the ratios pinned / default.
 
 ``--threshold`` sets the pinned threshold (default: aptune's `DEFAULT_MMAP_THRESHOLD`); a
 threshold other than the default writes ``allocator_ab[_<model>]_<bytes>.json`` and ``.md``.
+``--whole-process`` sets it for each whole "pinned" run through glibc's ``MALLOC_MMAP_THRESHOLD_``
+instead (no later heap to keep; aptune pins nothing) and writes
+``allocator_ab[_<model>]_<bytes>_whole_process.*``. ``--note`` adds a sentence on the machine's
+conditions to the page.
 """
 
 from __future__ import annotations
@@ -160,9 +164,42 @@ def _run_once(
     return result
 
 
-def _spawn(model_key: str, workload: str, allocator: str, steps: int, threshold: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    env["APTUNE_PIN_MMAP_THRESHOLD"] = "0" if allocator == "default" else str(threshold)
+def child_env(
+    base: dict[str, str], allocator: str, threshold: int, whole_process: bool = False
+) -> dict[str, str]:
+    """The environment of one child run.
+
+    ``default`` leaves the C library's dynamic threshold alone (``APTUNE_PIN_MMAP_THRESHOLD=0``).
+    ``pinned`` lets aptune pin ``threshold`` where it pins (see ``pinned_when``); with
+    ``whole_process`` it is set instead through glibc's ``MALLOC_MMAP_THRESHOLD_``, from the
+    process's first allocation, and aptune pins nothing.
+    """
+    env = {k: v for k, v in base.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    if allocator == "default":
+        env["APTUNE_PIN_MMAP_THRESHOLD"] = "0"
+    elif whole_process:
+        env["APTUNE_PIN_MMAP_THRESHOLD"] = "0"
+        env["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
+    else:
+        env["APTUNE_PIN_MMAP_THRESHOLD"] = str(threshold)
+    return env
+
+
+def page_name(model_key: str, threshold: int, whole_process: bool = False) -> str:
+    """``allocator_ab[_<model>][_<bytes>][_whole_process]``: the default threshold pinned by aptune
+    keeps the plain name."""
+    name = "allocator_ab" if model_key == "minilm" else f"allocator_ab_{model_key}"
+    if threshold != DEFAULT_MMAP_THRESHOLD or whole_process:
+        name += f"_{threshold}"
+    if whole_process:
+        name += "_whole_process"
+    return name
+
+
+def _spawn(
+    model_key: str, workload: str, allocator: str, steps: int, threshold: int, whole_process: bool = False
+) -> dict:
+    env = child_env(dict(os.environ), allocator, threshold, whole_process)
     cmd = [sys.executable, __file__, "--child", workload, "--model", model_key, "--steps", str(steps)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -180,6 +217,12 @@ def main() -> None:
         default=DEFAULT_MMAP_THRESHOLD,
         help="the pinned mmap threshold in bytes (default: aptune's)",
     )
+    parser.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="set the threshold for each whole run (MALLOC_MMAP_THRESHOLD_) instead of where aptune pins it",
+    )
+    parser.add_argument("--note", default="", help="appended to the machine sentence (e.g. what else ran)")
     parser.add_argument("--child", choices=["lora", "apt"])
     parser.add_argument(
         "--page-only", action="store_true", help="rewrite the .md page from the saved .json, measure nothing"
@@ -190,21 +233,30 @@ def main() -> None:
         return
     if args.threshold <= 0:
         parser.error("--threshold: give a positive number of bytes, e.g. 524288")
-    name = "allocator_ab" if args.model == "minilm" else f"allocator_ab_{args.model}"
-    if args.threshold != DEFAULT_MMAP_THRESHOLD:
-        name += f"_{args.threshold}"
+    name = page_name(args.model, args.threshold, args.whole_process)
     if args.page_only:
         summary = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
         # pages saved before the command was recorded: the options given now name it
         summary.setdefault(
             "command",
-            _command(args.model, args.workloads.split(","), args.repeats, args.steps, args.threshold),
+            _command(
+                args.model,
+                args.workloads.split(","),
+                args.repeats,
+                args.steps,
+                args.threshold,
+                args.whole_process,
+            ),
         )
     else:
         workloads = [w for w in ("lora", "apt") if w in args.workloads.split(",")]
         if not workloads:
             parser.error("--workloads: name lora, apt or both")
-        summary = _measure(args.model, workloads, args.repeats, args.steps, args.threshold)
+        summary = _measure(
+            args.model, workloads, args.repeats, args.steps, args.threshold, args.whole_process
+        )
+        if args.note:
+            summary["machine"]["note"] = args.note
         RESULTS.mkdir(exist_ok=True)
         write_json_atomic(RESULTS / f"{name}.json", summary)
     page = _page(args.model, summary)
@@ -212,14 +264,21 @@ def main() -> None:
     print(page)
 
 
-def _measure(model_key: str, workloads: list[str], repeats: int, steps: int, threshold: int) -> dict:
+def _measure(
+    model_key: str,
+    workloads: list[str],
+    repeats: int,
+    steps: int,
+    threshold: int,
+    whole_process: bool = False,
+) -> dict:
     """Run every (workload, allocator) pair ``repeats`` times, interleaved; medians and every run."""
     machine = {"load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
     runs: dict[str, list[dict]] = {}
     for repeat in range(repeats):
         for workload in workloads:
             for allocator in ("default", "pinned"):
-                result = _spawn(model_key, workload, allocator, steps, threshold)
+                result = _spawn(model_key, workload, allocator, steps, threshold, whole_process)
                 runs.setdefault(f"{workload}/{allocator}", []).append(result)
                 print(f"[{repeat + 1}/{repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
     summary: dict = {}
@@ -230,15 +289,25 @@ def _measure(model_key: str, workloads: list[str], repeats: int, steps: int, thr
             "runs": results,
         }
     summary["machine"] = machine
-    summary["command"] = _command(model_key, workloads, repeats, steps, threshold)
+    summary["command"] = _command(model_key, workloads, repeats, steps, threshold, whole_process)
     summary["threshold"] = threshold
+    summary["whole_process"] = whole_process
     return summary
 
 
-def _command(model_key: str, workloads: list[str], repeats: int, steps: int, threshold: int) -> str:
+def _command(
+    model_key: str,
+    workloads: list[str],
+    repeats: int,
+    steps: int,
+    threshold: int,
+    whole_process: bool = False,
+) -> str:
     options = f"--model {model_key} --workloads {','.join(workloads)} --repeats {repeats} --steps {steps}"
     if threshold != DEFAULT_MMAP_THRESHOLD:
         options += f" --threshold {threshold}"
+    if whole_process:
+        options += " --whole-process"
     return f"python benchmarks/allocator_ab.py {options}"
 
 
@@ -258,7 +327,7 @@ def _page(model_key: str, summary: dict) -> str:
     if machine:
         load = (
             f"1-minute load average before the first run: {machine['load_average_1min']:.2f} on "
-            f"{machine['cpus']} CPUs."
+            f"{machine['cpus']} CPUs." + (f" {machine['note']}" if machine.get("note") else "")
         )
     else:
         load = "The load of the machine before the runs was not recorded."
@@ -269,7 +338,12 @@ def _page(model_key: str, summary: dict) -> str:
         f"`{command}`; {MODELS[model_key]['title']}, medians over the repeats (each run its own "
         f"process, pairs interleaved). APT step time: median over the steps after its last event. {load}",
         "",
-        f"When the threshold is pinned: {MODELS[model_key]['pinned_when']}",
+        "When the threshold is pinned: "
+        + (
+            "in the whole process, from its start (glibc's MALLOC_MMAP_THRESHOLD_; aptune pins nothing)."
+            if summary.get("whole_process")
+            else MODELS[model_key]["pinned_when"]
+        ),
         "",
         "| workload | peak RSS default (MB) | pinned (MB) | ratio | step default (s) | pinned (s) | ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
