@@ -237,24 +237,12 @@ def main() -> None:
     if args.page_only:
         summary = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
         # pages saved before the command was recorded: the options given now name it
-        summary.setdefault(
-            "command",
-            _command(
-                args.model,
-                args.workloads.split(","),
-                args.repeats,
-                args.steps,
-                args.threshold,
-                args.whole_process,
-            ),
-        )
+        summary.setdefault("command", _command(args, args.workloads.split(",")))
     else:
         workloads = [w for w in ("lora", "apt") if w in args.workloads.split(",")]
         if not workloads:
             parser.error("--workloads: name lora, apt or both")
-        summary = _measure(
-            args.model, workloads, args.repeats, args.steps, args.threshold, args.whole_process
-        )
+        summary = _measure(args, workloads)
         if args.note:
             summary["machine"]["note"] = args.note
         RESULTS.mkdir(exist_ok=True)
@@ -264,23 +252,18 @@ def main() -> None:
     print(page)
 
 
-def _measure(
-    model_key: str,
-    workloads: list[str],
-    repeats: int,
-    steps: int,
-    threshold: int,
-    whole_process: bool = False,
-) -> dict:
+def _measure(args: argparse.Namespace, workloads: list[str]) -> dict:
     """Run every (workload, allocator) pair ``repeats`` times, interleaved; medians and every run."""
     machine = {"load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
     runs: dict[str, list[dict]] = {}
-    for repeat in range(repeats):
+    for repeat in range(args.repeats):
         for workload in workloads:
             for allocator in ("default", "pinned"):
-                result = _spawn(model_key, workload, allocator, steps, threshold, whole_process)
+                result = _spawn(
+                    args.model, workload, allocator, args.steps, args.threshold, args.whole_process
+                )
                 runs.setdefault(f"{workload}/{allocator}", []).append(result)
-                print(f"[{repeat + 1}/{repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
+                print(f"[{repeat + 1}/{args.repeats}] {workload:4s} {allocator:7s} {result}", flush=True)
     summary: dict = {}
     for key, results in runs.items():
         summary[key] = {
@@ -289,24 +272,19 @@ def _measure(
             "runs": results,
         }
     summary["machine"] = machine
-    summary["command"] = _command(model_key, workloads, repeats, steps, threshold, whole_process)
-    summary["threshold"] = threshold
-    summary["whole_process"] = whole_process
+    summary["command"] = _command(args, workloads)
+    summary["threshold"] = args.threshold
+    summary["whole_process"] = args.whole_process
     return summary
 
 
-def _command(
-    model_key: str,
-    workloads: list[str],
-    repeats: int,
-    steps: int,
-    threshold: int,
-    whole_process: bool = False,
-) -> str:
-    options = f"--model {model_key} --workloads {','.join(workloads)} --repeats {repeats} --steps {steps}"
-    if threshold != DEFAULT_MMAP_THRESHOLD:
-        options += f" --threshold {threshold}"
-    if whole_process:
+def _command(args: argparse.Namespace, workloads: list[str]) -> str:
+    """The command line that measures what ``args`` asks for (``--note`` left out)."""
+    options = f"--model {args.model} --workloads {','.join(workloads)} --repeats {args.repeats}"
+    options += f" --steps {args.steps}"
+    if args.threshold != DEFAULT_MMAP_THRESHOLD:
+        options += f" --threshold {args.threshold}"
+    if args.whole_process:
         options += " --whole-process"
     return f"python benchmarks/allocator_ab.py {options}"
 
