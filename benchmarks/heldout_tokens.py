@@ -1,6 +1,6 @@
 """Where a model's held-out perplexity comes from: per-token losses by kind of token.
 
-    python benchmarks/heldout_tokens.py WORKDIR NAME=MODEL [NAME=MODEL ...] [--out FILE.json]
+    python benchmarks/heldout_tokens.py WORKDIR NAME=MODEL [NAME=MODEL ...] [--out FILE.json] [--record]
 
 WORKDIR is a work folder of the smollm2-bbc suite (its ``data/heldout.jsonl`` and ``plan.json``);
 each MODEL is an aptune export folder (a job's ``runs/<job>/model``) or a plain checkpoint folder
@@ -15,6 +15,11 @@ kinds by its own text and the token before it:
 Per model it prints the tokens, the mean loss and the perplexity of each kind and of all, and, for
 every model after the first, which share of its extra total loss over the first model each kind
 carries. A kind whose share is far above its share of tokens is where the model lost the domain.
+
+``--record`` writes the split into the work folder's record of each NAME that is a job id
+(``results/<NAME>.json``, as ``heldout_kinds``, the field the suite now records itself), so a page
+rewritten from that folder shows it for jobs that ran before the suite recorded it. It refuses a
+model whose held-out perplexity is not the record's: that model is not the one the job exported.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-from aptune.bench.token_kinds import KINDS, kind_losses, newline_token_ids
+from aptune.bench.token_kinds import KINDS, kind_losses, kind_perplexities, newline_token_ids
+
+#: Largest relative difference between a recomputed and a recorded held-out perplexity.
+SAME_MODEL_TOLERANCE = 1e-3
 
 
 def _load(folder: Path):
@@ -42,11 +50,42 @@ def _load(folder: Path):
     return model.eval()
 
 
+def record_kinds(result_file: Path, sums: dict) -> dict:
+    """Add ``heldout_kinds`` (`kind_perplexities` of ``sums``) to a job's record, written atomically.
+
+    Returns:
+        The updated record.
+
+    Raises:
+        SystemExit: the record has no held-out perplexity, or the recomputed one differs from it by
+            more than `SAME_MODEL_TOLERANCE` (relative).
+    """
+    from aptune.atomic import write_json_atomic
+
+    record = json.loads(result_file.read_text(encoding="utf-8"))
+    recorded = record.get("heldout_perplexity")
+    kinds = kind_perplexities(sums)
+    measured = kinds["all"]["perplexity"]
+    if not isinstance(recorded, (int, float)):
+        raise SystemExit(f"{result_file}: the record has no held-out perplexity to check the model against")
+    if abs(measured - recorded) > SAME_MODEL_TOLERANCE * recorded:
+        raise SystemExit(
+            f"{result_file}: held-out perplexity {measured:.3f} of the model given, {recorded:.3f} in the "
+            "record; give the job's own runs/<job>/model"
+        )
+    record["heldout_kinds"] = kinds
+    write_json_atomic(result_file, record)
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("models", nargs="+", help="NAME=FOLDER")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--record", action="store_true", help="write the split into results/<NAME>.json of each job NAME"
+    )
     args = parser.parse_args()
     plan = json.loads((args.workdir / "plan.json").read_text(encoding="utf-8"))
     config = plan["config"]
@@ -67,7 +106,12 @@ def main() -> None:
         name, _, folder = spec.partition("=")
         model = _load(Path(folder))
         results[name] = kind_losses(
-            model, data.eval, data.collator, newline_ids, config["lm_loss_chunk"] or 512, 4
+            model,
+            data.eval,
+            data.collator,
+            newline_ids,
+            config["lm_loss_chunk"] or config["max_length"],
+            config.get("eval_batch_size") or 4,
         )
         del model
     first = next(iter(results.values()))
@@ -89,6 +133,12 @@ def main() -> None:
         from aptune.atomic import write_json_atomic
 
         write_json_atomic(args.out, results)
+    if args.record:
+        for name, sums in results.items():
+            result_file = args.workdir / "results" / f"{name}.json"
+            if result_file.is_file():
+                record_kinds(result_file, sums)
+                print(f"recorded the split in {result_file}")
 
 
 if __name__ == "__main__":

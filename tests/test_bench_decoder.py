@@ -18,6 +18,7 @@ from aptune.bench.decoder_pruning import (
     uniform_width,
 )
 from aptune.bench.kwon import block_costs
+from aptune.report.format import DASH
 
 PRUNED = ("llm-pruner", "tp-uniform", "aptune-one-shot")
 
@@ -181,6 +182,12 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
             for split in splits:
                 value = domains[stage][split]
                 assert isinstance(value, float) and 1.0 < value < 10 * vocab, (method, stage, split)
+    # the held-out split by kind of token adds up to the held-out perplexity it records
+    for method, row in (*rows.items(), ("apt-uniform", uniform)):
+        kinds = row["heldout_kinds"]
+        assert kinds["all"]["perplexity"] == row["domain_perplexity"]["after_tuning"]["heldout"], method
+        parts = ("line break", "line start", "other")
+        assert sum(kinds[k]["tokens"] for k in parts) == kinds["all"]["tokens"]
     # the density each "after pruning" figure was measured at: APT's is its pre-tuning density
     apt_record = json.loads((tmp_path / "work" / "results" / "apt-d0.70-s0.json").read_text())
     assert rows["lora"]["domain_perplexity"]["after_pruning_density"] == 1.0
@@ -227,6 +234,7 @@ def test_decoder_suite_quick_pipeline_on_a_tiny_llama(word_tokenizer, tmp_path):
     assert len(set(same["structure"]["ffn_per_layer"])) == 1
     page = outcome.files["md"].read_text()
     assert "## Perplexity on both domains" in page and "LLM-Pruner layer recipe + LoRA" in page
+    assert "## Held-out perplexity by kind of token" in page
     dense = outcome.summary["data"]["dense_structure"]
     assert dense == {"layers": 10, "heads": 4, "ffn": 64, "hidden": 32}
     assert "## Where each method prunes" in page and "64 FFN neurons per layer, 10 layers" in page
@@ -260,6 +268,28 @@ def test_structure_lines_split_the_layers_into_thirds():
     # without the dense shape: counts only
     unknown = structure_lines({"jobs": summary["jobs"]})
     assert "| 12 | 4 | 0 | 30 | 10 | 2 | 8 |" in "\n".join(unknown).replace("  ", " ")
+
+
+def test_heldout_kind_lines_list_each_kind_with_its_share_of_the_tokens():
+    from aptune.bench.decoder_page import heldout_kind_lines
+
+    kinds = {
+        "line break": {"tokens": 10, "perplexity": 3.0},
+        "line start": {"tokens": 10, "perplexity": 11634.6},
+        "other": {"tokens": 80, "perplexity": None},
+        "all": {"tokens": 100, "perplexity": 150.25},
+    }
+    summary = {
+        "jobs": [
+            {"id": "lora-s0", "label": "LoRA", "heldout_kinds": None},
+            {"id": "apt-d0.70-s0", "label": "APT", "heldout_kinds": kinds},
+        ]
+    }
+    rows = [line for line in heldout_kind_lines(summary) if line.startswith("| `")]
+    assert len(rows) == 1  # a job that did not record the split is left out
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells == ["`apt-d0.70-s0`", "APT", "3.0 (10 %)", "11,634.6 (10 %)", DASH, "150.2"]
+    assert heldout_kind_lines({"jobs": summary["jobs"][:1]}) == []
 
 
 def test_shakespeare_scenes_become_plain_text_documents(tmp_path):

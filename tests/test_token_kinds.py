@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aptune.bench.methods import evaluate_model
-from aptune.bench.token_kinds import KINDS, kind_losses, newline_token_ids, token_kinds
+from aptune.bench.token_kinds import KINDS, kind_losses, kind_perplexities, newline_token_ids, token_kinds
 from aptune.tasks import load_task
 
 BREAK, START, OTHER = (KINDS.index(k) for k in ("line break", "line start", "other"))
@@ -63,3 +63,46 @@ def test_the_kinds_add_up_to_the_suites_perplexity(word_tokenizer, tmp_path):
     assert sums["line break"]["tokens"] > 0 and sums["line start"]["tokens"] > 0
     reference = evaluate_model(model, data.eval, data.collator, 3, "causal-lm")["perplexity"]
     assert math.exp(sums["all"]["loss_sum"] / sums["all"]["tokens"]) == pytest.approx(reference, rel=1e-5)
+
+
+def test_kind_perplexities_are_the_exponent_of_each_kinds_mean_loss():
+    sums = {"line break": {"loss_sum": 2.0, "tokens": 4}, "line start": {"loss_sum": 0.0, "tokens": 0}}
+    kinds = kind_perplexities(sums)
+    assert kinds["line break"] == {"tokens": 4, "perplexity": pytest.approx(math.exp(0.5))}
+    assert kinds["line start"] == {"tokens": 0, "perplexity": None}  # no tokens: no perplexity
+
+
+def test_the_suites_heldout_split_adds_up_to_its_heldout_perplexity(word_tokenizer, tmp_path):
+    """`heldout_kinds` (what the suite records) against `_perplexity` (how it measured it before)."""
+    from types import SimpleNamespace
+
+    from aptune.bench.decoder_methods import _perplexity, heldout_kinds
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(word_tokenizer),
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=word_tokenizer.pad_token_id,
+        )
+    )
+    lines = ["the cat sat . on the mat . the dog", "river flows . through london . the city ."] * 3
+    path = tmp_path / "heldout.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    config = SimpleNamespace(max_length=8, lm_loss_chunk=5, eval_batch_size=3)
+    ctx = SimpleNamespace(config=config, train_file=str(path), heldout_file=str(path))
+    model.train()
+    kinds = heldout_kinds(ctx, model, word_tokenizer)
+    assert model.training  # the caller's mode comes back
+    assert set(kinds) == {*KINDS, "all"}
+    assert sum(kinds[k]["tokens"] for k in KINDS) == kinds["all"]["tokens"] > 0
+    reference = _perplexity(ctx, model, word_tokenizer, str(path))
+    assert kinds["all"]["perplexity"] == pytest.approx(reference, rel=1e-5)
+    # without logits chunks the whole block is one chunk: the same figure
+    config.lm_loss_chunk = 0
+    unchunked = heldout_kinds(ctx, model, word_tokenizer)["all"]["perplexity"]
+    assert unchunked == pytest.approx(reference, rel=1e-5)

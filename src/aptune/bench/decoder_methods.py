@@ -141,16 +141,46 @@ def exported_extras(ctx, model: torch.nn.Module, tokenizer) -> dict[str, Any]:
     """What the worker adds for a decoder job from its exported model: held-out perplexity and the stack.
 
     Returns:
-        ``{"heldout_perplexity": p or None, "stack_params": n, "stack_density": n / dense stack}``.
+        ``{"heldout_perplexity": p or None, "heldout_kinds": {kind: {"tokens", "perplexity"}} or None,
+        "stack_params": n}``: the held-out perplexity and its split by kind of token
+        (`heldout_kinds`).
     """
     from aptune.arch import build_layout
     from aptune.bench.decoder_pruning import stack_params
 
-    out: dict[str, Any] = {"heldout_perplexity": None}
+    out: dict[str, Any] = {"heldout_perplexity": None, "heldout_kinds": None}
     if ctx.heldout_file:
-        out["heldout_perplexity"] = _perplexity(ctx, model, tokenizer, ctx.heldout_file)
+        kinds = heldout_kinds(ctx, model, tokenizer)
+        out["heldout_perplexity"] = kinds["all"]["perplexity"]
+        out["heldout_kinds"] = kinds
     out["stack_params"] = stack_params(model, build_layout(model))
     return out
+
+
+def heldout_kinds(ctx, model: torch.nn.Module, tokenizer) -> dict[str, dict[str, Any]]:
+    """The held-out perplexity of ``model`` split by kind of token (`aptune.bench.token_kinds`).
+
+    Evaluated as `_perplexity` evaluates (the same blocks, batch size and logits chunks), so its
+    ``all`` entry is the suite's held-out perplexity. Line starts (a speaker's name, a verse line's
+    first word) follow a single newline in the held-out text and a paragraph break in BBC's, so a
+    model tuned on BBC can lose them while keeping the words.
+
+    Returns:
+        ``{kind: {"tokens": n, "perplexity": p}}`` for each of `KINDS` and ``all``.
+    """
+    from aptune.bench.token_kinds import kind_losses, kind_perplexities, newline_token_ids
+
+    data = _eval_set(ctx, tokenizer, ctx.heldout_file)
+    chunk = ctx.config.lm_loss_chunk or ctx.config.max_length
+    was_training = model.training
+    model.eval()
+    try:
+        sums = kind_losses(
+            model, data.eval, data.collator, newline_token_ids(tokenizer), chunk, ctx.config.eval_batch_size
+        )
+    finally:
+        model.train(was_training)
+    return kind_perplexities(sums)
 
 
 def save_plain_pruned(model: torch.nn.Module, tokenizer, folder: Path) -> None:

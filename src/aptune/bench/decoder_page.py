@@ -8,7 +8,7 @@ from typing import Any
 from aptune.report.format import DASH, fmt_fixed
 from aptune.report.tables import md_table
 
-__all__ = ["domain_lines", "structure_lines"]
+__all__ = ["domain_lines", "heldout_kind_lines", "structure_lines"]
 
 
 def _two_places(value: Any) -> str:
@@ -78,6 +78,42 @@ def domain_lines(summary: Mapping[str, Any]) -> list[str]:
             + "."
         )
     return lines
+
+
+def heldout_kind_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Per job that recorded it: the held-out perplexity after tuning split by kind of token.
+
+    Returns:
+        Markdown lines (empty when no job recorded ``heldout_kinds``; jobs run before the suite
+        recorded them, or imported from another machine without them, are left out).
+    """
+    from aptune.bench.token_kinds import KINDS
+
+    rows = [r for r in summary.get("jobs") or [] if r.get("heldout_kinds")]
+    if not rows:
+        return []
+    table = []
+    for row in rows:
+        kinds = row["heldout_kinds"]
+        total = (kinds.get("all") or {}).get("tokens") or 0
+        cells = [f"`{row['id']}`", row["label"]]
+        for kind in (*KINDS, "all"):
+            entry = kinds.get(kind) or {}
+            share = f" ({100 * entry['tokens'] / total:.0f} %)" if total and kind != "all" else ""
+            perplexity = entry.get("perplexity")
+            cells.append(f"{perplexity:,.1f}{share}" if isinstance(perplexity, (int, float)) else DASH)
+        table.append(cells)
+    head = ["job", "method", "line breaks", "line starts", "other tokens", "all"]
+    return [
+        "Held-out perplexity after tuning by kind of target token (share of the tokens): a *line break*",
+        "holds a newline, a *line start* is the first token after one (a speaker's name, a verse line's",
+        "first word), *other* is the rest. BBC's text breaks only between paragraphs, with two newlines,",
+        "so tuning on it teaches a newline to follow a newline; the held-out text breaks lines with one.",
+        "Only jobs that recorded the split are listed.",
+        "",
+        *md_table(head, table, "ll" + "r" * 4),
+        "",
+    ]
 
 
 def _thirds(values: list[int]) -> list[int]:

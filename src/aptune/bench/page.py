@@ -610,11 +610,14 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     if ablations:
         apt = [g for g in headline if g["method"] == "apt"]
         lines += [f"## APT ablations (density {d0:g})", "", *_group_table(summary, apt + ablations), ""]
-    from aptune.bench.decoder_page import domain_lines, structure_lines
+    from aptune.bench.decoder_page import domain_lines, heldout_kind_lines, structure_lines
 
     domains = domain_lines(summary)
     if domains:
         lines += ["## Perplexity on both domains", "", *domains, ""]
+    kinds = heldout_kind_lines(summary)
+    if kinds:
+        lines += ["## Held-out perplexity by kind of token", "", *kinds]
     structure = structure_lines(summary)
     if structure:
         lines += ["## Where each method prunes", "", *structure]

@@ -137,6 +137,7 @@ def _job_row(
         "metric": test.get(metric),
         "dev_metric": dev.get(metric),
         "heldout_metric": result.get("heldout_perplexity"),
+        "heldout_kinds": result.get("heldout_kinds"),
         "macro_f1": test.get("macro_f1"),
         "epoch1_metric": (epoch1.get("metrics") or {}).get(metric),
         "epoch1_final_structure": epoch1.get("final_structure"),

@@ -8,12 +8,14 @@ held-out perplexity can be read as "where the loss went" (``benchmarks/heldout_t
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
 
 from aptune.losses import chunked_lm_eval
 
-__all__ = ["KINDS", "kind_losses", "newline_token_ids", "token_kinds"]
+__all__ = ["KINDS", "kind_losses", "kind_perplexities", "newline_token_ids", "token_kinds"]
 
 #: The kinds of target token, in index order.
 KINDS = ("line break", "line start", "other")
@@ -62,3 +64,15 @@ def kind_losses(model, dataset, collator, newline_ids: set[int], chunk: int, bat
         sums["all"][0] += float(nll[counted].double().sum())
         sums["all"][1] += int(counted.sum())
     return {kind: {"loss_sum": s, "tokens": n} for kind, (s, n) in sums.items()}
+
+
+def kind_perplexities(sums: dict) -> dict:
+    """``{kind: {"tokens": n, "perplexity": p}}`` from `kind_losses` (``perplexity`` None for a kind
+    with no tokens)."""
+    return {
+        kind: {
+            "tokens": entry["tokens"],
+            "perplexity": math.exp(entry["loss_sum"] / entry["tokens"]) if entry["tokens"] else None,
+        }
+        for kind, entry in sums.items()
+    }
