@@ -3,6 +3,10 @@
 Every writer goes through a temporary file in the destination's own folder (same file system), flushes
 and ``fsync``s it, then moves it over the destination with `os.replace`, which is atomic on POSIX and
 Windows. On any failure the temporary file is removed and the destination is left as it was.
+The result gets the permissions a plain ``open``/``mkdir`` would give it (the process umask applied
+to 0o666 / 0o777), or keeps those of the file or folder it replaces; the private mode of a
+temporary file never reaches the destination, so an exported model stays readable by the serving
+engine's user.
 
 * `write_bytes_atomic`, `write_text_atomic`, `write_json_atomic`: one file.
 * `atomic_path`: a temporary path for a writer that wants a file name (safetensors, ONNX, GGUF),
@@ -20,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +39,21 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path, *, directory: bool) -> int:
+    """The permission bits ``path`` should get: those of what it replaces, or a fresh create's."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return (0o777 if directory else 0o666) & ~_umask()
 
 
 def write_bytes_atomic(path: PathLike, data: bytes, *, fsync: bool = True) -> Path:
@@ -54,6 +74,7 @@ def write_bytes_atomic(path: PathLike, data: bytes, *, fsync: bool = True) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _final_mode(path, directory=False))  # mkstemp creates it 0o600
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -133,7 +154,9 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
+        mode = _final_mode(path, directory=False)
         yield tmp
+        os.chmod(tmp, mode)  # a writer may have replaced the file; set the mode on what it left
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -163,6 +186,7 @@ def replace_dir_atomic(path: PathLike, fill: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, _final_mode(path, directory=True))  # mkdtemp creates it 0o700
         fill(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
