@@ -139,6 +139,8 @@ def main() -> None:
             if result_file.is_file():
                 record_kinds(result_file, sums)
                 print(f"recorded the split in {result_file}")
+            else:
+                print(f"{name}: no job record {result_file}, nothing recorded")
 
 
 if __name__ == "__main__":
