@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,29 @@ from aptune.bench.token_kinds import KINDS, kind_losses, kind_perplexities, newl
 from aptune.tasks import load_task
 
 BREAK, START, OTHER = (KINDS.index(k) for k in ("line break", "line start", "other"))
+
+
+def _tiny_llama(tokenizer) -> LlamaForCausalLM:
+    """A two-layer GQA LLaMA over ``tokenizer``'s words, seeded."""
+    torch.manual_seed(0)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _write_text(path: Path) -> Path:
+    """Six short documents as a JSON-lines text file (sentences end in ``.``)."""
+    lines = ["the cat sat . on the mat . the dog", "river flows . through london . the city ."] * 3
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    return path
 
 
 def test_each_target_gets_the_kind_of_the_token_it_predicts():
@@ -35,20 +59,8 @@ def test_newline_tokens_are_found_by_their_text():
 
 
 def test_the_kinds_add_up_to_the_suites_perplexity(word_tokenizer, tmp_path):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(word_tokenizer),
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            pad_token_id=word_tokenizer.pad_token_id,
-        )
-    ).eval()
-    lines = ["the cat sat . on the mat . the dog", "river flows . through london . the city ."] * 3
-    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    model = _tiny_llama(word_tokenizer).eval()
+    _write_text(tmp_path / "text.jsonl")
     data = load_task(
         "causal-lm",
         word_tokenizer,
@@ -78,21 +90,8 @@ def test_the_suites_heldout_split_adds_up_to_its_heldout_perplexity(word_tokeniz
 
     from aptune.bench.decoder_methods import _perplexity, heldout_kinds
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(word_tokenizer),
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            pad_token_id=word_tokenizer.pad_token_id,
-        )
-    )
-    lines = ["the cat sat . on the mat . the dog", "river flows . through london . the city ."] * 3
-    path = tmp_path / "heldout.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    model = _tiny_llama(word_tokenizer)
+    path = _write_text(tmp_path / "heldout.jsonl")
     config = SimpleNamespace(max_length=8, lm_loss_chunk=5, eval_batch_size=3)
     ctx = SimpleNamespace(config=config, train_file=str(path), heldout_file=str(path))
     model.train()
