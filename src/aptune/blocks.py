@@ -37,6 +37,8 @@ class BlockBook:
         hidden: Original ids of the hidden dimensions still present.
         initial_params: Prunable parameters at preparation time (the density denominator ``C_0``).
         original: `structure` at preparation time.
+        protected: Per attention site, the original ids of the units every selection keeps
+            (`protect_units`), or None before any unit was protected.
     """
 
     def __init__(self, layout: ModelLayout, units: Sequence[int], neurons: Sequence[int]) -> None:
@@ -48,6 +50,7 @@ class BlockBook:
         self.initial_params = self.param_count()
         # parameters per hidden dimension at preparation (AptConfig.hidden_cost="initial")
         self.initial_hidden_cost = self.initial_params / max(self.hidden_size, 1)
+        self.protected: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ counts
     def unit_counts(self) -> list[int]:
@@ -182,6 +185,7 @@ class BlockBook:
                 num_hidden=hidden_size,
                 layout=config.layout,
                 hidden_unit_cost=hidden_cost,
+                required_heads=self.protected_mask(),
             )
 
         budget = density * self.initial_params
@@ -226,16 +230,35 @@ class BlockBook:
         empty = torch.zeros(0, dtype=torch.long)
         return (torch.cat(heads) if heads else empty), (torch.cat(neurons) if neurons else empty)
 
+    def protect_units(self, protected: Sequence[torch.Tensor]) -> None:
+        """Make every later selection keep the flagged units, whatever the budget and scores say.
+
+        Args:
+            protected: Per attention site, a bool mask over the units now present.
+        """
+        if len(protected) != len(self.units):
+            raise ValueError(f"expected {len(self.units)} attention sites, got {len(protected)}")
+        self.protected = [ids[mask.cpu().bool()] for ids, mask in zip(self.units, protected, strict=True)]
+
+    def protected_mask(self) -> torch.Tensor | None:
+        """Flat bool mask over the units now present: those `protect_units` flagged (None: none)."""
+        if self.protected is None:
+            return None
+        return cat_cpu([torch.isin(ids, kept) for ids, kept in zip(self.units, self.protected, strict=True)])
+
     def _floor_units(self, kept: torch.Tensor, head_scores: torch.Tensor) -> torch.Tensor:
-        # Units that sites with a floor would lose (their best-scored ones), as a mask over all units.
+        # Units the selection must add, as a mask over all units: the best-scored ones that sites
+        # with a floor would lose, and every protected unit it dropped.
         forced = torch.zeros(kept.numel(), dtype=torch.bool)
         start = 0
-        for units, site in zip(self.unit_counts(), self.layout.attention, strict=True):
+        for index, (units, site) in enumerate(zip(self.unit_counts(), self.layout.attention, strict=True)):
             need = min(site.min_units, units)
             if need and int(kept[start : start + units].sum()) < need:
                 best = torch.argsort(head_scores[start : start + units].float().cpu(), descending=True)[:need]
                 forced[start + best] = True
-                forced[start : start + units] &= ~kept[start : start + units].cpu()
+            if self.protected is not None:
+                forced[start : start + units] |= torch.isin(self.units[index], self.protected[index])
+            forced[start : start + units] &= ~kept[start : start + units].cpu()
             start += units
         return forced
 
@@ -270,6 +293,9 @@ class BlockBook:
             "hidden": self.hidden,
             "initial_params": self.initial_params,
             "initial_hidden_cost": self.initial_hidden_cost,
+            **(
+                {"protected": {str(i): ids for i, ids in enumerate(self.protected)}} if self.protected else {}
+            ),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -279,6 +305,10 @@ class BlockBook:
         self.hidden = state["hidden"].long().clone()
         self.initial_params = float(state["initial_params"])
         self.initial_hidden_cost = float(state.get("initial_hidden_cost", self.initial_hidden_cost))
+        protected = state.get("protected")
+        self.protected = None
+        if protected is not None:
+            self.protected = [protected[str(i)].long().clone() for i in range(len(self.units))]
 
 
 def layer_balanced_scores(

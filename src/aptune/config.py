@@ -189,6 +189,14 @@ class AptConfig:
         adapter_targets: Roles that get adapters (``"q"``, ``"k"``, ``"v"``, ``"o"``, ``"up"``,
             ``"gate"``, ``"down"``), in any order: adapters attach in `ADAPTER_ROLES` order.
             ``None``: q, v and FFN-up for encoders, q and v for decoders.
+        keep_copy_heads: Causal LMs: keep every attention unit (a KV group under grouped-query
+            attention) whose induction score reaches this value, whatever the budget and salience
+            say (`aptune.copy_heads`). The score is a unit's best query head's mean attention, on
+            random token sequences repeated once, to the token after the earlier occurrence (1: it
+            always reads what an in-context copy needs). It is measured once, on the model as it is
+            at the first selection, and the units stay protected through every later event.
+            ``None`` (default): no unit is protected. On SmolLM2-135M, 5 of 90 KV groups reach
+            0.3 (benchmarks/results/induction_heads_smollm2.md).
         min_heads_per_layer: Heads every attention module keeps (0 lets a layer lose all heads;
             the attention sub-layer then contributes only its output bias).
         min_neurons_per_layer: FFN neurons every layer keeps (0 allows removing the whole FFN).
@@ -357,6 +365,13 @@ class AptConfig:
     adapter_targets: tuple[str, ...] | None = field(
         default=None, metadata={"help": "Roles with adapters (q,k,v,o,up,gate,down)."}
     )
+    keep_copy_heads: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep every attention unit whose induction (in-context copying) score reaches "
+            "this value (causal LMs; default: none)."
+        },
+    )
     min_heads_per_layer: int = field(default=0, metadata={"help": "Heads every attention module keeps."})
     min_neurons_per_layer: int = field(default=0, metadata={"help": "FFN neurons every layer keeps."})
     min_neurons_share: float = field(
@@ -480,6 +495,8 @@ class AptConfig:
             unknown = [r for r in self.adapter_targets if r not in ADAPTER_ROLES]
             if unknown:
                 bad("adapter_targets", f"unknown role(s) {unknown}; choose from {roles}")
+        if self.keep_copy_heads is not None and not 0.0 < number("keep_copy_heads") <= 1.0:
+            bad("keep_copy_heads", "must lie in (0, 1], or be None for no protected unit")
         integer("min_heads_per_layer", 0)
         integer("min_neurons_per_layer", 0)
         if not 0.0 <= number("min_neurons_share") <= 1.0:

@@ -40,6 +40,7 @@ from aptune.adapter import AptLinear, attach_adapter
 from aptune.arch import ModelLayout, build_layout
 from aptune.blocks import BlockBook
 from aptune.config import AptConfig
+from aptune.copy_heads import unit_induction_scores
 from aptune.damage import damage_curve_scores, hidden_curve_counts
 from aptune.distill import DISTILL_MODULE_NAME, DistillTransform, LossParts, SelfDistiller, valid_positions
 from aptune.distributed import (
@@ -112,6 +113,7 @@ class AptController:
         encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self.distiller = SelfDistiller(config, None, self.generator, encoder_decoder)
         self.schedule: Schedule | None = None
+        self._copy_heads_record: list[dict] | None = None
         self.step_count = 0
         self.events: list[dict] = []
         self.event_listeners: list[Callable[[dict], None]] = []
@@ -332,6 +334,8 @@ class AptController:
         record = {
             "step": self.step_count,
             **fields,
+            # the units protected for copying, in the record of the event that measured them
+            **({"copy_heads": self._copy_heads_record} if self._copy_heads_record is not None else {}),
             "density": self.density(),
             "params": self.param_count(),
             "ranks": self.ranks(),
@@ -340,6 +344,7 @@ class AptController:
             "scores": {"heads": heads.tolist(), "neurons": neurons.tolist(), "hidden": hidden.tolist()},
             **self.layer_summary(),
         }
+        self._copy_heads_record = None
         if self.config.distill_rank_growth and self.distiller.transform is not None:
             record["transform_rank"] = self.distiller.transform.rank
         # every rank must have made the same decision (all-reduced scores make it so)
@@ -372,8 +377,43 @@ class AptController:
         )
 
     def select(self, density_target: float, prune_hidden: bool | None = None) -> KeepSet:
-        """Keep-set of the current blocks for ``density_target`` (see `aptune.blocks.BlockBook.select`)."""
+        """Keep-set of the current blocks for ``density_target`` (see `aptune.blocks.BlockBook.select`).
+
+        With ``keep_copy_heads`` the first call measures the units' induction scores and protects
+        those that reach it (`protect_copy_heads`).
+        """
+        self.protect_copy_heads()
         return self.blocks.select(self._score_vectors(), density_target, self.config, prune_hidden)
+
+    def protect_copy_heads(self) -> list[dict]:
+        """Protect the units whose induction score reaches ``AptConfig.keep_copy_heads`` (once).
+
+        The model is measured as it is now, with masks and salience collection off
+        (`aptune.copy_heads.unit_induction_scores`); later calls keep the first call's units.
+
+        Returns:
+            The protected units (``layer``, ``unit`` as its original id, ``score``); empty when the
+            option is off or the units were protected before.
+        """
+        threshold = self.config.keep_copy_heads
+        if threshold is None or self.blocks.protected is not None:
+            return []
+        state = self.state
+        enabled, collecting = state.enabled, state.collector.active
+        state.enabled = state.collector.active = False
+        try:
+            layers = [site.layer for site in self.layout.attention]
+            scores = unit_induction_scores(self.model, self.blocks.unit_counts(), layers)
+        finally:
+            state.enabled, state.collector.active = enabled, collecting
+        self.blocks.protect_units([score >= threshold for score in scores])
+        self._copy_heads_record = [
+            {"layer": layer, "unit": int(unit), "score": round(float(score[i]), 4)}
+            for layer, ids, score in zip(layers, self.blocks.units, scores, strict=True)
+            for i, unit in enumerate(ids.tolist())
+            if score[i] >= threshold
+        ]
+        return self._copy_heads_record
 
     def set_hard_masks(self, keep: KeepSet) -> None:
         """Set 0/1 masks from a keep-set (used by tests and one-shot pruning)."""
@@ -886,6 +926,11 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
     Raises:
         ConfigError: Naming the option and the setting that makes it work.
     """
+    if config.keep_copy_heads is not None and not is_decoder:
+        raise ConfigError(
+            f"AptConfig.keep_copy_heads={config.keep_copy_heads!r} protects the heads that copy from the "
+            "context in causal LMs, and this model is not one; set keep_copy_heads=None"
+        )
     if config.target_density >= 1.0:
         return
     pretune = config.pretune_target(is_decoder)

@@ -107,6 +107,7 @@ def select_keep_set(
     num_hidden: int | None = None,
     layout: str = "free",
     hidden_unit_cost: float | None = None,
+    required_heads: Tensor | None = None,
 ) -> KeepSet:
     """Choose the blocks to keep under a parameter budget, by salience per parameter.
 
@@ -121,8 +122,9 @@ def select_keep_set(
 
     Mandatory blocks: in every group (e.g. layer) of ``head_groups`` / ``neuron_groups`` the
     ``min_*_per_group`` best-scored units / neurons (all of them if the group is smaller), and the
-    ``min_hidden`` best-scored hidden dims, or every hidden dim if ``prune_hidden`` is False. If the
-    mandatory blocks alone exceed the budget, exactly they are kept.
+    ``min_hidden`` best-scored hidden dims, or every hidden dim if ``prune_hidden`` is False, and
+    the units flagged in ``required_heads``. If the mandatory blocks alone exceed the budget,
+    exactly they are kept.
 
     Args:
         head_scores: EMA salience (>= 0) of every attention unit, 1-D, any device.
@@ -148,6 +150,8 @@ def select_keep_set(
             current ``sum a + sum c`` (the paper). A fixed value (e.g. the initial structure's) keeps
             hidden dimensions from looking cheap once units and neurons are gone. The budget curve
             always counts the real parameters.
+        required_heads: Bool mask over the units that must be kept (``layout="free"`` only; the
+            uniform layout ignores it). None: no such unit.
 
     Returns:
         The `KeepSet`, its masks on the device of ``head_scores``.
@@ -232,6 +236,12 @@ def select_keep_set(
 
     # ---- mandatory blocks
     h_must = _top_per_group(h_score, head_groups, int(min_heads_per_group), "head_groups")
+    if required_heads is not None:
+        if required_heads.numel() != h_score.numel():
+            raise ValueError(
+                f"required_heads has {required_heads.numel()} entries but head_scores has {h_score.numel()}"
+            )
+        h_must = h_must | required_heads.flatten().cpu().bool()
     n_must = _top_per_group(n_score, neuron_groups, int(min_neurons_per_group), "neuron_groups")
     if prune_hidden:
         d_must = _top_per_group(d_score, None, int(min_hidden), "hidden")

@@ -124,6 +124,12 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # a floor above any model's heads per layer: only FFN neurons (and hidden dims) compete
         {"min_heads_per_layer": EVERY_HEAD},
     ),
+    "copy-heads": (
+        "APT keeping the heads that copy from the context",
+        # every KV group whose induction score reaches 0.3 (aptune.copy_heads); the threshold was
+        # set before any run, not tuned
+        {"keep_copy_heads": 0.3},
+    ),
     "floors": (
         "APT with every attention head and half of every FFN kept",
         # the two floors that matched LLM-Pruner's layer recipe on both domains before tuning
@@ -275,7 +281,7 @@ class BenchConfig:
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
             "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
             "hidden-cost-initial, no-damage-curves, damage-during-tuning, hidden-damage, pretune-at-target, "
-            "pretune-halfway, all-heads, floors, all-linear, qv-only."
+            "pretune-halfway, all-heads, copy-heads, floors, all-linear, qv-only."
         },
     )
     ablation_seeds: str = field(
