@@ -119,3 +119,26 @@ def test_bad_threshold_is_one_clear_error(threshold: object) -> None:
 def test_copy_heads_on_an_encoder_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"keep_copy_heads=0\.3 protects the heads that copy"):
         aptune.prepare_(tiny_bert(), AptConfig(target_density=0.5, keep_copy_heads=0.3))
+
+
+def test_protected_units_stay_through_the_pruning_during_tuning(monkeypatch) -> None:
+    # protected at the pruning before tuning; a later, lower-density selection on scores that
+    # rank them last still keeps them, under their original ids after the surgery
+    fake = [torch.tensor([0.0, 0.9]), torch.tensor([0.9, 0.0])]
+    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: fake)
+    model = tiny_llama()
+    model.train()
+    config = AptConfig(target_density=0.3, pretune_density=0.8, keep_copy_heads=0.5, damage_curves=0)
+    aptune.prepare_(model, config)
+    controller = model._aptune_controller
+    controller.calibrate_and_prune_(_batches())
+    heads, neurons, hidden = controller._score_vectors()
+    protected = controller.blocks.protected_mask()
+    assert protected is not None and int(protected.sum()) == 2
+    low = torch.where(protected, torch.zeros_like(heads), torch.ones_like(heads))  # protected last
+    monkeypatch.setattr(
+        controller, "_score_vectors", lambda: (low, torch.ones_like(neurons), torch.ones_like(hidden))
+    )
+    keep = controller.select(0.3)
+    assert bool(keep.heads[protected.to(keep.heads.device)].all())
+    assert not bool(keep.heads[~protected.to(keep.heads.device)].all())  # the others did compete

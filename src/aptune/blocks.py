@@ -244,7 +244,9 @@ class BlockBook:
         """Flat bool mask over the units now present: those `protect_units` flagged (None: none)."""
         if self.protected is None:
             return None
-        return cat_cpu([torch.isin(ids, kept) for ids, kept in zip(self.units, self.protected, strict=True)])
+        return cat_cpu(
+            [torch.isin(ids, kept) for ids, kept in zip(self.units, self.protected, strict=True)]
+        ).bool()
 
     def _floor_units(self, kept: torch.Tensor, head_scores: torch.Tensor) -> torch.Tensor:
         # Units the selection must add, as a mask over all units: the best-scored ones that sites
