@@ -142,3 +142,12 @@ def test_protected_units_stay_through_the_pruning_during_tuning(monkeypatch) -> 
     keep = controller.select(0.3)
     assert bool(keep.heads[protected.to(keep.heads.device)].all())
     assert not bool(keep.heads[~protected.to(keep.heads.device)].all())  # the others did compete
+
+
+def test_a_prepared_model_is_measured_as_the_plain_one() -> None:
+    # the adapters and masks aptune adds change nothing before any pruning or tuning
+    plain = unit_induction_scores(tiny_llama(), [2, 2], [0, 1])
+    model, controller = _prepared(0.005)
+    protected = controller.protect_copy_heads()
+    assert [round(float(s), 4) for s in torch.cat(plain)] == [e["score"] for e in protected]
+    assert model.training  # its mode came back
