@@ -437,3 +437,18 @@ def test_initial_hidden_cost_on_a_pruned_tiny_model_keeps_fewer_hidden_dims():
         state = book.state_dict()
         assert state["initial_hidden_cost"] == pytest.approx(initial_width)
     assert kept["initial"] < kept["current"]
+
+
+def test_required_heads_are_kept_first_and_paid_from_the_budget() -> None:
+    # four units of width 4 (cost 4 x 2 hidden dims each), no neurons; budget for two units
+    scores = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    costs = torch.full((4,), 4.0)
+    args = (scores, torch.zeros(0), None, costs, torch.zeros(0), 16.0)
+    plain = select_keep_set(*args, prune_hidden=False, num_hidden=2)
+    assert plain.heads.tolist() == [True, True, False, False]
+    required = torch.tensor([False, False, False, True])
+    keep = select_keep_set(*args, prune_hidden=False, num_hidden=2, required_heads=required)
+    assert keep.heads.tolist() == [True, False, False, True]  # the best other unit fills the rest
+    assert keep.params <= 16.0
+    with pytest.raises(ValueError, match="required_heads has 3 entries"):
+        select_keep_set(*args, prune_hidden=False, num_hidden=2, required_heads=required[:3])
