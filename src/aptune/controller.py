@@ -929,7 +929,7 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
     if config.keep_copy_heads is not None and not is_decoder:
         raise ConfigError(
             f"AptConfig.keep_copy_heads={config.keep_copy_heads!r} protects the heads that copy from the "
-            "context in causal LMs, and this model is not one; set keep_copy_heads=None"
+            "context in causal LMs, and this model is not one; drop it (CLI --keep-copy-heads)"
         )
     if config.target_density >= 1.0:
         return
