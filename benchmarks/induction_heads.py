@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import aptune
+from aptune.atomic import write_json_atomic
 from aptune.copy_heads import unit_induction_scores
 from aptune.scores import summed_salience
 
@@ -54,7 +55,7 @@ def salience_ranks(base: str, blocks: torch.Tensor) -> list[int]:
         controller.model,
         batches,
         controller.state.collector,
-        controller._reduced_salience,
+        controller.current_salience,
         controller.batch_loss,
     )
     scores = torch.cat([h.flatten() for h in total.heads])
@@ -77,14 +78,16 @@ def kept_groups(
         # [groups * head_dim, hidden] -> [groups, head_dim * hidden]
         ref_blocks = reference.view(-1, head_dim * reference.shape[1])
         my_blocks = mine.view(-1, head_dim * mine.shape[1])
+        if not my_blocks.shape[0]:  # every group of the layer was pruned
+            kept.append([])
+            continue
         similarity = (
             torch.nn.functional.normalize(my_blocks, dim=1)
             @ torch.nn.functional.normalize(ref_blocks, dim=1).T
         )  # [kept, groups]
-        best = similarity.max(dim=1) if my_blocks.shape[0] else None
-        kept.append([] if best is None else best.indices.tolist())
-        if best is not None:
-            weakest = min(weakest, float(best.values.min()))
+        best = similarity.max(dim=1)
+        kept.append(best.indices.tolist())
+        weakest = min(weakest, float(best.values.min()))
     return kept, weakest
 
 
@@ -124,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.salience:
         tokenizer = AutoTokenizer.from_pretrained(args.base)
         texts = [json.loads(line)["text"] for line in Path(args.salience).read_text().splitlines() if line]
-        ids, used = [], 0
-        while used < len(texts) and sum(len(x) for x in ids) < args.rows * args.length:
-            ids.append(tokenizer(texts[used] + "\n\n").input_ids)
-            used += 1
-        flat = torch.tensor([t for x in ids for t in x][: args.rows * args.length])
-        if flat.numel() < args.rows * args.length:
+        needed, tokens = args.rows * args.length, []
+        for text in texts:
+            if len(tokens) >= needed:
+                break
+            tokens += tokenizer(text + "\n\n").input_ids
+        flat = torch.tensor(tokens[:needed])
+        if flat.numel() < needed:
             parser.error(f"{args.salience} has fewer than {args.rows} x {args.length} tokens")
         blocks = flat.view(args.rows, args.length)  # [rows, length]
         top = groups.flatten().argsort(descending=True)[:3].tolist()
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"group_scores": groups.tolist(), "kept": kept, "weakest_similarity": weakest}
         if ranks:
             payload["salience_ranks"] = ranks
-        Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+        write_json_atomic(args.out, payload)
     return 0
 
 

@@ -9,7 +9,8 @@ calibration text (8 blocks of 512 tokens), the three KV groups with the highest 
 rewritten so that their second half repeats the first, still the 19th, 18th and 25th
 (benchmarks/results/induction_heads_smollm2.md). APT's selection (seed 0) removed the second of
 them and the fifth (0.44); after tuning on BBC its structure lost the line structure of a second
-text domain (a line start costs it 13x the pretrained model's perplexity).
+text domain (a line start costs it 13x the pretrained model's perplexity;
+benchmarks/results/smollm2-bbc-300steps.md, "Held-out perplexity by kind of token").
 
 `unit_induction_scores` measures the score of every attention unit directly: the model reads random
 token sequences repeated once, and each query head's mean attention from the second copy to the
