@@ -209,10 +209,12 @@ def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_pa
     job = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7)
     now = json.loads(json.dumps(apt_settings(config, job).to_dict()))
     (tmp_path / "results").mkdir()
-    record = {"final_metrics": {"accuracy": 0.9}, "apt_config": {**now, "format_version": -1}}
+    record = {"final_metrics": {"accuracy": 0.9}, "apt_config": now}
     path = tmp_path / "results" / f"{job.id}.json"
     path.write_text(json.dumps(record))
-    assert apt_settings_mismatch(record, config, job) == []  # the same settings (the version is not one)
+    assert apt_settings_mismatch(record, config, job) == []  # the same settings
+    unreadable = {**record, "apt_config": {**now, "format_version": -1}}
+    assert apt_settings_mismatch(unreadable, config, job) == ["format_version"]
     assert set(_read_results(tmp_path, [job], config)) == {job.id}
     # a field the record does not know ran as its default: no difference unless the job sets it
     older = {k: v for k, v in now.items() if k not in ("initial_rank", "hidden_cost")}
@@ -233,6 +235,72 @@ def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_pa
     assert failures == {job.id: NOT_RUN_YET}
     assert "ran with other APT settings (initial_rank, seed)" in lines[0]
     assert json.loads(path.read_text()) == changed  # a partial page leaves it in place
+
+
+def test_copy_heads_compare_by_the_threshold_they_resolve_to() -> None:
+    """A format-1 record's None ran without protection; the decoder default now protects from 0.3."""
+    from aptune.bench.config import Job, _job
+    from aptune.bench.methods import apt_settings, apt_settings_mismatch, one_shot_selection_settings
+
+    decoder = BenchConfig(task="causal-lm")
+    job = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7)
+    now = json.loads(json.dumps(apt_settings(decoder, job).to_dict()))
+    assert now["keep_copy_heads"] is None and now["format_version"] == 2
+
+    def ran(value, version=1, settings=now):
+        return {"apt_config": {**settings, "format_version": version, "keep_copy_heads": value}}
+
+    assert apt_settings_mismatch(ran(None), decoder, job) == ["keep_copy_heads"]  # ran off
+    assert apt_settings_mismatch(ran(0.3), decoder, job) == []  # what the default computes now
+    assert apt_settings_mismatch(ran(None, version=2), decoder, job) == []
+    assert apt_settings_mismatch(ran(0.5, version=2), decoder, job) == ["keep_copy_heads"]
+    older = {k: v for k, v in now.items() if k != "keep_copy_heads"}  # before the option existed
+    assert apt_settings_mismatch({"apt_config": {**older, "format_version": 1}}, decoder, job) == [
+        "keep_copy_heads"
+    ]
+    # the ablation that turns it off stands where the old default's record does
+    off = _job("apt", 0, 0.7, "no-copy-heads", lr=1e-3)
+    assert apt_settings_mismatch(ran(None), decoder, off) == []
+    assert apt_settings_mismatch(ran(0.3), decoder, off) == ["keep_copy_heads"]
+    # a suite's ablations can keep the earlier default; the headline APT job is not affected
+    static = _job("apt", 0, 0.7, "static", lr=1e-3)
+    pinned = BenchConfig(task="causal-lm", ablation_keep_copy_heads=0.0)
+    static_now = json.loads(json.dumps(apt_settings(pinned, static).to_dict()))
+    assert static_now["keep_copy_heads"] == 0.0
+    assert apt_settings_mismatch(ran(None, settings=static_now), pinned, static) == []
+    assert apt_settings(pinned, job).keep_copy_heads is None
+    # on an encoder None and 0 both resolve to no protection
+    encoder = BenchConfig(task="classification")
+    assert apt_settings_mismatch(ran(None), encoder, job) == []
+    assert apt_settings_mismatch(ran(0.0, version=2), encoder, job) == []
+    # aptune's one-shot selection is compared through its pruning record
+    one_shot = Job(id="aptune-one-shot-d0.70-s0", method="aptune-one-shot", label="x", seed=0, density=0.7)
+    selection = json.loads(json.dumps(one_shot_selection_settings(decoder, one_shot).to_dict()))
+    assert selection["pretune_density"] == 0.7
+    record = {"pruning": {"apt_config": {**selection, "format_version": 1, "keep_copy_heads": None}}}
+    assert apt_settings_mismatch(record, decoder, one_shot) == ["keep_copy_heads"]
+    record["pruning"]["apt_config"].update(format_version=2)
+    assert apt_settings_mismatch(record, decoder, one_shot) == []
+
+
+def test_a_stale_result_takes_its_run_folder_aside(tmp_path):
+    """The job's next run must not resume the stale run's checkpoints or reload its pruned model."""
+    from aptune.bench.harness import _set_aside
+
+    (tmp_path / "results").mkdir()
+    for number in range(2):
+        result = tmp_path / "results" / "aptune-one-shot-d0.70-s0.json"
+        result.write_text(json.dumps({"n": number}))
+        run = tmp_path / "runs" / "aptune-one-shot-d0.70-s0" / "pruned-before-lora"
+        run.mkdir(parents=True)
+        (run / "weights").write_text(str(number))
+        moved = _set_aside(tmp_path, result, 1e-3)
+        assert json.loads(moved.read_text()) == {"n": number}
+        kept = moved.parent / "runs" / moved.stem / "pruned-before-lora" / "weights"
+        assert kept.read_text() == str(number)
+        assert not result.exists() and not (tmp_path / "runs" / "aptune-one-shot-d0.70-s0").exists()
+    names = sorted(p.name for p in (tmp_path / "results-other-rates" / "runs").iterdir())
+    assert names == ["aptune-one-shot-d0.70-s0.lr0.001", "aptune-one-shot-d0.70-s0.lr0.001.2"]
 
 
 def test_adapter_roles_compare_as_a_set_and_the_all_linear_ablation_can_be_the_default(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import aptune
-from aptune.config import AptConfig
+from aptune.config import DECODER_COPY_HEADS, AptConfig
 from aptune.copy_heads import induction_from_attentions, repeated_random_tokens, unit_induction_scores
 from aptune.errors import ConfigError
 from test_llama import VOCAB, tiny_llama
@@ -70,7 +70,7 @@ def _batches(count: int = 2) -> list[dict]:
 
 def test_units_above_the_threshold_survive_the_pruning(monkeypatch) -> None:
     # the units the plain selection removes, made to score as copy heads
-    _, plain = _prepared(None, density=0.3)
+    _, plain = _prepared(0.0, density=0.3)
     plain.calibrate_and_prune_(_batches())
     removed = [
         (layer, u) for layer in range(2) for u in range(2) if u not in plain.blocks.units[layer].tolist()
@@ -102,15 +102,43 @@ def test_protection_survives_a_resume(monkeypatch) -> None:
     assert resumed.protect_copy_heads() == []
 
 
-def test_without_the_option_nothing_is_measured(monkeypatch) -> None:
+def test_zero_turns_the_protection_off(monkeypatch) -> None:
     monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: pytest.fail("measured"))
-    _, controller = _prepared(None)
+    _, controller = _prepared(0.0)
     record = controller.calibrate_and_prune_(_batches())
     assert "copy_heads" not in record
     assert controller.blocks.protected is None
 
 
-@pytest.mark.parametrize("threshold", [0.0, -0.2, 1.5, float("nan"), "high"])
+def test_decoders_protect_from_0_3_by_default(monkeypatch) -> None:
+    fake = [torch.tensor([0.31, 0.29]), torch.tensor([0.1, 0.3])]
+    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: fake)
+    _, controller = _prepared(None)
+    record = controller.calibrate_and_prune_(_batches())
+    assert sorted((e["layer"], e["unit"]) for e in record["copy_heads"]) == [(0, 0), (1, 1)]
+    assert AptConfig().copy_heads_threshold(is_decoder=True) == DECODER_COPY_HEADS == 0.3
+
+
+def test_encoders_measure_nothing_by_default(monkeypatch) -> None:
+    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: pytest.fail("measured"))
+    model = tiny_bert()
+    aptune.prepare_(model, AptConfig(target_density=0.5, damage_curves=0))
+    assert model._aptune_controller.protect_copy_heads() == []
+    assert AptConfig().copy_heads_threshold(is_decoder=False) is None
+    assert AptConfig(keep_copy_heads=0.0).copy_heads_threshold(is_decoder=False) is None
+
+
+def test_an_old_config_keeps_its_meaning() -> None:
+    # format 1 wrote None for "no protected unit"; format 2 reads None as the family default
+    old = {**AptConfig().to_dict(), "format_version": 1, "keep_copy_heads": None}
+    assert AptConfig.from_dict(old).copy_heads_threshold(is_decoder=True) is None
+    explicit = {**old, "keep_copy_heads": 0.5}
+    assert AptConfig.from_dict(explicit).copy_heads_threshold(is_decoder=True) == 0.5
+    now = AptConfig().to_dict()
+    assert AptConfig.from_dict(now).copy_heads_threshold(is_decoder=True) == 0.3
+
+
+@pytest.mark.parametrize("threshold", [-0.2, 1.5, float("nan"), "high"])
 def test_bad_threshold_is_one_clear_error(threshold: object) -> None:
     with pytest.raises(ConfigError, match="keep_copy_heads"):
         AptConfig(keep_copy_heads=threshold)

@@ -19,9 +19,17 @@ from typing import Any
 from aptune.atomic import write_text_atomic
 from aptune.errors import ConfigError
 
-__all__ = ["ADAPTER_ROLES", "CONFIG_FORMAT_VERSION", "AptConfig"]
+__all__ = ["ADAPTER_ROLES", "CONFIG_FORMAT_VERSION", "DECODER_COPY_HEADS", "AptConfig", "upgrade_config_dict"]
 
-CONFIG_FORMAT_VERSION = 1
+#: Version of `AptConfig.to_dict`. 2: ``keep_copy_heads`` None means the family default (0.3 for
+#: causal LMs); version 1 wrote None for "no protected unit", and is read as 0.
+CONFIG_FORMAT_VERSION = 2
+#: Versions `AptConfig.from_dict` reads (older ones through `upgrade_config_dict`).
+READABLE_CONFIG_VERSIONS = (1, 2)
+
+#: Induction score from which a causal LM's attention units are kept by default (``keep_copy_heads``):
+#: on SmolLM2-135M, 5 of 90 KV groups (benchmarks/results/induction_heads_smollm2.md).
+DECODER_COPY_HEADS = 0.3
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
 _HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
@@ -195,8 +203,10 @@ class AptConfig:
             random token sequences repeated once, to the token after the earlier occurrence (1: it
             always reads what an in-context copy needs). It is measured once, on the model as it is
             at the first selection, and the units stay protected through every later event.
-            ``None`` (default): no unit is protected. On SmolLM2-135M, 5 of 90 KV groups reach
-            0.3 (benchmarks/results/induction_heads_smollm2.md).
+            ``None`` (default): `DECODER_COPY_HEADS` (0.3) for causal LMs, none otherwise; ``0``:
+            no unit is protected. On SmolLM2-135M, 5 of 90 KV groups reach 0.3
+            (benchmarks/results/induction_heads_smollm2.md); keeping them lowered APT's BBC dev
+            perplexity on both seeds (benchmarks/results/smollm2-bbc-300steps.md).
         min_heads_per_layer: Heads every attention module keeps (0 lets a layer lose all heads;
             the attention sub-layer then contributes only its output bias).
         min_neurons_per_layer: FFN neurons every layer keeps (0 allows removing the whole FFN).
@@ -369,7 +379,7 @@ class AptConfig:
         default=None,
         metadata={
             "help": "Keep every attention unit whose induction (in-context copying) score reaches "
-            "this value (causal LMs; default: none)."
+            "this value (causal LMs; default: 0.3; 0: none)."
         },
     )
     min_heads_per_layer: int = field(default=0, metadata={"help": "Heads every attention module keeps."})
@@ -495,8 +505,8 @@ class AptConfig:
             unknown = [r for r in self.adapter_targets if r not in ADAPTER_ROLES]
             if unknown:
                 bad("adapter_targets", f"unknown role(s) {unknown}; choose from {roles}")
-        if self.keep_copy_heads is not None and not 0.0 < number("keep_copy_heads") <= 1.0:
-            bad("keep_copy_heads", "must lie in (0, 1], or be None for no protected unit")
+        if self.keep_copy_heads is not None and not 0.0 <= number("keep_copy_heads") <= 1.0:
+            bad("keep_copy_heads", "must lie in [0, 1] (0: no protected unit), or be None for the default")
         integer("min_heads_per_layer", 0)
         integer("min_neurons_per_layer", 0)
         if not 0.0 <= number("min_neurons_share") <= 1.0:
@@ -611,6 +621,19 @@ class AptConfig:
             return float(self.pretune_density)
         return float(self.target_density)
 
+    def copy_heads_threshold(self, is_decoder: bool) -> float | None:
+        """Induction score that protects an attention unit for this model family, or None for none.
+
+        Args:
+            is_decoder: Whether the model is a decoder LM (`aptune.arch.ModelLayout.is_decoder`).
+
+        Returns:
+            ``keep_copy_heads`` (`DECODER_COPY_HEADS` when None) on a decoder, unless it is 0; None
+            on other models.
+        """
+        value = DECODER_COPY_HEADS if self.keep_copy_heads is None else float(self.keep_copy_heads)
+        return value if is_decoder and value > 0.0 else None
+
     def calibration_plan(self, is_decoder: bool, train_batch_size: int) -> tuple[int, int]:
         """Examples and micro-batch size of the calibration pass for this model family.
 
@@ -668,16 +691,14 @@ class AptConfig:
     def from_dict(cls, data: dict[str, Any]) -> AptConfig:
         """Build a config from `to_dict` output.
 
+        A dict of an older format version means what it meant when it was written
+        (`upgrade_config_dict`).
+
         Raises:
             ConfigError: unknown keys, or a format version this aptune cannot read.
         """
-        data = dict(data)
-        version = data.pop("format_version", CONFIG_FORMAT_VERSION)
-        if version != CONFIG_FORMAT_VERSION:
-            raise ConfigError(
-                f"AptConfig format_version {version!r} is not supported (this aptune reads "
-                f"{CONFIG_FORMAT_VERSION}); re-create the config with this version of aptune"
-            )
+        data = upgrade_config_dict(data)
+        data.pop("format_version")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -711,3 +732,27 @@ class AptConfig:
         if not isinstance(data, dict):
             raise ConfigError("config JSON must be an object")
         return cls.from_dict(data)
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an `AptConfig.to_dict` dict in the current format version, with the same meaning.
+
+    Version 1 wrote ``keep_copy_heads`` None (or, before the option existed, nothing) for "no
+    protected unit"; version 2 reads None as the family default, so a version-1 dict gets 0. A dict
+    without ``format_version`` is taken as the current version. Fields are not checked here.
+
+    Raises:
+        ConfigError: a format version this aptune cannot read.
+    """
+    data = dict(data)
+    version = data.get("format_version", CONFIG_FORMAT_VERSION)
+    if version not in READABLE_CONFIG_VERSIONS:
+        raise ConfigError(
+            f"AptConfig format_version {version!r} is not supported (this aptune reads "
+            f"{', '.join(map(str, READABLE_CONFIG_VERSIONS))}); re-create the config with this version "
+            "of aptune"
+        )
+    if version == 1 and data.get("keep_copy_heads") is None:
+        data["keep_copy_heads"] = 0.0
+    data["format_version"] = CONFIG_FORMAT_VERSION
+    return data

@@ -388,6 +388,9 @@ class AptController:
     def protect_copy_heads(self) -> list[dict]:
         """Protect the units whose induction score reaches ``AptConfig.keep_copy_heads`` (once).
 
+        The threshold is the family's (`aptune.config.AptConfig.copy_heads_threshold`): 0.3 by
+        default on causal LMs, none on other models.
+
         The model is measured as it is now, with masks and salience collection off
         (`aptune.copy_heads.unit_induction_scores`); later calls keep the first call's units.
 
@@ -395,7 +398,7 @@ class AptController:
             The protected units (``layer``, ``unit`` as its original id, ``score``); empty when the
             option is off or the units were protected before.
         """
-        threshold = self.config.keep_copy_heads
+        threshold = self.config.copy_heads_threshold(self.layout.is_decoder)
         if threshold is None or self.blocks.protected is not None:
             return []
         state = self.state
@@ -926,7 +929,7 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
     Raises:
         ConfigError: Naming the option and the setting that makes it work.
     """
-    if config.keep_copy_heads is not None and not is_decoder:
+    if config.keep_copy_heads and not is_decoder:
         raise ConfigError(
             f"AptConfig.keep_copy_heads={config.keep_copy_heads!r} protects the heads that copy from the "
             "context in causal LMs, and this model is not one; drop it (CLI --keep-copy-heads)"

@@ -68,11 +68,12 @@ def unit_induction_scores(
     count: int = SEQUENCES,
     seed: int = 0,
 ) -> list[torch.Tensor]:
-    """Induction score of every attention unit of a causal LM, per attention site, on the CPU.
+    """Induction score of every attention unit of a causal LM, per attention site.
 
-    The model runs once on `repeated_random_tokens` with eager attention (restored afterwards,
-    as is its training mode). A unit scores the best of its query heads (the query heads of a
-    site split evenly over its units, as KV groups do).
+    The model's decoder stack (``model.base_model``, no language-model head) runs once on
+    `repeated_random_tokens` with eager attention (restored afterwards, as is its training
+    mode). A unit scores the best of its query heads (the query heads of a site split evenly over
+    its units, as KV groups do).
 
     Args:
         model: A transformers causal LM that returns ``attentions``.
@@ -94,7 +95,8 @@ def unit_induction_scores(
     model.eval()
     model.set_attn_implementation("eager")
     try:
-        attentions = model(input_ids=ids, output_attentions=True, use_cache=False).attentions
+        # the decoder stack alone: the scores need its attention maps, not the vocabulary logits
+        attentions = model.base_model(input_ids=ids, output_attentions=True, use_cache=False).attentions
     finally:
         model.set_attn_implementation(implementation)
         model.train(was_training)

@@ -124,11 +124,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # a floor above any model's heads per layer: only FFN neurons (and hidden dims) compete
         {"min_heads_per_layer": EVERY_HEAD},
     ),
-    "copy-heads": (
-        "APT keeping the heads that copy from the context",
-        # every KV group whose induction score reaches 0.3 (aptune.copy_heads); the threshold was
-        # set before any run, not tuned
-        {"keep_copy_heads": 0.3},
+    "no-copy-heads": (
+        "APT without protected copying heads",
+        # the decoder default before it kept the KV groups whose induction score reaches 0.3
+        # (aptune.copy_heads); on encoders it asks for the default's run
+        {"keep_copy_heads": 0.0},
     ),
     "floors": (
         "APT with every attention head and half of every FFN kept",
@@ -340,6 +340,14 @@ class BenchConfig:
     )
     apt_distill: bool = field(
         default=False, metadata={"help": "APT self-distillation (aptune's default: off)."}
+    )
+    ablation_keep_copy_heads: float | None = field(
+        default=None,
+        metadata={
+            "help": "AptConfig.keep_copy_heads of every APT ablation that does not set it (default: "
+            "APT's); the decoder suite's ablations ran with 0, before copy-head protection became "
+            "the default."
+        },
     )
     apt_num_events: int = field(default=6, metadata={"help": "APT pruning events (AptConfig.num_events)."})
     latency_batch: int = field(default=32, metadata={"help": "Sequences per latency forward."})
@@ -702,6 +710,9 @@ SUITES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "calibration_batch_size": 2,
             "apt_pretune_prune": True,
             "apt_distill": False,
+            # the ablations ran before copy-head protection became the decoder default; they are
+            # compared with the no-copy-heads row
+            "ablation_keep_copy_heads": 0.0,
             "lm_loss_chunk": 512,
             "heldout": "shakespeare",
             "heldout_samples": 16,

@@ -230,15 +230,11 @@ def _prune_tp_uniform(ctx, job, model, layout, batches):
 
 def _prune_aptune_one_shot(ctx, job, model, layout, batches):
     """aptune's calibration pass and selection, straight to the density; returns the plain pruned model."""
-    import dataclasses
-
     import aptune
-    from aptune.bench.methods import apt_settings
+    from aptune.bench.methods import one_shot_selection_settings
     from aptune.export import export
 
-    settings = dataclasses.replace(
-        apt_settings(ctx.config, job), pretune_prune=True, pretune_density=job.density
-    )
+    settings = one_shot_selection_settings(ctx.config, job)
     controller = aptune.prepare_(model, settings)
     record = controller.calibrate_and_prune_(batches)
     folder = ctx.run_dir(job.id) / "pruned"

@@ -882,17 +882,23 @@ def _set_aside(workdir: Path, result_path: Path, rate: float | None) -> Path:
     """Move a stale result out of ``results/`` (kept, never deleted); return where.
 
     A result run at another rate is named by its rate; one run with other settings at the same rate
-    gets a numbered name, so no earlier set-aside record is overwritten.
+    gets a numbered name, so no earlier set-aside record is overwritten. The job's run folder (its
+    checkpoints, and the pruned model a prune-then-LoRA job would reload) moves beside it under the
+    same name, so that the job's next run starts afresh instead of resuming the stale one.
     """
     folder = workdir / "results-other-rates"
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"lr{rate:g}" if rate is not None else "other"
     target = folder / f"{result_path.stem}.{tag}.json"
     number = 1
-    while target.exists():
+    while target.exists() or (folder / "runs" / target.stem).exists():
         number += 1
         target = folder / f"{result_path.stem}.{tag}.{number}.json"
     result_path.replace(target)
+    run = workdir / "runs" / result_path.stem
+    if run.is_dir():
+        (folder / "runs").mkdir(exist_ok=True)
+        run.replace(folder / "runs" / target.stem)
     return target
 
 

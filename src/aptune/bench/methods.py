@@ -41,6 +41,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from aptune.atomic import write_json_atomic
 from aptune.bench.config import BenchConfig, Job
 from aptune.bench.measure import MemoryMonitor, chained_curve, curve_from_step_times, step_time_summary
+from aptune.errors import ConfigError
 from aptune.trainer import peak_rss_mb
 
 __all__ = [
@@ -820,17 +821,36 @@ def run_one_shot(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = N
 
 
 def apt_settings(cfg: BenchConfig, job: Job):
-    """The `AptConfig` of an APT job: the suite's frozen settings plus the job's ablation overrides."""
+    """The `AptConfig` of an APT job: the suite's frozen settings plus the job's ablation overrides.
+
+    An ablation that does not set ``keep_copy_heads`` itself takes the suite's
+    ``ablation_keep_copy_heads`` when that is set (the decoder suite's ablations are measured from
+    APT without protected copying heads, as they ran before that became the default).
+    """
     from aptune.config import AptConfig
 
+    base = {}
+    if job.variant and cfg.ablation_keep_copy_heads is not None:
+        base["keep_copy_heads"] = cfg.ablation_keep_copy_heads
     return AptConfig(
         **{
             **_apt_base(cfg, job),
             "pretune_prune": cfg.apt_pretune_prune,
             "distill": cfg.apt_distill,
+            **base,
             **job.apt_overrides,
         }
     )
+
+
+def one_shot_selection_settings(cfg: BenchConfig, job: Job):
+    """The `AptConfig` of aptune's one-shot selection (``aptune-one-shot``).
+
+    APT's settings, pruned once, before any tuning, to the job's density.
+    """
+    import dataclasses
+
+    return dataclasses.replace(apt_settings(cfg, job), pretune_prune=True, pretune_density=job.density)
 
 
 #: `AptConfig` fields whose only effect is the density of the pruning before tuning; records are
@@ -838,28 +858,47 @@ def apt_settings(cfg: BenchConfig, job: Job):
 PRETUNE_FIELDS: tuple[str, ...] = ("pretune_prune", "pretune_density")
 
 
-def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) -> list[str]:
-    """The APT settings a finished APT job's ``record`` ran with that differ from what it would run with now.
+#: `AptConfig` fields compared by the value they resolve to for the suite's model family.
+RESOLVED_FIELDS: tuple[str, ...] = ("keep_copy_heads",)
 
-    A field the record does not know was added later, and ran as its default (a new field's
-    default keeps the old behaviour), so a record stays valid across versions until a default it
-    depends on changes, or the job sets a newer field otherwise; then it no longer stands for the
-    job. Fields the record has and `AptConfig` no longer has are not compared. The pruning before
-    tuning is compared by the density it resolved to (the record's schedule), not by how it was
-    asked for: a record
-    left with the family default when that default was 0.85 differs from a job whose default is
-    now the target, and one that asked for the target explicitly computed the same as that job.
+
+def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) -> list[str]:
+    """The APT settings a finished job's ``record`` ran with that differ from what it would run with now.
+
+    Covers APT jobs (the record's ``apt_config``) and aptune's one-shot selection (the
+    ``apt_config`` of its ``pruning`` record). A field the record does not know was added later,
+    and ran as its default then; a record of an older config format reads as it meant when it
+    was written (`aptune.config.upgrade_config_dict`). So a record stays valid across versions
+    until a default it depends on changes, or the job sets a newer field otherwise; then it no
+    longer stands for the job. Fields the record has and `AptConfig` no longer has are not
+    compared. Family defaults are compared by what they resolve to: the pruning before tuning by
+    the density it resolved to (the record's schedule), not by how it was asked for (a record left
+    with the family default when that default was 0.85 differs from a job whose default is now
+    the target, and one that asked for the target explicitly computed the same as that job), and
+    ``keep_copy_heads`` by its threshold (`aptune.config.AptConfig.copy_heads_threshold`).
 
     Returns:
         The differing field names, sorted (empty for other methods and for records without settings).
     """
-    if job.method != "apt" or not isinstance(record.get("apt_config"), dict):
-        return []
-    from aptune.config import ADAPTER_ROLES, AptConfig
+    from aptune.config import ADAPTER_ROLES, AptConfig, upgrade_config_dict
 
-    settings = apt_settings(cfg, job)
+    if job.method == "apt":
+        saved = record.get("apt_config")
+        settings = apt_settings(cfg, job)
+    elif job.method == "aptune-one-shot":
+        saved = (record.get("pruning") or {}).get("apt_config")
+        settings = one_shot_selection_settings(cfg, job)
+    else:
+        return []
+    if not isinstance(saved, dict):
+        return []
+    is_decoder = cfg.task == "causal-lm"
     now = json.loads(json.dumps(settings.to_dict()))
-    ran = {**json.loads(json.dumps(AptConfig().to_dict())), **record["apt_config"]}
+    try:
+        upgraded = upgrade_config_dict(saved)
+    except ConfigError:
+        return ["format_version"]  # written by a format this aptune cannot read
+    ran = {**json.loads(json.dumps(AptConfig().to_dict())), **upgraded}
     if isinstance(ran.get("adapter_targets"), list):
         # a set of roles: records written before AptConfig fixed their order list them as asked
         ran["adapter_targets"] = [r for r in ADAPTER_ROLES if r in ran["adapter_targets"]]
@@ -868,12 +907,18 @@ def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) ->
     changed = {
         k
         for k in now
-        if k != "format_version" and (k not in PRETUNE_FIELDS or k in compared_raw) and ran.get(k) != now[k]
+        if k != "format_version"
+        and k not in RESOLVED_FIELDS
+        and (k not in PRETUNE_FIELDS or k in compared_raw)
+        and ran.get(k) != now[k]
     }
     if not compared_raw:
-        initial_now = settings.pretune_target(is_decoder=cfg.task == "causal-lm") or 1.0
+        initial_now = settings.pretune_target(is_decoder=is_decoder) or 1.0
         if abs(float(ran_initial) - initial_now) > 1e-9:
             changed.add("pretune_density")
+    ran_threshold = AptConfig(keep_copy_heads=ran["keep_copy_heads"]).copy_heads_threshold(is_decoder)
+    if ran_threshold != settings.copy_heads_threshold(is_decoder):
+        changed.add("keep_copy_heads")
     return sorted(changed)
 
 
