@@ -395,3 +395,14 @@ def test_the_page_does_not_call_settings_frozen_when_a_default_changed_after_som
     changed = _apt_settings_line(data, default_changed=True)[0]
     assert "frozen in the suite" not in changed and "a default changed after some of the runs" in changed
     assert changed.endswith("target_density 0.7.")
+
+
+def test_a_work_folder_planned_before_the_ablation_default_option_resumes():
+    """The ablations' copy-head setting is checked per record, not by refusing the work folder."""
+    from aptune.bench.config import differing_options, suite_config
+
+    now = suite_config("smollm2-bbc")
+    assert now.ablation_keep_copy_heads == 0.0
+    before = dataclasses.replace(now, ablation_keep_copy_heads=None, ablations="copy-heads")
+    assert differing_options(before, now) == []
+    assert differing_options(dataclasses.replace(now, max_steps=10), now) == ["max_steps"]

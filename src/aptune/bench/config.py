@@ -124,6 +124,12 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # a floor above any model's heads per layer: only FFN neurons (and hidden dims) compete
         {"min_heads_per_layer": EVERY_HEAD},
     ),
+    "copy-heads": (
+        "APT keeping the heads that copy from the context",
+        # KV groups whose induction score reaches 0.3 (aptune.copy_heads), set before any run; since
+        # that became the decoder default it asks for the default's run there
+        {"keep_copy_heads": 0.3},
+    ),
     "no-copy-heads": (
         "APT without protected copying heads",
         # the decoder default before it kept the KV groups whose induction score reaches 0.3
@@ -575,8 +581,10 @@ EXECUTION_OPTIONS: tuple[str, ...] = (
 )
 
 
-#: Options that only add or drop jobs: no job's own computation reads them, so a work folder or an
-#: imported page planned with other values still holds valid records for the jobs both plans share.
+#: Options that only add or drop jobs, or change only APT settings: no other computation reads them,
+#: so a work folder or an imported page planned with other values still holds valid records for the
+#: jobs both plans share (an APT record whose settings differ from its job's now is stale by
+#: `aptune.bench.methods.apt_settings_mismatch`).
 PLAN_ONLY_OPTIONS: tuple[str, ...] = (
     "seeds",
     "seed_methods",
@@ -584,6 +592,7 @@ PLAN_ONLY_OPTIONS: tuple[str, ...] = (
     "ablations",
     "ablation_seeds",
     "densities",
+    "ablation_keep_copy_heads",
 )
 
 
