@@ -127,6 +127,29 @@ def test_a_state_written_before_an_option_existed_resumes_as_its_default(tmp_pat
         load_controller_state(aptune.prepare_(tiny_bert(), other, total_steps=100), tmp_path)
 
 
+def test_a_decoder_state_of_config_format_1_resumes_without_copy_heads(tmp_path):
+    """Format 1 wrote None for "no protected unit"; the default protects since format 2."""
+    import json
+
+    from test_llama import tiny_llama
+
+    def prepared(config):
+        return aptune.prepare_(tiny_llama(), config, total_steps=100)
+
+    off = aptune.AptConfig(target_density=0.5, keep_copy_heads=0.0)
+    save_controller_state(prepared(off), tmp_path)
+    meta_path = tmp_path / "aptune_state.json"
+    meta = json.loads(meta_path.read_text())
+    meta["state"]["config"].update(format_version=1, keep_copy_heads=None)
+    meta_path.write_text(json.dumps(meta))
+    load_controller_state(prepared(off), tmp_path)
+    with pytest.raises(
+        aptune.ConfigError,
+        match=r"differs in: keep_copy_heads\); resume with the same config \(keep_copy_heads=0\.0\)",
+    ):
+        load_controller_state(prepared(aptune.AptConfig(target_density=0.5)), tmp_path)
+
+
 def test_interrupted_checkpoint_folders_are_skipped(tmp_path):
     from aptune.checkpoint import last_complete_checkpoint
 
@@ -253,3 +276,20 @@ def test_the_report_of_a_resumed_run_covers_the_whole_run(tmp_path):
     for phase, seconds in saved["phase_times"].items():
         assert resumed["phase_times"][phase] >= seconds
     assert resumed["summary"]["final_step"] == straight["summary"]["final_step"] == 24
+
+
+def test_resuming_a_run_folder_of_config_format_1_names_the_option_to_pass(tmp_path):
+    """A run started before copy-head protection became the default resumes only with it off."""
+    import json
+
+    from aptune.runner import APT_CONFIG_FILE, RUN_ARGS_FILE, RunArguments, _check_options
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    written = {**aptune.AptConfig().to_dict(), "format_version": 1, "keep_copy_heads": None}
+    (out / APT_CONFIG_FILE).write_text(json.dumps(written))
+    (out / RUN_ARGS_FILE).write_text("{}")
+    args = RunArguments(output_dir=str(out), resume_from_checkpoint=str(out / "checkpoints" / "checkpoint-5"))
+    assert _check_options(args, aptune.AptConfig(keep_copy_heads=0.0), out) is not None
+    with pytest.raises(aptune.ConfigError, match=r"differs in: keep_copy_heads\); .*--keep-copy-heads 0\.0"):
+        _check_options(args, aptune.AptConfig(), out)

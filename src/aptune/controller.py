@@ -861,9 +861,10 @@ class AptController:
         saved = AptConfig.from_dict(state["config"]).to_dict()
         differences = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if differences:
+            written = ", ".join(f"{k}={saved.get(k)!r}" for k in differences)
             raise ConfigError(
                 f"it was written by a run with a different AptConfig (differs in: {', '.join(differences)}); "
-                "resume with the same config or start a new run"
+                f"resume with the same config ({written}) or start a new run"
             )
         if self.step_count != 0 or self.structure() != self.blocks.original:
             raise ConfigError(

@@ -353,10 +353,12 @@ def _check_options(run_args: RunArguments, apt_config: AptConfig, out: Path) -> 
     if resuming and (out / APT_CONFIG_FILE).is_file():
         saved = AptConfig.from_json(out / APT_CONFIG_FILE)
         if saved != apt_config:
-            changed = sorted(k for k, v in saved.to_dict().items() if apt_config.to_dict().get(k) != v)
+            given = apt_config.to_dict()
+            changed = sorted(k for k, v in saved.to_dict().items() if given.get(k) != v)
+            written = " ".join(f"--{k.replace('_', '-')} {getattr(saved, k)}" for k in changed)
             raise ConfigError(
                 f"{out} was trained with a different AptConfig (differs in: {', '.join(changed)}); "
-                "resume with the same options or start a new run"
+                f"resume with the same options ({written}) or start a new run"
             )
     return resume
 
