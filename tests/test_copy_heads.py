@@ -179,3 +179,25 @@ def test_a_prepared_model_is_measured_as_the_plain_one() -> None:
     protected = controller.protect_copy_heads()
     assert [round(float(s), 4) for s in torch.cat(plain)] == [e["score"] for e in protected]
     assert model.training  # its mode came back
+
+
+def test_the_uniform_layout_keeps_copy_heads_and_stays_uniform(monkeypatch) -> None:
+    # a stock-config export needs the same unit count in every layer, protected units or not
+    def pruned(threshold: float):
+        model = tiny_llama()
+        model.train()
+        config = AptConfig(target_density=0.5, keep_copy_heads=threshold, damage_curves=0, layout="uniform")
+        aptune.prepare_(model, config)
+        controller = model._aptune_controller
+        controller.calibrate_and_prune_(_batches())
+        return controller
+
+    plain = pruned(0.0)
+    counts = [len(ids) for ids in plain.blocks.units]
+    assert len(set(counts)) == 1 and counts[0] < 2, "the plain selection must remove a unit per layer"
+    dropped = next(u for u in range(2) if u not in plain.blocks.units[0].tolist())
+    fake = [torch.tensor([0.9 if u == dropped else 0.0 for u in range(2)]), torch.tensor([0.0, 0.0])]
+    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: fake)
+    protected = pruned(0.5)
+    assert dropped in protected.blocks.units[0].tolist()
+    assert len({len(ids) for ids in protected.blocks.units}) == 1  # still uniform

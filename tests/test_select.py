@@ -452,3 +452,25 @@ def test_required_heads_are_kept_first_and_paid_from_the_budget() -> None:
     assert keep.params <= 16.0
     with pytest.raises(ValueError, match="required_heads has 3 entries"):
         select_keep_set(*args, prune_hidden=False, num_hidden=2, required_heads=required[:3])
+
+
+def test_the_uniform_layout_keeps_required_heads_and_stays_uniform() -> None:
+    # two layers of three units of width 4 (cost 4 x 2 hidden dims each); budget for one per layer
+    scores = torch.tensor([3.0, 2.0, 1.0, 3.0, 2.0, 1.0])
+    costs = torch.full((6,), 4.0)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    args = (scores, torch.zeros(0), None, costs, torch.zeros(0), 16.0)
+    options = {"prune_hidden": False, "num_hidden": 2, "layout": "uniform", "head_groups": groups}
+    plain = select_keep_set(*args, **options)
+    assert plain.heads.tolist() == [True, False, False, True, False, False]
+    # the least salient unit of layer 0 required: it leads its layer, each layer still keeps one
+    required = torch.tensor([False, False, True, False, False, False])
+    keep = select_keep_set(*args, **options, required_heads=required)
+    assert keep.heads.tolist() == [False, False, True, True, False, False]
+    assert keep.params <= 16.0
+    # two required in layer 0: every layer keeps two, its required ones and then its best
+    required = torch.tensor([False, True, True, False, False, False])
+    keep = select_keep_set(*args, **options, required_heads=required)
+    assert keep.heads.tolist() == [False, True, True, True, True, False]
+    with pytest.raises(ValueError, match="required_heads has 3 entries"):
+        select_keep_set(*args, **options, required_heads=required[:3])

@@ -150,8 +150,9 @@ def select_keep_set(
             current ``sum a + sum c`` (the paper). A fixed value (e.g. the initial structure's) keeps
             hidden dimensions from looking cheap once units and neurons are gone. The budget curve
             always counts the real parameters.
-        required_heads: Bool mask over the units that must be kept (``layout="free"`` only; the
-            uniform layout ignores it). None: no such unit.
+        required_heads: Bool mask over the units that must be kept. In the uniform layout they
+            come first in their group's order, and every group keeps at least as many units as
+            the group with the most required ones. None: no such unit.
 
     Returns:
         The `KeepSet`, its masks on the device of ``head_scores``.
@@ -187,6 +188,7 @@ def select_keep_set(
             prune_hidden=prune_hidden,
             num_hidden=num_hidden,
             hidden_unit_cost=hidden_unit_cost,
+            required_heads=required_heads,
         )
     device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
     h_score = _as_vector(head_scores, "head_scores")
@@ -307,6 +309,7 @@ def _select_uniform(
     prune_hidden: bool,
     num_hidden: int | None,
     hidden_unit_cost: float | None,
+    required_heads: Tensor | None = None,
 ) -> KeepSet:
     """`select_keep_set` over per-rank slices of every group (the uniform layout)."""
     device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
@@ -319,8 +322,13 @@ def _select_uniform(
             raise ValueError(f"{name} must be finite and > 0 (parameters per hidden dimension)")
     if h_cost.numel() != h_score.numel() or n_cost.numel() != n_score.numel():
         raise ValueError("head_costs / neuron_costs need one entry per head / neuron score")
-    h_members = _rank_slices(h_score, head_groups, "head_groups")
+    required = _required_mask(required_heads, h_score.numel())
+    h_members = _rank_slices(h_score, head_groups, "head_groups", first=required)
     n_members = _rank_slices(n_score, neuron_groups, "neuron_groups")
+    # the slices that hold a required unit (they come first: the required units lead their groups)
+    required_slices = None
+    if required is not None:
+        required_slices = torch.tensor([bool(required[m].any()) for m in h_members], dtype=torch.bool)
     # Each slice is one block of the free selection: summed salience and summed width of its members.
     slice_keep = select_keep_set(
         torch.stack([h_score[m].sum() for m in h_members]) if h_members else h_score[:0],
@@ -335,6 +343,7 @@ def _select_uniform(
         prune_hidden=prune_hidden,
         num_hidden=num_hidden,
         hidden_unit_cost=hidden_unit_cost,
+        required_heads=required_slices,
     )
     keep_h = _unslice(h_members, slice_keep.heads, h_score.numel())
     keep_n = _unslice(n_members, slice_keep.neurons, n_score.numel())
@@ -353,10 +362,13 @@ def _unslice(members: list[Tensor], kept_slices: Tensor, size: int) -> Tensor:
     return mask
 
 
-def _rank_slices(scores: Tensor, groups: Tensor | None, name: str) -> list[Tensor]:
+def _rank_slices(
+    scores: Tensor, groups: Tensor | None, name: str, first: Tensor | None = None
+) -> list[Tensor]:
     """Slice ``j``: the indices of the ``j``-th best-scored member of every group (ties to the lower index).
 
-    Groups with fewer than ``j + 1`` members are absent from slice ``j``.
+    Groups with fewer than ``j + 1`` members are absent from slice ``j``. Members flagged in
+    ``first`` (a bool mask) rank before the others of their group, best-scored first.
     """
     if scores.numel() == 0:
         return []
@@ -369,12 +381,26 @@ def _rank_slices(scores: Tensor, groups: Tensor | None, name: str) -> list[Tenso
     ranked = []  # per group: its member indices, best first
     for group in torch.unique(group_ids):
         members = torch.nonzero(group_ids == group).flatten()
-        ranked.append(members[_descending_stable(scores[members])])
+        order = members[_descending_stable(scores[members])]
+        if first is not None:
+            # a stable sort on "not flagged" moves the flagged members ahead, each part by score
+            order = order[torch.sort((~first[order]).to(torch.int8), stable=True).indices]
+        ranked.append(order)
     depth = max(len(r) for r in ranked)
     return [torch.stack([r[j] for r in ranked if len(r) > j]) for j in range(depth)]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _required_mask(required: Tensor | None, size: int) -> Tensor | None:
+    """``required`` as a CPU bool vector of ``size`` entries, or None when it flags nothing."""
+    if required is None:
+        return None
+    mask = torch.as_tensor(required).detach().to("cpu").flatten().bool()
+    if mask.numel() != size:
+        raise ValueError(f"required_heads has {mask.numel()} entries but head_scores has {size}")
+    return mask if bool(mask.any()) else None
+
+
 def _as_vector(values: Tensor, name: str) -> Tensor:
     """Detached CPU float64 copy of a 1-D tensor (float64 keeps large parameter counts exact)."""
     tensor = torch.as_tensor(values)
