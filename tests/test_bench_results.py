@@ -473,6 +473,13 @@ def test_page_prints_the_data_counts_the_chosen_rates_with_the_grid_and_apt_sett
     assert "LoRA+Prune (Torch-Pruning) retraining uses that of lora-prune-kwon" in grid
     setup = page.split("## Setup")[1]
     assert "APT's settings, frozen in the suite" in setup and "num_events 6" in setup
+    assert "keep_copy_heads" not in setup  # an encoder suite: nothing resolved, no ablation setting
+    decoder = {**PAGE_DATA, "copy_heads_threshold": 0.3}
+    decoder_config = _config(tmp_path, name="decoder", ablation_keep_copy_heads=0.0)
+    summary = summarize(decoder_config, jobs, results, latency, data=decoder)
+    setup = write_results(decoder_config, summary, results, latency)["md"].read_text().split("## Setup")[1]
+    assert "distill False, keep_copy_heads 0.3 (the decoder default)." in setup
+    assert "Ablations run with keep_copy_heads 0 unless they set it" in setup
     assert "FT 5e-05" in setup and "LoRA+Prune (Kwon et al.) retraining 0.001" in setup
     epoch1 = page.split("## 1-epoch view")[1].split("##")[0]
     assert "| FT | 1 | 90.0 | final |" in epoch1

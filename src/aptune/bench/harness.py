@@ -682,6 +682,12 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
             "dense_structure": _dense_structure(model),
             # APT's settings, fixed in the suite before any test figure (its rate comes from the grid)
             "apt_settings": apt_settings(config, headline_apt).to_dict() if headline_apt else None,
+            # the family default it resolves to (None: no unit protected)
+            "copy_heads_threshold": apt_settings(config, headline_apt).copy_heads_threshold(
+                config.task == "causal-lm"
+            )
+            if headline_apt
+            else None,
             "grid": {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
             if config.grid
             else None,

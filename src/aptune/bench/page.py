@@ -389,20 +389,35 @@ def _grid_lines(data: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _apt_settings_line(data: Mapping[str, Any], default_changed: bool = False) -> list[str]:
+def _apt_settings_line(
+    data: Mapping[str, Any], default_changed: bool = False, ablation_keep_copy_heads: float | None = None
+) -> list[str]:
     settings = data.get("apt_settings")
     if not settings:
         return []
     fields = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "format_version" and v is not None)
+    threshold = data.get("copy_heads_threshold")
+    if threshold is not None and settings.get("keep_copy_heads") is None:
+        fields += f", keep_copy_heads {threshold:g} (the decoder default)"
+    tail = (
+        [
+            f"- Ablations run with keep_copy_heads {ablation_keep_copy_heads:g} unless they set it "
+            "(--ablation-keep-copy-heads)."
+        ]
+        if ablation_keep_copy_heads is not None
+        else []
+    )
     if default_changed:  # some records ran under an earlier library default
         return [
             "- APT's settings (its learning rate comes from the dev grid), with the library defaults of "
             'this version; a default changed after some of the runs here (see "One run, two jobs"), so '
-            f"they were not all frozen before every test figure was seen: {fields}."
+            f"they were not all frozen before every test figure was seen: {fields}.",
+            *tail,
         ]
     return [
         "- APT's settings, frozen in the suite before any test figure was looked at (its learning rate "
-        f"comes from the dev grid): {fields}."
+        f"comes from the dev grid): {fields}.",
+        *tail,
     ]
 
 
@@ -472,7 +487,9 @@ def _setup_lines(summary: Mapping[str, Any]) -> list[str]:
         f"ablations and sweep with seed {first_seed}. Headline figures are medians over seeds on the test "
         "split; dev is for choices only.",
         _rates_line(cfg, data),
-        *_apt_settings_line(data, any(r.get("same_run_as") for r in summary["jobs"])),
+        *_apt_settings_line(
+            data, any(r.get("same_run_as") for r in summary["jobs"]), cfg.get("ablation_keep_copy_heads")
+        ),
         "- Time-to-accuracy: see the section above; per-run values in the last table.",
         "- Peak RSS: see the memory section.",
         f"- Latency: exported merged models, batch {lat_batch} x {lat_len} tokens, {lat_warm} untimed "
