@@ -354,6 +354,22 @@ def test_markdown_shows_why_hidden_dimensions_stayed(tmp_path: Path) -> None:
     assert "pretune_density 0.7 (the target)" in events
 
 
+def test_markdown_lists_the_copying_heads_the_selection_kept(tmp_path: Path) -> None:
+    event = {"step": 0, "index": -1, "kind": "pretune", "density": 0.7, "params": 7_000}
+    units = [{"layer": 17, "unit": 1, "score": 0.7812}, {"layer": 18, "unit": 2, "score": 0.8875}]
+    pages = {}
+    for name, measured in (("some", units), ("none", []), ("off", None)):
+        rec = RunRecorder({}, _model_info())
+        rec.log_event({**event, **({"copy_heads": measured} if measured is not None else {})})
+        rec.log_event({**event, "step": 5, "index": 0, "kind": "prune"})
+        folder = tmp_path / name
+        pages[name] = write_report(folder, rec, plots=False)["report.md"].read_text(encoding="utf-8")
+    listed = "layer 17 unit 1 (0.7812), layer 18 unit 2 (0.8875)."
+    assert f"**Copying heads kept by every selection** (induction score): {listed}" in pages["some"]
+    assert "no attention unit reached the induction threshold" in pages["none"]
+    assert "Copying heads" not in pages["off"]
+
+
 def test_memory_fields_with_a_unit_word_inside_the_key_use_that_unit(tmp_path: Path) -> None:
     """``peak_rss_mb_after_export`` holds MiB: 1610 MiB is 1.57 GiB, not 1,610 bytes (1.57 KiB)."""
     rec = RunRecorder({}, _model_info())

@@ -32,6 +32,24 @@ def _removed_text(removed: Any) -> str:
     return ", ".join(parts) if parts else DASH
 
 
+def _copy_heads_lines(events: list[Mapping[str, Any]]) -> list[str]:
+    """The attention units kept as copying heads (``AptConfig.keep_copy_heads``), from the event
+    that measured them; nothing when no event did."""
+    measured = next((e["copy_heads"] for e in events if isinstance(e.get("copy_heads"), list)), None)
+    if measured is None:
+        return []
+    units = [u for u in measured if isinstance(u, Mapping)]
+    if not units:
+        return [
+            "**Copying heads:** no attention unit reached the induction threshold; none was protected.",
+            "",
+        ]
+    listed = ", ".join(
+        f"layer {u.get('layer')} unit {u.get('unit')} ({fmt_number(u.get('score'))})" for u in units
+    )
+    return [f"**Copying heads kept by every selection** (induction score): {listed}.", ""]
+
+
 def render_markdown(data: Mapping[str, Any], plot_links: Mapping[str, str]) -> str:
     """The text of ``report.md``."""
     model, config = mapping_of(data.get("model")), mapping_of(data.get("config"))
@@ -151,6 +169,7 @@ def render_markdown(data: Mapping[str, Any], plot_links: Mapping[str, str]) -> s
             if e.get("hidden_note")
         ]
         out += [*(f"**Note:** {n}" for n in notes), *([""] if notes else [])]
+        out += _copy_heads_lines(events)
 
     # Dev metrics over time
     evals = rows_of(data.get("evals"))
