@@ -625,3 +625,10 @@ def test_an_interrupted_prune_then_lora_job_resumes_with_the_same_pruned_model(w
     after, before = resumed["final_metrics"]["perplexity"], record["final_metrics"]["perplexity"]
     assert after == pytest.approx(before, rel=1e-4)
     assert resumed["params_after"] == record["params_after"]
+    # a pruning kept from before a default changed is refused, not trained under the new label
+    stored = json.loads((run / PRUNED_FILE).read_text())
+    stored["record"]["apt_config"].update(format_version=1, keep_copy_heads=None)
+    (run / PRUNED_FILE).write_text(json.dumps(stored))
+    (work / "results" / f"{job}.json").unlink()
+    third = run_benchmark(bench, log=lambda line: None)
+    assert "holds a pruning made with other APT settings (keep_copy_heads)" in third.failures[job]

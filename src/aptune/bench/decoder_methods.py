@@ -30,6 +30,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 from aptune.atomic import write_json_atomic
 from aptune.bench.config import Job
 from aptune.bench.measure import MemoryMonitor, step_time_summary
+from aptune.errors import ConfigError
 
 __all__ = [
     "PRUNED_DIR",
@@ -281,10 +282,18 @@ def _prune_or_reload(ctx, job: Job, out: Path, model, tokenizer, task, save: boo
 
     stored = out / PRUNED_FILE
     if save and stored.is_file():
+        from aptune.bench.methods import apt_settings_mismatch
         from aptune.export import load
 
+        earlier = json.loads(stored.read_text(encoding="utf-8"))
+        changed = apt_settings_mismatch({"pruning": earlier.get("record") or {}}, ctx.config, job)
+        if changed:
+            raise ConfigError(
+                f"{out} holds a pruning made with other APT settings ({', '.join(changed)}); move that "
+                "folder aside or delete it, and the job prunes again"
+            )
         model = load(out / PRUNED_DIR, dtype=torch.float32)
-        return model, json.loads(stored.read_text(encoding="utf-8"))
+        return model, earlier
     layout = build_layout(model)
     pruned = {"params_before": _param_count(model), "stack_before": stack_params(model, layout)}
     began = time.perf_counter()
