@@ -88,6 +88,12 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "kurtosis-on": ("APT kurtosis on", {"use_kurtosis": True}),
     "kurtosis-off": ("APT kurtosis off", {"use_kurtosis": False}),
     "apt-uniform": ("APT uniform layout", {"layout": "uniform"}),
+    "apt-uniform-copy-heads": (
+        "APT uniform layout keeping the heads that copy from the context",
+        # the stock-config export with the decoder default's protection, where the suite's
+        # ablations otherwise run without it (--ablation-keep-copy-heads)
+        {"layout": "uniform", "keep_copy_heads": 0.3},
+    ),
     "hidden-residual": ("APT hidden dims scored with the residual path", {"hidden_salience": "residual"}),
     "hidden-block-inputs": (
         "APT hidden dims scored at the block inputs",
