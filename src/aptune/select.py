@@ -238,12 +238,9 @@ def select_keep_set(
 
     # ---- mandatory blocks
     h_must = _top_per_group(h_score, head_groups, int(min_heads_per_group), "head_groups")
-    if required_heads is not None:
-        if required_heads.numel() != h_score.numel():
-            raise ValueError(
-                f"required_heads has {required_heads.numel()} entries but head_scores has {h_score.numel()}"
-            )
-        h_must = h_must | required_heads.flatten().cpu().bool()
+    required = _required_mask(required_heads, h_score.numel())
+    if required is not None:
+        h_must = h_must | required
     n_must = _top_per_group(n_score, neuron_groups, int(min_neurons_per_group), "neuron_groups")
     if prune_hidden:
         d_must = _top_per_group(d_score, None, int(min_hidden), "hidden")

@@ -677,16 +677,15 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = print) ->
         from aptune.bench.methods import apt_settings
 
         headline_apt = next((j for j in headline if j.method == "apt" and not j.variant), None)
+        headline_settings = apt_settings(config, headline_apt) if headline_apt else None
         data = {
             **data,
             "dense_structure": _dense_structure(model),
             # APT's settings, fixed in the suite before any test figure (its rate comes from the grid)
-            "apt_settings": apt_settings(config, headline_apt).to_dict() if headline_apt else None,
+            "apt_settings": headline_settings.to_dict() if headline_settings else None,
             # the family default it resolves to (None: no unit protected)
-            "copy_heads_threshold": apt_settings(config, headline_apt).copy_heads_threshold(
-                config.task == "causal-lm"
-            )
-            if headline_apt
+            "copy_heads_threshold": headline_settings.copy_heads_threshold(config.task == "causal-lm")
+            if headline_settings
             else None,
             "grid": {"seed": config.grid_seed, "chosen": grid_record, "rates": rates}
             if config.grid
