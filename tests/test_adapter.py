@@ -68,3 +68,35 @@ def test_attach_adapter_replaces_by_path():
     adapter = attach_adapter(model, "2", rank=2, scaling=2.0)
     assert model[2] is adapter and isinstance(adapter, AptLinear)
     assert attach_adapter(model, "2", rank=2, scaling=2.0) is adapter
+
+
+def _largest_step_over_lr(layer, optimizer, x, target, lr, steps):
+    """Largest per-entry change of the new rank's ``A`` rows and ``B`` columns in one step, over lr."""
+    largest = 0.0
+    for _ in range(steps):
+        before = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+        optimizer.zero_grad()
+        nn.functional.mse_loss(layer(x), target).backward()
+        optimizer.step()
+        change_a = (layer.lora_A.detach() - before[0])[3:].abs().max()
+        change_b = (layer.lora_B.detach() - before[1])[:, 3:].abs().max()
+        largest = max(largest, float(torch.maximum(change_a, change_b)) / lr)
+    return largest
+
+
+def test_grown_ranks_take_steps_no_larger_than_a_fresh_optimizer():
+    # Adam normalises a step by the root of its second moment; a fresh optimizer's steps stay near
+    # lr. New entries under a long-running step count must not get several times that.
+    layer = _adapter()
+    lr = 1e-3
+    optimizer = torch.optim.AdamW([layer.lora_A, layer.lora_B], lr=lr, weight_decay=0.0)
+    x, target = torch.randn(32, 12), torch.randn(32, 7)
+    for _ in range(200):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(layer(x), target).backward()
+        optimizer.step()
+    grow_adapter_(layer, 6, optimizer)
+    second = optimizer.state[layer.lora_B]["exp_avg_sq"]
+    torch.testing.assert_close(second[:, 3:], second[:, :3].mean(dim=1, keepdim=True).expand(7, 3))
+    assert torch.all(optimizer.state[layer.lora_B]["exp_avg"][:, 3:] == 0)
+    assert _largest_step_over_lr(layer, optimizer, x, target, lr, steps=20) <= 1.2

@@ -73,9 +73,19 @@ def slice_parameter_(
                 state[name] = value.index_select(dim, index.to(value.device)).contiguous()
 
 
+SECOND_MOMENT_STATES = ("exp_avg_sq", "max_exp_avg_sq")
+"""Optimizer state entries (Adam/AdamW) that hold a running mean of squared gradients."""
+
+
 @torch.no_grad()
 def _append_parameter_(param: nn.Parameter, dim: int, values: torch.Tensor, optimizer=None) -> None:
-    """Append ``values`` along ``dim``; grad and optimizer state get zeros there."""
+    """Append ``values`` along ``dim``, extending the grad and the optimizer state there.
+
+    The grad and first-moment-like state get zeros. Second moments (`SECOND_MOMENT_STATES`) get the
+    mean of the existing entries along ``dim``: Adam's bias correction follows the tensor's step count,
+    not the entry's, so a zero second moment under a long-running step count would give the new entries
+    steps of up to about 6x the learning rate for their first tens of updates.
+    """
     old_shape = param.shape
     param.data = torch.cat([param.data, values.to(param.device, param.dtype)], dim=dim)
     if param.grad is not None:
@@ -84,8 +94,15 @@ def _append_parameter_(param: nn.Parameter, dim: int, values: torch.Tensor, opti
     if state:
         for name, value in list(state.items()):
             if torch.is_tensor(value) and value.shape == old_shape:
-                pad = torch.zeros_like(values, dtype=value.dtype, device=value.device)
-                state[name] = torch.cat([value, pad], dim=dim)
+                state[name] = torch.cat([value, _state_padding(name, value, values, dim)], dim=dim)
+
+
+def _state_padding(name: str, value: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Optimizer state for appended entries: a second moment's mean along ``dim``, else zeros."""
+    pad = torch.zeros_like(values, dtype=value.dtype, device=value.device)
+    if name in SECOND_MOMENT_STATES and value.shape[dim] > 0:
+        pad += value.mean(dim=dim, keepdim=True)  # broadcast over the appended slices
+    return pad
 
 
 def _base(layer: nn.Module) -> nn.Linear:
@@ -201,10 +218,13 @@ def prune_hidden_(
 def grow_adapter_(
     adapter: AptLinear, new_rank: int, optimizer=None, generator: torch.Generator | None = None
 ) -> tuple[int, int]:
-    """Grow an adapter's rank in place, extending its optimizer state with zeros.
+    """Grow an adapter's rank in place, extending its optimizer state.
 
     New ``A`` rows are Kaiming-uniform like a fresh LoRA (the authors' code; the paper says
-    Gaussian); new ``B`` columns are zero, so the layer output is unchanged.
+    Gaussian); new ``B`` columns are zero, so the layer output is unchanged. The new entries start
+    with zero momentum and the mean second moment of their tensor (see `_append_parameter_`), so their
+    first steps are no larger than a fresh optimizer's. (The authors re-create the optimizer instead,
+    which also drops the state of the entries that already trained.)
 
     Returns:
         ``(old_rank, new_rank)``.
