@@ -84,19 +84,32 @@ def _largest_step_over_lr(layer, optimizer, x, target, lr, steps):
     return largest
 
 
-def test_grown_ranks_take_steps_no_larger_than_a_fresh_optimizer():
-    # Adam normalises a step by the root of its second moment; a fresh optimizer's steps stay near
-    # lr. New entries under a long-running step count must not get several times that.
+def _grown_after_training(second_moment):
+    """An adapter trained 200 AdamW steps, then grown from rank 3 to 6; its optimizer and data."""
     layer = _adapter()
-    lr = 1e-3
-    optimizer = torch.optim.AdamW([layer.lora_A, layer.lora_B], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([layer.lora_A, layer.lora_B], lr=1e-3, weight_decay=0.0)
     x, target = torch.randn(32, 12), torch.randn(32, 7)
     for _ in range(200):
         optimizer.zero_grad()
         nn.functional.mse_loss(layer(x), target).backward()
         optimizer.step()
-    grow_adapter_(layer, 6, optimizer)
+    grow_adapter_(layer, 6, optimizer, second_moment=second_moment)
+    return layer, optimizer, x, target
+
+
+def test_grown_ranks_with_mean_second_moment_take_steps_no_larger_than_a_fresh_optimizer():
+    # Adam normalises a step by the root of its second moment; a fresh optimizer's steps stay near
+    # lr. With their tensor's mean second moment, new entries do not get several times that.
+    layer, optimizer, x, target = _grown_after_training("mean")
     second = optimizer.state[layer.lora_B]["exp_avg_sq"]
     torch.testing.assert_close(second[:, 3:], second[:, :3].mean(dim=1, keepdim=True).expand(7, 3))
     assert torch.all(optimizer.state[layer.lora_B]["exp_avg"][:, 3:] == 0)
-    assert _largest_step_over_lr(layer, optimizer, x, target, lr, steps=20) <= 1.2
+    assert _largest_step_over_lr(layer, optimizer, x, target, 1e-3, steps=20) <= 1.2
+
+
+def test_grown_ranks_with_zero_second_moment_take_oversized_steps():
+    # The default: zero moments under the tensor's long-running step count (bias correction near 1)
+    # let the new entries' steps grow past 2x the rate within 20 steps.
+    layer, optimizer, x, target = _grown_after_training("zeros")
+    assert torch.all(optimizer.state[layer.lora_B]["exp_avg_sq"][:, 3:] == 0)
+    assert _largest_step_over_lr(layer, optimizer, x, target, 1e-3, steps=20) > 2.0

@@ -66,7 +66,7 @@ from aptune.scores import (
     summed_salience,
 )
 from aptune.select import KeepSet
-from aptune.surgery import grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
+from aptune.surgery import clear_optimizer_state_, grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
 from aptune.tuning_damage import TuningDamageRanking
 
 __all__ = ["DISTILL_MODULE_NAME", "AptController", "LossParts", "prepare_"]
@@ -291,6 +291,8 @@ class AptController:
         # the student just shrank; the teacher keeps the old tensors alive: that is its memory cost
         self.distiller.note_memory(self.model)
         grown = self.grow_ranks_(budget_factor * self.initial_adapter_params, optimizer)
+        if self.config.event_optimizer_state == "reset":
+            clear_optimizer_state_(optimizer)
         self.scores.adapter_importance.clear()
         return self._record_event(
             index=index,
@@ -527,7 +529,8 @@ class AptController:
         new_ranks = allocate_ranks(*plan, **options)
         factor = growth_factor(*plan, **options) if new_ranks else 1.0
         grown = {
-            p: grow_adapter_(self.adapters[p], r, optimizer, self.generator) for p, r in new_ranks.items()
+            p: grow_adapter_(self.adapters[p], r, optimizer, self.generator, self._second_moment())
+            for p, r in new_ranks.items()
         }
         self._shapes_changed = self._shapes_changed or bool(grown)
         if self.config.distill_rank_growth:
@@ -554,9 +557,13 @@ class AptController:
         new_rank = math.floor(transform.rank * factor)
         if new_rank <= transform.rank or new_rank >= 2 * self.config.max_rank:
             return None
-        grown = grow_adapter_(transform, new_rank, optimizer, self.generator)
+        grown = grow_adapter_(transform, new_rank, optimizer, self.generator, self._second_moment())
         self._shapes_changed = True
         return grown
+
+    def _second_moment(self) -> str:
+        """How grown entries' second moments start (`aptune.surgery.grow_adapter_`)."""
+        return "zeros" if self.config.event_optimizer_state == "zeros" else "mean"
 
     # ------------------------------------------------------------------ pre-tuning pruning
     def calibrate_and_prune_(self, batches: Iterable[dict], optimizer=None) -> dict:

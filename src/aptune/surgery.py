@@ -18,6 +18,7 @@ from aptune.arch.base import ModelLayout
 from aptune.masks import set_zero_attention_guard
 
 __all__ = [
+    "clear_optimizer_state_",
     "grow_adapter_",
     "prune_hidden_",
     "prune_neurons_",
@@ -41,6 +42,17 @@ def _optimizer_state(optimizer, param: nn.Parameter) -> dict | None:
     if optimizer is None:
         return None
     return optimizer.state.get(param)
+
+
+def clear_optimizer_state_(optimizer) -> None:
+    """Drop every parameter's optimizer state, as a freshly created optimizer has none.
+
+    Adam-style optimizers rebuild it (step count included) at their next step; the parameter groups,
+    and so the learning-rate schedule, stay.
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    if optimizer is not None:
+        optimizer.state.clear()
 
 
 @torch.no_grad()
@@ -78,13 +90,16 @@ SECOND_MOMENT_STATES = ("exp_avg_sq", "max_exp_avg_sq")
 
 
 @torch.no_grad()
-def _append_parameter_(param: nn.Parameter, dim: int, values: torch.Tensor, optimizer=None) -> None:
+def _append_parameter_(
+    param: nn.Parameter, dim: int, values: torch.Tensor, optimizer=None, second_moment: str = "zeros"
+) -> None:
     """Append ``values`` along ``dim``, extending the grad and the optimizer state there.
 
-    The grad and first-moment-like state get zeros. Second moments (`SECOND_MOMENT_STATES`) get the
-    mean of the existing entries along ``dim``: Adam's bias correction follows the tensor's step count,
-    not the entry's, so a zero second moment under a long-running step count would give the new entries
-    steps of up to about 6x the learning rate for their first tens of updates.
+    The grad and first-moment-like state get zeros. With ``second_moment="mean"``, second moments
+    (`SECOND_MOMENT_STATES`) get the mean of the existing entries along ``dim``: Adam's bias correction
+    follows the tensor's step count, not the entry's, so a zero second moment under a long-running step
+    count gives the new entries steps of up to about 6x the learning rate for their first tens of
+    updates. ``second_moment="zeros"`` gives them zeros too.
     """
     old_shape = param.shape
     param.data = torch.cat([param.data, values.to(param.device, param.dtype)], dim=dim)
@@ -94,13 +109,16 @@ def _append_parameter_(param: nn.Parameter, dim: int, values: torch.Tensor, opti
     if state:
         for name, value in list(state.items()):
             if torch.is_tensor(value) and value.shape == old_shape:
-                state[name] = torch.cat([value, _state_padding(name, value, values, dim)], dim=dim)
+                pad = _state_padding(name, value, values, dim, mean_second_moment=second_moment == "mean")
+                state[name] = torch.cat([value, pad], dim=dim)
 
 
-def _state_padding(name: str, value: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
-    """Optimizer state for appended entries: a second moment's mean along ``dim``, else zeros."""
+def _state_padding(
+    name: str, value: torch.Tensor, values: torch.Tensor, dim: int, mean_second_moment: bool
+) -> torch.Tensor:
+    """Optimizer state for appended entries: a second moment's mean along ``dim`` if asked, else zeros."""
     pad = torch.zeros_like(values, dtype=value.dtype, device=value.device)
-    if name in SECOND_MOMENT_STATES and value.shape[dim] > 0:
+    if mean_second_moment and name in SECOND_MOMENT_STATES and value.shape[dim] > 0:
         pad += value.mean(dim=dim, keepdim=True)  # broadcast over the appended slices
     return pad
 
@@ -216,15 +234,19 @@ def prune_hidden_(
 
 @torch.no_grad()
 def grow_adapter_(
-    adapter: AptLinear, new_rank: int, optimizer=None, generator: torch.Generator | None = None
+    adapter: AptLinear,
+    new_rank: int,
+    optimizer=None,
+    generator: torch.Generator | None = None,
+    second_moment: str = "zeros",
 ) -> tuple[int, int]:
     """Grow an adapter's rank in place, extending its optimizer state.
 
     New ``A`` rows are Kaiming-uniform like a fresh LoRA (the authors' code; the paper says
     Gaussian); new ``B`` columns are zero, so the layer output is unchanged. The new entries start
-    with zero momentum and the mean second moment of their tensor (see `_append_parameter_`), so their
-    first steps are no larger than a fresh optimizer's. (The authors re-create the optimizer instead,
-    which also drops the state of the entries that already trained.)
+    with zero momentum and, with ``second_moment="mean"``, the mean second moment of their tensor (see
+    `_append_parameter_`), so their first steps are no larger than a fresh optimizer's;
+    ``second_moment="zeros"`` gives them a zero second moment (``AptConfig.event_optimizer_state``).
 
     Returns:
         ``(old_rank, new_rank)``.
@@ -235,6 +257,6 @@ def grow_adapter_(
     extra = new_rank - old_rank
     A, B = adapter.lora_A, adapter.lora_B
     rows = kaiming_rows(extra, A.shape[1], device=A.device, dtype=A.dtype, generator=generator)
-    _append_parameter_(A, 0, rows, optimizer)
-    _append_parameter_(B, 1, B.new_zeros(B.shape[0], extra), optimizer)
+    _append_parameter_(A, 0, rows, optimizer, second_moment)
+    _append_parameter_(B, 1, B.new_zeros(B.shape[0], extra), optimizer, second_moment)
     return old_rank, new_rank
