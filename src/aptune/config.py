@@ -33,7 +33,7 @@ READABLE_CONFIG_VERSIONS = (1, 2)
 DECODER_COPY_HEADS = 0.3
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
-_EVENT_OPTIMIZER_STATES = ("mean", "zeros", "reset")
+_EVENT_OPTIMIZER_STATES = ("zeros", "mean", "reset")
 _HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
 _HIDDEN_COSTS = ("current", "initial")
 #: The roles ``AptConfig.adapter_targets`` chooses from, in the order adapters are attached.
