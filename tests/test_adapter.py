@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -113,3 +114,8 @@ def test_grown_ranks_with_zero_second_moment_take_oversized_steps():
     layer, optimizer, x, target = _grown_after_training("zeros")
     assert torch.all(optimizer.state[layer.lora_B]["exp_avg_sq"][:, 3:] == 0)
     assert _largest_step_over_lr(layer, optimizer, x, target, 1e-3, steps=20) > 2.0
+
+
+def test_grow_refuses_an_unknown_second_moment():
+    with pytest.raises(ValueError, match="second_moment"):
+        grow_adapter_(_adapter(), 6, second_moment="fresh")

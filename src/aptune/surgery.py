@@ -250,7 +250,12 @@ def grow_adapter_(
 
     Returns:
         ``(old_rank, new_rank)``.
+
+    Raises:
+        ValueError: ``second_moment`` is neither ``"zeros"`` nor ``"mean"``.
     """
+    if second_moment not in ("zeros", "mean"):
+        raise ValueError(f"second_moment={second_moment!r}: choose 'zeros' or 'mean'")
     old_rank = adapter.rank
     if new_rank <= old_rank:
         return old_rank, old_rank
