@@ -29,6 +29,9 @@ __all__ = [
     "unwrap_optimizer",
 ]
 
+SECOND_MOMENT_STATES = ("exp_avg_sq", "max_exp_avg_sq")
+"""Optimizer state entries (Adam/AdamW) that hold a running mean of squared gradients."""
+
 
 def unwrap_optimizer(optimizer) -> torch.optim.Optimizer | None:
     """The innermost ``torch.optim.Optimizer`` (accelerate and others wrap it)."""
@@ -83,10 +86,6 @@ def slice_parameter_(
         for name, value in list(state.items()):
             if torch.is_tensor(value) and value.shape == old_shape:
                 state[name] = value.index_select(dim, index.to(value.device)).contiguous()
-
-
-SECOND_MOMENT_STATES = ("exp_avg_sq", "max_exp_avg_sq")
-"""Optimizer state entries (Adam/AdamW) that hold a running mean of squared gradients."""
 
 
 @torch.no_grad()
