@@ -34,6 +34,7 @@ DECODER_COPY_HEADS = 0.3
 
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
 _EVENT_OPTIMIZER_STATES = ("zeros", "mean", "reset")
+_DISTILL_TEACHERS = ("events", "initial")
 _HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
 _HIDDEN_COSTS = ("current", "initial")
 #: The roles ``AptConfig.adapter_targets`` chooses from, in the order adapters are attached.
@@ -96,6 +97,14 @@ class AptConfig:
             the run (the task-loss weight falls to 0 while the teacher is an early snapshot), 96.6 %
             with distillation ending at 45 %, and 96.6 % without, at a lower cost. The paper's runs
             are 40 epochs long with distillation over 20 of them.
+        distill_teacher: Which state of the model teaches. ``"events"`` (the authors' code): a new
+            snapshot at the first step of every soft-mask window during tuning, so the teacher is
+            the model just before each pruning event; it needs pruning left for tuning.
+            ``"initial"``: one snapshot of the model as prepared, before any pruning (the pretrained
+            model, since the adapters start at zero output), kept until ``distill_end``; it also
+            works when everything is pruned before tuning (the decoder default). Its cost: the
+            backbone tensors that pruning removes stay alive, and every distilled step runs the
+            unpruned model forward.
         distill_end: Schedule point at which distillation stops and student-only tuning begins.
         distill_rank_growth: Grow the rank of the distillation transform ``Tr`` at every rank
             allocation event by the factor the growing adapters get (the authors' code; the new rank
@@ -316,6 +325,10 @@ class AptConfig:
     distill: bool = field(
         default=False, metadata={"help": "Self-distillation from the model's own snapshot (off: see docs)."}
     )
+    distill_teacher: str = field(
+        default="events",
+        metadata={"help": "Teacher: 'events' (before each pruning window), 'initial' (before any pruning)."},
+    )
     distill_end: float | int = field(
         default=0.7, metadata={"help": "End of distillation (fraction or step)."}
     )
@@ -477,6 +490,8 @@ class AptConfig:
             bad("budget_growth", "must be >= 1 (1 keeps the adapter budget constant)")
         if self.rank_allocation not in _RANK_ALLOCATIONS:
             bad("rank_allocation", f"choose one of {', '.join(_RANK_ALLOCATIONS)}")
+        if self.distill_teacher not in _DISTILL_TEACHERS:
+            bad("distill_teacher", f"choose one of {', '.join(_DISTILL_TEACHERS)}")
         if self.event_optimizer_state not in _EVENT_OPTIMIZER_STATES:
             bad("event_optimizer_state", f"choose one of {', '.join(_EVENT_OPTIMIZER_STATES)}")
         if not 0.0 <= number("salience_beta") < 1.0:

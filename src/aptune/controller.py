@@ -212,6 +212,7 @@ class AptController:
         """
         self.schedule = build_schedule(self.config, total_steps, is_decoder=self.layout.is_decoder)
         self.state.collector.active = self._collecting(self.step_count + 1)
+        self._snapshot_initial_teacher()
         return self.schedule
 
     @property
@@ -258,7 +259,7 @@ class AptController:
 
         density = schedule.density_target(t)
         if schedule.window_index(t) is not None and self._pruning_due(density):
-            if schedule.opens_window(t) and self.config.distill:
+            if schedule.opens_window(t) and self.config.distill and self.config.distill_teacher == "events":
                 self.snapshot_teacher(optimizer)
             move = schedule.mask_move(t)
             if move is not None:
@@ -724,7 +725,9 @@ class AptController:
 
     # ------------------------------------------------------------------ distillation
     def snapshot_teacher(self, optimizer=None) -> None:
-        """Snapshot the model as the teacher (done at the first step of a soft-mask window).
+        """Snapshot the model as the teacher: at the first step of a soft-mask window
+        (``distill_teacher="events"``), or once when the schedule is set before any pruning
+        (``"initial"``).
 
         Nothing happens once distillation is over (``step_count >= schedule.distill_end``).
         """
@@ -732,6 +735,17 @@ class AptController:
             return
         if self.distiller.snapshot_(self.model, self.blocks.hidden, optimizer):
             self._shapes_changed = True
+
+    def _snapshot_initial_teacher(self) -> None:
+        # distill_teacher="initial": the model before any pruning or step (a resumed run restores the
+        # snapshot from its checkpoint instead, and a later schedule change keeps the one taken)
+        if not (self.config.distill and self.config.distill_teacher == "initial"):
+            return
+        if self.step_count or self.pretuned or self.distiller.teacher is not None:
+            return
+        if self.param_count() < self.blocks.initial_params:
+            return
+        self.snapshot_teacher()
 
     def teacher_forward(self, inputs: dict) -> object:
         """Run the teacher on ``inputs`` (masks and salience off); returns its model output."""
@@ -916,10 +930,17 @@ class AptController:
 
 # Options that act on the pruning events during tuning: (field, what it does there).
 _TUNING_WINDOW_OPTIONS = (
-    ("distill", "distils from the model as it was before each pruning window during tuning"),
+    (
+        "distill",
+        "distils from the model as it was before each pruning window during tuning "
+        "(distill_teacher='events')",
+    ),
     ("hidden_damage_curve", "acts on the pruning during tuning"),
     ("tuning_damage_curves", "acts on the pruning during tuning"),
 )
+
+
+_INITIAL_TEACHER_FIX = ", or distil from the unpruned model (distill_teacher='initial')"
 
 
 def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
@@ -959,11 +980,14 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
     if pretune is None or pretune > config.target_density:
         return
     for option, role in _TUNING_WINDOW_OPTIONS:
+        if option == "distill" and config.distill_teacher == "initial":
+            continue  # its one teacher is the model before the pruning before tuning
         if getattr(config, option):
             raise ConfigError(
                 f"AptConfig.{option}=True {role}, and pretune_density {pretune:g} leaves no pruning for "
                 "tuning (it is the target density); set pretune_density above target_density "
                 f"(e.g. 1 - (1 - target_density) / 2) or drop {option}"
+                + (_INITIAL_TEACHER_FIX if option == "distill" else "")
             )
 
 

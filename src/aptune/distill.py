@@ -391,7 +391,8 @@ class SelfDistiller:
         pred = torch.stack(pred_terms).mean() if pred_terms else task_loss.new_zeros(())
         layer = task_loss.new_zeros(())
         layer_terms = []
-        pairs = [] if self.transform is None else _hidden_state_pairs(student_outputs, teacher_outputs)
+        no_layer_term = self.transform is None or cfg.alpha_layer == 0
+        pairs = [] if no_layer_term else _hidden_state_pairs(student_outputs, teacher_outputs)
         for s_states, t_states, stack in pairs:
             layers = sample_teacher_layers(len(t_states) - 1, cfg.num_teacher_layers, self.generator)
             layer_terms.append(
@@ -451,7 +452,8 @@ class SelfDistiller:
             grow_adapter_(self.transform, int(state["transform_rank"]), optimizer)
         self.teacher_seconds = float(state["seconds"])
         saved = state["teacher"]
-        if saved is None:
+        if saved is None:  # none at the checkpoint (released, or not taken yet)
+            self.teacher = None
             return
         device = next(model.parameters()).device
         tensors = {name: t.to(device) for name, t in saved["tensors"].items()}
