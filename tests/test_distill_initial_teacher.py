@@ -74,12 +74,22 @@ def test_events_teacher_still_needs_pruning_left_for_tuning():
 
 def test_an_encoder_gets_its_teacher_before_the_first_pruning_event():
     model = tiny_bert()
-    controller = aptune.prepare_(model, dataclasses.replace(_CONFIG, target_density=0.4), total_steps=40)
+    # a classifier's head starts untrained, so only the hidden states are matched
+    config = dataclasses.replace(_CONFIG, target_density=0.4, alpha_pred=0.0)
+    controller = aptune.prepare_(model, config, total_steps=40)
     assert controller.teacher is not None
     names = dict(model.named_parameters())
     # frozen tensors are shared with the student until surgery replaces them
     frozen = [n for n, p in names.items() if not p.requires_grad and not n.startswith(DISTILL_MODULE_NAME)]
     assert frozen and all(controller.teacher.tensors[n].data_ptr() == names[n].data_ptr() for n in frozen)
+
+
+def test_predictions_of_an_untrained_task_head_are_refused():
+    model = tiny_bert()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(ConfigError, match=r"task head \(.*classifier.*\) starts untrained.*alpha_pred=0"):
+        aptune.prepare_(model, dataclasses.replace(_CONFIG, target_density=0.4), total_steps=40)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # left as it was
 
 
 def test_without_distillation_no_teacher_is_taken():

@@ -104,7 +104,9 @@ class AptConfig:
             model, since the adapters start at zero output), kept until ``distill_end``; it also
             works when everything is pruned before tuning (the decoder default). Its cost: the
             backbone tensors that pruning removes stay alive, and every distilled step runs the
-            unpruned model forward.
+            unpruned model forward. Its predictions are worth matching only where the output layer
+            is pretrained (a causal or seq2seq LM); with a task head trained from scratch it is
+            refused unless ``alpha_pred`` is 0.
         distill_end: Schedule point at which distillation stops and student-only tuning begins.
         distill_rank_growth: Grow the rank of the distillation transform ``Tr`` at every rank
             allocation event by the factor the growing adapters get (the authors' code; the new rank

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -991,6 +991,26 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
             )
 
 
+def check_initial_teacher(config: AptConfig, trainable_heads: Sequence[str]) -> None:
+    """Refuse to distil predictions from the model before tuning when its task head is untrained.
+
+    ``distill_teacher="initial"`` teaches with the model as prepared; a task head trained from
+    scratch (a classifier, QA outputs) predicts noise there. A pretrained output layer (the LM head
+    of a causal or seq2seq LM) is what makes that teacher's predictions worth matching.
+
+    Raises:
+        ConfigError: naming the head and the settings that work.
+    """
+    if not (config.distill and config.distill_teacher == "initial" and config.alpha_pred > 0):
+        return
+    if trainable_heads:
+        raise ConfigError(
+            f"AptConfig.distill_teacher='initial' distils the predictions of the model before tuning, and "
+            f"this model's task head ({', '.join(trainable_heads)}) starts untrained, so they are noise; "
+            "use distill_teacher='events' or set alpha_pred=0 (hidden states only)"
+        )
+
+
 def hidden_stay_note(pretune_density: float) -> str:
     """Why no hidden dimension leaves in a run that prunes everything before tuning, and the fix.
 
@@ -1054,6 +1074,7 @@ def prepare_(
         )
     layout = build_layout(model)
     check_tuning_window_options(config, layout.is_decoder)  # before anything changes the model
+    check_initial_teacher(config, layout.trainable_heads)
     apply_patches_(model, layout.patches)
     for param in model.parameters():
         param.requires_grad_(False)

@@ -168,16 +168,12 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # aptune's own default for decoders, measured where the suite adapts every projection
         {"adapter_targets": ("q", "v")},
     ),
-    "distill-initial": (
-        "APT distilled from the unpruned model",
-        # one teacher, the model before any pruning; token predictions only, at temperature 1 (the
-        # logit distillation that recovers pruned LLMs), set before any run and not tuned
-        _DISTILL_INITIAL,
-    ),
     "distill-initial-copy-heads": (
         "APT distilled from the unpruned model, keeping the heads that copy from the context",
-        # the same, with the decoder default's protection, where the suite's ablations otherwise run
-        # without it (--ablation-keep-copy-heads)
+        # one teacher, the model before any pruning (causal LMs: its LM head is pretrained); token
+        # predictions only, at temperature 1 (the logit distillation that recovers pruned LLMs), set
+        # before any run and not tuned; with the decoder default's protection, where the suite's
+        # ablations otherwise run without it (--ablation-keep-copy-heads)
         {**_DISTILL_INITIAL, "keep_copy_heads": 0.3},
     ),
     "pretune-halfway": (
