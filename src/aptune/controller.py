@@ -53,7 +53,12 @@ from aptune.errors import ConfigError, ModelError
 from aptune.hidden_exchange import hidden_exchange_ranking
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
-from aptune.losses import chunked_lm_forward, is_causal_lm
+from aptune.losses import (
+    causal_lm_hidden_and_head,
+    chunked_causal_lm_distill,
+    chunked_lm_forward,
+    is_causal_lm,
+)
 from aptune.masks import MaskState, install_masks
 from aptune.ranks import allocate_ranks, growth_factor
 from aptune.schedule import Schedule, build_schedule
@@ -747,16 +752,73 @@ class AptController:
             return
         self.snapshot_teacher()
 
-    def teacher_forward(self, inputs: dict) -> object:
-        """Run the teacher on ``inputs`` (masks and salience off); returns its model output."""
+    @contextlib.contextmanager
+    def _teacher_mode(self) -> Iterator[None]:
+        # masks and salience off while the teacher runs through the student's modules
         state = self.state
         collector_active = state.collector.active
         state.enabled = state.collector.active = False
         try:
-            return self.distiller.teacher_forward(self.model, inputs)
+            yield
         finally:
             state.enabled = True
             state.collector.active = collector_active
+
+    def teacher_forward(self, inputs: dict) -> object:
+        """Run the teacher on ``inputs`` (masks and salience off); returns its model output."""
+        with self._teacher_mode():
+            return self.distiller.teacher_forward(self.model, inputs)
+
+    def chunked_distillation_loss(
+        self, model: nn.Module, inputs: dict, num_items_in_batch: int | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, LossParts]:
+        """`distillation_loss` of a causal LM with its logits in blocks of ``lm_loss_chunk`` tokens.
+
+        The student's and the teacher's decoders run without their output projections; the
+        cross-entropy and the prediction KL are then taken block by block
+        (`aptune.losses.chunked_causal_lm_distill`), so neither model's vocabulary logits exist
+        at once. The value is `distillation_loss`'s on the full logits.
+
+        Args:
+            model: The student as the training step calls it (``self.model``, possibly wrapped by peft).
+            inputs: The batch, with ``labels``.
+            num_items_in_batch: The Trainer's token count over accumulated micro-batches, if any.
+
+        Returns:
+            ``(loss, LossParts)``.
+        """
+        decoder, head = causal_lm_hidden_and_head(model)
+        names = {id(module): name for name, module in self.model.named_modules()}
+        decoder_name, head_name = names[id(decoder)], names[id(head)]
+        kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+        states = self.distiller.matches_layers
+        student = decoder(**kwargs, use_cache=False, output_hidden_states=states)
+        with self._teacher_mode():
+            teacher = self.distiller.teacher_module_forward(
+                self.model, decoder_name, **kwargs, use_cache=False, output_hidden_states=states
+            )
+
+        def teacher_head(hidden: torch.Tensor) -> torch.Tensor:
+            with self._teacher_mode():
+                return self.distiller.teacher_module_forward(self.model, head_name, hidden)
+
+        valid = valid_positions(inputs, self.distiller.encoder_decoder)
+        task_loss, token_kl = chunked_causal_lm_distill(
+            student.last_hidden_state,
+            teacher.last_hidden_state,
+            head,
+            teacher_head,
+            inputs["labels"],
+            valid,
+            self.config.lm_loss_chunk,
+            self.config.temperature,
+            num_items_in_batch,
+        )
+        mu = self._require_schedule().mu(self.step_count + 1)
+        alive = {stack: self.blocks.alive_layers(stack) for stack in (None, "encoder", "decoder")}
+        return self.distiller.loss(
+            student, teacher, task_loss, mu=mu, alive=alive, valid=valid, token_kl=token_kl
+        )
 
     def distillation_loss(self, student_outputs, teacher_outputs, task_loss: torch.Tensor, inputs: dict):
         """``mu * (a_pred * L_pred + a_layer * L_layer) + (1 - mu) * L_task`` (paper section 4.4).

@@ -226,6 +226,34 @@ class Teacher:
             model.train(was_training)
 
 
+    def module_tensors(self, model: nn.Module, module_name: str) -> dict[str, torch.Tensor]:
+        """The snapshot's tensors of the submodule ``module_name``, keyed relative to it.
+
+        Tied parameters (a causal LM's output projection sharing the embedding) are found under the
+        name the snapshot stored them by.
+        """
+        canonical: dict[int, str] = {}
+        prefix = f"{module_name}."
+        tensors = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            first = canonical.setdefault(id(param), name)
+            if name.startswith(prefix) and first in self.tensors:
+                tensors[name[len(prefix) :]] = self.tensors[first]
+        return tensors
+
+    @torch.no_grad()
+    def forward_module(self, model: nn.Module, module_name: str, *args, **kwargs) -> object:
+        """Run the submodule ``module_name`` of ``model`` with the snapshot's tensors; dropout off."""
+        module = model.get_submodule(module_name)
+        was_training = module.training
+        module.eval()
+        try:
+            tensors = self.module_tensors(model, module_name)
+            return functional_call(module, tensors, args=args, kwargs=kwargs, strict=False)
+        finally:
+            module.train(was_training)
+
+
 @dataclass
 class LossParts:
     """The terms of the training loss at one step (floats, for logging)."""
@@ -332,6 +360,20 @@ class SelfDistiller:
         if self.teacher is not None:
             self.teacher_peak_bytes = max(self.teacher_peak_bytes, self.teacher.extra_bytes(model))
 
+    def teacher_module_forward(self, model: nn.Module, module_name: str, *args, **kwargs) -> object:
+        """Run the teacher's submodule ``module_name`` (the caller turns masks off); timed.
+
+        Raises:
+            RuntimeError: no snapshot exists.
+        """
+        if self.teacher is None:
+            raise RuntimeError("no teacher snapshot exists yet")
+        start = time.perf_counter()
+        try:
+            return self.teacher.forward_module(model, module_name, *args, **kwargs)
+        finally:
+            self.teacher_seconds += time.perf_counter() - start
+
     def teacher_forward(self, model: nn.Module, inputs: Mapping[str, Any]) -> object:
         """Teacher outputs for the student's ``inputs`` (targets removed; the caller turns masks off).
 
@@ -353,6 +395,11 @@ class SelfDistiller:
         finally:
             self.teacher_seconds += time.perf_counter() - start
 
+    @property
+    def matches_layers(self) -> bool:
+        """Whether the loss has a layer term (a transform and ``alpha_layer`` > 0)."""
+        return self.transform is not None and self.config.alpha_layer != 0
+
     def loss(
         self,
         student_outputs,
@@ -362,6 +409,7 @@ class SelfDistiller:
         mu: float,
         alive: Mapping[str | None, Sequence[bool]],
         valid: torch.Tensor | None = None,
+        token_kl: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LossParts]:
         """``mu * (a_pred * L_pred + a_layer * L_layer) + (1 - mu) * L_task``.
 
@@ -372,12 +420,15 @@ class SelfDistiller:
             alive: Alive flags per layer, keyed by stack (``"encoder"``, ``"decoder"``) and by None
                 for a single stack (see `aptune.blocks.BlockBook.alive_layers`).
             valid: Boolean ``(batch, T)`` mask of the token positions that count (`valid_positions`).
+            token_kl: The token-level prediction KL computed elsewhere (in blocks of tokens,
+                `aptune.losses.chunked_causal_lm_distill`); it replaces the one from the outputs'
+                logits and gets ``token_kl_scale`` here.
 
         Returns:
             ``(loss, LossParts)``; the parts are also kept as ``last_parts``.
         """
         cfg = self.config
-        pred_terms = []
+        pred_terms = [] if token_kl is None else [token_kl * cfg.token_kl_scale]
         for name in _PREDICTION_FIELDS:
             s = getattr(student_outputs, name, None)
             t = getattr(teacher_outputs, name, None)
@@ -391,8 +442,7 @@ class SelfDistiller:
         pred = torch.stack(pred_terms).mean() if pred_terms else task_loss.new_zeros(())
         layer = task_loss.new_zeros(())
         layer_terms = []
-        no_layer_term = self.transform is None or cfg.alpha_layer == 0
-        pairs = [] if no_layer_term else _hidden_state_pairs(student_outputs, teacher_outputs)
+        pairs = _hidden_state_pairs(student_outputs, teacher_outputs) if self.matches_layers else []
         for s_states, t_states, stack in pairs:
             layers = sample_teacher_layers(len(t_states) - 1, cfg.num_teacher_layers, self.generator)
             layer_terms.append(

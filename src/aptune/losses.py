@@ -17,6 +17,8 @@ without a gradient, so an evaluation never holds the ``[tokens, vocabulary]`` lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,7 @@ from aptune.errors import ConfigError
 __all__ = [
     "IGNORE_INDEX",
     "causal_lm_hidden_and_head",
+    "chunked_causal_lm_distill",
     "chunked_causal_lm_loss",
     "chunked_lm_eval",
     "chunked_lm_forward",
@@ -100,6 +103,95 @@ def chunked_causal_lm_loss(
     if float(count) == 0:
         return total + 0.0 * hidden.sum()
     return total / count
+
+
+def chunked_causal_lm_distill(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head: nn.Module,
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    valid: torch.Tensor | None,
+    chunk_size: int,
+    temperature: float = 1.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The causal-LM cross-entropy and the token-level distillation KL, in blocks of tokens.
+
+    Each block's student logits serve both terms and are recomputed in the backward pass
+    (`torch.utils.checkpoint`); the teacher's logits are computed per block without a gradient. So
+    neither model's ``[tokens, vocabulary]`` logits exist at once.
+
+    Args:
+        student_hidden: The student's final hidden states, ``(batch, seq, d_student)``.
+        teacher_hidden: The teacher's final hidden states, ``(batch, seq, d_teacher)``.
+        student_head: The student's output projection.
+        teacher_head: Maps a block of teacher hidden states ``(tokens, d_teacher)`` to logits.
+        labels: Token ids ``(batch, seq)``; position ``t`` predicts ``labels[t + 1]``; ``-100`` ignored.
+        valid: Boolean ``(batch, seq)`` positions whose predictions the KL compares (None: all).
+        chunk_size: Tokens per block.
+        temperature: Softmax temperature ``tau`` of the KL.
+        num_items_in_batch: See `chunked_causal_lm_loss` (the cross-entropy only).
+
+    Returns:
+        ``(cross_entropy, kl)``: the values of `chunked_causal_lm_loss` and of
+        `aptune.distill.PredictionDistillLoss` (mean over valid positions, times ``tau**2``).
+
+    Raises:
+        ConfigError: ``chunk_size`` is not a positive int.
+        ValueError: the shapes disagree.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size={chunk_size!r} must be an int >= 1 (tokens per logits block)")
+    batch, seq = labels.shape
+    if student_hidden.shape[:2] != (batch, seq) or teacher_hidden.shape[:2] != (batch, seq):
+        raise ValueError(
+            f"hidden states {tuple(student_hidden.shape)} / {tuple(teacher_hidden.shape)} do not match "
+            f"labels {tuple(labels.shape)}"
+        )
+    # position t predicts labels[t + 1]; the last position has no target
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(student_hidden.device)
+    if valid is None:
+        valid = torch.ones(batch, seq, dtype=torch.bool, device=student_hidden.device)
+    # (batch, seq, d) -> (tokens, d); (batch, seq) -> (tokens,)
+    s_rows = student_hidden.reshape(batch * seq, -1)
+    t_rows = teacher_hidden.reshape(batch * seq, -1)
+    flat_targets, flat_valid = targets.reshape(-1), valid.to(student_hidden.device).reshape(-1)
+    tau = float(temperature)
+
+    def block_sums(s_block, t_block, block_targets, block_valid):
+        logits = student_head(s_block).float()  # (block, vocab)
+        ce = F.cross_entropy(logits, block_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        with torch.no_grad():
+            log_p_t = F.log_softmax(teacher_head(t_block).float() / tau, dim=-1)
+        log_p_s = F.log_softmax(logits / tau, dim=-1)
+        per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (block,)
+        return ce, (per_token * block_valid).sum()
+
+    ce_total = s_rows.new_zeros((), dtype=torch.float32)
+    kl_total = s_rows.new_zeros((), dtype=torch.float32)
+    for start in range(0, s_rows.shape[0], chunk_size):
+        stop = start + chunk_size
+        block_valid = flat_valid[start:stop]
+        block_targets = flat_targets[start:stop]
+        if not bool(block_valid.any()) and not bool((block_targets != IGNORE_INDEX).any()):
+            continue
+        ce, kl = checkpoint(
+            block_sums,
+            s_rows[start:stop],
+            t_rows[start:stop],
+            block_targets,
+            block_valid.float(),
+            use_reentrant=False,
+        )
+        ce_total, kl_total = ce_total + ce, kl_total + kl
+    if num_items_in_batch is not None:
+        count = torch.as_tensor(num_items_in_batch, device=ce_total.device, dtype=torch.float32)
+    else:
+        count = (flat_targets != IGNORE_INDEX).sum().float()
+    ce_loss = ce_total / count if float(count) > 0 else ce_total + 0.0 * s_rows.sum()
+    kl_loss = kl_total / flat_valid.sum().clamp_min(1).float() * tau**2
+    return ce_loss, kl_loss
 
 
 def _module_block_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

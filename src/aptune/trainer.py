@@ -415,12 +415,16 @@ class AptTrainer(Trainer):
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
-        teacher_outputs = controller.teacher_forward(inputs)
-        outputs = model(**inputs, output_hidden_states=True)
-        task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-        if task_loss is None:
-            raise ModelError("the model returned no loss: the training batches must contain labels")
-        loss, _ = controller.distillation_loss(outputs, teacher_outputs, task_loss, inputs)
+        if self._chunked_lm_loss(model, inputs, return_outputs):
+            # both models' logits in blocks of tokens; per-batch means, as on the full logits below
+            loss, _ = controller.chunked_distillation_loss(model, inputs)
+        else:
+            teacher_outputs = controller.teacher_forward(inputs)
+            outputs = model(**inputs, output_hidden_states=True)
+            task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            if task_loss is None:
+                raise ModelError("the model returned no loss: the training batches must contain labels")
+            loss, _ = controller.distillation_loss(outputs, teacher_outputs, task_loss, inputs)
         self._check_finite(loss)
         if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
             # the Trainer skips its own division when the model normalises by num_items_in_batch
