@@ -271,8 +271,8 @@ class AptConfig:
             98.1 %) and a slower model (0.455x vs 0.427x dense latency).
         lm_loss_chunk: Causal LMs: compute the logits and the cross-entropy this many tokens at a
             time (`aptune.losses`), so the vocabulary logits of a step never exist at once. Steps
-            with prediction distillation still compute full logits (the KL needs the teacher's and
-            the student's). Evaluation with the perplexity metric runs in the same blocks
+            with distillation take the prediction KL in the same blocks, the teacher's logits
+            computed per block (`aptune.losses.chunked_causal_lm_distill`). Evaluation with the perplexity metric runs in the same blocks
             (`aptune.losses.chunked_lm_eval`), and so do the calibration pass and the damage curves
             of the pruning before tuning (the same loss, so the same decisions). ``None``: the
             model's own loss and logits.
