@@ -272,10 +272,12 @@ class AptConfig:
         lm_loss_chunk: Causal LMs: compute the logits and the cross-entropy this many tokens at a
             time (`aptune.losses`), so the vocabulary logits of a step never exist at once. Steps
             with distillation take the prediction KL in the same blocks, the teacher's logits
-            computed per block (`aptune.losses.chunked_causal_lm_distill`). Evaluation with the perplexity metric runs in the same blocks
-            (`aptune.losses.chunked_lm_eval`), and so do the calibration pass and the damage curves
-            of the pruning before tuning (the same loss, so the same decisions). ``None``: the
-            model's own loss and logits.
+            computed per block (`aptune.losses.chunked_causal_lm_distill`). Evaluation with the
+            perplexity metric runs in the same blocks (`aptune.losses.chunked_lm_eval`), and so do
+            the calibration pass and the damage curves of the pruning before tuning (the same
+            loss, so the same decisions). A model wrapped for data parallelism runs through its
+            wrapper (`aptune.losses.causal_lm_decoder_output`). ``None``: the model's own loss
+            and logits.
         posttune_steps: Length of the post-distillation phase that follows the main run (the
             authors' last phase): the best dev checkpoint among the evaluations after the last
             pruning event (and the final model) is restored, then the model is tuned with the task

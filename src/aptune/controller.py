@@ -54,6 +54,7 @@ from aptune.hidden_exchange import hidden_exchange_ranking
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
 from aptune.hub.modeling_aptune import apply_patches_
 from aptune.losses import (
+    causal_lm_decoder_output,
     causal_lm_hidden_and_head,
     chunked_causal_lm_distill,
     chunked_lm_forward,
@@ -780,7 +781,7 @@ class AptController:
         at once. The value is `distillation_loss`'s on the full logits.
 
         Args:
-            model: The student as the training step calls it (``self.model``, possibly wrapped by peft).
+            model: The student as the training step calls it (possibly wrapped for data parallelism).
             inputs: The batch, with ``labels``.
             num_items_in_batch: The Trainer's token count over accumulated micro-batches, if any.
 
@@ -792,7 +793,7 @@ class AptController:
         decoder_name, head_name = names[id(decoder)], names[id(head)]
         kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
         states = self.distiller.matches_layers
-        student = decoder(**kwargs, use_cache=False, output_hidden_states=states)
+        student = causal_lm_decoder_output(model, kwargs, output_hidden_states=states)
         with self._teacher_mode():
             teacher = self.distiller.teacher_module_forward(
                 self.model, decoder_name, **kwargs, use_cache=False, output_hidden_states=states

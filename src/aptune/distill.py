@@ -225,7 +225,6 @@ class Teacher:
         finally:
             model.train(was_training)
 
-
     def module_tensors(self, model: nn.Module, module_name: str) -> dict[str, torch.Tensor]:
         """The snapshot's tensors of the submodule ``module_name``, keyed relative to it.
 

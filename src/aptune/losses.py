@@ -28,6 +28,7 @@ from aptune.errors import ConfigError
 
 __all__ = [
     "IGNORE_INDEX",
+    "causal_lm_decoder_output",
     "causal_lm_hidden_and_head",
     "chunked_causal_lm_distill",
     "chunked_causal_lm_loss",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+
+# Wrappers for data parallelism: they hold the model as ``.module`` and must see its forward.
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel)
 
 
 def _block_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets):
@@ -217,6 +221,8 @@ def causal_lm_hidden_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         ValueError: the model has no decoder or no output embeddings.
     """
     inner = model
+    while isinstance(inner, _WRAPPERS):  # DistributedDataParallel / DataParallel hold it as .module
+        inner = inner.module
     # peft: PeftModel.base_model (LoraModel).model is the transformers model
     while not hasattr(inner, "get_output_embeddings") and hasattr(inner, "base_model"):
         inner = inner.base_model
@@ -227,6 +233,40 @@ def causal_lm_hidden_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     if head is None or decoder is None:
         raise ValueError(f"{type(model).__name__} is not a causal LM with a decoder and an output projection")
     return decoder, head
+
+
+def causal_lm_decoder_output(model: nn.Module, kwargs: dict, **options) -> object:
+    """The output of a causal LM's decoder stack (``last_hidden_state``, ...), without its logits.
+
+    A bare (or peft-wrapped) model runs its decoder directly. A model wrapped for data parallelism
+    runs through the wrapper, so that the wrapper sees the forward and synchronises the gradients:
+    it is asked for the logits of no position (``logits_to_keep`` empty), and the decoder's output
+    is taken from a forward hook.
+
+    Args:
+        model: A Hugging Face causal LM, possibly wrapped by peft or by ``DistributedDataParallel``.
+        kwargs: The decoder inputs (no labels).
+        **options: Further decoder options (e.g. ``output_hidden_states=True``).
+
+    Returns:
+        The decoder's ``BaseModelOutputWithPast``.
+    """
+    decoder, _ = causal_lm_hidden_and_head(model)
+    if not isinstance(model, _WRAPPERS):
+        return decoder(**kwargs, use_cache=False, **options)
+    captured = []
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        device = next(decoder.parameters()).device
+        model(
+            **kwargs,
+            use_cache=False,
+            logits_to_keep=torch.empty(0, dtype=torch.long, device=device),
+            **options,
+        )
+    finally:
+        handle.remove()
+    return captured[-1]
 
 
 def chunked_lm_forward(
@@ -243,9 +283,9 @@ def chunked_lm_forward(
     Returns:
         The scalar loss.
     """
-    decoder, head = causal_lm_hidden_and_head(model)
+    _, head = causal_lm_hidden_and_head(model)
     kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
-    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+    hidden = causal_lm_decoder_output(model, kwargs).last_hidden_state
     return chunked_causal_lm_loss(hidden, head, inputs["labels"], chunk_size, num_items_in_batch)
 
 
