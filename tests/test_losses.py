@@ -239,32 +239,27 @@ def _nested_close(a, b) -> bool:
     return a == b
 
 
-def test_a_model_wrapped_for_data_parallelism_runs_through_its_wrapper(tmp_path, monkeypatch):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+def test_a_model_wrapped_for_data_parallelism_runs_through_its_wrapper(monkeypatch):
+    # DataParallel stands for DistributedDataParallel: the same path (the wrapper's forward must run,
+    # so that DDP synchronises the gradients), without a process group in the test
+    model = tiny_llama().train()
+    batch = _batch()
+    reference = model(**batch).loss
+    reference.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    wrapper = torch.nn.DataParallel(model)
+    calls = []
+    original = torch.nn.DataParallel.forward
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        model = tiny_llama().train()
-        batch = _batch()
-        reference = model(**batch).loss
-        reference.backward()
-        expected = _grads(model)
-        model.zero_grad()
-        wrapper = DistributedDataParallel(model)
-        calls = []
-        original = DistributedDataParallel.forward
+    def seen(self, *args, **kwargs):
+        calls.append(kwargs.get("logits_to_keep"))
+        return original(self, *args, **kwargs)
 
-        def seen(self, *args, **kwargs):
-            calls.append(kwargs.get("logits_to_keep"))
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DistributedDataParallel, "forward", seen)
-        loss = chunked_lm_forward(wrapper, batch, 4)
-        loss.backward()
-    finally:
-        dist.destroy_process_group()
-    # the wrapper saw the forward (it synchronises the gradients) and asked for no logits
+    monkeypatch.setattr(torch.nn.DataParallel, "forward", seen)
+    loss = chunked_lm_forward(wrapper, batch, 4)
+    loss.backward()
+    # the wrapper saw the forward and asked for no logits
     assert len(calls) == 1 and calls[0].numel() == 0
     torch.testing.assert_close(loss, reference)
     got = _grads(model)
