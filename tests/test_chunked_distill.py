@@ -1,16 +1,14 @@
 """Distillation of a causal LM in blocks of tokens equals the distillation on the full logits."""
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import TrainingArguments
 
 import aptune
 from aptune.distill import PredictionDistillLoss
 from aptune.losses import IGNORE_INDEX, chunked_causal_lm_distill
-from test_llama import VOCAB, _causal_lm_dataset, _inputs, tiny_llama
+from test_distill_initial_teacher import _train
+from test_llama import _causal_lm_dataset, _inputs, tiny_llama
 from test_surgery import _randomise_adapters
 
 
@@ -122,44 +120,18 @@ def test_a_trainer_run_distils_in_blocks(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(aptune.AptController, "chunked_distillation_loss", counted)
-    args = TrainingArguments(
-        str(tmp_path / "run"),
-        max_steps=10,
-        per_device_train_batch_size=8,
-        learning_rate=5e-3,
-        logging_steps=2,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    trainer = aptune.AptTrainer(
-        model=tiny_llama(), args=args, apt_config=config, train_dataset=_causal_lm_dataset()
-    )
-    trainer.train()
+    trainer = _train(tiny_llama(), config, tmp_path, steps=10)
     assert calls == list(range(len(calls))) and len(calls) == 7  # every step until distill_end (0.7)
     logged = [h for h in trainer.state.log_history if "distill_pred" in h]
     assert logged and all(torch.isfinite(torch.tensor(h["distill_pred"])) for h in logged)
-    assert VOCAB > 8  # the blocks are smaller than a row of logits would need
 
 
 def test_without_chunks_the_full_logits_path_runs(tmp_path, monkeypatch):
     config = aptune.AptConfig(
         target_density=0.5, num_events=2, initial_rank=2, distill=True, distill_teacher="initial"
     )
-    config = dataclasses.replace(config, lm_loss_chunk=None)
+    assert config.lm_loss_chunk is None  # the default: full logits
     monkeypatch.setattr(
         aptune.AptController, "chunked_distillation_loss", lambda *a, **k: pytest.fail("chunked path used")
     )
-    args = TrainingArguments(
-        str(tmp_path / "run"),
-        max_steps=12,
-        per_device_train_batch_size=8,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    aptune.AptTrainer(
-        model=tiny_llama(), args=args, apt_config=config, train_dataset=_causal_lm_dataset()
-    ).train()
+    _train(tiny_llama(), config, tmp_path, steps=12)

@@ -27,14 +27,20 @@ def _grads(model) -> dict:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _reference(model, batch) -> tuple[torch.Tensor, dict]:
+    # the model's own loss and gradients; the gradients are cleared afterwards
+    loss = model(**batch).loss
+    loss.backward()
+    grads = _grads(model)
+    model.zero_grad()
+    return loss, grads
+
+
 @pytest.mark.parametrize("chunk", [1, 5, 7, 1000])
 def test_equals_the_models_loss_and_gradients(chunk):
     model = tiny_llama().train()
     batch = _batch()
-    reference = model(**batch).loss
-    reference.backward()
-    expected = _grads(model)
-    model.zero_grad()
+    reference, expected = _reference(model, batch)
 
     loss = chunked_lm_forward(model, batch, chunk)
     loss.backward()
@@ -244,10 +250,7 @@ def test_a_model_wrapped_for_data_parallelism_runs_through_its_wrapper(monkeypat
     # so that DDP synchronises the gradients), without a process group in the test
     model = tiny_llama().train()
     batch = _batch()
-    reference = model(**batch).loss
-    reference.backward()
-    expected = _grads(model)
-    model.zero_grad()
+    reference, expected = _reference(model, batch)
     wrapper = torch.nn.DataParallel(model)
     calls = []
     original = torch.nn.DataParallel.forward

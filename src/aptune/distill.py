@@ -21,9 +21,10 @@ that count) and never asks the controller.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,19 +360,25 @@ class SelfDistiller:
         if self.teacher is not None:
             self.teacher_peak_bytes = max(self.teacher_peak_bytes, self.teacher.extra_bytes(model))
 
+    @contextlib.contextmanager
+    def _timed_teacher(self) -> Iterator[Teacher]:
+        # the snapshot, with the time spent in it added to teacher_seconds
+        if self.teacher is None:
+            raise RuntimeError("no teacher snapshot exists yet")
+        start = time.perf_counter()
+        try:
+            yield self.teacher
+        finally:
+            self.teacher_seconds += time.perf_counter() - start
+
     def teacher_module_forward(self, model: nn.Module, module_name: str, *args, **kwargs) -> object:
         """Run the teacher's submodule ``module_name`` (the caller turns masks off); timed.
 
         Raises:
             RuntimeError: no snapshot exists.
         """
-        if self.teacher is None:
-            raise RuntimeError("no teacher snapshot exists yet")
-        start = time.perf_counter()
-        try:
-            return self.teacher.forward_module(model, module_name, *args, **kwargs)
-        finally:
-            self.teacher_seconds += time.perf_counter() - start
+        with self._timed_teacher() as teacher:
+            return teacher.forward_module(model, module_name, *args, **kwargs)
 
     def teacher_forward(self, model: nn.Module, inputs: Mapping[str, Any]) -> object:
         """Teacher outputs for the student's ``inputs`` (targets removed; the caller turns masks off).
@@ -379,10 +386,7 @@ class SelfDistiller:
         Raises:
             RuntimeError: no snapshot exists.
         """
-        if self.teacher is None:
-            raise RuntimeError("no teacher snapshot exists yet")
-        start = time.perf_counter()
-        try:
+        with self._timed_teacher() as teacher:
             inputs = dict(inputs)
             if self.encoder_decoder and "decoder_input_ids" not in inputs and "labels" in inputs:
                 # the student derives its decoder inputs from the labels; the teacher gets none
@@ -390,9 +394,7 @@ class SelfDistiller:
                     labels=inputs["labels"]
                 )
             inputs = {k: v for k, v in inputs.items() if k not in _TARGET_FIELDS}
-            return self.teacher.forward(model, inputs)
-        finally:
-            self.teacher_seconds += time.perf_counter() - start
+            return teacher.forward(model, inputs)
 
     @property
     def matches_layers(self) -> bool:

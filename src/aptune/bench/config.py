@@ -78,15 +78,6 @@ JOB_DENSITY = "<job density>"
 #: ``1 - (1 - d) / 2`` (the authors' LLaMA script prunes that far before tuning).
 HALFWAY_DENSITY = "<halfway to the job density>"
 
-#: Distillation from the model before any pruning, on its token predictions only.
-_DISTILL_INITIAL: dict[str, Any] = {
-    "distill": True,
-    "distill_teacher": "initial",
-    "alpha_pred": 1.0,
-    "alpha_layer": 0.0,
-    "temperature": 1.0,
-}
-
 #: APT ablations: name -> (label, AptConfig overrides). ``one-shot`` is its own method (aptune's
 #: salience applied once to the converged LoRA model, then retraining).
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -174,7 +165,14 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # predictions only, at temperature 1 (the logit distillation that recovers pruned LLMs), set
         # before any run and not tuned; with the decoder default's protection, where the suite's
         # ablations otherwise run without it (--ablation-keep-copy-heads)
-        {**_DISTILL_INITIAL, "keep_copy_heads": 0.3},
+        {
+            "distill": True,
+            "distill_teacher": "initial",
+            "alpha_pred": 1.0,
+            "alpha_layer": 0.0,
+            "temperature": 1.0,
+            "keep_copy_heads": 0.3,
+        },
     ),
     "pretune-halfway": (
         "APT pruned halfway before tuning, the rest during tuning",
