@@ -172,7 +172,8 @@ class AptConfig:
             88.8 at 0.7; LLM-Pruner's hand-set layer recipe gives 40.8 and 70.3
             (benchmarks/results/smollm2-selection.md). With a ``selection_scale`` other than
             ``"global"`` set, the default is 0.
-        damage_batches: Calibration batches the damage curves are measured on (forward only).
+        damage_batches: Calibration batches the damage curves are measured on (forward only); under
+            data parallelism every process measures its own first ones and the losses are averaged.
         tuning_damage_curves: Rank the heads and neurons by measured damage curves at the pruning
             events during tuning too, not only before it. The curves are measured on the current
             model (adapters included) with the first ``damage_batches`` batches of the calibration
@@ -207,7 +208,8 @@ class AptConfig:
             each of its six events too: 1.5-3.4x the blocks' loss per parameter, so the export is as large as
             without the option (benchmarks/results/smollm2-bbc-300steps.md).
         calibration_samples: Number of examples of the calibration pass. ``None``: 128 for
-            decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise.
+            decoders (the authors' LLaMA recipe: 128 batches of 2), 64 otherwise. Under data
+            parallelism this is the total over the processes, each calibrating on its share.
         calibration_batch_size: Examples per forward/backward of the calibration pass, each at the
             run's max length. The salience (a product of per-channel sums) is computed per
             micro-batch and then summed, so the split changes the scores somewhat, and dropout is

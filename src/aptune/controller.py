@@ -44,6 +44,7 @@ from aptune.copy_heads import unit_induction_scores
 from aptune.damage import damage_curve_scores, hidden_curve_counts
 from aptune.distill import DISTILL_MODULE_NAME, DistillTransform, LossParts, SelfDistiller, valid_positions
 from aptune.distributed import (
+    all_reduce_salience_,
     all_reduce_salience_stats_,
     check_same_on_all_ranks,
     is_distributed,
@@ -613,9 +614,11 @@ class AptController:
         seen = 0
         for index in range(1, rounds + 1):
             # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
+            # scored per micro-batch on each rank, then summed over the ranks (aptune.distributed)
             total, seen = summed_salience(
-                self.model, batches, self.state.collector, self._reduced_salience, self.batch_loss
+                self.model, batches, self.state.collector, self.current_salience, self.batch_loss
             )
+            total = all_reduce_salience_(total)
             ranking = total
             if curves:
                 ranking, damage = self._damage_curve_scores(total, batches[: self.config.damage_batches])

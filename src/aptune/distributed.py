@@ -1,10 +1,13 @@
 """Data-parallel support: identical pruning decisions on every rank, and DDP after shape changes.
 
 Under ``torch.distributed`` every rank sees a different slice of the batch, so the per-channel
-activation and gradient sums of the salience hooks differ between ranks. They are all-reduced
-(summed) before any score is computed, which makes every rank's scores, keep-sets and masks equal to
-those of one process that saw the whole global batch. A checksum of the kept blocks is compared
-across ranks at every pruning event.
+activation and gradient sums of the salience hooks differ between ranks. During tuning they are
+all-reduced (activations summed, gradients averaged as DDP averages them) before any score is
+computed, which makes every rank's scores, keep-sets and
+masks equal to those of one process that saw the whole global batch. The calibration pass before
+tuning scores every micro-batch on its own rank and sums the scores over ranks once, which equals
+one process scoring the same micro-batches. A checksum of the kept blocks is compared across ranks
+at every pruning event.
 
 DistributedDataParallel registers every parameter's shape when it is built; after in-place surgery
 or rank growth its gradient buckets no longer fit. `rebuild_ddp_` rebuilds the reducer of the
@@ -21,9 +24,13 @@ import hashlib
 import torch
 import torch.distributed as dist
 
+from aptune.errors import ConfigError
+
 __all__ = [
     "all_reduce_gradients_",
+    "all_reduce_salience_",
     "all_reduce_salience_stats_",
+    "calibration_share",
     "check_same_on_all_ranks",
     "close_process_group",
     "exclude_from_ddp_",
@@ -48,8 +55,30 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
+def calibration_share(total: int, world_size: int, rank: int) -> int:
+    """This process's number of calibration examples when ``world_size`` processes share ``total``.
+
+    The shares differ by at most one and sum to ``total``; since the salience statistics are summed
+    over the processes, a data-parallel calibration pass sees as many examples as one process does.
+
+    Raises:
+        ConfigError: ``total`` is below ``world_size``, which would leave a process with none.
+    """
+    if total < world_size:
+        raise ConfigError(
+            f"calibration_samples={total} is fewer than the {world_size} processes, so some would "
+            f"calibrate on nothing: set calibration_samples to at least {world_size}"
+        )
+    return total // world_size + (1 if rank < total % world_size else 0)
+
+
 def all_reduce_salience_stats_(collector) -> None:
-    """Sum the salience statistics of every site over all ranks (in place; no-op in one process)."""
+    """Reduce the salience statistics of every site over all ranks (in place; no-op in one process).
+
+    Activation sums and counts are summed. Gradient sums are averaged: each rank's loss is the
+    mean over its own slice, so its gradients are ``world_size`` times its share of the global
+    batch's (DDP averages the parameter gradients for the same reason).
+    """
     if not is_distributed() or not collector.stats:
         return
     keys = sorted(collector.stats, key=repr)
@@ -61,16 +90,46 @@ def all_reduce_salience_stats_(collector) -> None:
     # one collective for all sites: concatenate, reduce, split back
     flat = torch.cat([p.float().reshape(-1) for p in parts])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    world = dist.get_world_size()
     offset = 0
     for key in keys:
         stats = collector.stats[key]
         for name in ("act_abs", "grad_abs", "act_sum"):
             tensor = getattr(stats, name)
             tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+            if name == "grad_abs":
+                tensor.div_(world)
             offset += tensor.numel()
         stats.tokens = int(flat[offset].item())
         stats.backward_calls = int(flat[offset + 1].item())
         offset += 2
+
+
+def all_reduce_salience_(salience):
+    """A `aptune.scores.Salience` summed over all ranks (the same object in one process).
+
+    The calibration pass sums one score per micro-batch on every rank and reduces the totals once,
+    so its result is that of one process scoring the same micro-batches in turn.
+    """
+    if not is_distributed():
+        return salience
+    parts = [t for t in (*salience.heads, *salience.neurons, salience.hidden) if t is not None]
+    if not parts:
+        return salience
+    # gloo reduces CPU tensors, NCCL only those on the rank's GPU
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flat = torch.cat([p.float().reshape(-1) for p in parts]).to(device or parts[0].device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    reduced = iter(flat.split([p.numel() for p in parts]))
+
+    def back(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None:
+            return None
+        return next(reduced).view_as(tensor).to(device=tensor.device, dtype=tensor.dtype)
+
+    heads = [back(t) for t in salience.heads]
+    neurons = [back(t) for t in salience.neurons]
+    return salience._replace(heads=heads, neurons=neurons, hidden=back(salience.hidden))
 
 
 def check_same_on_all_ranks(tensors: list[torch.Tensor], what: str) -> str:

@@ -30,7 +30,7 @@ from aptune.checkpoint import (
 )
 from aptune.config import AptConfig
 from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
-from aptune.distributed import all_reduce_gradients_, exclude_from_ddp_
+from aptune.distributed import all_reduce_gradients_, calibration_share, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
 from aptune.losses import chunked_lm_eval, chunked_lm_forward, is_causal_lm
@@ -411,7 +411,7 @@ class AptTrainer(Trainer):
                 items = num_items_in_batch if self.model_accepts_loss_kwargs else None
                 loss = chunked_lm_forward(model, inputs, controller.config.lm_loss_chunk, items)
                 self._check_finite(loss)
-                return loss
+                return self._undo_token_average(loss, items)
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
@@ -430,6 +430,15 @@ class AptTrainer(Trainer):
             # the Trainer skips its own division when the model normalises by num_items_in_batch
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
+
+    def _undo_token_average(self, loss: torch.Tensor, items) -> torch.Tensor:
+        # With average_tokens_across_devices, num_items_in_batch counts the tokens of every
+        # process, so a rank's loss is its share of the global mean; DDP then averages the
+        # gradients over the ranks, and `Trainer.compute_loss` multiplies by the number of
+        # processes to undo that. The chunked loss bypasses it, so it scales the same way.
+        if items is None or not self.args.average_tokens_across_devices:
+            return loss
+        return loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The chunked evaluation of a causal LM when ``lm_loss_chunk`` is set (see
@@ -598,12 +607,15 @@ class AptTrainer(Trainer):
 
         The examples come from ``calibration_dataset`` when the trainer has one, else from the
         training data. Sample count and micro-batch come from `aptune.AptConfig.calibration_plan`
-        (decoders: 128 examples in micro-batches of 2 at the run's max length).
+        (decoders: 128 examples in micro-batches of 2 at the run's max length). Under data
+        parallelism the count is the global one: every process calibrates on its share of it from
+        its own shard of the data, and the salience is summed over the processes.
         """
         controller = self.apt_controller
-        needed, micro = controller.config.calibration_plan(
+        total, micro = controller.config.calibration_plan(
             controller.layout.is_decoder, self.args.per_device_train_batch_size
         )
+        needed = calibration_share(total, self.accelerator.num_processes, self.accelerator.process_index)
         batches, seen = [], 0
         for batch in self.calibration_dataloader():
             size = len(next(iter(batch.values())))
