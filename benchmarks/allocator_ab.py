@@ -95,11 +95,28 @@ def _batches(spec: dict, count: int, rows: int | None = None) -> list[dict]:
     return batches
 
 
+def _enable_checkpointing(model) -> None:
+    # non-reentrant (transformers' default), under the method's current name
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _run_once(
-    model_key: str, workload: str, steps: int, apt_overrides: dict | None = None, trace: bool = False
+    model_key: str,
+    workload: str,
+    steps: int,
+    apt_overrides: dict | None = None,
+    trace: bool = False,
+    checkpointing: bool = False,
 ) -> dict:
-    """One training loop of ``workload``; ``apt_overrides`` change APT's settings, and ``trace``
-    adds every step's RSS, time and trainable parameter count (``"trace"``)."""
+    """One training loop of ``workload``; ``apt_overrides`` change APT's settings, ``trace``
+    adds every step's RSS, time and trainable parameter count (``"trace"``), and ``checkpointing``
+    turns on transformers' gradient checkpointing (non-reentrant, its default) before any pass,
+    the calibration pass included, as the Trainer does. ``"setup_peak_rss_mb"`` is the peak of
+    loading, preparing and calibrating, before the loop's peak is reset."""
     import torch
 
     from aptune.bench.measure import current_rss_mb, peak_rss_mb, reset_peak_rss
@@ -120,6 +137,8 @@ def _run_once(
         extra = {"modules_to_save": ["classifier", "pooler"]} if spec["task"] == "classification" else {}
         config = LoraConfig(r=8, lora_alpha=16, target_modules=spec["lora_targets"], **extra)
         model = get_peft_model(model, config)
+        if checkpointing:
+            _enable_checkpointing(model)
     else:
         import aptune
 
@@ -127,6 +146,8 @@ def _run_once(
             **{**spec["apt"], **(apt_overrides or {})}, lm_loss_chunk=spec["lm_loss_chunk"]
         )
         controller = aptune.prepare_(model, apt, total_steps=steps)
+        if checkpointing:
+            _enable_checkpointing(model)
         if spec["task"] == "causal-lm":  # the decoder default: everything pruned before tuning
             controller.calibrate_and_prune_(_batches(spec, apt.calibration_samples // 2, rows=2))
             # nothing is left to prune, so aptune keeps the C library's threshold: "pinned" pins
@@ -135,6 +156,7 @@ def _run_once(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     chunk = spec["lm_loss_chunk"]
+    setup_peak = peak_rss_mb()
     reset_peak_rss()
     times, steps_seen = [], []
     for step in range(steps):
@@ -157,6 +179,7 @@ def _run_once(
     result = {
         "pinned": pinned_mmap_threshold(),  # APT: set by the controller at its first pruning event
         "peak_rss_mb": peak_rss_mb(),
+        "setup_peak_rss_mb": setup_peak,
         "step_s": statistics.median(times[last_event + 1 :] or times),
     }
     if trace:

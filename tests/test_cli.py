@@ -246,8 +246,26 @@ def test_train_with_a_calibration_file_prunes_from_it(tmp_path, tiny_model_dir, 
 
 
 @pytest.mark.integration
-def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys, monkeypatch, checkpointing):
+    from transformers import PreTrainedModel
+
     from test_llama import tiny_llama
+
+    enabled = []
+    # the method the Trainer calls: recent transformers renamed it
+    name = next(
+        n
+        for n in ("activation_checkpointing_enable", "gradient_checkpointing_enable")
+        if hasattr(PreTrainedModel, n)
+    )
+    enable = getattr(PreTrainedModel, name)
+
+    def spy(model, *args, **kwargs):
+        enabled.append(type(model).__name__)
+        return enable(model, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, name, spy)
 
     folder = tmp_path / "llama"
     model = tiny_llama()
@@ -286,10 +304,12 @@ def test_train_causal_lm_with_pretune_pruning(tmp_path, word_tokenizer, capsys):
             "--evaluations",
             "1",
             "--no-distill",
+            *(["--gradient-checkpointing"] if checkpointing else []),
         ],
         capsys,
     )
     assert code == 0, stderr[-2000:]
+    assert enabled == (["LlamaForCausalLM"] if checkpointing else [])
     report = json.loads((out / "report.json").read_text())
     assert report["events"][0]["kind"] == "pretune"
     # the two-stage path: pruned to 0.8 before tuning, the rest by the events during tuning

@@ -299,14 +299,18 @@ def _neuron_pre_hook(state: MaskState, site_index: int):
     return hook
 
 
-def _hidden_output_hook(state: MaskState, key: tuple):
+def _hidden_output_hook(state: MaskState, key: tuple, own_weights_only: bool = False):
+    # own_weights_only (embeddings): score the output only when the module's own weights train.
+    # A frozen embedding's output gets a gradient only when something forces one (transformers'
+    # gradient checkpointing makes input embeddings require grad), which must not add a site.
     def hook(module: nn.Module, args: tuple, output):
         if not state.enabled:
             return None
         x = output[0] if isinstance(output, tuple) else output
         mask = state.hidden
         y = x if mask is None else x * mask.to(x.dtype)
-        if state.hidden_salience == "residual":
+        trains = not own_weights_only or any(p.requires_grad for p in module.parameters())
+        if state.hidden_salience == "residual" and trains:
             state.collector.observe(key, x, y)
         if mask is None:
             return None
@@ -390,7 +394,9 @@ def install_masks(model: nn.Module, layout: ModelLayout, state: MaskState) -> No
         if id(embedding) not in hooked:
             hooked.add(id(embedding))
             state.handles.append(
-                embedding.register_forward_hook(_hidden_output_hook(state, ("hidden", "embed", j)))
+                embedding.register_forward_hook(
+                    _hidden_output_hook(state, ("hidden", "embed", j), own_weights_only=True)
+                )
             )
     for j, path in enumerate(layout.writers()):
         writer = model.get_submodule(path)

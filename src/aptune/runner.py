@@ -118,6 +118,10 @@ class RunArguments:
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (CUDA or recent CPUs)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (CUDA)."})
     cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when CUDA is available."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass: less memory, more compute."},
+    )
 
     def validate(self) -> None:
         """Check values that `TrainingArguments` would reject with a less helpful message.
@@ -424,6 +428,14 @@ def _start_run_folder(out: Path, run_args: RunArguments, apt_config: AptConfig) 
     apt_config.to_json(out / APT_CONFIG_FILE)
 
 
+def _checkpointing_argument(args_class, on: bool) -> dict:
+    """Gradient checkpointing under the name this transformers version reads (recent versions call
+    it ``activation_checkpointing`` and keep ``gradient_checkpointing`` as a deprecated alias)."""
+    names = {f.name for f in fields(args_class)}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: on}
+
+
 def _training_arguments(
     run_args: RunArguments, data: _RunData, out: Path, apt_config: AptConfig | None = None
 ):
@@ -462,6 +474,7 @@ def _training_arguments(
         seed=run_args.seed,
         bf16=run_args.bf16,
         fp16=run_args.fp16,
+        **_checkpointing_argument(args_class, run_args.gradient_checkpointing),
         # without CUDA, launched processes join a gloo group only with use_cpu (else each trains alone)
         use_cpu=run_args.cpu or (_launched_processes() > 1 and not torch.cuda.is_available()),
         dataloader_num_workers=0,

@@ -55,7 +55,7 @@ class SalienceCollector:
     stats: dict[tuple, ChannelStats] = field(default_factory=dict)
 
     def observe(self, key: tuple, pre_mask: torch.Tensor, post_mask: torch.Tensor) -> None:
-        """Record ``|pre_mask|`` now and ``|dL/d post_mask|`` when the backward reaches it.
+        """Record ``|pre_mask|`` and ``|dL/d post_mask|`` when the backward reaches ``post_mask``.
 
         The activation is taken before the mask and the gradient after it, so a block whose soft
         mask is already 0 still gets a score and can re-enter the keep-set.
@@ -67,21 +67,31 @@ class SalienceCollector:
             return
         with torch.no_grad():
             flat = pre_mask.detach().reshape(-1, channels).float()  # (tokens, C)
-            stats = self.stats.get(key)
-            if stats is None or stats.act_abs.shape[0] != channels:
-                zeros = flat.new_zeros(channels)
-                stats = ChannelStats(zeros.clone(), zeros.clone(), zeros.clone())
-                self.stats[key] = stats
-            stats.act_abs += flat.abs().sum(0)
-            stats.act_sum += flat.sum(0)
-            stats.tokens += flat.shape[0]
+            act_abs, act_sum, tokens = flat.abs().sum(0), flat.sum(0), flat.shape[0]
 
-        def on_grad(grad: torch.Tensor, stats: ChannelStats = stats) -> None:
+        def on_grad(grad: torch.Tensor) -> None:
+            # The activation is counted only once its gradient arrives. Gradient checkpointing
+            # runs a block's forward twice, and only one of the two runs gets a backward: the
+            # first without reentrant checkpointing (its graph is the one differentiated), the
+            # recomputation with it (the first ran without gradients and returned above).
             with torch.no_grad():
+                stats = self._site_stats(key, act_abs)
+                stats.act_abs += act_abs
+                stats.act_sum += act_sum
+                stats.tokens += tokens
                 stats.grad_abs += grad.detach().reshape(-1, grad.shape[-1]).float().abs().sum(0)
                 stats.backward_calls += 1
 
         post_mask.register_hook(on_grad)
+
+    def _site_stats(self, key: tuple, like: torch.Tensor) -> ChannelStats:
+        # The sums at ``key``, new (zeros like ``like``) when absent or of another width.
+        stats = self.stats.get(key)
+        if stats is None or stats.act_abs.shape[0] != like.shape[0]:
+            zeros = torch.zeros_like(like)
+            stats = ChannelStats(zeros.clone(), zeros.clone(), zeros.clone())
+            self.stats[key] = stats
+        return stats
 
     def observe_magnitude(self, key: tuple, normed: torch.Tensor) -> None:
         """Record the per-channel sum of squares of a norm's output (no gradient needed).
@@ -94,12 +104,11 @@ class SalienceCollector:
         channels = normed.shape[-1]
         with torch.no_grad():
             flat = normed.detach().reshape(-1, channels).float()  # (tokens, C)
-            stats = self.stats.get(key)
-            if stats is None or stats.act_abs.shape[0] != channels:
-                zeros = flat.new_zeros(channels)
-                stats = ChannelStats(zeros.clone(), zeros.clone(), zeros.clone())
-                self.stats[key] = stats
-            stats.act_abs += flat.pow(2).sum(0)
+            # a forward run twice by gradient checkpointing counts twice here, which the RMS
+            # (sum of squares over tokens counted) does not see
+            squares = flat.pow(2).sum(0)
+            stats = self._site_stats(key, squares)
+            stats.act_abs += squares
             stats.tokens += flat.shape[0]
 
     def channel_rms(self, key: tuple) -> torch.Tensor | None:
