@@ -3,11 +3,10 @@
 Under ``torch.distributed`` every rank sees a different slice of the batch, so the per-channel
 activation and gradient sums of the salience hooks differ between ranks. During tuning they are
 all-reduced (activations summed, gradients averaged as DDP averages them) before any score is
-computed, which makes every rank's scores, keep-sets and
-masks equal to those of one process that saw the whole global batch. The calibration pass before
-tuning scores every micro-batch on its own rank and sums the scores over ranks once, which equals
-one process scoring the same micro-batches. A checksum of the kept blocks is compared across ranks
-at every pruning event.
+computed, which makes every rank's scores, keep-sets and masks equal to those of one process that
+saw the whole global batch. The calibration pass before tuning scores every micro-batch on its own
+rank and sums the scores over ranks once, which equals one process scoring the same micro-batches.
+A checksum of the kept blocks is compared across ranks at every pruning event.
 
 DistributedDataParallel registers every parameter's shape when it is built; after in-place surgery
 or rank growth its gradient buckets no longer fit. `rebuild_ddp_` rebuilds the reducer of the
