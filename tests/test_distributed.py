@@ -70,7 +70,8 @@ LOOP = textwrap.dedent(
 
 
 # AptTrainer on a decoder: pruning before and during tuning, the chunked loss, distillation from
-# the unpruned model; the global batch is 8 whatever the number of processes
+# the unpruned model; the global batch is 8 whatever the number of processes, and several processes
+# also checkpoint their activations (torchrun with gradient checkpointing, as users combine them)
 TRAINER_LOOP = textwrap.dedent(
     """
     import os, sys
@@ -80,6 +81,7 @@ TRAINER_LOOP = textwrap.dedent(
     from test_llama import VOCAB, _causal_lm_dataset, tiny_llama
     import aptune
     from aptune.distributed import close_process_group
+    from aptune.runner import _checkpointing_argument
 
     out = sys.argv[1]
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -91,7 +93,7 @@ TRAINER_LOOP = textwrap.dedent(
     args = TrainingArguments(
         os.path.join(out, "run"), max_steps=12, per_device_train_batch_size=8 // world,
         learning_rate=5e-3, logging_steps=2, report_to=[], save_strategy="no", use_cpu=True,
-        disable_tqdm=True,
+        disable_tqdm=True, **_checkpointing_argument(TrainingArguments, world > 1),
     )
     trainer = aptune.AptTrainer(model=model, args=args, apt_config=config, train_dataset=_causal_lm_dataset())
     trainer.train()
@@ -192,7 +194,7 @@ def test_calibration_scores_of_two_processes_equal_one_process(tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_trainer_on_two_processes_matches_one_process(tmp_path):
     """The calibration pass, the running salience, the chunked loss and its distillation under DDP
-    compute what one process computes on the same global batches."""
+    (with gradient checkpointing) compute what one process computes on the same global batches."""
     (single,) = _launch(tmp_path, "one", 1, TRAINER_LOOP)
     rank0, rank1 = _launch(tmp_path, "two", 2, TRAINER_LOOP)
     # calibration and both events during tuning; the same blocks as one process at each
