@@ -94,6 +94,13 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # ablations otherwise run without it (--ablation-keep-copy-heads)
         {"layout": "uniform", "keep_copy_heads": 0.3},
     ),
+    "apt-uniform-all-heads": (
+        "APT uniform layout with every attention head kept",
+        # the stock-config export that spends the whole pruning on FFN width (and hidden dims), as
+        # Torch-Pruning's uniform FFN baseline does, whose after-pruning perplexities were far lower
+        # than the uniform layout's; with every head kept, copying heads need no protection
+        {"layout": "uniform", "min_heads_per_layer": EVERY_HEAD},
+    ),
     "hidden-residual": ("APT hidden dims scored with the residual path", {"hidden_salience": "residual"}),
     "hidden-block-inputs": (
         "APT hidden dims scored at the block inputs",
