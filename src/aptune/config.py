@@ -35,6 +35,7 @@ DECODER_COPY_HEADS = 0.3
 _RANK_ALLOCATIONS = ("salience", "uniform", "static")
 _EVENT_OPTIMIZER_STATES = ("zeros", "mean", "reset")
 _DISTILL_TEACHERS = ("events", "initial")
+_UNIFORM_HEADS = ("salience", "measured")
 _HIDDEN_SALIENCES = ("block_inputs", "residual", "norm_weighted")
 _HIDDEN_COSTS = ("current", "initial")
 #: The roles ``AptConfig.adapter_targets`` chooses from, in the order adapters are attached.
@@ -248,6 +249,12 @@ class AptConfig:
             loads in transformers through a small loader file). ``"uniform"``: every layer keeps the
             same number of attention units (KV groups for GQA) and FFN neurons, each layer its most
             salient ones, so decoders export as a stock config folder that serving engines load.
+        uniform_heads: How many attention units every layer keeps in the uniform layout.
+            ``"salience"``: the knapsack decides, slice by slice, by salience per parameter.
+            ``"measured"``: at the pruning before tuning, the selection is repeated with every floor
+            from ``min_heads_per_layer`` up to all units, the loss of each candidate is measured on
+            the first ``damage_batches`` calibration batches, and the lowest wins; its units are then
+            protected for the rest of the run. Needs pruning before tuning.
         hidden_salience: How hidden dimensions are scored. ``"block_inputs"``: activation x
             gradient at the inputs of the q, k, v and FFN up (and gate) projections, summed over
             them (the gradient into the attention and FFN blocks only, the paper's definition);
@@ -429,6 +436,10 @@ class AptConfig:
     layout: str = field(
         default="free", metadata={"help": "free | uniform (same heads and FFN width in every layer)."}
     )
+    uniform_heads: str = field(
+        default="salience",
+        metadata={"help": "salience | measured: the uniform layout's units per layer (measured: by loss)."},
+    )
     hidden_salience: str | None = field(
         default=None,
         metadata={"help": "block_inputs | residual | norm_weighted (default: block_inputs for encoders)."},
@@ -555,6 +566,8 @@ class AptConfig:
         integer("seed", 0)
         if self.layout not in _LAYOUTS:
             bad("layout", f"choose one of {', '.join(_LAYOUTS)}")
+        if self.uniform_heads not in _UNIFORM_HEADS:
+            bad("uniform_heads", f"choose one of {', '.join(_UNIFORM_HEADS)}")
         if self.hidden_salience is not None and self.hidden_salience not in _HIDDEN_SALIENCES:
             bad("hidden_salience", f"choose one of {', '.join(_HIDDEN_SALIENCES)} (or null)")
         if self.hidden_cost not in _HIDDEN_COSTS:
@@ -603,6 +616,12 @@ class AptConfig:
             bad(
                 "tuning_damage_curves",
                 "needs damage curves (damage_curves > 0) and pruning before tuning (pretune_prune)",
+            )
+        if self.uniform_heads == "measured" and (self.layout != "uniform" or self.pretune_prune is False):
+            bad(
+                "uniform_heads",
+                "measures the uniform layout's candidates at the pruning before tuning; set "
+                "layout='uniform' and pretune_prune=true, or use 'salience'",
             )
         if self.hidden_damage_curve and not self.prune_hidden:
             bad(

@@ -29,6 +29,7 @@ best dev checkpoint kept by `AptController.remember_best_` and tunes on with the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -395,6 +396,39 @@ class AptController:
         self.protect_copy_heads()
         return self.blocks.select(self._score_vectors(), density_target, self.config, prune_hidden)
 
+    def _measured_uniform_keep(
+        self, density_target: float, prune_hidden: bool | None, batches: list[dict]
+    ) -> tuple[KeepSet, dict]:
+        """The uniform layout's keep-set with the lowest measured loss (``uniform_heads="measured"``).
+
+        The selection runs once per floor of attention units per layer, from
+        ``min_heads_per_layer`` to the most units any layer has; distinct keep-sets are measured
+        with hard masks on ``batches`` and the lowest loss wins (ties to the lower floor). Its units
+        are protected, so later events keep them.
+
+        Returns:
+            The keep-set, and a record: ``{"floor": chosen floor, "losses": {floor: loss}}``.
+        """
+        self.protect_copy_heads()
+        scores = self._score_vectors()
+        most = max(self.blocks.unit_counts(), default=0)
+        candidates: dict[int, KeepSet] = {}
+        for floor in range(min(self.config.min_heads_per_layer, most), most + 1):
+            config = dataclasses.replace(self.config, min_heads_per_layer=floor)
+            keep = self.blocks.select(scores, density_target, config, prune_hidden)
+            if not any(_same_keep(keep, other) for other in candidates.values()):
+                candidates[floor] = keep
+        with self._hard_mask_losses(batches) as loss_of:
+            losses = {floor: loss_of(keep) for floor, keep in candidates.items()}
+        floor = min(losses, key=lambda f: (losses[f], f))
+        chosen = candidates[floor]
+        heads = chosen.heads.cpu()
+        if self.blocks.protected is not None:
+            heads = heads | self.blocks.protected_mask()
+        # (units,) -> one mask per attention site
+        self.blocks.protect_units(list(heads.split(self.blocks.unit_counts())))
+        return chosen, {"floor": floor, "losses": {str(f): round(v, 6) for f, v in losses.items()}}
+
     def protect_copy_heads(self) -> list[dict]:
         """Protect the units whose induction score reaches ``AptConfig.keep_copy_heads`` (once).
 
@@ -604,13 +638,15 @@ class AptController:
             density = self.config.target_density
         rounds = self.config.pretune_rounds or 1
         curves = self.config.damage_curve_points(self.layout.is_decoder)
-        batches = list(batches) if rounds > 1 or curves else batches
+        measure_uniform = self.config.layout == "uniform" and self.config.uniform_heads == "measured"
+        batches = list(batches) if rounds > 1 or curves or measure_uniform else batches
         params_before = self.param_count()
         # norm-weighted hidden dimensions leave only gradually, during tuning; so do all of them when
         # damage curves score the heads and neurons (their scale is loss, the hidden dims' salience)
         keep_hidden = self.state.hidden_salience == "norm_weighted" or bool(curves)
         removed: dict[str, int] = {}
         measured: list[dict] = []
+        notes: dict = {}
         seen = 0
         for index in range(1, rounds + 1):
             # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
@@ -625,7 +661,13 @@ class AptController:
                 measured.append(damage)
             self.scores.replace(ranking)
             goal = 1.0 - (1.0 - density) * index / rounds
-            keep = self.select(goal, False if keep_hidden else None)
+            if measure_uniform and index == 1:
+                keep, floors = self._measured_uniform_keep(
+                    goal, False if keep_hidden else None, batches[: self.config.damage_batches]
+                )
+                notes["uniform_heads"] = floors
+            else:
+                keep = self.select(goal, False if keep_hidden else None)
             self.scores.replace(total)  # the scores kept after the surgery stay on the salience scale
             self.set_hard_masks(keep)
             for kind, count in self.prune_to_masks_(optimizer).items():
@@ -633,7 +675,6 @@ class AptController:
         self.pretuned = True
         if self.config.tuning_damage_curves or self.config.hidden_damage_curve:
             self.tuning_damage.keep(batches[: self.config.damage_batches])
-        notes = {}
         if keep_hidden and self.config.prune_hidden and density <= self.config.target_density < 1.0:
             notes["hidden_note"] = hidden_stay_note(density)
         record = self._record_event(
@@ -1009,6 +1050,14 @@ _TUNING_WINDOW_OPTIONS = (
 _INITIAL_TEACHER_FIX = ", or distil from the unpruned model (distill_teacher='initial')"
 
 
+def _same_keep(a: KeepSet, b: KeepSet) -> bool:
+    """Whether two keep-sets keep the same blocks."""
+    return all(
+        torch.equal(x.cpu(), y.cpu())
+        for x, y in zip((a.heads, a.neurons, a.hidden), (b.heads, b.neurons, b.hidden), strict=True)
+    )
+
+
 def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
     """Raise one clear `ConfigError` when an option needs what this model's run will not have.
 
@@ -1036,6 +1085,11 @@ def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
         raise ConfigError(
             "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
             "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
+        )
+    if config.uniform_heads == "measured" and pretune is None:
+        raise ConfigError(
+            "AptConfig.uniform_heads='measured' chooses the units per layer at the pruning before "
+            "tuning, which this model does not run; set pretune_prune=true, or use 'salience'"
         )
     if config.hidden_damage_curve and pretune is None:
         raise ConfigError(
