@@ -95,9 +95,10 @@ def _batches(spec: dict, count: int, rows: int | None = None) -> list[dict]:
     return batches
 
 
-def _enable_checkpointing(model) -> None:
-    # non-reentrant (transformers' default), under the method's current name
-    kwargs = {"use_reentrant": False}
+def enable_checkpointing(model, use_reentrant: bool = False) -> None:
+    """transformers' gradient checkpointing on ``model`` (non-reentrant by default, transformers'
+    own default), under the method's current name (recent versions renamed it)."""
+    kwargs = {"use_reentrant": use_reentrant}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
@@ -138,7 +139,7 @@ def _run_once(
         config = LoraConfig(r=8, lora_alpha=16, target_modules=spec["lora_targets"], **extra)
         model = get_peft_model(model, config)
         if checkpointing:
-            _enable_checkpointing(model)
+            enable_checkpointing(model)
     else:
         import aptune
 
@@ -147,7 +148,7 @@ def _run_once(
         )
         controller = aptune.prepare_(model, apt, total_steps=steps)
         if checkpointing:
-            _enable_checkpointing(model)
+            enable_checkpointing(model)
         if spec["task"] == "causal-lm":  # the decoder default: everything pruned before tuning
             controller.calibrate_and_prune_(_batches(spec, apt.calibration_samples // 2, rows=2))
             # nothing is left to prune, so aptune keeps the C library's threshold: "pinned" pins
@@ -219,13 +220,19 @@ def page_name(model_key: str, threshold: int, whole_process: bool = False) -> st
     return name
 
 
+def run_child(script: str, child_args: list[str], env: dict[str, str]) -> dict:
+    """Run ``script`` with ``child_args`` in its own Python process; its last stdout line is JSON."""
+    done = subprocess.run(
+        [sys.executable, script, *child_args], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _spawn(
     model_key: str, workload: str, allocator: str, steps: int, threshold: int, whole_process: bool = False
 ) -> dict:
     env = child_env(dict(os.environ), allocator, threshold, whole_process)
-    cmd = [sys.executable, __file__, "--child", workload, "--model", model_key, "--steps", str(steps)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--child", workload, "--model", model_key, "--steps", str(steps)], env)
 
 
 def main() -> None:

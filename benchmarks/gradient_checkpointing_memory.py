@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,11 +45,11 @@ def _child(arm: str, steps: int) -> dict:
 
 
 def _spawn(arm: str, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    env["APTUNE_PIN_MMAP_THRESHOLD"] = "0"  # the C library's default allocator in every arm
-    cmd = [sys.executable, __file__, "--child", arm, "--steps", str(steps)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from allocator_ab import child_env, run_child
+
+    env = child_env(dict(os.environ), "default", 0)  # the C library's default allocator in every arm
+    return run_child(__file__, ["--child", arm, "--steps", str(steps)], env)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:

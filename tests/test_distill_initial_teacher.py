@@ -19,7 +19,8 @@ _CONFIG = aptune.AptConfig(
 )
 
 
-def _train(model, config, tmp_path, steps=12):
+def _train(model, config, tmp_path, steps=12, **training_args):
+    # AptTrainer on the toy causal-LM data; ``training_args`` add to or override the arguments below
     args = TrainingArguments(
         str(tmp_path / "run"),
         max_steps=steps,
@@ -30,6 +31,7 @@ def _train(model, config, tmp_path, steps=12):
         save_strategy="no",
         use_cpu=True,
         disable_tqdm=True,
+        **training_args,
     )
     trainer = aptune.AptTrainer(model=model, args=args, apt_config=config, train_dataset=_causal_lm_dataset())
     trainer.train()

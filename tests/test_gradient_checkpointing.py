@@ -2,29 +2,22 @@
 
 import pytest
 import torch
+from benchmarks.allocator_ab import enable_checkpointing
 from transformers import TrainingArguments
 
 import aptune
 from aptune.runner import _checkpointing_argument
+from test_distill_initial_teacher import _train
 from test_llama import VOCAB, _causal_lm_dataset, tiny_llama
 from tiny import batch, tiny_bert
 
-_MODES = [None, {"use_reentrant": False}, {"use_reentrant": True}]
-
-
-def enable_checkpointing(model, kwargs: dict) -> None:
-    """transformers' gradient checkpointing with ``kwargs`` for torch's checkpoint, under the
-    method's current name (recent versions renamed it)."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+_MODES = [None, False, True]  # no checkpointing, then use_reentrant False / True
 
 
 def _calibration_scores(build, batches, checkpointing):
     model = build()
     if checkpointing is not None:
-        enable_checkpointing(model, checkpointing)
+        enable_checkpointing(model, use_reentrant=checkpointing)
     config = aptune.AptConfig(target_density=0.5, pretune_density=0.75, damage_curves=0)
     controller = aptune.prepare_(model, config, total_steps=40)
     record = controller.calibrate_and_prune_(batches)
@@ -68,19 +61,13 @@ def _trained(checkpointing: bool, tmp_path):
         calibration_samples=8,
         damage_curves=0,
     )
-    args = TrainingArguments(
-        str(tmp_path / f"run-{checkpointing}"),
-        max_steps=10,
-        per_device_train_batch_size=4,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
+    trainer = _train(
+        model,
+        config,
+        tmp_path / f"run-{checkpointing}",
+        10,
         **_checkpointing_argument(TrainingArguments, checkpointing),
     )
-    trainer = aptune.AptTrainer(model=model, args=args, apt_config=config, train_dataset=_causal_lm_dataset())
-    trainer.train()
     model.eval()
     probe = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -309,8 +309,9 @@ def _hidden_output_hook(state: MaskState, key: tuple, own_weights_only: bool = F
         x = output[0] if isinstance(output, tuple) else output
         mask = state.hidden
         y = x if mask is None else x * mask.to(x.dtype)
-        trains = not own_weights_only or any(p.requires_grad for p in module.parameters())
-        if state.hidden_salience == "residual" and trains:
+        if state.hidden_salience == "residual" and (
+            not own_weights_only or any(p.requires_grad for p in module.parameters())
+        ):
             state.collector.observe(key, x, y)
         if mask is None:
             return None
