@@ -56,6 +56,22 @@ def test_grid_records_are_read_too(tmp_path):
     assert ImportedRecords.load(path, config).find(job)["final_metrics"]["perplexity"] == 40.0
 
 
+def test_a_variant_restated_when_a_default_changed_finds_its_record(tmp_path):
+    """apt-uniform ran before it named uniform_heads; its record still stands for it."""
+    from aptune.bench.config import _job
+
+    config = suite_config("smollm2-bbc")
+    job = _job("apt", 0, 0.7, "apt-uniform", lr=2e-3)
+    assert job.apt_overrides["uniform_heads"] == "salience"
+    earlier = job.__class__(**{**job.to_dict(), "apt_overrides": {"layout": "uniform"}})
+    imported = ImportedRecords.load(_results_file(tmp_path, config, {job.id: _record(earlier, 39.8)}), config)
+    assert imported.find(job)["final_metrics"]["perplexity"] == 39.8
+    # another variant, seed or rate is still another run
+    assert imported.find(_job("apt", 0, 0.7, "apt-uniform-copy-heads", lr=2e-3)) is None
+    assert imported.find(_job("apt", 1, 0.7, "apt-uniform", lr=2e-3)) is None
+    assert imported.find(_job("apt", 0, 0.7, "apt-uniform", lr=1e-3)) is None
+
+
 LATENCY = {"settings": {"batch_size": 4}, "dense": {"latency": {"median_ms": 9.0}}, "jobs": {"a": {}}}
 
 

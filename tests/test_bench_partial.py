@@ -245,7 +245,7 @@ def test_copy_heads_compare_by_the_threshold_they_resolve_to() -> None:
     decoder = BenchConfig(task="causal-lm")
     job = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7)
     now = json.loads(json.dumps(apt_settings(decoder, job).to_dict()))
-    assert now["keep_copy_heads"] is None and now["format_version"] == 2
+    assert now["keep_copy_heads"] is None and now["format_version"] == 3
 
     def ran(value, version=1, settings=now):
         return {"apt_config": {**settings, "format_version": version, "keep_copy_heads": value}}
@@ -281,6 +281,32 @@ def test_copy_heads_compare_by_the_threshold_they_resolve_to() -> None:
     assert apt_settings_mismatch(record, decoder, one_shot) == ["keep_copy_heads"]
     record["pruning"]["apt_config"].update(format_version=2)
     assert apt_settings_mismatch(record, decoder, one_shot) == []
+
+
+def test_uniform_heads_compare_by_the_choice_they_resolve_to() -> None:
+    """A format-2 uniform record ran the salience's choice; the decoders' default now measures."""
+    from aptune.bench.config import _job, suite_config
+    from aptune.bench.methods import apt_settings, apt_settings_mismatch
+
+    decoder = suite_config("smollm2-bbc")  # prunes before tuning, so the default would measure
+    for ablation in ("apt-uniform", "apt-uniform-copy-heads", "apt-uniform-all-heads"):
+        job = _job("apt", 0, 0.7, ablation, lr=1e-3)
+        now = json.loads(json.dumps(apt_settings(decoder, job).to_dict()))
+        assert now["uniform_heads"] == "salience"
+        older = {k: v for k, v in now.items() if k != "uniform_heads"}  # before the option existed
+        assert apt_settings_mismatch({"apt_config": {**older, "format_version": 2}}, decoder, job) == []
+        assert apt_settings_mismatch({"apt_config": {**now, "format_version": 2}}, decoder, job) == []
+        measured = {**now, "uniform_heads": "measured"}
+        assert apt_settings_mismatch({"apt_config": measured}, decoder, job) == ["uniform_heads"]
+        # the same record asked for by the family default (None) resolves to the measured choice
+        default = {**now, "uniform_heads": None, "format_version": 3}
+        assert apt_settings_mismatch({"apt_config": default}, decoder, job) == ["uniform_heads"]
+    # the headline job's free layout does not read the field, whatever an old record wrote
+    headline = _job("apt", 0, 0.7, lr=1e-3)
+    now = json.loads(json.dumps(apt_settings(decoder, headline).to_dict()))
+    assert now["uniform_heads"] is None
+    written = {**now, "uniform_heads": "salience", "format_version": 2}
+    assert apt_settings_mismatch({"apt_config": written}, decoder, headline) == []
 
 
 def test_a_stale_result_takes_its_run_folder_aside(tmp_path):

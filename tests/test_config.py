@@ -11,7 +11,7 @@ def test_defaults_validate_and_round_trip(tmp_path):
     path = tmp_path / "apt.json"
     config.to_json(path)
     assert AptConfig.from_json(path) == config
-    assert '"format_version": 2' in config.to_json()
+    assert '"format_version": 3' in config.to_json()
 
 
 def test_adapter_targets_are_a_set_of_roles_in_one_order():

@@ -638,7 +638,10 @@ class AptController:
             density = self.config.target_density
         rounds = self.config.pretune_rounds or 1
         curves = self.config.damage_curve_points(self.layout.is_decoder)
-        measure_uniform = self.config.layout == "uniform" and self.config.uniform_heads == "measured"
+        measure_uniform = (
+            self.config.layout == "uniform"
+            and self.config.uniform_heads_choice(self.layout.is_decoder) == "measured"
+        )
         batches = list(batches) if rounds > 1 or curves or measure_uniform else batches
         params_before = self.param_count()
         # norm-weighted hidden dimensions leave only gradually, during tuning; so do all of them when

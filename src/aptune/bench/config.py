@@ -87,19 +87,21 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "distill": ("APT with self-distillation", {"distill": True}),
     "kurtosis-on": ("APT kurtosis on", {"use_kurtosis": True}),
     "kurtosis-off": ("APT kurtosis off", {"use_kurtosis": False}),
-    "apt-uniform": ("APT uniform layout", {"layout": "uniform"}),
+    # the uniform ablations fix uniform_heads to the salience's choice they ran with before the
+    # decoders' default became the measured one
+    "apt-uniform": ("APT uniform layout", {"layout": "uniform", "uniform_heads": "salience"}),
     "apt-uniform-copy-heads": (
         "APT uniform layout keeping the heads that copy from the context",
         # the stock-config export with the decoder default's protection, where the suite's
         # ablations otherwise run without it (--ablation-keep-copy-heads)
-        {"layout": "uniform", "keep_copy_heads": 0.3},
+        {"layout": "uniform", "uniform_heads": "salience", "keep_copy_heads": 0.3},
     ),
     "apt-uniform-all-heads": (
         "APT uniform layout with every attention head kept",
         # the stock-config export that spends the whole pruning on FFN width (and hidden dims), as
         # Torch-Pruning's uniform FFN baseline does, whose after-pruning perplexities were far lower
         # than the uniform layout's; with every head kept, copying heads need no protection
-        {"layout": "uniform", "min_heads_per_layer": EVERY_HEAD},
+        {"layout": "uniform", "uniform_heads": "salience", "min_heads_per_layer": EVERY_HEAD},
     ),
     "hidden-residual": ("APT hidden dims scored with the residual path", {"hidden_salience": "residual"}),
     "hidden-block-inputs": (

@@ -859,7 +859,7 @@ PRETUNE_FIELDS: tuple[str, ...] = ("pretune_prune", "pretune_density")
 
 
 #: `AptConfig` fields compared by the value they resolve to for the suite's model family.
-RESOLVED_FIELDS: tuple[str, ...] = ("keep_copy_heads",)
+RESOLVED_FIELDS: tuple[str, ...] = ("keep_copy_heads", "uniform_heads")
 
 
 def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) -> list[str]:
@@ -874,13 +874,14 @@ def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) ->
     compared. Family defaults are compared by what they resolve to: the pruning before tuning by
     the density it resolved to (the record's schedule), not by how it was asked for (a record left
     with the family default when that default was 0.85 differs from a job whose default is now
-    the target, and one that asked for the target explicitly computed the same as that job), and
-    ``keep_copy_heads`` by its threshold (`aptune.config.AptConfig.copy_heads_threshold`).
+    the target, and one that asked for the target explicitly computed the same as that job),
+    ``keep_copy_heads`` by its threshold (`aptune.config.AptConfig.copy_heads_threshold`), and
+    ``uniform_heads`` by the choice it resolves to (`aptune.config.resolve_uniform_heads`).
 
     Returns:
         The differing field names, sorted (empty for other methods and for records without settings).
     """
-    from aptune.config import ADAPTER_ROLES, AptConfig, upgrade_config_dict
+    from aptune.config import ADAPTER_ROLES, AptConfig, resolve_uniform_heads, upgrade_config_dict
 
     if job.method == "apt":
         saved = record.get("apt_config")
@@ -919,6 +920,12 @@ def apt_settings_mismatch(record: dict[str, Any], cfg: BenchConfig, job: Job) ->
     ran_threshold = AptConfig(keep_copy_heads=ran["keep_copy_heads"]).copy_heads_threshold(is_decoder)
     if ran_threshold != settings.copy_heads_threshold(is_decoder):
         changed.add("keep_copy_heads")
+    # a record whose pruning before tuning differs is already stale; resolve both with today's
+    pretunes = settings.pretune_target(is_decoder) is not None
+    ran_layout = ran.get("layout", "free")
+    ran_units = resolve_uniform_heads(ran.get("uniform_heads"), ran_layout, is_decoder, pretunes)
+    if ran_units != settings.uniform_heads_choice(is_decoder):
+        changed.add("uniform_heads")
     return sorted(changed)
 
 
