@@ -50,7 +50,8 @@ _CALIBRATION = [
 _STEPS = 16
 
 
-def _pruned_export(layout: str, density: float, out: Path) -> None:
+def _pruned_export(layout: str, density: float, out: Path) -> dict:
+    """Prune SmolLM2 once to ``density`` in ``layout`` and export it; return how the layout chose."""
     model, tokenizer = load_model_and_tokenizer("smollm2-135m", "causal-lm")
     model.float()
     config = aptune.AptConfig(target_density=density, layout=layout, pretune_prune=True, distill=False)
@@ -60,8 +61,14 @@ def _pruned_export(layout: str, density: float, out: Path) -> None:
         encoded = tokenizer(_CALIBRATION[start : start + 4], return_tensors="pt", padding=True)
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         batches.append({**encoded, "labels": labels})
-    controller.calibrate_and_prune_(batches)
+    record = controller.calibrate_and_prune_(batches)
     aptune.export(model, controller, out, tokenizer=tokenizer)
+    chosen = {"density": density}
+    if layout == "uniform":  # the family default's choice of units per layer, and its measurement
+        chosen["uniform_heads"] = config.uniform_heads_choice(is_decoder=True)
+        if "uniform_heads" in record:
+            chosen["uniform_heads_measured"] = record["uniform_heads"]
+    return chosen
 
 
 def _transformers_side(folder: Path) -> dict:
@@ -229,10 +236,10 @@ def _plan_entry(folder: Path) -> dict:
 
 def _run_layout(layout: str, args: argparse.Namespace, export_root: Path) -> dict:
     folder = export_root / layout
-    _pruned_export(layout, args.density, folder)
+    chosen = _pruned_export(layout, args.density, folder)
     gguf_path = export_gguf(folder, export_root / f"{layout}.gguf", dtype="f32")
     reference = _transformers_side(folder)
-    entry = {**_plan_entry(folder), "llama_cpp": _llama_cpp_side(gguf_path, reference)}
+    entry = {**chosen, **_plan_entry(folder), "llama_cpp": _llama_cpp_side(gguf_path, reference)}
     if args.vllm_python and entry["stock_folder"]:
         entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
     return entry
@@ -274,13 +281,17 @@ def main() -> None:
         parser.error("--vllm-only needs --export-dir and --vllm-python")
     out_file = RESULTS / "deploy_smollm2.json"
     results = json.loads(out_file.read_text()) if out_file.is_file() else {}
+    shared_density = results.pop("density", None)  # older files kept one density for both layouts
+    for layout in ("free", "uniform"):
+        if shared_density is not None and layout in results:
+            results[layout].setdefault("density", shared_density)
     with tempfile.TemporaryDirectory() as tmp:
         export_root = Path(args.export_dir or tmp)
         export_root.mkdir(parents=True, exist_ok=True)
         if args.vllm_only:
             layouts = {"uniform": lambda: _vllm_only(args, results, export_root)}
         else:
-            results.update({"density": args.density, "steps": _STEPS})
+            results["steps"] = _STEPS  # each layout's entry records its own density
             layouts = {
                 layout: lambda layout=layout: _run_layout(layout, args, export_root)
                 for layout in args.layouts.split(",")
