@@ -301,6 +301,11 @@ def test_uniform_heads_compare_by_the_choice_they_resolve_to() -> None:
         # the same record asked for by the family default (None) resolves to the measured choice
         default = {**now, "uniform_heads": None, "format_version": 3}
         assert apt_settings_mismatch({"apt_config": default}, decoder, job) == ["uniform_heads"]
+    # the ablation of the decoders' default measures, and an old uniform record does not stand for it
+    default_job = _job("apt", 0, 0.7, "apt-uniform-measured", lr=1e-3)
+    assert apt_settings(decoder, default_job).uniform_heads_choice(is_decoder=True) == "measured"
+    old = {**json.loads(json.dumps(apt_settings(decoder, default_job).to_dict())), "format_version": 2}
+    assert apt_settings_mismatch({"apt_config": old}, decoder, default_job) == ["uniform_heads"]
     # the headline job's free layout does not read the field, whatever an old record wrote
     headline = _job("apt", 0, 0.7, lr=1e-3)
     now = json.loads(json.dumps(apt_settings(decoder, headline).to_dict()))

@@ -103,6 +103,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         # than the uniform layout's; with every head kept, copying heads need no protection
         {"layout": "uniform", "uniform_heads": "salience", "min_heads_per_layer": EVERY_HEAD},
     ),
+    "apt-uniform-measured": (
+        "APT uniform layout with its units per layer measured",
+        # the decoders' default for the uniform layout (uniform_heads None resolves to "measured")
+        {"layout": "uniform"},
+    ),
     "hidden-residual": ("APT hidden dims scored with the residual path", {"hidden_salience": "residual"}),
     "hidden-block-inputs": (
         "APT hidden dims scored at the block inputs",
@@ -315,9 +320,10 @@ class BenchConfig:
         default="one-shot",
         metadata={
             "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
-            "kurtosis-off, apt-uniform, hidden-residual, hidden-block-inputs, hidden-norm-weighted, "
-            "hidden-cost-initial, no-damage-curves, damage-during-tuning, hidden-damage, pretune-at-target, "
-            "pretune-halfway, all-heads, copy-heads, floors, all-linear, qv-only."
+            "kurtosis-off, apt-uniform, apt-uniform-measured, hidden-residual, hidden-block-inputs, "
+            "hidden-norm-weighted, hidden-cost-initial, no-damage-curves, damage-during-tuning, "
+            "hidden-damage, pretune-at-target, pretune-halfway, all-heads, copy-heads, floors, all-linear, "
+            "qv-only."
         },
     )
     ablation_seeds: str = field(
