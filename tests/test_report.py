@@ -343,7 +343,7 @@ def test_markdown_formats_free_form_fields_and_pretune_event(tmp_path: Path) -> 
 
 
 def test_markdown_shows_why_hidden_dimensions_stayed(tmp_path: Path) -> None:
-    from aptune.controller import hidden_stay_note
+    from aptune.option_checks import hidden_stay_note
 
     rec = RunRecorder({}, _model_info())
     event = {"step": 0, "index": -1, "kind": "pretune", "density": 0.7, "params": 7_000}

@@ -10,9 +10,10 @@ least salient attention heads, FFN neurons and hidden dimensions; end with a sma
 """
 
 from aptune.config import AptConfig
-from aptune.controller import AptController, prepare_
+from aptune.controller import AptController
 from aptune.errors import AptuneError, ConfigError, DataError, ExportError, ModelError, UnsupportedModelError
 from aptune.export import export, load
+from aptune.prepare import prepare_
 
 __version__ = "0.1.0"
 

@@ -1,9 +1,9 @@
 """`AptController`: conducts an APT run; the schedule says what to do, small parts do it.
 
-`prepare_` attaches adapters, freezes the backbone, installs masks and hooks, and returns the
-controller. In a custom loop call ``controller.step(optimizer)`` once per optimizer step, after
-``optimizer.step()`` and before ``optimizer.zero_grad()`` (the adapter importance reads the adapter
-gradients). `aptune.AptTrainer` does this from a callback.
+`aptune.prepare_` (`aptune.prepare`) attaches adapters, freezes the backbone, installs masks and
+hooks, and returns the controller. In a custom loop call ``controller.step(optimizer)`` once per
+optimizer step, after ``optimizer.step()`` and before ``optimizer.zero_grad()`` (the adapter
+importance reads the adapter gradients). `aptune.AptTrainer` does this from a callback.
 
 What happens at optimizer step ``t`` (1-based, counted by the controller), as `Schedule` decides:
 
@@ -31,14 +31,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from aptune.adapter import AptLinear, attach_adapter
-from aptune.arch import ModelLayout, build_layout
+from aptune.adapter import AptLinear
+from aptune.arch import ModelLayout
 from aptune.blocks import BlockBook
 from aptune.config import AptConfig
 from aptune.copy_heads import unit_induction_scores
@@ -54,7 +54,6 @@ from aptune.distributed import (
 from aptune.errors import ConfigError, ModelError
 from aptune.hidden_exchange import hidden_exchange_ranking
 from aptune.host_memory import pin_mmap_threshold, release_freed_memory
-from aptune.hub.modeling_aptune import apply_patches_
 from aptune.losses import (
     causal_lm_decoder_output,
     causal_lm_hidden_and_head,
@@ -62,7 +61,8 @@ from aptune.losses import (
     chunked_lm_forward,
     is_causal_lm,
 )
-from aptune.masks import MaskState, install_masks
+from aptune.masks import MaskState
+from aptune.option_checks import hidden_stay_note
 from aptune.ranks import allocate_ranks, growth_factor
 from aptune.schedule import Schedule, build_schedule
 from aptune.scores import (
@@ -77,13 +77,13 @@ from aptune.select import KeepSet
 from aptune.surgery import clear_optimizer_state_, grow_adapter_, prune_hidden_, prune_neurons_, prune_units_
 from aptune.tuning_damage import TuningDamageRanking
 
-__all__ = ["DISTILL_MODULE_NAME", "AptController", "LossParts", "prepare_"]
+__all__ = ["DISTILL_MODULE_NAME", "AptController", "LossParts"]
 
 
 class AptController:
     """Conducts the pruning, rank growth and distillation of one model.
 
-    Create it with `prepare_`; do not construct it directly.
+    Create it with `aptune.prepare_`; do not construct it directly.
 
     Attributes:
         model, config, layout: The prepared model, its `AptConfig` and its `aptune.arch.ModelLayout`.
@@ -1038,114 +1038,11 @@ class AptController:
         self.state.collector.active = False if self.posttuning else self._collecting(self.step_count + 1)
 
 
-# Options that act on the pruning events during tuning: (field, what it does there).
-_TUNING_WINDOW_OPTIONS = (
-    (
-        "distill",
-        "distils from the model as it was before each pruning window during tuning "
-        "(distill_teacher='events')",
-    ),
-    ("hidden_damage_curve", "acts on the pruning during tuning"),
-    ("tuning_damage_curves", "acts on the pruning during tuning"),
-)
-
-
-_INITIAL_TEACHER_FIX = ", or distil from the unpruned model (distill_teacher='initial')"
-
-
 def _same_keep(a: KeepSet, b: KeepSet) -> bool:
     """Whether two keep-sets keep the same blocks."""
     return all(
         torch.equal(x.cpu(), y.cpu())
         for x, y in zip((a.heads, a.neurons, a.hidden), (b.heads, b.neurons, b.hidden), strict=True)
-    )
-
-
-def check_tuning_window_options(config: AptConfig, is_decoder: bool) -> None:
-    """Raise one clear `ConfigError` when an option needs what this model's run will not have.
-
-    ``tuning_damage_curves`` needs damage curves and the pruning before tuning;
-    ``hidden_damage_curve`` needs the calibration batches of that pruning; these and ``distill``
-    need pruning left for the events during tuning (a pretune density above the target). A run
-    that prunes nothing (``target_density`` 1) needs none of it.
-
-    Args:
-        config: The run's configuration.
-        is_decoder: Whether the model is a decoder LM (the family defaults differ).
-
-    Raises:
-        ConfigError: Naming the option and the setting that makes it work.
-    """
-    if config.keep_copy_heads and not is_decoder:
-        raise ConfigError(
-            f"AptConfig.keep_copy_heads={config.keep_copy_heads!r} protects the heads that copy from the "
-            "context in causal LMs, and this model is not one; drop it (CLI --keep-copy-heads)"
-        )
-    if config.target_density >= 1.0:
-        return
-    pretune = config.pretune_target(is_decoder)
-    if config.tuning_damage_curves and (config.damage_curve_points(is_decoder) == 0 or pretune is None):
-        raise ConfigError(
-            "AptConfig.tuning_damage_curves=True needs damage curves and pruning before tuning for this "
-            "model; set damage_curves (e.g. 4) and pretune_prune=true, or drop tuning_damage_curves"
-        )
-    if config.uniform_heads == "measured" and pretune is None:
-        raise ConfigError(
-            "AptConfig.uniform_heads='measured' chooses the units per layer at the pruning before "
-            "tuning, which this model does not run; set pretune_prune=true, or use 'salience'"
-        )
-    if config.hidden_damage_curve and pretune is None:
-        raise ConfigError(
-            "AptConfig.hidden_damage_curve=True measures its curves on batches of the calibration pass "
-            "before tuning, which this model does not run; set pretune_prune=true and pretune_density "
-            "above target_density, or drop hidden_damage_curve"
-        )
-    if pretune is None or pretune > config.target_density:
-        return
-    for option, role in _TUNING_WINDOW_OPTIONS:
-        if option == "distill" and config.distill_teacher == "initial":
-            continue  # its one teacher is the model before the pruning before tuning
-        if getattr(config, option):
-            raise ConfigError(
-                f"AptConfig.{option}=True {role}, and pretune_density {pretune:g} leaves no pruning for "
-                "tuning (it is the target density); set pretune_density above target_density "
-                f"(e.g. 1 - (1 - target_density) / 2) or drop {option}"
-                + (_INITIAL_TEACHER_FIX if option == "distill" else "")
-            )
-
-
-def check_initial_teacher(config: AptConfig, trainable_heads: Sequence[str]) -> None:
-    """Refuse to distil predictions from the model before tuning when its task head is untrained.
-
-    ``distill_teacher="initial"`` teaches with the model as prepared; a task head trained from
-    scratch (a classifier, QA outputs) predicts noise there. A pretrained output layer (the LM head
-    of a causal or seq2seq LM) is what makes that teacher's predictions worth matching.
-
-    Raises:
-        ConfigError: naming the head and the settings that work.
-    """
-    if not (config.distill and config.distill_teacher == "initial" and config.alpha_pred > 0):
-        return
-    if trainable_heads:
-        raise ConfigError(
-            f"AptConfig.distill_teacher='initial' distils the predictions of the model before tuning, and "
-            f"this model's task head ({', '.join(trainable_heads)}) starts untrained, so they are noise; "
-            "use distill_teacher='events' or set alpha_pred=0 (hidden states only)"
-        )
-
-
-def hidden_stay_note(pretune_density: float) -> str:
-    """Why no hidden dimension leaves in a run that prunes everything before tuning, and the fix.
-
-    The pruning before tuning keeps the hidden dimensions whenever damage curves rank the heads and
-    neurons or the hidden salience is ``"norm_weighted"``; they leave only at the events during
-    tuning, and a pretune density equal to the target leaves those events nothing to remove.
-    """
-    return (
-        "hidden dimensions stay: the pruning before tuning keeps them and "
-        f"pretune_density {pretune_density:g} (the target) leaves no pruning for tuning; "
-        "set pretune_density above target_density "
-        "(e.g. 1 - (1 - target_density) / 2) to prune them during tuning"
     )
 
 
@@ -1155,70 +1052,3 @@ def _kept(mask: torch.Tensor | None) -> torch.Tensor | None:
         return None
     keep = torch.nonzero(mask.cpu() > 0.5).squeeze(1)
     return keep if keep.numel() < mask.numel() else None
-
-
-def prepare_(
-    model: nn.Module, config: AptConfig | None = None, *, total_steps: int | None = None
-) -> AptController:
-    """Make ``model`` ready for APT in place and return its controller.
-
-    Applies the family's structural patches (T5: every self-attention gets its own relative
-    position table, see `aptune.arch.t5`), attaches adapters to the configured roles (default: q, v
-    and FFN-up for encoders; q and v for LLaMA-family decoders; q, v and the first FFN input for
-    T5), freezes every other backbone parameter, keeps the task head trainable (a deliberate
-    deviation from the authors' code, which never trains RoBERTa's ``out_proj``), installs masks and
-    salience hooks, and (with distillation on) registers the distillation transform as
-    ``model.aptune_distill`` so that any optimizer built afterwards trains it.
-
-    Args:
-        model: A HuggingFace model of a supported family.
-        config: The APT configuration (default ``AptConfig()``).
-        total_steps: Number of optimizer steps of the run, if known now (else call
-            ``controller.set_total_steps`` before training).
-
-    Returns:
-        The `AptController` that owns masks, scores, schedules and surgery.
-
-    Raises:
-        UnsupportedModelError: the model family or task head is not supported.
-        ModelError: the model was already prepared.
-        ConfigError: an option needs what this model's run will not have (the model is untouched).
-
-    Example:
-        >>> controller = aptune.prepare_(model, aptune.AptConfig(target_density=0.4), total_steps=1000)
-        >>> for batch in loader:
-        ...     model(**batch).loss.backward(); optimizer.step()
-        ...     controller.step(optimizer); optimizer.zero_grad()
-    """
-    config = config or AptConfig()
-    if getattr(model, "_aptune_controller", None) is not None:
-        raise ModelError(
-            "this model was already prepared by aptune; reuse its controller (model._aptune_controller)"
-        )
-    layout = build_layout(model)
-    check_tuning_window_options(config, layout.is_decoder)  # before anything changes the model
-    check_initial_teacher(config, layout.trainable_heads)
-    apply_patches_(model, layout.patches)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    controller = AptController(model, config, layout)
-    roles = config.adapter_targets or layout.default_adapter_roles
-    for role in roles:
-        for path in layout.role_paths(role):
-            controller.adapters[path] = attach_adapter(model, path, config.initial_rank, config.lora_scaling)
-    for path in layout.trainable_heads:
-        for param in model.get_submodule(path).parameters():
-            param.requires_grad_(True)
-    install_masks(model, layout, controller.state)
-    controller.initial_adapter_params = controller.adapter_parameter_count()
-    if config.distill and config.target_density < 1.0:
-        weight = next(model.parameters())
-        transform = DistillTransform(
-            layout.hidden_size, rank=config.initial_rank, scaling=config.lora_scaling, device=weight.device
-        )
-        model.add_module(DISTILL_MODULE_NAME, transform)
-        controller.distiller.attach_transform(transform)
-    model._aptune_controller = controller
-    if total_steps is not None:
-        controller.set_total_steps(total_steps)
-    return controller

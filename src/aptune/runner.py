@@ -493,7 +493,7 @@ def _build_trainer(
     callbacks: list | None,
 ):
     """Phase 4: prepare the model for APT and build its trainer and recorder."""
-    from aptune.controller import prepare_
+    from aptune.prepare import prepare_
     from aptune.report import RunRecorder
     from aptune.trainer import AptSeq2SeqTrainer, AptTrainer
 

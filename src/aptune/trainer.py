@@ -29,11 +29,12 @@ from aptune.checkpoint import (
     save_run_record,
 )
 from aptune.config import AptConfig
-from aptune.controller import DISTILL_MODULE_NAME, AptController, prepare_
+from aptune.controller import DISTILL_MODULE_NAME, AptController
 from aptune.distributed import all_reduce_gradients_, calibration_share, exclude_from_ddp_
 from aptune.errors import AptuneError, ConfigError, ModelError
 from aptune.export import export as export_model
 from aptune.losses import chunked_lm_eval, chunked_lm_forward, is_causal_lm
+from aptune.prepare import prepare_
 
 __all__ = [
     "AptCallback",

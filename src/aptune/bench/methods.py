@@ -684,7 +684,7 @@ def _prune_and_retrain(ctx: WorkerContext, job: Job, monitor, prune) -> dict[str
     """Phase 2 of the LoRA+Prune methods: ``prune(model, task, layout) -> (keep_heads, keep_neurons,
     seconds, record)`` on the merged phase-1 model, then the blocks are removed and LoRA retrains."""
     from aptune.arch import build_layout
-    from aptune.controller import prepare_
+    from aptune.prepare import prepare_
     from aptune.select import KeepSet
 
     cfg = ctx.config
@@ -784,7 +784,7 @@ def run_lora_prune_tp(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | Non
 
 def run_one_shot(ctx: WorkerContext, job: Job, monitor: MemoryMonitor | None = None) -> dict[str, Any]:
     """The "one-shot" APT ablation: aptune's salience once on the converged LoRA model, then retraining."""
-    from aptune.controller import prepare_
+    from aptune.prepare import prepare_
 
     cfg = ctx.config
     phase1 = json.loads(ctx.result_path(job.depends[0]).read_text(encoding="utf-8"))
