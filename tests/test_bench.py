@@ -11,7 +11,8 @@ from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
 
 import aptune
 from aptune.bench import BenchConfig, plan_jobs, suite_config
-from aptune.bench.config import ABLATIONS, JOB_DENSITY, _job, estimate_seconds
+from aptune.bench.config import ABLATIONS, JOB_DENSITY
+from aptune.bench.plan import _job, estimate_seconds
 from aptune.cli import main
 from tiny import tiny_bert
 

@@ -9,7 +9,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import aptune
 from aptune.arch import build_layout
 from aptune.bench import plan_jobs, suite_config
-from aptune.bench.config import estimate_seconds
 from aptune.bench.decoder_pruning import (
     apply_keep_,
     llm_pruner_keep,
@@ -18,6 +17,7 @@ from aptune.bench.decoder_pruning import (
     uniform_width,
 )
 from aptune.bench.kwon import block_costs
+from aptune.bench.plan import estimate_seconds
 from aptune.report.format import DASH
 
 PRUNED = ("llm-pruner", "tp-uniform", "aptune-one-shot")

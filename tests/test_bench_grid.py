@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aptune.bench import BenchConfig
-from aptune.bench.config import extend_grid, plan_grid
+from aptune.bench.plan import extend_grid, plan_grid
 from aptune.errors import ConfigError
 
 

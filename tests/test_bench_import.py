@@ -7,8 +7,9 @@ import json
 import pytest
 
 from aptune.bench import BenchConfig, run_benchmark
-from aptune.bench.config import plan_grid, suite_config
+from aptune.bench.config import suite_config
 from aptune.bench.imported import ImportedRecords
+from aptune.bench.plan import plan_grid
 from aptune.errors import ConfigError
 from test_bench import tiny_bench_options, tiny_setup  # noqa: F401  (the fixture: a tiny BERT folder and a CSV split)
 
@@ -58,7 +59,7 @@ def test_grid_records_are_read_too(tmp_path):
 
 def test_a_variant_restated_when_a_default_changed_finds_its_record(tmp_path):
     """apt-uniform ran before it named uniform_heads; its record still stands for it."""
-    from aptune.bench.config import _job
+    from aptune.bench.plan import _job
 
     config = suite_config("smollm2-bbc")
     job = _job("apt", 0, 0.7, "apt-uniform", lr=2e-3)

@@ -52,7 +52,7 @@ def test_a_partial_page_runs_nothing_and_names_what_has_not_run(tiny_setup, tmp_
 
 def _stale_headline(tmp_path):
     """A work folder whose headline APT record reused the grid run at 1e-3; the grid now chooses 2e-3."""
-    from aptune.bench.config import Job
+    from aptune.bench.plan import Job
 
     results = tmp_path / "results"
     results.mkdir()
@@ -151,8 +151,8 @@ def test_the_grid_table_says_nothing_of_edges_when_the_choice_is_inside():
 
 def test_a_job_without_a_grid_rate_keeps_its_record(tmp_path):
     """Without a grid a job's rate is 0 in the plan and its record holds the configured rate."""
-    from aptune.bench.config import Job
     from aptune.bench.harness import _read_results
+    from aptune.bench.plan import Job
 
     (tmp_path / "results").mkdir()
     record = {"lr": 1e-3, "final_metrics": {"perplexity": 30.0}}
@@ -200,9 +200,9 @@ def test_a_sitting_runs_only_the_named_jobs_and_a_later_one_completes_the_page(w
 
 def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_path):
     """A default that changed since a record was written makes the record stale, never mislabelled."""
-    from aptune.bench.config import Job
     from aptune.bench.harness import _read_results, _run_one
     from aptune.bench.methods import apt_settings, apt_settings_mismatch
+    from aptune.bench.plan import Job
     from aptune.bench.records import NOT_RUN_YET
 
     config = BenchConfig(workdir=str(tmp_path))
@@ -239,8 +239,8 @@ def test_an_apt_record_run_with_other_settings_does_not_stand_for_the_job(tmp_pa
 
 def test_copy_heads_compare_by_the_threshold_they_resolve_to() -> None:
     """A format-1 record's None ran without protection; the decoder default now protects from 0.3."""
-    from aptune.bench.config import Job, _job
     from aptune.bench.methods import apt_settings, apt_settings_mismatch, one_shot_selection_settings
+    from aptune.bench.plan import Job, _job
 
     decoder = BenchConfig(task="causal-lm")
     job = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7)
@@ -285,8 +285,9 @@ def test_copy_heads_compare_by_the_threshold_they_resolve_to() -> None:
 
 def test_uniform_heads_compare_by_the_choice_they_resolve_to() -> None:
     """A format-2 uniform record ran the salience's choice; the decoders' default now measures."""
-    from aptune.bench.config import _job, suite_config
+    from aptune.bench.config import suite_config
     from aptune.bench.methods import apt_settings, apt_settings_mismatch
+    from aptune.bench.plan import _job
 
     decoder = suite_config("smollm2-bbc")  # prunes before tuning, so the default would measure
     for ablation in ("apt-uniform", "apt-uniform-copy-heads", "apt-uniform-all-heads"):
@@ -336,8 +337,8 @@ def test_a_stale_result_takes_its_run_folder_aside(tmp_path):
 
 def test_adapter_roles_compare_as_a_set_and_the_all_linear_ablation_can_be_the_default(tmp_path):
     """A record that lists the same roles in another order ran the same settings; other roles did not."""
-    from aptune.bench.config import Job, _job
     from aptune.bench.methods import apt_settings, apt_settings_mismatch
+    from aptune.bench.plan import Job, _job
 
     every = BenchConfig(workdir=str(tmp_path), adapter_roles="q,k,v,o,up,gate,down")
     default = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7, lr=2e-3)
@@ -355,9 +356,9 @@ def test_adapter_roles_compare_as_a_set_and_the_all_linear_ablation_can_be_the_d
 
 def test_a_changed_default_lets_one_run_stand_for_the_job_that_now_asks_for_it(tmp_path):
     """Decoders now prune to the target before tuning: the default and the ablations trade records."""
-    from aptune.bench.config import Job, _job
     from aptune.bench.harness import _read_results, _run_one
     from aptune.bench.methods import apt_settings, apt_settings_mismatch
+    from aptune.bench.plan import Job, _job
 
     config = BenchConfig(workdir=str(tmp_path), task="causal-lm", apt_pretune_prune=True)
     default = Job(id="apt-d0.70-s0", method="apt", label="APT", seed=0, density=0.7, lr=2e-3)

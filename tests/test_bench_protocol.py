@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from aptune.bench import suite_config
-from aptune.bench.config import Job
 from aptune.bench.harness import check_dependencies, choose_rates, prepare_data
+from aptune.bench.plan import Job
 from aptune.cli import main
 from aptune.errors import ConfigError
 from aptune.tasks.dedupe import normalise_text

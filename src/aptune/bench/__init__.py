@@ -15,7 +15,7 @@ The measurement functions are usable on their own: `count_matmul_flops`, `measur
 `time_to_accuracy`, `step_time_summary`.
 """
 
-from aptune.bench.config import ABLATIONS, METHODS, SUITES, BenchConfig, Job, plan_jobs, suite_config
+from aptune.bench.config import ABLATIONS, METHODS, SUITES, BenchConfig, suite_config
 from aptune.bench.harness import BenchOutcome, prepare_data, run_benchmark
 from aptune.bench.measure import (
     FlopCount,
@@ -25,6 +25,7 @@ from aptune.bench.measure import (
     step_time_summary,
     time_to_accuracy,
 )
+from aptune.bench.plan import Job, plan_jobs
 from aptune.bench.results import summarize, write_results
 
 __all__ = [

@@ -28,8 +28,8 @@ import torch
 from transformers import Trainer, TrainerCallback, set_seed
 
 from aptune.atomic import write_json_atomic
-from aptune.bench.config import Job
 from aptune.bench.measure import MemoryMonitor, step_time_summary
+from aptune.bench.plan import Job
 from aptune.errors import ConfigError
 
 __all__ = [

@@ -42,15 +42,10 @@ from aptune.bench.config import (
     RATE_OF,
     RATES_FILE,
     BenchConfig,
-    Job,
     differing_options,
-    estimate_seconds,
-    extend_grid,
-    plan_grid,
-    plan_headline,
-    plan_jobs,
 )
 from aptune.bench.imported import ImportedRecords
+from aptune.bench.plan import Job, estimate_seconds, extend_grid, plan_grid, plan_headline, plan_jobs
 from aptune.bench.records import NOT_RUN_YET, record_metrics
 from aptune.errors import ConfigError
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aptune.bench.config import BenchConfig, Job, differing_options, result_options
+from aptune.bench.config import BenchConfig, differing_options, result_options
+from aptune.bench.plan import Job
 from aptune.errors import ConfigError
 
 __all__ = ["JOB_IDENTITY", "ImportedRecords"]

@@ -39,8 +39,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from aptune.atomic import write_json_atomic
-from aptune.bench.config import BenchConfig, Job
+from aptune.bench.config import BenchConfig
 from aptune.bench.measure import MemoryMonitor, chained_curve, curve_from_step_times, step_time_summary
+from aptune.bench.plan import Job
 from aptune.errors import ConfigError
 from aptune.trainer import peak_rss_mb
 

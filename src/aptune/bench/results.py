@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from aptune.atomic import write_json_atomic, write_text_atomic
-from aptune.bench.config import BenchConfig, Job, config_command
+from aptune.bench.config import BenchConfig, config_command
 from aptune.bench.measure import time_to_accuracy
 from aptune.bench.page import markdown
+from aptune.bench.plan import Job
 from aptune.bench.plots import PLOTS
 from aptune.bench.records import (
     ALLOCATOR_NAMES,

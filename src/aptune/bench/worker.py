@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from aptune.atomic import replace_dir_atomic, write_json_atomic
-from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig, Job
+from aptune.bench.config import LATENCY_FILE, PLAN_FILE, BenchConfig
 from aptune.bench.measure import JobPeakMemory, MemoryMonitor, allocator_setting, current_rss_mb
+from aptune.bench.plan import Job
 from aptune.host_memory import pinned_mmap_threshold
 
 __all__ = [
