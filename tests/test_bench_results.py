@@ -501,7 +501,7 @@ def test_the_test_evaluation_reports_macro_f1_of_the_models_own_predictions():
     import torch
     from tests.tiny import tiny_bert
 
-    from aptune.bench.methods import evaluate_model
+    from aptune.bench.training import evaluate_model
     from aptune.tasks.classification import macro_f1
 
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from aptune.bench.methods import evaluate_model
 from aptune.bench.token_kinds import KINDS, kind_losses, kind_perplexities, newline_token_ids, token_kinds
+from aptune.bench.training import evaluate_model
 from aptune.tasks import load_task
 
 BREAK, START, OTHER = (KINDS.index(k) for k in ("line break", "line start", "other"))

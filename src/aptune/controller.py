@@ -1052,3 +1052,19 @@ def _kept(mask: torch.Tensor | None) -> torch.Tensor | None:
         return None
     keep = torch.nonzero(mask.cpu() > 0.5).squeeze(1)
     return keep if keep.numel() < mask.numel() else None
+
+
+def __getattr__(name: str) -> Any:
+    # `prepare_` moved to `aptune.prepare`; the old import path keeps working, with a warning
+    if name == "prepare_":
+        import warnings
+
+        from aptune.prepare import prepare_
+
+        warnings.warn(
+            "aptune.controller.prepare_ moved: use aptune.prepare_ (or aptune.prepare.prepare_)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return prepare_
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -80,7 +80,7 @@ class ChunkedLossTrainer(Trainer):
 
 def _perplexity(ctx, model: torch.nn.Module, tokenizer, path: str) -> float:
     """Perplexity of ``model`` on the text file ``path``, evaluated in the suite's logits blocks."""
-    from aptune.bench.methods import evaluate_model
+    from aptune.bench.training import evaluate_model
 
     data = _eval_set(ctx, tokenizer, path)
     chunk = ctx.config.lm_loss_chunk or None
@@ -278,7 +278,8 @@ def _prune_or_reload(ctx, job: Job, out: Path, model, tokenizer, task, save: boo
     """
     from aptune.arch import build_layout
     from aptune.bench.decoder_pruning import stack_params
-    from aptune.bench.methods import _param_count, calibration_batches
+    from aptune.bench.methods import calibration_batches
+    from aptune.bench.training import param_count
 
     stored = out / PRUNED_FILE
     if save and stored.is_file():
@@ -295,7 +296,7 @@ def _prune_or_reload(ctx, job: Job, out: Path, model, tokenizer, task, save: boo
         model = load(out / PRUNED_DIR, dtype=torch.float32)
         return model, earlier
     layout = build_layout(model)
-    pruned = {"params_before": _param_count(model), "stack_before": stack_params(model, layout)}
+    pruned = {"params_before": param_count(model), "stack_before": stack_params(model, layout)}
     began = time.perf_counter()
     batches = calibration_batches(task, ctx.config.prune_samples, ctx.config.calibration_batch_size, job.seed)
     model, record = PRUNERS[job.method](ctx, job, model, layout, batches)
@@ -327,28 +328,28 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     then lists ``resumed``; the step times span every process, the peak memory is the last one's).
 
     Returns:
-        The common record (see `aptune.bench.methods`) plus ``pruning`` (the recipe's plan and the
+        The common record (`aptune.bench.training.common_record`) plus ``pruning`` (the recipe's plan and the
         heads and FFN neurons per layer), ``domain_perplexity`` (``after_pruning``: BBC dev and
         held-out), ``stack_params_before`` / ``stack_params_after`` and ``retrain_steps``.
     """
     from peft import LoraConfig, get_peft_model
 
-    from aptune.bench.methods import (
+    from aptune.bench.training import (
         StepClock,
-        _common,
-        _load,
-        _param_count,
-        _train,
-        _trainer_kwargs,
-        _training_args,
+        common_record,
         last_clocked_checkpoint,
+        load_job_model,
+        param_count,
         total_steps,
+        train_to_end,
+        trainer_data_kwargs,
+        training_args,
     )
 
     cfg = ctx.config
     set_seed(job.seed)
     out = ctx.run_dir(job.id)
-    model, tokenizer, task = _load(ctx)
+    model, tokenizer, task = load_job_model(ctx)
     steps = total_steps(ctx, len(task.train))
     resume = last_clocked_checkpoint(out / "checkpoints") if cfg.checkpoint_steps else None
     if monitor is not None:
@@ -364,16 +365,16 @@ def run_prune_then_lora(ctx, job: Job, monitor: MemoryMonitor | None = None) -> 
     clock = StepClock(monitor)
     trainer = ChunkedLossTrainer(
         model=lora,
-        args=_training_args(ctx, job, out, ctx.job_lr(job), steps, save_steps=cfg.checkpoint_steps),
+        args=training_args(ctx, job, out, ctx.job_lr(job), steps, save_steps=cfg.checkpoint_steps),
         callbacks=[clock],
         lm_loss_chunk=cfg.lm_loss_chunk,
-        **_trainer_kwargs(task),
+        **trainer_data_kwargs(task),
     )
-    _train(trainer, clock, steps, resume)
+    train_to_end(trainer, clock, steps, resume)
     merged = lora.merge_and_unload()
-    params_after = _param_count(merged)  # before the export attaches its (zero) adapters
+    params_after = param_count(merged)  # before the export attaches its (zero) adapters
     save_plain_pruned(merged, tokenizer, out / "model")
-    result = _common(task, clock, offset={"calibration_pruning": prune_seconds})
+    result = common_record(task, clock, offset={"calibration_pruning": prune_seconds})
     result.update(
         model_dir=str(out / "model"),
         total_steps=steps,

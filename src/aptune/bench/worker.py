@@ -59,7 +59,7 @@ def _at_least(value: float | None, floor: float | None) -> float | None:
 
 def context_from_plan(workdir: str | Path):
     """Read ``plan.json`` of a work folder; return ``(WorkerContext, jobs by id)``."""
-    from aptune.bench.methods import WorkerContext
+    from aptune.bench.training import WorkerContext
 
     workdir = Path(workdir)
     plan = json.loads((workdir / PLAN_FILE).read_text(encoding="utf-8"))
@@ -101,7 +101,7 @@ def apply_allocator(setting: str) -> int | None:
 
 def evaluate_test(ctx, result: dict[str, Any]) -> dict[str, Any]:
     """The exported model of a job, reloaded from its folder, on the test split: metrics and seconds."""
-    from aptune.bench.methods import evaluate_model, load_test
+    from aptune.bench.training import evaluate_model, load_test
     from aptune.runner import load_tokenizer
 
     began = time.perf_counter()
