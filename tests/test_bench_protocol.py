@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from aptune.bench import suite_config
-from aptune.bench.harness import check_dependencies, choose_rates, prepare_data
+from aptune.bench.data import prepare_data
+from aptune.bench.harness import check_dependencies, choose_rates
 from aptune.bench.plan import Job
 from aptune.cli import main
 from aptune.errors import ConfigError

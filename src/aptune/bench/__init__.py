@@ -16,7 +16,8 @@ The measurement functions are usable on their own: `count_matmul_flops`, `measur
 """
 
 from aptune.bench.config import ABLATIONS, METHODS, SUITES, BenchConfig, suite_config
-from aptune.bench.harness import BenchOutcome, prepare_data, run_benchmark
+from aptune.bench.data import prepare_data
+from aptune.bench.harness import BenchOutcome, run_benchmark
 from aptune.bench.measure import (
     FlopCount,
     count_matmul_flops,

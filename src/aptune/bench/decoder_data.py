@@ -1,6 +1,6 @@
 """The causal-LM suite's extra data: the held-out text domain, and token counts of every split.
 
-`prepare_decoder_data` runs after the shared split is written (`aptune.bench.harness.prepare_data`):
+`prepare_decoder_data` runs after the shared split is written (`aptune.bench.data.prepare_data`):
 it writes the held-out domain (``data/heldout.jsonl``: Shakespeare's scenes, `aptune.bench.heldout`,
 or the documents of a user's file) and counts the tokens each split holds with the model's tokenizer
 (with the end-of-text token appended per document, as the causal-LM task packs them), so that the
