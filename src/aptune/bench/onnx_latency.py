@@ -7,8 +7,8 @@ with the same warm-up and the same round-by-round interleaving (`aptune.bench.me
 and as many intra-op threads as torch uses. The ratio pruned / dense is the figure that matters.
 
 * `ONNX_LATENCY_FILE`: the stage's output in the work folder (``onnx_latency.json``).
-* `onnx_skip_reason`: why a benchmark has no ONNX stage (a causal-LM suite; onnxruntime or onnx not
-  installed), or ``None``.
+* `onnx_skip_reason`: why a benchmark has no ONNX stage (a causal-LM suite, see `ONNX_TASKS`;
+  onnxruntime or onnx not installed), or ``None``.
 * `onnx_session`, `onnx_feed`, `measure_onnx_latencies`: the measurement, usable on its own.
 
 The worker side (`aptune.bench.worker.run_onnx_latency`) exports the models and writes the file.
@@ -40,7 +40,8 @@ ONNX_LATENCY_FILE = "onnx_latency.json"
 #: Work-folder folder of the exported ``.onnx`` files (``dense.onnx``, ``<job id>.onnx``).
 ONNX_DIR = "onnx"
 
-#: Tasks whose models the ONNX exporter covers (BERT / RoBERTa encoders).
+#: Tasks whose suites time ONNX Runtime: the encoder suites. Decoders export to ONNX too, but a
+#: full forward without a KV cache is not how they are served (generation runs through GGUF or vLLM).
 ONNX_TASKS = ("classification",)
 
 
@@ -65,8 +66,9 @@ def onnx_skip_reason(task: str) -> str | None:
     """
     if task not in ONNX_TASKS:
         return (
-            f"the ONNX export covers encoders (BERT, RoBERTa) and this is a {task} suite; decoders "
-            "deploy through GGUF (aptune export --format gguf)"
+            f"ONNX Runtime is timed in the encoder suites and this is a {task} suite; decoders export "
+            "to ONNX as one forward without a KV cache (aptune export --format onnx), while generation "
+            "is served through GGUF (aptune export --format gguf) or a stock folder (vLLM)"
         )
     missing = _missing_packages()
     if missing:

@@ -24,7 +24,10 @@ __all__ = ["export_command"]
     "fmt",
     default="hf",
     show_default=True,
-    help="hf | gguf (llama, mistral, qwen2: llama.cpp, Ollama) | onnx (BERT, RoBERTa: ONNX Runtime).",
+    help=(
+        "hf | gguf (llama, mistral, qwen2: llama.cpp, Ollama) | onnx (bert, roberta, llama, mistral, "
+        "qwen2: ONNX Runtime; decoders without a KV cache)."
+    ),
 )
 @click.option(
     "--dtype",

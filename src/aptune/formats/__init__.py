@@ -2,7 +2,8 @@
 
 * ``hf``: the HuggingFace folder (stock config for uniform layouts, loader file otherwise), optionally
   in another dtype;
-* ``onnx``: BERT / RoBERTa for ONNX Runtime (`aptune.formats.onnx`);
+* ``onnx``: BERT / RoBERTa and LLaMA / Mistral / Qwen2 (one forward, no KV cache) for ONNX Runtime
+  (`aptune.formats.onnx`);
 * ``gguf``: LLaMA / Mistral / Qwen2 for llama.cpp and Ollama (`aptune.formats.gguf`).
 """
 
