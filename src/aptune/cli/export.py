@@ -26,7 +26,7 @@ __all__ = ["export_command"]
     show_default=True,
     help=(
         "hf | gguf (llama, mistral, qwen2: llama.cpp, Ollama) | onnx (bert, roberta, llama, mistral, "
-        "qwen2: ONNX Runtime; decoders without a KV cache)."
+        "qwen2: ONNX Runtime; decoders as one forward, or with --kv-cache for generation)."
     ),
 )
 @click.option(
@@ -35,7 +35,15 @@ __all__ = ["export_command"]
     show_default=True,
     help="float32 | bfloat16 | float16 (gguf: float32 | float16; onnx: float32).",
 )
-def export_command(run_dir: Path, out: Path, fmt: str, dtype: str) -> None:
+@click.option(
+    "--kv-cache",
+    is_flag=True,
+    help=(
+        "onnx, causal LMs: write a generation graph with past_key_values.* inputs and present.* "
+        "outputs instead of one full forward."
+    ),
+)
+def export_command(run_dir: Path, out: Path, fmt: str, dtype: str, kv_cache: bool) -> None:
     """Write the run's exported model to another folder or serving format (optionally in another dtype).
 
     RUN_DIR is a run folder written by `aptune train` (or an exported model folder).
@@ -43,5 +51,5 @@ def export_command(run_dir: Path, out: Path, fmt: str, dtype: str) -> None:
     from aptune.formats import export_format
 
     with user_errors():
-        export_format(run_dir, out, fmt, dtype)
+        export_format(run_dir, out, fmt, dtype, kv_cache=kv_cache)
     click.echo(f"aptune: wrote {out}")

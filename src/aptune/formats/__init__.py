@@ -2,8 +2,8 @@
 
 * ``hf``: the HuggingFace folder (stock config for uniform layouts, loader file otherwise), optionally
   in another dtype;
-* ``onnx``: BERT / RoBERTa and LLaMA / Mistral / Qwen2 (one forward, no KV cache) for ONNX Runtime
-  (`aptune.formats.onnx`);
+* ``onnx``: BERT / RoBERTa and LLaMA / Mistral / Qwen2 (one forward, or a KV-cache graph for
+  generation) for ONNX Runtime (`aptune.formats.onnx`, `aptune.formats.onnx_generate`);
 * ``gguf``: LLaMA / Mistral / Qwen2 for llama.cpp and Ollama (`aptune.formats.gguf`).
 """
 
@@ -29,7 +29,9 @@ def _model_folder(run_or_model_dir: str | Path) -> Path:
     return path / "model" if (path / "model").is_dir() else path
 
 
-def export_format(run_or_model_dir: str | Path, out: str | Path, fmt: str, dtype: str = "float32") -> Path:
+def export_format(
+    run_or_model_dir: str | Path, out: str | Path, fmt: str, dtype: str = "float32", *, kv_cache: bool = False
+) -> Path:
     """Write a run's exported model in the format of a serving engine.
 
     Args:
@@ -39,17 +41,22 @@ def export_format(run_or_model_dir: str | Path, out: str | Path, fmt: str, dtype
         fmt: ``"hf"``, ``"gguf"`` or ``"onnx"``.
         dtype: ``float32`` | ``float16`` | ``bfloat16`` (``f32`` / ``f16`` / ``bf16`` also accepted);
             GGUF takes float32 or float16, ONNX float32.
+        kv_cache: ONNX of a causal LM: a generation graph with KV-cache inputs and outputs
+            (`aptune.formats.onnx`).
 
     Returns:
         The path written.
 
     Raises:
-        ConfigError: unknown format or a dtype the format does not take.
+        ConfigError: unknown format, a dtype the format does not take, or ``kv_cache`` with a
+            format other than ONNX.
         ExportError: the model cannot be written in that format (the message says why).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     dtype = _DTYPE_ALIASES.get(dtype, dtype)
+    if kv_cache and fmt != "onnx":
+        raise ConfigError(f"--kv-cache applies to --format onnx only, not {fmt!r}; drop the option")
     source, out = _model_folder(run_or_model_dir), Path(out)
     if fmt == "hf":
         if dtype not in _HF_DTYPES:
@@ -68,5 +75,5 @@ def export_format(run_or_model_dir: str | Path, out: str | Path, fmt: str, dtype
 
         if dtype != "float32":
             raise ConfigError(f"--dtype {dtype!r} is not available for ONNX; use float32")
-        export_onnx(source, out)
+        export_onnx(source, out, kv_cache=kv_cache)
     return out

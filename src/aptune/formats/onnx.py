@@ -7,10 +7,26 @@ are dynamic axes. The inputs are ``input_ids`` and ``attention_mask`` (and ``tok
 encoders with more than one token type); the outputs are the model's prediction fields (``logits``,
 or ``start_logits`` and ``end_logits`` for question answering).
 
-A decoder's graph is one full forward without a KV cache: ``logits`` for every position of a causal
-LM (scoring, perplexity, one generation step), or per sequence for a sequence classifier. Padding may
-sit on either side. Token-by-token generation re-runs the whole prefix, so serve generation through
-GGUF (llama.cpp, Ollama) or a stock folder (vLLM) instead.
+A decoder's graph is by default one full forward without a KV cache: ``logits`` for every position
+of a causal LM (scoring, perplexity), or per sequence for a sequence classifier. Padding may sit on
+either side.
+
+With ``kv_cache=True`` a causal LM is written as a graph for token-by-token generation, named as
+ONNX Runtime's generation tools and optimum name it:
+
+* inputs ``input_ids`` ``(batch, sequence)``, ``attention_mask`` ``(batch, past_sequence +
+  sequence)``, ``position_ids`` ``(batch, sequence)`` and, per layer ``i``,
+  ``past_key_values.{i}.key`` / ``.value`` ``(batch, kv_heads_i, past_sequence, head_dim)``;
+* outputs ``logits`` ``(batch, sequence, vocab)`` and ``present.{i}.key`` / ``.value``
+  ``(batch, kv_heads_i, past_sequence + sequence, head_dim)``.
+
+``kv_heads_i`` is the layer's own number of kept KV groups (a static dimension of the graph, readable
+from the session's input metadata). A layer without attention keeps a placeholder of one zero
+channel, ``(batch, 1, past_sequence, 1)``, so that every layer's cache has the same length. The
+first call takes pasts of length 0. Position ids count the real tokens of each row (``cumsum(mask) -
+1``), so left-padded batches generate as in transformers. The cache keeps every token (a Mistral
+sliding window is applied by the mask, not by trimming the cache). `aptune.formats.onnx_generate`
+drives such a graph.
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ from torch import nn
 from aptune.atomic import atomic_path
 from aptune.errors import ExportError
 
-__all__ = ["ONNX_DECODER_FAMILIES", "ONNX_FAMILIES", "export_onnx"]
+__all__ = ["ONNX_DECODER_FAMILIES", "ONNX_FAMILIES", "cache_input_names", "cache_output_names", "export_onnx"]
 
 #: ``model_type`` values of the decoders that export to ONNX (traced without a KV cache).
 ONNX_DECODER_FAMILIES = ("llama", "mistral", "qwen2")
@@ -52,6 +68,108 @@ class _Predictions(nn.Module):
         return tuple(outputs[name] for name in self.output_names)
 
 
+class _CausalLmWithCache(nn.Module):
+    """Wraps a causal LM so that it takes its KV cache as flat tensors and returns the grown cache flat.
+
+    Every layer gets a plain growing cache layer (no sliding-window trimming), so the graph's cache
+    length is always ``past_sequence + sequence`` and a sliding window acts through the mask alone.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2], strict=True)))
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+        )
+        present = [
+            tensor for layer in outputs.past_key_values.layers for tensor in (layer.keys, layer.values)
+        ]
+        return (outputs.logits, *present)
+
+
+def cache_input_names(num_layers: int) -> list[str]:
+    """Names of the past-cache inputs of a KV-cache graph, key before value, layer by layer."""
+    return [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def cache_output_names(num_layers: int) -> list[str]:
+    """Names of the grown-cache outputs of a KV-cache graph, in the order of `cache_input_names`."""
+    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def _cache_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """``(kv_heads, head_dim)`` of every layer's cache, read from a short forward of the model."""
+    with torch.no_grad():
+        outputs = model(input_ids=torch.full((1, 2), 5, dtype=torch.long), use_cache=True, return_dict=True)
+    # keys: (batch, kv_heads, tokens, head_dim)
+    return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in outputs.past_key_values.layers]
+
+
+def _export_with_cache(model: nn.Module, out_path: Path, opset: int) -> Path:
+    causal_lm = model.config.model_type in ONNX_DECODER_FAMILIES and type(model).__name__.endswith(
+        "ForCausalLM"
+    )
+    if not causal_lm:
+        raise ExportError(
+            f"a KV-cache graph is written for causal LMs, not {type(model).__name__}; "
+            "export it without --kv-cache"
+        )
+    shapes = _cache_shapes(model)
+    past_names, present_names = cache_input_names(len(shapes)), cache_output_names(len(shapes))
+    # batch 2 with 5 cached and 3 new tokens, the second row left-padded by 2 (a padded row makes the
+    # trace build the explicit mask every batch needs); ids >= 3 avoid the padding ids
+    past_length, new_length = 5, 3
+    input_ids = torch.full((2, new_length), 5, dtype=torch.long)
+    attention_mask = torch.ones(2, past_length + new_length, dtype=torch.long)
+    attention_mask[1, :2] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_length:]
+    generator = torch.Generator().manual_seed(0)
+    past = [
+        torch.randn(2, heads, past_length, head_dim, generator=generator)
+        for heads, head_dim in shapes
+        for _ in ("key", "value")
+    ]
+    input_names = ["input_ids", "attention_mask", "position_ids", *past_names]
+    output_names = ["logits", *present_names]
+    dynamic_axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+        **{name: {0: "batch", 2: "past_sequence"} for name in past_names},
+        **{name: {0: "batch", 2: "total_sequence"} for name in present_names},
+    }
+    with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            _CausalLmWithCache(model),
+            (input_ids, attention_mask, position_ids, *past),
+            tmp_name,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    return out_path
+
+
 def _load_model(model_or_folder: nn.Module | str | Path) -> nn.Module:
     if isinstance(model_or_folder, nn.Module):
         return model_or_folder
@@ -61,7 +179,11 @@ def _load_model(model_or_folder: nn.Module | str | Path) -> nn.Module:
 
 
 def export_onnx(
-    model_or_folder: nn.Module | str | Path, out_path: str | Path, *, opset: int = _OPSET
+    model_or_folder: nn.Module | str | Path,
+    out_path: str | Path,
+    *,
+    opset: int = _OPSET,
+    kv_cache: bool = False,
 ) -> Path:
     """Write an ONNX file of a (pruned) BERT, RoBERTa, LLaMA, Mistral or Qwen2 model, in float32.
 
@@ -69,12 +191,15 @@ def export_onnx(
         model_or_folder: A loaded model, or a folder written by `aptune.export` (free or uniform).
         out_path: The ``.onnx`` file to write (replaced atomically).
         opset: ONNX opset version.
+        kv_cache: Write a causal LM as a generation graph with past / present KV-cache tensors
+            (see the module docstring) instead of one full forward.
 
     Returns:
         The path written.
 
     Raises:
-        ExportError: the model is of another family, or has no prediction output.
+        ExportError: the model is of another family, has no prediction output, or ``kv_cache`` is
+            asked for a model that is not a causal LM.
     """
     model = _load_model(model_or_folder)
     model_type = getattr(model.config, "model_type", None)
@@ -85,6 +210,10 @@ def export_onnx(
         )
     model = model.float().eval()
     decoder = model_type in ONNX_DECODER_FAMILIES
+    out_path = Path(out_path)
+    if kv_cache:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        return _export_with_cache(model, out_path, opset)
     options = {"use_cache": False} if decoder else {}
     input_names = ["input_ids", "attention_mask"]
     if getattr(model.config, "type_vocab_size", 1) > 1:
@@ -108,7 +237,6 @@ def export_onnx(
     for name in output_names:
         per_token = name != "logits" or probe[name].dim() == 3  # QA and token-classification outputs
         dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
