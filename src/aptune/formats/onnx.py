@@ -31,6 +31,7 @@ drives such a graph.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -93,14 +94,25 @@ class _CausalLmWithCache(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             return_dict=True,
+            **{_cache_keyword(self.model): cache},
         )
         present = [
-            tensor for layer in outputs.past_key_values.layers for tensor in (layer.keys, layer.values)
+            tensor for layer in _returned_cache(outputs).layers for tensor in (layer.keys, layer.values)
         ]
         return (outputs.logits, *present)
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.25, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(outputs):
+    """The KV cache a forward returned, under either transformers name."""
+    cache = outputs.get("cache") if "cache" in outputs else None
+    return cache if cache is not None else outputs["past_key_values"]
 
 
 def cache_input_names(num_layers: int) -> list[str]:
@@ -118,7 +130,7 @@ def _cache_shapes(model: nn.Module) -> list[tuple[int, int]]:
     with torch.no_grad():
         outputs = model(input_ids=torch.full((1, 2), 5, dtype=torch.long), use_cache=True, return_dict=True)
     # keys: (batch, kv_heads, tokens, head_dim)
-    return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in outputs.past_key_values.layers]
+    return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in _returned_cache(outputs).layers]
 
 
 def _export_with_cache(model: nn.Module, out_path: Path, opset: int) -> Path:
