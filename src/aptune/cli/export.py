@@ -17,7 +17,7 @@ __all__ = ["export_command"]
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="Where to write the model folder (hf) or file (gguf, onnx).",
+    help="Where to write the model folder (hf, onnx-genai) or file (gguf, onnx).",
 )
 @click.option(
     "--format",
@@ -26,14 +26,15 @@ __all__ = ["export_command"]
     show_default=True,
     help=(
         "hf | gguf (llama, mistral, qwen2: llama.cpp, Ollama) | onnx (bert, roberta, llama, mistral, "
-        "qwen2: ONNX Runtime; decoders as one forward, or with --kv-cache for generation)."
+        "qwen2: ONNX Runtime; decoders as one forward, or with --kv-cache for generation) | onnx-genai "
+        "(llama, mistral, qwen2 causal LMs: a folder for onnxruntime-genai)."
     ),
 )
 @click.option(
     "--dtype",
     default="float32",
     show_default=True,
-    help="float32 | bfloat16 | float16 (gguf: float32 | float16; onnx: float32).",
+    help="float32 | bfloat16 | float16 (gguf: float32 | float16; onnx, onnx-genai: float32).",
 )
 @click.option(
     "--kv-cache",

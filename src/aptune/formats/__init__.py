@@ -4,6 +4,7 @@
   in another dtype;
 * ``onnx``: BERT / RoBERTa and LLaMA / Mistral / Qwen2 (one forward, or a KV-cache graph for
   generation) for ONNX Runtime (`aptune.formats.onnx`, `aptune.formats.onnx_generate`);
+* ``onnx-genai``: LLaMA / Mistral / Qwen2 as a folder for onnxruntime-genai (`aptune.formats.onnx_genai`);
 * ``gguf``: LLaMA / Mistral / Qwen2 for llama.cpp and Ollama (`aptune.formats.gguf`).
 """
 
@@ -18,7 +19,7 @@ from aptune.errors import ConfigError
 __all__ = ["FORMATS", "export_format"]
 
 #: Format names accepted by `export_format`.
-FORMATS = ("hf", "gguf", "onnx")
+FORMATS = ("hf", "gguf", "onnx", "onnx-genai")
 _DTYPE_ALIASES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 _HF_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _GGUF_DTYPES = {"float32": "f32", "float16": "f16"}
@@ -37,10 +38,10 @@ def export_format(
     Args:
         run_or_model_dir: A run folder written by ``aptune train`` (its ``model`` subfolder is
             used) or an exported model folder.
-        out: Target: a folder for ``hf``, a file (``.gguf`` / ``.onnx``) otherwise.
-        fmt: ``"hf"``, ``"gguf"`` or ``"onnx"``.
+        out: Target: a folder for ``hf`` and ``onnx-genai``, a file (``.gguf`` / ``.onnx``) otherwise.
+        fmt: ``"hf"``, ``"gguf"``, ``"onnx"`` or ``"onnx-genai"``.
         dtype: ``float32`` | ``float16`` | ``bfloat16`` (``f32`` / ``f16`` / ``bf16`` also accepted);
-            GGUF takes float32 or float16, ONNX float32.
+            GGUF takes float32 or float16, ONNX and onnx-genai float32.
         kv_cache: ONNX of a causal LM: a generation graph with KV-cache inputs and outputs
             (`aptune.formats.onnx`).
 
@@ -70,10 +71,14 @@ def export_format(
         if dtype not in _GGUF_DTYPES:
             raise ConfigError(f"--dtype {dtype!r} is not available for GGUF; use float32 or float16")
         export_gguf(source, out, dtype=_GGUF_DTYPES[dtype])
-    else:
+    elif dtype != "float32":
+        raise ConfigError(f"--dtype {dtype!r} is not available for ONNX; use float32")
+    elif fmt == "onnx":
         from aptune.formats.onnx import export_onnx
 
-        if dtype != "float32":
-            raise ConfigError(f"--dtype {dtype!r} is not available for ONNX; use float32")
         export_onnx(source, out, kv_cache=kv_cache)
+    else:
+        from aptune.formats.onnx_genai import export_onnx_genai
+
+        export_onnx_genai(source, out)
     return out

@@ -25,8 +25,9 @@ from the session's input metadata). A layer without attention keeps a placeholde
 channel, ``(batch, 1, past_sequence, 1)``, so that every layer's cache has the same length. The
 first call takes pasts of length 0. Position ids count the real tokens of each row (``cumsum(mask) -
 1``), so left-padded batches generate as in transformers. The cache keeps every token (a Mistral
-sliding window is applied by the mask, not by trimming the cache). `aptune.formats.onnx_generate`
-drives such a graph.
+sliding window is applied by the mask, not by trimming the cache). With ``pad_cache=True`` every
+layer's cache tensors get one shape instead, zero-padded (`aptune.formats.onnx_genai` needs that).
+`aptune.formats.onnx_generate` drives either graph.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from torch import nn
 from aptune.atomic import atomic_path
 from aptune.errors import ExportError
 
-__all__ = ["ONNX_DECODER_FAMILIES", "ONNX_FAMILIES", "cache_input_names", "cache_output_names", "export_onnx"]
+__all__ = [
+    "ONNX_DECODER_FAMILIES",
+    "ONNX_FAMILIES",
+    "cache_input_names",
+    "cache_output_names",
+    "cache_shapes",
+    "export_onnx",
+]
 
 #: ``model_type`` values of the decoders that export to ONNX (traced without a KV cache).
 ONNX_DECODER_FAMILIES = ("llama", "mistral", "qwen2")
@@ -74,11 +82,18 @@ class _CausalLmWithCache(nn.Module):
 
     Every layer gets a plain growing cache layer (no sliding-window trimming), so the graph's cache
     length is always ``past_sequence + sequence`` and a sliding window acts through the mask alone.
+    With ``padded_shape`` ``(kv_heads, head_dim)`` every layer's cache tensors have that shape in the
+    graph: a layer reads its own heads and channels of the past and returns its present padded with
+    zeros.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(
+        self, model: nn.Module, layer_shapes: list[tuple[int, int]], padded_shape: tuple[int, int] | None
+    ) -> None:
         super().__init__()
         self.model = model
+        self.layer_shapes = layer_shapes
+        self.padded_shape = padded_shape
 
     def forward(
         self,
@@ -89,18 +104,30 @@ class _CausalLmWithCache(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
-        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2], strict=True)))
+        pairs = list(zip(past[0::2], past[1::2], strict=True))
+        if self.padded_shape is not None:  # (batch, kv_heads, past, head_dim) -> this layer's heads
+            pairs = [
+                (key[:, :heads, :, :dim], value[:, :heads, :, :dim])
+                for (key, value), (heads, dim) in zip(pairs, self.layer_shapes, strict=True)
+            ]
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
             return_dict=True,
-            **{_cache_keyword(self.model): cache},
+            **{_cache_keyword(self.model): DynamicCache(ddp_cache_data=pairs)},
         )
         present = [
             tensor for layer in _returned_cache(outputs).layers for tensor in (layer.keys, layer.values)
         ]
+        if self.padded_shape is not None:
+            heads, dim = self.padded_shape
+            # (batch, kv_heads_i, total, head_dim_i) -> (batch, heads, total, dim), zeros appended
+            present = [
+                nn.functional.pad(tensor, (0, dim - tensor.shape[3], 0, 0, 0, heads - tensor.shape[1]))
+                for tensor in present
+            ]
         return (outputs.logits, *present)
 
 
@@ -125,15 +152,18 @@ def cache_output_names(num_layers: int) -> list[str]:
     return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
 
 
-def _cache_shapes(model: nn.Module) -> list[tuple[int, int]]:
-    """``(kv_heads, head_dim)`` of every layer's cache, read from a short forward of the model."""
+def cache_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """``(kv_heads, head_dim)`` of every layer's KV cache, read from a short forward of a causal LM.
+
+    A layer without attention reports its placeholder, ``(1, 1)``.
+    """
     with torch.no_grad():
         outputs = model(input_ids=torch.full((1, 2), 5, dtype=torch.long), use_cache=True, return_dict=True)
     # keys: (batch, kv_heads, tokens, head_dim)
     return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in _returned_cache(outputs).layers]
 
 
-def _export_with_cache(model: nn.Module, out_path: Path, opset: int) -> Path:
+def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: bool) -> Path:
     causal_lm = model.config.model_type in ONNX_DECODER_FAMILIES and type(model).__name__.endswith(
         "ForCausalLM"
     )
@@ -142,7 +172,8 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int) -> Path:
             f"a KV-cache graph is written for causal LMs, not {type(model).__name__}; "
             "export it without --kv-cache"
         )
-    shapes = _cache_shapes(model)
+    shapes = cache_shapes(model)
+    padded_shape = (max(h for h, _ in shapes), max(d for _, d in shapes)) if pad_cache else None
     past_names, present_names = cache_input_names(len(shapes)), cache_output_names(len(shapes))
     # batch 2 with 5 cached and 3 new tokens, the second row left-padded by 2 (a padded row makes the
     # trace build the explicit mask every batch needs); ids >= 3 avoid the padding ids
@@ -154,7 +185,7 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int) -> Path:
     generator = torch.Generator().manual_seed(0)
     past = [
         torch.randn(2, heads, past_length, head_dim, generator=generator)
-        for heads, head_dim in shapes
+        for heads, head_dim in ([padded_shape] * len(shapes) if padded_shape else shapes)
         for _ in ("key", "value")
     ]
     input_names = ["input_ids", "attention_mask", "position_ids", *past_names]
@@ -170,7 +201,7 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int) -> Path:
     with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(
-            _CausalLmWithCache(model),
+            _CausalLmWithCache(model, shapes, padded_shape),
             (input_ids, attention_mask, position_ids, *past),
             tmp_name,
             input_names=input_names,
@@ -196,6 +227,7 @@ def export_onnx(
     *,
     opset: int = _OPSET,
     kv_cache: bool = False,
+    pad_cache: bool = False,
 ) -> Path:
     """Write an ONNX file of a (pruned) BERT, RoBERTa, LLaMA, Mistral or Qwen2 model, in float32.
 
@@ -205,6 +237,9 @@ def export_onnx(
         opset: ONNX opset version.
         kv_cache: Write a causal LM as a generation graph with past / present KV-cache tensors
             (see the module docstring) instead of one full forward.
+        pad_cache: With ``kv_cache``: give every layer's cache tensors one shape, the most KV heads
+            and the head size of any layer, zero-padded (for engines that allocate one cache shape
+            for all layers, such as onnxruntime-genai). Costs cache memory, not attention compute.
 
     Returns:
         The path written.
@@ -223,9 +258,11 @@ def export_onnx(
     model = model.float().eval()
     decoder = model_type in ONNX_DECODER_FAMILIES
     out_path = Path(out_path)
+    if pad_cache and not kv_cache:
+        raise ValueError("pad_cache applies to a KV-cache graph; pass kv_cache=True as well")
     if kv_cache:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        return _export_with_cache(model, out_path, opset)
+        return _export_with_cache(model, out_path, opset, pad_cache)
     options = {"use_cache": False} if decoder else {}
     input_names = ["input_ids", "attention_mask"]
     if getattr(model.config, "type_vocab_size", 1) > 1:
