@@ -40,8 +40,9 @@ ONNX_LATENCY_FILE = "onnx_latency.json"
 #: Work-folder folder of the exported ``.onnx`` files (``dense.onnx``, ``<job id>.onnx``).
 ONNX_DIR = "onnx"
 
-#: Tasks whose suites time ONNX Runtime: the encoder suites. Decoders export to ONNX too, but a
-#: full forward without a KV cache is not how they are served (generation runs through GGUF or vLLM).
+#: Tasks whose suites time ONNX Runtime: the encoder suites. Decoders export to ONNX too, but the
+#: suites time one forward of a batch, while decoders are served token by token (GGUF, vLLM, or
+#: ONNX's KV-cache graph and onnxruntime-genai folder, whose outputs benchmarks/deploy_smollm2.py checks).
 ONNX_TASKS = ("classification",)
 
 
@@ -66,9 +67,10 @@ def onnx_skip_reason(task: str) -> str | None:
     """
     if task not in ONNX_TASKS:
         return (
-            f"ONNX Runtime is timed in the encoder suites and this is a {task} suite; decoders export "
-            "to ONNX as one forward without a KV cache (aptune export --format onnx), while generation "
-            "is served through GGUF (aptune export --format gguf) or a stock folder (vLLM)"
+            f"ONNX Runtime is timed in the encoder suites and this is a {task} suite, whose latency is "
+            "one forward of a batch; decoders generate token by token through GGUF (aptune export "
+            "--format gguf), a stock folder (vLLM) or ONNX with a KV cache (--format onnx --kv-cache, "
+            "--format onnx-genai), whose tokens benchmarks/deploy_smollm2.py checks but does not time"
         )
     missing = _missing_packages()
     if missing:
