@@ -49,6 +49,7 @@ __all__ = [
     "cache_output_names",
     "cache_shapes",
     "export_onnx",
+    "model_or_load",
 ]
 
 #: ``model_type`` values of the decoders that export to ONNX (traced without a KV cache).
@@ -213,7 +214,8 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: 
     return out_path
 
 
-def _load_model(model_or_folder: nn.Module | str | Path) -> nn.Module:
+def model_or_load(model_or_folder: nn.Module | str | Path) -> nn.Module:
+    """The model itself, or the model of a folder written by `aptune.export` (loaded with `aptune.load`)."""
     if isinstance(model_or_folder, nn.Module):
         return model_or_folder
     from aptune.export import load
@@ -248,7 +250,7 @@ def export_onnx(
         ExportError: the model is of another family, has no prediction output, or ``kv_cache`` is
             asked for a model that is not a causal LM.
     """
-    model = _load_model(model_or_folder)
+    model = model_or_load(model_or_folder)
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ONNX_FAMILIES:
         raise ExportError(

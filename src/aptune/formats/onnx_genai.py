@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from aptune.atomic import replace_dir_atomic, write_json_atomic
-from aptune.formats.onnx import _load_model, cache_shapes, export_onnx
+from aptune.formats.onnx import cache_shapes, export_onnx, model_or_load
 
 __all__ = ["GENAI_CONFIG_FILE", "TOKENIZER_FILES", "export_onnx_genai", "genai_config"]
 
@@ -117,7 +117,7 @@ def export_onnx_genai(model_or_folder: nn.Module | str | Path, out_dir: str | Pa
         ExportError: the model is not a LLaMA, Mistral or Qwen2 causal LM.
     """
     source = None if isinstance(model_or_folder, nn.Module) else Path(model_or_folder)
-    model = _load_model(model_or_folder).float().eval()
+    model = model_or_load(model_or_folder).float().eval()
     out_dir = Path(out_dir)
 
     def fill(folder: Path) -> None:
