@@ -44,7 +44,7 @@ from aptune.atomic import write_json_atomic
 from aptune.formats.gguf import export_gguf
 from aptune.formats.onnx import export_onnx
 from aptune.formats.onnx_genai import GENAI_CONFIG_FILE, export_onnx_genai
-from aptune.formats.onnx_generate import greedy_generate
+from aptune.formats.onnx_generate import empty_caches, greedy_generate
 from aptune.runner import load_model_and_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -248,16 +248,11 @@ def _onnx_kv_cache_side(path: Path, reference: dict) -> dict:
     rows = []
     for row, prompt in enumerate(prompts):
         ids = np.array([reference[prompt]["ids"]], dtype=np.int64)
-        empty = {
-            graph_input.name: np.zeros((1, graph_input.shape[1], 0, graph_input.shape[3]), dtype=np.float32)
-            for graph_input in session.get_inputs()
-            if graph_input.name.startswith("past_key_values.")
-        }
         feed = {
             "input_ids": ids,
             "attention_mask": np.ones_like(ids),
             "position_ids": np.arange(ids.shape[1])[None],
-            **empty,
+            **empty_caches(session, 1),
         }
         (logits,) = session.run(["logits"], feed)
         rows.append(
@@ -312,6 +307,18 @@ def _onnx_genai_side(folder: Path, reference: dict) -> dict:
             "head_size": decoder["head_size"],
         },
         "prompts": rows,
+    }
+
+
+def _onnx_entries(folder: Path, layout: str, export_root: Path, reference: dict) -> dict:
+    """Write the three ONNX exports of ``layout`` next to its folder and compare each with transformers."""
+    plain = export_onnx(folder, export_root / f"{layout}.onnx")
+    cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
+    genai_folder = export_onnx_genai(folder, export_root / f"{layout}-genai")
+    return {
+        "onnx": _onnx_side(plain, reference),
+        "onnx_kv_cache": _onnx_kv_cache_side(cached, reference),
+        "onnx_genai": _onnx_genai_side(genai_folder, reference),
     }
 
 
@@ -383,11 +390,7 @@ def _run_layout(layout: str, args: argparse.Namespace, export_root: Path) -> dic
     gguf_path = export_gguf(folder, export_root / f"{layout}.gguf", dtype="f32")
     reference = _transformers_side(folder)
     entry = {**chosen, **_plan_entry(folder), "llama_cpp": _llama_cpp_side(gguf_path, reference)}
-    entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
-    cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
-    entry["onnx_kv_cache"] = _onnx_kv_cache_side(cached, reference)
-    genai_folder = export_onnx_genai(folder, export_root / f"{layout}-genai")
-    entry["onnx_genai"] = _onnx_genai_side(genai_folder, reference)
+    entry.update(_onnx_entries(folder, layout, export_root, reference))
     if args.vllm_python and entry["stock_folder"]:
         entry["vllm"] = _vllm_side(args.vllm_python, folder, reference)
     return entry
@@ -421,11 +424,7 @@ def _onnx_only(layout: str, results: dict, export_root: Path) -> dict:
     folder = _recorded_export("--onnx-only", layout, results, export_root)
     entry = results[layout]
     reference = _transformers_side(folder)
-    entry["onnx"] = _onnx_side(export_onnx(folder, export_root / f"{layout}.onnx"), reference)
-    cached = export_onnx(folder, export_root / f"{layout}-kv-cache.onnx", kv_cache=True)
-    entry["onnx_kv_cache"] = _onnx_kv_cache_side(cached, reference)
-    genai_folder = export_onnx_genai(folder, export_root / f"{layout}-genai")
-    entry["onnx_genai"] = _onnx_genai_side(genai_folder, reference)
+    entry.update(_onnx_entries(folder, layout, export_root, reference))
     return entry
 
 

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification, MistralCon
 import aptune
 from aptune.errors import ExportError
 from aptune.formats.onnx import cache_input_names, cache_output_names, export_onnx
-from aptune.formats.onnx_generate import greedy_generate
+from aptune.formats.onnx_generate import empty_caches, greedy_generate
 from test_export import _pruned
 from test_llama import _greedy_without_cache, tiny_llama, tiny_mistral, tiny_qwen2
 from test_llama import _pruned as _masked_decoder
@@ -170,14 +170,6 @@ def _prompt(size: int, length: int, vocab: int, seed: int) -> tuple[torch.Tensor
     return inputs["input_ids"], inputs["attention_mask"]
 
 
-def _empty_feed(session, batch_size: int) -> dict[str, np.ndarray]:
-    return {
-        i.name: np.zeros((batch_size, i.shape[1], 0, i.shape[3]), dtype=np.float32)
-        for i in session.get_inputs()
-        if i.name.startswith("past_key_values.")
-    }
-
-
 def _assert_chunked_logits_match(session, model, input_ids, attention_mask, split: int) -> None:
     """Prompt in two chunks through the cache graph (the second with a non-empty past and several new
     tokens) against one full PyTorch forward without a cache, at every real position."""
@@ -190,7 +182,7 @@ def _assert_chunked_logits_match(session, model, input_ids, attention_mask, spli
             "input_ids": ids[:, :split],
             "attention_mask": mask[:, :split],
             "position_ids": positions[:, :split],
-            **_empty_feed(session, ids.shape[0]),
+            **empty_caches(session, ids.shape[0]),
         },
     )
     past = dict(zip(cache_input_names(num_layers), first[1:], strict=True))

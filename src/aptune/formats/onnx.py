@@ -50,6 +50,7 @@ __all__ = [
     "cache_shapes",
     "export_onnx",
     "model_or_load",
+    "padded_cache_shape",
 ]
 
 #: ``model_type`` values of the decoders that export to ONNX (traced without a KV cache).
@@ -164,6 +165,37 @@ def cache_shapes(model: nn.Module) -> list[tuple[int, int]]:
     return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in _returned_cache(outputs).layers]
 
 
+def _write_graph(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    out_path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> Path:
+    """Trace ``module`` on ``example`` with the TorchScript exporter and write the graph atomically."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            module,
+            example,
+            tmp_name,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    return out_path
+
+
+def padded_cache_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:
+    """The one ``(kv_heads, head_dim)`` that holds every layer's cache of `cache_shapes`."""
+    return max(heads for heads, _ in shapes), max(dim for _, dim in shapes)
+
+
 def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: bool) -> Path:
     causal_lm = model.config.model_type in ONNX_DECODER_FAMILIES and type(model).__name__.endswith(
         "ForCausalLM"
@@ -174,7 +206,7 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: 
             "export it without --kv-cache"
         )
     shapes = cache_shapes(model)
-    padded_shape = (max(h for h, _ in shapes), max(d for _, d in shapes)) if pad_cache else None
+    padded_shape = padded_cache_shape(shapes) if pad_cache else None
     past_names, present_names = cache_input_names(len(shapes)), cache_output_names(len(shapes))
     # batch 2 with 5 cached and 3 new tokens, the second row left-padded by 2 (a padded row makes the
     # trace build the explicit mask every batch needs); ids >= 3 avoid the padding ids
@@ -199,19 +231,15 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: 
         **{name: {0: "batch", 2: "past_sequence"} for name in past_names},
         **{name: {0: "batch", 2: "total_sequence"} for name in present_names},
     }
-    with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(
-            _CausalLmWithCache(model, shapes, padded_shape),
-            (input_ids, attention_mask, position_ids, *past),
-            tmp_name,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            dynamo=False,
-        )
-    return out_path
+    return _write_graph(
+        _CausalLmWithCache(model, shapes, padded_shape),
+        (input_ids, attention_mask, position_ids, *past),
+        out_path,
+        input_names,
+        output_names,
+        dynamic_axes,
+        opset,
+    )
 
 
 def model_or_load(model_or_folder: nn.Module | str | Path) -> nn.Module:
@@ -250,6 +278,8 @@ def export_onnx(
         ExportError: the model is of another family, has no prediction output, or ``kv_cache`` is
             asked for a model that is not a causal LM.
     """
+    if pad_cache and not kv_cache:
+        raise ValueError("pad_cache applies to a KV-cache graph; pass kv_cache=True as well")
     model = model_or_load(model_or_folder)
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ONNX_FAMILIES:
@@ -260,10 +290,7 @@ def export_onnx(
     model = model.float().eval()
     decoder = model_type in ONNX_DECODER_FAMILIES
     out_path = Path(out_path)
-    if pad_cache and not kv_cache:
-        raise ValueError("pad_cache applies to a KV-cache graph; pass kv_cache=True as well")
     if kv_cache:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         return _export_with_cache(model, out_path, opset, pad_cache)
     options = {"use_cache": False} if decoder else {}
     input_names = ["input_ids", "attention_mask"]
@@ -288,17 +315,12 @@ def export_onnx(
     for name in output_names:
         per_token = name != "logits" or probe[name].dim() == 3  # QA and token-classification outputs
         dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(
-            _Predictions(model, input_names, output_names, **options),
-            tuple(example[name] for name in input_names),
-            tmp_name,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            dynamo=False,
-        )
-    return out_path
+    return _write_graph(
+        _Predictions(model, input_names, output_names, **options),
+        tuple(example[name] for name in input_names),
+        out_path,
+        input_names,
+        output_names,
+        dynamic_axes,
+        opset,
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from aptune.atomic import replace_dir_atomic, write_json_atomic
-from aptune.formats.onnx import cache_shapes, export_onnx, model_or_load
+from aptune.formats.onnx import cache_shapes, export_onnx, model_or_load, padded_cache_shape
 
 __all__ = ["GENAI_CONFIG_FILE", "TOKENIZER_FILES", "export_onnx_genai", "genai_config"]
 
@@ -122,12 +122,10 @@ def export_onnx_genai(model_or_folder: nn.Module | str | Path, out_dir: str | Pa
 
     def fill(folder: Path) -> None:
         export_onnx(model, folder / _GRAPH_FILE, kv_cache=True, pad_cache=True)
-        shapes = cache_shapes(model)  # the graph pads every layer to the largest of these
-        heads, head_size = max(h for h, _ in shapes), max(d for _, d in shapes)
+        heads, head_size = padded_cache_shape(cache_shapes(model))  # the graph's one cache shape
         write_json_atomic(folder / GENAI_CONFIG_FILE, genai_config(model, heads, head_size), indent=2)
         for name in TOKENIZER_FILES:
             if source is not None and (source / name).is_file():
                 shutil.copyfile(source / name, folder / name)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     return replace_dir_atomic(out_dir, fill)

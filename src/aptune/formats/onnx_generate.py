@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["greedy_generate"]
+__all__ = ["empty_caches", "greedy_generate"]
 
 _CACHE_PREFIX = "past_key_values."
 
@@ -26,8 +26,10 @@ def _session(session_or_path: Any):
     return session_or_path
 
 
-def _empty_caches(session, batch: int) -> dict[str, np.ndarray]:
-    """Zero-length past tensors shaped as the graph declares them: ``(batch, kv_heads, 0, head_dim)``."""
+def empty_caches(session, batch: int) -> dict[str, np.ndarray]:
+    """The first call's past inputs of a KV-cache graph: zero-length tensors shaped as the graph
+    declares them, ``(batch, kv_heads, 0, head_dim)`` per ``past_key_values.*`` input (none for a
+    graph without a cache)."""
     caches = {}
     for graph_input in session.get_inputs():
         if graph_input.name.startswith(_CACHE_PREFIX):
@@ -82,7 +84,7 @@ def greedy_generate(
         raise ValueError(
             f"attention_mask has shape {mask.shape}, input_ids {input_ids.shape}; give one per token"
         )
-    caches = _empty_caches(session, input_ids.shape[0])
+    caches = empty_caches(session, input_ids.shape[0])
     if not caches:
         raise ValueError("the ONNX graph has no past_key_values inputs; export it with --kv-cache")
     cache_names = list(caches)
