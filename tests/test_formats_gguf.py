@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import aptune
 from aptune.errors import ExportError
@@ -22,40 +22,7 @@ from test_surgery import _randomise_adapters
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is part of the test extra")
 gguf = pytest.importorskip("gguf")
 
-_CORPUS = [
-    "the cat sat on the mat and the dog sat on the log",
-    "paris is the capital of france; the seine flows through paris",
-    "a small model, pruned and tuned, still writes short stories about cats and dogs",
-    "numbers like 12, 345 and 6789 are split into digits by some tokenizers",
-] * 20
 _PROMPTS = ["the cat sat on", "paris is the capital of", "short stories about 12 dogs"]
-_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-)
-
-
-@pytest.fixture(scope="module")
-def bpe_tokenizer():
-    """A byte-level BPE fast tokenizer (GPT-2 pre-tokenizer) with special tokens and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(_CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|im_start|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-    tokenizer.chat_template = _CHAT_TEMPLATE
-    return tokenizer
 
 
 def _tiny_llama(vocab_size: int) -> LlamaForCausalLM:

@@ -32,7 +32,6 @@ layer's cache tensors get one shape instead, zero-padded (`aptune.formats.onnx_g
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from torch import nn
 
 from aptune.atomic import atomic_path
 from aptune.errors import ExportError
+from aptune.formats.hf_cache import cache_keyword, returned_cache
 
 __all__ = [
     "ONNX_DECODER_FAMILIES",
@@ -118,10 +118,10 @@ class _CausalLmWithCache(nn.Module):
             position_ids=position_ids,
             use_cache=True,
             return_dict=True,
-            **{_cache_keyword(self.model): DynamicCache(ddp_cache_data=pairs)},
+            **{cache_keyword(self.model): DynamicCache(ddp_cache_data=pairs)},
         )
         present = [
-            tensor for layer in _returned_cache(outputs).layers for tensor in (layer.keys, layer.values)
+            tensor for layer in returned_cache(outputs).layers for tensor in (layer.keys, layer.values)
         ]
         if self.padded_shape is not None:
             heads, dim = self.padded_shape
@@ -131,17 +131,6 @@ class _CausalLmWithCache(nn.Module):
                 for tensor in present
             ]
         return (outputs.logits, *present)
-
-
-def _cache_keyword(model: nn.Module) -> str:
-    """The forward's name for the KV cache: ``cache`` from transformers 5.25, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _returned_cache(outputs):
-    """The KV cache a forward returned, under either transformers name."""
-    cache = outputs.get("cache") if "cache" in outputs else None
-    return cache if cache is not None else outputs["past_key_values"]
 
 
 def cache_input_names(num_layers: int) -> list[str]:
@@ -162,7 +151,7 @@ def cache_shapes(model: nn.Module) -> list[tuple[int, int]]:
     with torch.no_grad():
         outputs = model(input_ids=torch.full((1, 2), 5, dtype=torch.long), use_cache=True, return_dict=True)
     # keys: (batch, kv_heads, tokens, head_dim)
-    return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in _returned_cache(outputs).layers]
+    return [(layer.keys.shape[1], layer.keys.shape[3]) for layer in returned_cache(outputs).layers]
 
 
 def _write_graph(

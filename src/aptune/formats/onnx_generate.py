@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["empty_caches", "greedy_generate"]
+__all__ = ["CachedGraph", "empty_caches", "greedy_generate"]
 
 _CACHE_PREFIX = "past_key_values."
 
@@ -41,6 +41,72 @@ def empty_caches(session, batch: int) -> dict[str, np.ndarray]:
 def _positions(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
     """Position ids of the last ``new_tokens`` columns: the count of real tokens before each, per row."""
     return np.clip(np.cumsum(attention_mask, axis=-1) - 1, 0, None)[:, -new_tokens:]
+
+
+class CachedGraph:
+    """The state a KV-cache graph carries between calls: the caches it returned and the mask so far.
+
+    `prefill` runs a prompt with empty caches; each `advance` feeds one new token per row against the
+    caches the previous call returned. Both return the logits of each row's last position. This is
+    the step a serving loop repeats; `greedy_generate` drives it, and a timing loop can call it one
+    step at a time.
+
+    Args:
+        session_or_path: An ``onnxruntime.InferenceSession`` of a graph written with
+            ``kv_cache=True``, or the path of such a ``.onnx`` file.
+
+    Raises:
+        ValueError: the graph has no KV-cache inputs.
+    """
+
+    def __init__(self, session_or_path: Any) -> None:
+        self.session = _session(session_or_path)
+        self._cache_names = list(empty_caches(self.session, 1))
+        if not self._cache_names:
+            raise ValueError("the ONNX graph has no past_key_values inputs; export it with --kv-cache")
+        self._output_names = [
+            "logits",
+            *(name.replace(_CACHE_PREFIX, "present.", 1) for name in self._cache_names),
+        ]
+        self._caches: dict[str, np.ndarray] = {}
+        self._mask = np.zeros((0, 0), dtype=np.int64)
+
+    def _run(self, step_ids: np.ndarray) -> np.ndarray:
+        feed = {
+            "input_ids": step_ids,
+            "attention_mask": self._mask,
+            "position_ids": _positions(self._mask, step_ids.shape[1]),
+            **self._caches,
+        }
+        logits, *present = self.session.run(self._output_names, feed)
+        self._caches = dict(zip(self._cache_names, present, strict=True))
+        return logits[:, -1]  # logits: (batch, new tokens, vocab) -> the last position's
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Run the prompts with empty caches (any earlier state is dropped).
+
+        Args:
+            input_ids: ``(batch, prompt_length)`` int64 ids.
+            attention_mask: 1 for real tokens, 0 for (left) padding, same shape.
+
+        Returns:
+            ``(batch, vocab)`` logits of each row's last position.
+        """
+        self._caches = empty_caches(self.session, input_ids.shape[0])
+        self._mask = attention_mask.astype(np.int64)
+        return self._run(input_ids.astype(np.int64))
+
+    def advance(self, next_ids: np.ndarray) -> np.ndarray:
+        """Feed one token per row after the earlier calls' tokens.
+
+        Args:
+            next_ids: ``(batch,)`` ids, one per row.
+
+        Returns:
+            ``(batch, vocab)`` logits after it.
+        """
+        self._mask = np.concatenate([self._mask, np.ones_like(self._mask[:, :1])], axis=1)
+        return self._run(np.asarray(next_ids, dtype=np.int64)[:, None])
 
 
 def greedy_generate(
@@ -71,7 +137,6 @@ def greedy_generate(
     Raises:
         ValueError: the graph has no KV-cache inputs, or the prompt or mask is malformed.
     """
-    session = _session(session_or_path)
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0 or not np.issubdtype(input_ids.dtype, np.integer):
         raise ValueError(
@@ -84,29 +149,18 @@ def greedy_generate(
         raise ValueError(
             f"attention_mask has shape {mask.shape}, input_ids {input_ids.shape}; give one per token"
         )
-    caches = empty_caches(session, input_ids.shape[0])
-    if not caches:
-        raise ValueError("the ONNX graph has no past_key_values inputs; export it with --kv-cache")
-    cache_names = list(caches)
-    output_names = ["logits", *(name.replace(_CACHE_PREFIX, "present.", 1) for name in cache_names)]
-    ids, mask = input_ids.astype(np.int64), mask.astype(np.int64)
-    step_ids, finished = ids, np.zeros(ids.shape[0], dtype=bool)
-    for _ in range(max_new_tokens):
-        feed = {
-            "input_ids": step_ids,
-            "attention_mask": mask,
-            "position_ids": _positions(mask, step_ids.shape[1]),
-            **caches,
-        }
-        logits, *present = session.run(output_names, feed)
-        next_ids = logits[:, -1].argmax(-1).astype(np.int64)  # logits: (batch, new tokens, vocab)
+    graph = CachedGraph(session_or_path)
+    ids = input_ids.astype(np.int64)
+    finished = np.zeros(ids.shape[0], dtype=bool)
+    logits = graph.prefill(ids, mask)
+    for step in range(max_new_tokens):
+        next_ids = logits.argmax(-1).astype(np.int64)
         next_ids = np.where(finished, pad_token_id, next_ids)
         ids = np.concatenate([ids, next_ids[:, None]], axis=1)
         if eos_token_id is not None:
             finished |= next_ids == eos_token_id
             if finished.all():
                 break
-        caches = dict(zip(cache_names, present, strict=True))
-        step_ids = next_ids[:, None]
-        mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+        if step + 1 < max_new_tokens:
+            logits = graph.advance(next_ids)
     return ids
