@@ -159,3 +159,26 @@ def test_genai_decoder_refuses_a_token_it_did_not_choose(tmp_path):
     first = decoder.prefill([5, 6, 7])
     with pytest.raises(ValueError, match="onnxruntime-genai chose token"):
         decoder.step(first + 1)
+
+
+def test_genai_decoder_can_be_kept_from_ending_at_eos(tmp_path, bpe_tokenizer):
+    """A timing loop needs every token: with ignore_eos the library never picks EOS, without it it stops."""
+    model = _pruned_export(tmp_path, bpe_tokenizer, [0, 1, 2], [40, 9, 21], "free")
+    prompt, steps = bpe_tokenizer("paris is the capital of")["input_ids"], 10
+    mask = torch.ones(1, len(prompt), dtype=torch.long)
+    expected = _greedy_without_cache(model, torch.tensor([prompt]), mask, steps)[0, len(prompt) :].tolist()
+    folder = export_onnx_genai(tmp_path / "model", tmp_path / "genai")
+    config = json.loads((folder / GENAI_CONFIG_FILE).read_text())
+    # the first generated token not seen before becomes EOS (not the first token: a prefill must run)
+    first_new = next(k for k in range(1, steps) if expected[k] not in expected[:k])
+    eos = expected[first_new]
+    config["model"]["eos_token_id"] = eos
+    (folder / GENAI_CONFIG_FILE).write_text(json.dumps(config))
+    max_length = len(prompt) + steps
+    with pytest.raises(RuntimeError):  # the library ended the generation at EOS and cannot go on
+        time_greedy_generation(GenaiDecoder(folder, max_length=max_length), prompt, new_tokens=steps)
+    kept_going = time_greedy_generation(
+        GenaiDecoder(folder, max_length=max_length, ignore_eos=True), prompt, new_tokens=steps
+    )
+    assert list(kept_going.tokens[:first_new]) == expected[:first_new]
+    assert eos not in kept_going.tokens and len(kept_going.tokens) == steps

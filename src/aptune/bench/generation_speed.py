@@ -268,19 +268,24 @@ class GenaiDecoder:
     """onnxruntime-genai on a folder written by `aptune.formats.onnx_genai.export_onnx_genai`.
 
     onnxruntime-genai chooses each token itself (greedy search); `step` checks that the token it is
-    given is the one the library chose, so a diverging caller is caught.
+    given is the one the library chose, so a diverging caller is caught. It ends a generation at the
+    EOS id and cannot be stepped past it; ``ignore_eos=True`` asks it never to choose EOS before
+    ``max_length`` (its ``min_length`` option), so a timing loop always gets its tokens, but from
+    that point on its tokens are not the other engines' (they continue after EOS).
 
     Args:
         folder: The genai folder.
         max_length: Longest prompt plus generated tokens a generation may reach.
+        ignore_eos: Never end at the EOS id before ``max_length``.
     """
 
-    def __init__(self, folder: str | Path, *, max_length: int) -> None:
+    def __init__(self, folder: str | Path, *, max_length: int, ignore_eos: bool = False) -> None:
         import onnxruntime_genai as og
 
         self._og = og
         self.model = og.Model(str(folder))
         self.max_length = max_length
+        self.ignore_eos = ignore_eos
         self._generator: Any = None
 
     def _next(self) -> int:
@@ -290,7 +295,8 @@ class GenaiDecoder:
     def prefill(self, prompt_ids: Sequence[int]) -> int:
         """Start a generator, append the prompt (its forward), and choose the first token."""
         params = self._og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=self.max_length)
+        options = {"min_length": self.max_length} if self.ignore_eos else {}
+        params.set_search_options(do_sample=False, max_length=self.max_length, **options)
         self._generator = self._og.Generator(self.model, params)
         self._generator.append_tokens(np.asarray([list(prompt_ids)], dtype=np.int32))
         self._last = self._next()
