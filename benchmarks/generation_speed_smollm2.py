@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -229,22 +230,29 @@ def _page(results: dict) -> str:
             )
             for name, stats in rows.items():
                 ratios = generation_ratios(stats, rows["dense"])
-                agrees = (
-                    "–" if reference is None else _agreeing_prefix(stats["tokens"], reference[name]["tokens"])
-                )
+                if engine == "transformers":
+                    agrees = "reference"
+                elif reference is None:
+                    agrees = "–"
+                else:
+                    count = _agreeing_prefix(stats["tokens"], reference[name]["tokens"])
+                    agrees = f"{count} / {len(stats['tokens'])}"
                 lines.append(
                     f"| {engine} | {name} | {_fmt(stats['prefill_ms'])} | "
                     f"{_fmt(stats['decode_ms_per_token'])} | "
                     f"{stats['decode_tokens_per_second']:.1f} | {ratios['prefill']:.2f} | "
-                    f"{ratios['decode_per_token']:.2f} | {agrees} / {len(stats['tokens'])} |"
+                    f"{ratios['decode_per_token']:.2f} | {agrees} |"
                 )
+    notes = results.get("notes")
+    if notes:
+        lines += ["", "## Reading", "", notes]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     """Export every model once, time every engine, and write the JSON and the page."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", required=True, help="Folder for the exports (reused by later runs).")
+    parser.add_argument("--work-dir", help="Folder for the exports (reused by later runs).")
     parser.add_argument("--model", action="append", default=[], help="NAME=FOLDER of a pruned export.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", default="32,256")
@@ -253,12 +261,30 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES), help="Comma-separated engines to time.")
     parser.add_argument("--conditions", default="", help="What else the machine was doing (for the page).")
+    parser.add_argument("--notes", default=None, help="A text file whose text the page prints under Reading.")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Rewrite the page from the JSON (with --notes), time nothing.",
+    )
     args = parser.parse_args()
+    out_json = RESULTS / f"{NAME}.json"
+    if args.report_only:
+        if not out_json.is_file():
+            parser.error(f"--report-only: {out_json} does not exist; run the measurement first")
+        results = json.loads(out_json.read_text())
+        if args.notes:
+            results["notes"] = Path(args.notes).read_text().strip()
+            write_json_atomic(out_json, results, indent=2)
+        write_text_atomic(RESULTS / f"{NAME}.md", _page(results))
+        return
     engines = args.engines.split(",")
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     torch.set_num_threads(args.threads)
+    if not args.work_dir:
+        parser.error("--work-dir is needed to measure (it holds the exports)")
     work = Path(args.work_dir)
     folders = {"dense": _dense_folder(work), **_parse_models(args.model)}
     exports = {name: _exports(name, folder, work, args.threads) for name, folder in folders.items()}
@@ -270,10 +296,9 @@ def main() -> None:
     if max(lengths) > len(text_ids):
         parser.error(f"--prompt-tokens: the text has {len(text_ids)} tokens")
     prompts = {length: text_ids[:length] for length in lengths}
-    out_json = RESULTS / f"{NAME}.json"
     results: dict = {"engines": {}}
     results["setup"] = {
-        "command": " ".join(sys.argv[1:]),
+        "command": shlex.join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "threads": args.threads,
         "prompt_tokens": lengths,

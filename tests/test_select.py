@@ -474,3 +474,84 @@ def test_the_uniform_layout_keeps_required_heads_and_stays_uniform() -> None:
     assert keep.heads.tolist() == [False, True, True, True, True, False]
     with pytest.raises(ValueError, match="required_heads has 3 entries"):
         select_keep_set(*args, **options, required_heads=required[:3])
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _run_reference(case: dict, groups: list[int], multiple: int, budget: float) -> tuple[set, set, set]:
+    """Plain-Python reference of ``neuron_multiple``: each group's neurons, best first (ties to the lower
+    index), cut into runs; every run is one block of `_brute_force`; its kept runs are unrolled."""
+    scores, costs = case["neuron_scores"].tolist(), case["neuron_costs"].tolist()
+    runs = []
+    for group in sorted(set(groups)):
+        members = sorted((i for i, g in enumerate(groups) if g == group), key=lambda i: (-scores[i], i))
+        runs += [members[start : start + multiple] for start in range(0, len(members), multiple)]
+    run_case = {
+        **case,
+        "neuron_scores": torch.tensor([sum(scores[i] for i in run) for run in runs], dtype=torch.float64),
+        "neuron_costs": torch.tensor([sum(costs[i] for i in run) for run in runs], dtype=torch.float64),
+    }
+    heads, kept_runs, hidden = _brute_force(run_case, budget)
+    return heads, {i for r in kept_runs for i in runs[r]}, hidden
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("multiple", [2, 3, 4])
+def test_neuron_runs_match_the_reference(seed: int, multiple: int) -> None:
+    case = _random_case(seed, neurons=14)
+    groups = [0] * 6 + [1] * 5 + [2] * 3  # group sizes that are and are not multiples
+    full = _full_count(case)
+    for fraction in (0.0, 0.1, 0.3, 0.5, 0.8, 1.0):
+        keep = select_keep_set(
+            **case, budget=fraction * full, neuron_groups=torch.tensor(groups), neuron_multiple=multiple
+        )
+        assert _as_sets(keep) == _run_reference(case, groups, multiple, fraction * full)
+        assert keep.params <= fraction * full or keep.params == parameter_count(
+            case["head_costs"][keep.heads], case["neuron_costs"][keep.neurons], 1
+        )
+
+
+@pytest.mark.parametrize("layout", ["free", "uniform"])
+def test_every_layer_keeps_a_multiple_of_its_best_neurons(layout: str) -> None:
+    case = _uniform_case(3, layers=4, units=3, neurons=10, hidden=8)
+    full = _full_count(case)
+    for fraction in (0.05, 0.2, 0.4, 0.6, 0.9):
+        keep = select_keep_set(**case, budget=fraction * full, layout=layout, neuron_multiple=4)
+        assert keep.params <= fraction * full
+        per_layer = keep.neurons.view(4, 10)  # (layers, neurons per layer)
+        counts = per_layer.sum(1).tolist()
+        assert all(count % 4 == 0 or count == 10 for count in counts), counts
+        if layout == "uniform":
+            assert len(set(counts)) == 1, counts
+        for layer, count in enumerate(counts):
+            best = set(case["neuron_scores"].view(4, 10)[layer].argsort(descending=True)[:count].tolist())
+            assert set(torch.nonzero(per_layer[layer]).flatten().tolist()) == best
+
+
+def test_neuron_multiple_rounds_the_floor_up_and_refuses_bad_values() -> None:
+    case = _uniform_case(0, layers=3, units=3, neurons=10, hidden=5)
+    keep = select_keep_set(**case, budget=0.0, min_neurons_per_group=5, neuron_multiple=4)
+    assert keep.neurons.view(3, 10).sum(1).tolist() == [8, 8, 8]  # 5 rounded up to two runs of 4
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ConfigError, match="neuron_multiple"):
+            select_keep_set(**case, budget=100.0, neuron_multiple=bad)
+
+
+def test_config_neuron_multiple_reaches_the_selection_of_a_tiny_decoder() -> None:
+    import aptune
+    from test_llama import tiny_llama
+
+    with pytest.raises(ConfigError, match="neuron_multiple"):
+        aptune.AptConfig(neuron_multiple=0)
+    model = tiny_llama()
+    config = aptune.AptConfig(distill=False, neuron_multiple=8)
+    controller = aptune.prepare_(model, config)
+    book = controller.blocks
+    g = torch.Generator().manual_seed(0)
+    scores = (
+        torch.rand(sum(book.unit_counts()), generator=g) * 100,
+        torch.rand(sum(book.neuron_counts()), generator=g),
+        torch.rand(book.hidden_size, generator=g),
+    )
+    keep = book.select(scores, 0.5, config)
+    widths = [int(part.sum()) for part in keep.neurons.cpu().split(book.neuron_counts())]
+    assert all(width % 8 == 0 for width in widths) and sum(widths) < sum(book.neuron_counts()), widths

@@ -146,7 +146,8 @@ class BlockBook:
         Args:
             scores: Flat head, neuron and hidden scores (`aptune.scores.ScoreTracker.vectors`).
             density: Target density.
-            config: Floors (``min_*``), whether hidden dimensions are pruned and their cost
+            config: Floors (``min_*``), the multiple of FFN neurons a layer keeps
+                (``neuron_multiple``), whether hidden dimensions are pruned and their cost
                 (``hidden_cost``).
             prune_hidden: Overrides ``config.prune_hidden`` (False: hidden dimensions stay).
 
@@ -186,6 +187,7 @@ class BlockBook:
                 layout=config.layout,
                 hidden_unit_cost=hidden_cost,
                 required_heads=self.protected_mask(),
+                neuron_multiple=config.neuron_multiple,
             )
 
         budget = density * self.initial_params

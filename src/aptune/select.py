@@ -108,6 +108,7 @@ def select_keep_set(
     layout: str = "free",
     hidden_unit_cost: float | None = None,
     required_heads: Tensor | None = None,
+    neuron_multiple: int = 1,
 ) -> KeepSet:
     """Choose the blocks to keep under a parameter budget, by salience per parameter.
 
@@ -153,13 +154,18 @@ def select_keep_set(
         required_heads: Bool mask over the units that must be kept. In the uniform layout they
             come first in their group's order, and every group keeps at least as many units as
             the group with the most required ones. None: no such unit.
+        neuron_multiple: Every group of ``neuron_groups`` keeps a multiple of this many neurons
+            (or all of them): its neurons, best first, are cut into runs of this length (the last
+            one shorter when the group's size is not a multiple), and each run competes as one
+            block with its summed salience and width. ``min_neurons_per_group`` then counts whole
+            runs (rounded up). 1: neurons compete one by one.
 
     Returns:
         The `KeepSet`, its masks on the device of ``head_scores``.
 
     Raises:
-        ConfigError: ``budget`` is negative or not finite, a ``min_*`` value is negative, or
-            ``layout`` is unknown.
+        ConfigError: ``budget`` is negative or not finite, a ``min_*`` value is negative,
+            ``neuron_multiple`` is not an int >= 1, or ``layout`` is unknown.
         ValueError: tensors are not 1-D, lengths disagree, scores are negative or not finite, costs
             are not positive, or the number of hidden dimensions is unknown or zero.
 
@@ -172,6 +178,28 @@ def select_keep_set(
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+    if isinstance(neuron_multiple, bool) or int(neuron_multiple) != neuron_multiple or neuron_multiple < 1:
+        raise ConfigError(f"neuron_multiple={neuron_multiple!r} must be an int >= 1")
+    if neuron_multiple > 1:
+        return _select_neuron_runs(
+            head_scores,
+            neuron_scores,
+            hidden_scores,
+            head_costs,
+            neuron_costs,
+            budget,
+            head_groups=head_groups,
+            neuron_groups=neuron_groups,
+            min_heads_per_group=min_heads_per_group,
+            min_neurons_per_group=min_neurons_per_group,
+            min_hidden=min_hidden,
+            prune_hidden=prune_hidden,
+            num_hidden=num_hidden,
+            layout=layout,
+            hidden_unit_cost=hidden_unit_cost,
+            required_heads=required_heads,
+            neuron_multiple=int(neuron_multiple),
+        )
     if layout == "uniform":
         return _select_uniform(
             head_scores,
@@ -348,6 +376,70 @@ def _select_uniform(
     return KeepSet(
         heads=keep_h.to(device), neurons=keep_n.to(device), hidden=slice_keep.hidden.to(device), params=params
     )
+
+
+def _select_neuron_runs(
+    head_scores: Tensor,
+    neuron_scores: Tensor,
+    hidden_scores: Tensor | None,
+    head_costs: Tensor,
+    neuron_costs: Tensor,
+    budget: float,
+    *,
+    neuron_groups: Tensor | None,
+    min_neurons_per_group: int,
+    neuron_multiple: int,
+    **options,
+) -> KeepSet:
+    """`select_keep_set` with each group's neurons, best first, in runs of ``neuron_multiple``."""
+    device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
+    n_score, n_cost = _as_vector(neuron_scores, "neuron_scores"), _as_vector(neuron_costs, "neuron_costs")
+    if n_cost.numel() != n_score.numel():
+        raise ValueError(f"neuron_costs has {n_cost.numel()} entries but neuron_scores has {n_score.numel()}")
+    _check_scores(n_score, "neuron_scores")
+    if isinstance(min_neurons_per_group, bool) or int(min_neurons_per_group) != min_neurons_per_group:
+        raise ConfigError(f"min_neurons_per_group={min_neurons_per_group!r} must be an int >= 0")
+    runs, run_groups = _rank_runs(n_score, neuron_groups, neuron_multiple, "neuron_groups")
+    keep = select_keep_set(
+        head_scores,
+        torch.stack([n_score[run].sum() for run in runs]) if runs else n_score[:0],
+        hidden_scores,
+        head_costs,
+        torch.stack([n_cost[run].sum() for run in runs]) if runs else n_cost[:0],
+        budget,
+        neuron_groups=run_groups,
+        min_neurons_per_group=math.ceil(min_neurons_per_group / neuron_multiple),
+        **options,
+    )
+    keep_n = _unslice(runs, keep.neurons, n_score.numel())
+    h_cost = _as_vector(head_costs, "head_costs")
+    params = parameter_count(h_cost[keep.heads.cpu()], n_cost[keep_n], int(keep.hidden.sum().item()))
+    return KeepSet(heads=keep.heads, neurons=keep_n.to(device), hidden=keep.hidden, params=params)
+
+
+def _rank_runs(scores: Tensor, groups: Tensor | None, length: int, name: str) -> tuple[list[Tensor], Tensor]:
+    """Every group's members, best-scored first (ties to the lower index), cut into runs of ``length``.
+
+    Returns:
+        The runs (member indices; a group's last run is shorter when its size is not a multiple of
+        ``length``) and the group id of every run.
+    """
+    if scores.numel() == 0:
+        return [], torch.zeros(0, dtype=torch.long)
+    if groups is None:
+        group_ids = torch.zeros(scores.numel(), dtype=torch.long)
+    else:
+        group_ids = torch.as_tensor(groups).detach().to("cpu").long()
+        if group_ids.dim() != 1 or group_ids.numel() != scores.numel():
+            raise ValueError(f"{name} must be 1-D with one group id per block ({scores.numel()})")
+    runs, run_groups = [], []
+    for group in torch.unique(group_ids):
+        members = torch.nonzero(group_ids == group).flatten()
+        ranked = members[_descending_stable(scores[members])]
+        for start in range(0, ranked.numel(), length):
+            runs.append(ranked[start : start + length])
+            run_groups.append(int(group))
+    return runs, torch.tensor(run_groups, dtype=torch.long)
 
 
 def _unslice(members: list[Tensor], kept_slices: Tensor, size: int) -> Tensor:
