@@ -154,3 +154,16 @@ def test_gguf_refuses_what_it_cannot_write(tmp_path, bpe_tokenizer):
     with pytest.raises(ExportError, match="dtype"):
         export_gguf(tmp_path / "model", tmp_path / "model.gguf", dtype="q4")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_export_says_when_ffn_widths_slow_llama_cpp_down(tmp_path, bpe_tokenizer, caplog):
+    _pruned_export(tmp_path / "odd", bpe_tokenizer, [1, 1, 1], [41, 21, 16], "free")
+    with caplog.at_level("WARNING", logger="aptune"):
+        export_gguf(tmp_path / "odd" / "model", tmp_path / "odd.gguf")
+    warnings = [r.getMessage() for r in caplog.records if "--neuron-multiple 8" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 3 layers" in warnings[0] and "(21, 41)" in warnings[0], warnings
+    caplog.clear()
+    _pruned_export(tmp_path / "even", bpe_tokenizer, [1, 1, 1], [40, 0, 16], "free")
+    with caplog.at_level("WARNING", logger="aptune"):
+        export_gguf(tmp_path / "even" / "model", tmp_path / "even.gguf")
+    assert not [r for r in caplog.records if "--neuron-multiple" in r.getMessage()]

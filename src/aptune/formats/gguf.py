@@ -26,6 +26,7 @@ template are carried over with the ``gguf`` package's vocabulary helpers.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,12 @@ from torch import nn
 
 from aptune.atomic import atomic_path
 from aptune.errors import ExportError
+
+logger = logging.getLogger("aptune")
+
+#: llama.cpp processes prompts markedly slower on FFN widths that are not a multiple of this
+#: (benchmarks/results/llama_cpp_ffn_width.md); the export says so.
+LLAMA_CPP_FFN_MULTIPLE = 8
 
 __all__ = ["GGUF_DTYPES", "GGUF_FAMILIES", "export_gguf"]
 
@@ -256,6 +263,17 @@ def export_gguf(model_folder: str | Path, out_path: str | Path, *, dtype: str = 
     )
     arch = "llama" if uniform else "deci"
     rope = _rope_keys(config)
+    odd_widths = sorted({s.ffn for s in sizes if s.ffn % LLAMA_CPP_FFN_MULTIPLE})
+    if odd_widths:
+        logger.warning(
+            "%d of %d layers have an FFN width that is not a multiple of %d (%s); llama.cpp processes "
+            "prompts slower on such widths; prune with --neuron-multiple %d to avoid it",
+            sum(s.ffn % LLAMA_CPP_FFN_MULTIPLE != 0 for s in sizes),
+            len(sizes),
+            LLAMA_CPP_FFN_MULTIPLE,
+            ", ".join(map(str, odd_widths[:5])) + (", ..." if len(odd_widths) > 5 else ""),
+            LLAMA_CPP_FFN_MULTIPLE,
+        )
 
     tensors: dict[str, torch.Tensor] = {"token_embd.weight": decoder.embed_tokens.weight}
     for index, (layer, size) in enumerate(zip(layers, sizes, strict=True)):
