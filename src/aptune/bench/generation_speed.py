@@ -287,6 +287,7 @@ class GenaiDecoder:
         self.max_length = max_length
         self.ignore_eos = ignore_eos
         self._generator: Any = None
+        self._last: int | None = None  # the token the library chose last
 
     def _next(self) -> int:
         self._generator.generate_next_token()
