@@ -104,8 +104,8 @@ def _dense_folder(work: Path) -> Path:
     return folder
 
 
-def _exports(name: str, folder: Path, work: Path, threads: int) -> dict[str, Path]:
-    """Write (once) the GGUF files, the KV-cache graph and the genai folder of one model."""
+def _exports(name: str, folder: Path, work: Path, threads: int, engines: list[str]) -> dict[str, Path]:
+    """Write (once) the files ``engines`` need of one model: GGUF files, KV-cache graph, genai folder."""
     root = work / name
     root.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -115,16 +115,17 @@ def _exports(name: str, folder: Path, work: Path, threads: int) -> dict[str, Pat
         "genai": root / "genai",
     }
     for dtype in ("f32", "f16"):
-        if not paths[f"gguf_{dtype}"].is_file():
+        if f"llama.cpp {dtype}" in engines and not paths[f"gguf_{dtype}"].is_file():
             export_gguf(folder, paths[f"gguf_{dtype}"], dtype=dtype)
-    if not paths["onnx"].is_file():
+    if "onnxruntime" in engines and not paths["onnx"].is_file():
         export_onnx(folder, paths["onnx"], kv_cache=True)
-    if not (paths["genai"] / GENAI_CONFIG_FILE).is_file():
-        export_onnx_genai(folder, paths["genai"])
-    config_file = paths["genai"] / GENAI_CONFIG_FILE
-    config = json.loads(config_file.read_text())
-    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
-    write_text_atomic(config_file, json.dumps(config, indent=2))
+    if "onnxruntime-genai" in engines:
+        if not (paths["genai"] / GENAI_CONFIG_FILE).is_file():
+            export_onnx_genai(folder, paths["genai"])
+        config_file = paths["genai"] / GENAI_CONFIG_FILE
+        config = json.loads(config_file.read_text())
+        config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+        write_text_atomic(config_file, json.dumps(config, indent=2))
     return paths
 
 
@@ -192,9 +193,10 @@ def _fmt(spread: dict) -> str:
 
 def _page(results: dict) -> str:
     setup = results["setup"]
-    engines_done = [engine for engine in ENGINES if engine in results["engines"]]
+    requested = setup.get("engines", list(ENGINES))
+    engines_done = [engine for engine in requested if engine in results["engines"]]
     lines = ["# Generation speed: SmolLM2-135M pruned by aptune against the dense model", ""]
-    if len(engines_done) < len(ENGINES):
+    if len(engines_done) < len(requested):
         lines += [f"**Partial:** engines measured so far: {', '.join(engines_done)}.", ""]
     lines += [
         f"Written by `python benchmarks/generation_speed_smollm2.py {setup['command']}` on {setup['date']}. "
@@ -261,6 +263,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES), help="Comma-separated engines to time.")
     parser.add_argument("--conditions", default="", help="What else the machine was doing (for the page).")
+    parser.add_argument("--name", default=NAME, help=f"Stem of the result files (default {NAME}).")
     parser.add_argument("--notes", default=None, help="A text file whose text the page prints under Reading.")
     parser.add_argument(
         "--report-only",
@@ -268,7 +271,7 @@ def main() -> None:
         help="Rewrite the page from the JSON (with --notes), time nothing.",
     )
     args = parser.parse_args()
-    out_json = RESULTS / f"{NAME}.json"
+    out_json = RESULTS / f"{args.name}.json"
     if args.report_only:
         if not out_json.is_file():
             parser.error(f"--report-only: {out_json} does not exist; run the measurement first")
@@ -276,7 +279,7 @@ def main() -> None:
         if args.notes:
             results["notes"] = Path(args.notes).read_text().strip()
             write_json_atomic(out_json, results, indent=2)
-        write_text_atomic(RESULTS / f"{NAME}.md", _page(results))
+        write_text_atomic(RESULTS / f"{args.name}.md", _page(results))
         return
     engines = args.engines.split(",")
     unknown = sorted(set(engines) - set(ENGINES))
@@ -287,7 +290,7 @@ def main() -> None:
         parser.error("--work-dir is needed to measure (it holds the exports)")
     work = Path(args.work_dir)
     folders = {"dense": _dense_folder(work), **_parse_models(args.model)}
-    exports = {name: _exports(name, folder, work, args.threads) for name, folder in folders.items()}
+    exports = {name: _exports(name, folder, work, args.threads, engines) for name, folder in folders.items()}
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folders["dense"])
@@ -305,6 +308,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "engines": engines,
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"torch {torch.__version__}"
@@ -319,7 +323,7 @@ def main() -> None:
         results["engines"][engine] = _run_engine(engine, folders, exports, prompts, args)
         RESULTS.mkdir(exist_ok=True)
         write_json_atomic(out_json, results, indent=2)
-        write_text_atomic(RESULTS / f"{NAME}.md", _page(results))
+        write_text_atomic(RESULTS / f"{args.name}.md", _page(results))
     print(_page(results))
 
 
