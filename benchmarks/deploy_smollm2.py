@@ -63,18 +63,24 @@ _CALIBRATION = [
 _STEPS = 16
 
 
+def calibration_batches(tokenizer) -> list[dict]:
+    """The calibration pass of a one-shot pruning here: the 16 sentences in batches of 4, padding
+    masked out of the labels."""
+    batches = []
+    for start in range(0, len(_CALIBRATION), 4):
+        encoded = tokenizer(_CALIBRATION[start : start + 4], return_tensors="pt", padding=True)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        batches.append({**encoded, "labels": labels})
+    return batches
+
+
 def _pruned_export(layout: str, density: float, out: Path) -> dict:
     """Prune SmolLM2 once to ``density`` in ``layout`` and export it; return how the layout chose."""
     model, tokenizer = load_model_and_tokenizer("smollm2-135m", "causal-lm")
     model.float()
     config = aptune.AptConfig(target_density=density, layout=layout, pretune_prune=True, distill=False)
     controller = aptune.prepare_(model, config)
-    batches = []
-    for start in range(0, len(_CALIBRATION), 4):
-        encoded = tokenizer(_CALIBRATION[start : start + 4], return_tensors="pt", padding=True)
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        batches.append({**encoded, "labels": labels})
-    record = controller.calibrate_and_prune_(batches)
+    record = controller.calibrate_and_prune_(calibration_batches(tokenizer))
     aptune.export(model, controller, out, tokenizer=tokenizer)
     chosen = {"density": density}
     if layout == "uniform":  # the family default's choice of units per layer, and its measurement

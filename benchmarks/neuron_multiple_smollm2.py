@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 import torch
+from deploy_smollm2 import calibration_batches
 
 import aptune
 from aptune.atomic import write_json_atomic
@@ -25,17 +26,6 @@ from aptune.runner import load_model_and_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
 _BLOCK = 256
-
-
-def _calibration_batches(tokenizer) -> list[dict]:
-    from deploy_smollm2 import _CALIBRATION
-
-    batches = []
-    for start in range(0, len(_CALIBRATION), 4):
-        encoded = tokenizer(_CALIBRATION[start : start + 4], return_tensors="pt", padding=True)
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        batches.append({**encoded, "labels": labels})
-    return batches
 
 
 def _perplexity(model, tokenizer, texts: list[str]) -> float:
@@ -76,7 +66,7 @@ def main() -> None:
                 neuron_multiple=multiple,
             )
             controller = aptune.prepare_(model, config)
-            controller.calibrate_and_prune_(_calibration_batches(tokenizer))
+            controller.calibrate_and_prune_(calibration_batches(tokenizer))
             name = f"{layout}-m{multiple}"
             summary = controller.layer_summary()
             results["runs"][name] = {

@@ -180,44 +180,24 @@ def select_keep_set(
         raise ConfigError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
     if isinstance(neuron_multiple, bool) or int(neuron_multiple) != neuron_multiple or neuron_multiple < 1:
         raise ConfigError(f"neuron_multiple={neuron_multiple!r} must be an int >= 1")
-    if neuron_multiple > 1:
-        return _select_neuron_runs(
-            head_scores,
-            neuron_scores,
-            hidden_scores,
-            head_costs,
-            neuron_costs,
-            budget,
-            head_groups=head_groups,
-            neuron_groups=neuron_groups,
-            min_heads_per_group=min_heads_per_group,
-            min_neurons_per_group=min_neurons_per_group,
-            min_hidden=min_hidden,
-            prune_hidden=prune_hidden,
-            num_hidden=num_hidden,
-            layout=layout,
-            hidden_unit_cost=hidden_unit_cost,
-            required_heads=required_heads,
-            neuron_multiple=int(neuron_multiple),
-        )
-    if layout == "uniform":
-        return _select_uniform(
-            head_scores,
-            neuron_scores,
-            hidden_scores,
-            head_costs,
-            neuron_costs,
-            budget,
-            head_groups=head_groups,
-            neuron_groups=neuron_groups,
-            min_heads_per_group=min_heads_per_group,
-            min_neurons_per_group=min_neurons_per_group,
-            min_hidden=min_hidden,
-            prune_hidden=prune_hidden,
-            num_hidden=num_hidden,
-            hidden_unit_cost=hidden_unit_cost,
-            required_heads=required_heads,
-        )
+    if neuron_multiple > 1 or layout == "uniform":
+        blocks = (head_scores, neuron_scores, hidden_scores, head_costs, neuron_costs, budget)
+        options = {
+            "head_groups": head_groups,
+            "neuron_groups": neuron_groups,
+            "min_heads_per_group": min_heads_per_group,
+            "min_neurons_per_group": min_neurons_per_group,
+            "min_hidden": min_hidden,
+            "prune_hidden": prune_hidden,
+            "num_hidden": num_hidden,
+            "hidden_unit_cost": hidden_unit_cost,
+            "required_heads": required_heads,
+        }
+        if neuron_multiple > 1:
+            return _select_neuron_runs(
+                *blocks, layout=layout, neuron_multiple=int(neuron_multiple), **options
+            )
+        return _select_uniform(*blocks, **options)
     device = head_scores.device if isinstance(head_scores, Tensor) else torch.device("cpu")
     h_score = _as_vector(head_scores, "head_scores")
     n_score = _as_vector(neuron_scores, "neuron_scores")
@@ -424,21 +404,11 @@ def _rank_runs(scores: Tensor, groups: Tensor | None, length: int, name: str) ->
         The runs (member indices; a group's last run is shorter when its size is not a multiple of
         ``length``) and the group id of every run.
     """
-    if scores.numel() == 0:
-        return [], torch.zeros(0, dtype=torch.long)
-    if groups is None:
-        group_ids = torch.zeros(scores.numel(), dtype=torch.long)
-    else:
-        group_ids = torch.as_tensor(groups).detach().to("cpu").long()
-        if group_ids.dim() != 1 or group_ids.numel() != scores.numel():
-            raise ValueError(f"{name} must be 1-D with one group id per block ({scores.numel()})")
     runs, run_groups = [], []
-    for group in torch.unique(group_ids):
-        members = torch.nonzero(group_ids == group).flatten()
-        ranked = members[_descending_stable(scores[members])]
+    for group, ranked in _ranked_groups(scores, groups, name):
         for start in range(0, ranked.numel(), length):
             runs.append(ranked[start : start + length])
-            run_groups.append(int(group))
+            run_groups.append(group)
     return runs, torch.tensor(run_groups, dtype=torch.long)
 
 
@@ -459,6 +429,21 @@ def _rank_slices(
     Groups with fewer than ``j + 1`` members are absent from slice ``j``. Members flagged in
     ``first`` (a bool mask) rank before the others of their group, best-scored first.
     """
+    ranked = [order for _, order in _ranked_groups(scores, groups, name, first)]
+    if not ranked:
+        return []
+    depth = max(len(r) for r in ranked)
+    return [torch.stack([r[j] for r in ranked if len(r) > j]) for j in range(depth)]
+
+
+def _ranked_groups(
+    scores: Tensor, groups: Tensor | None, name: str, first: Tensor | None = None
+) -> list[tuple[int, Tensor]]:
+    """``(group id, its member indices best-scored first)`` per group, ties to the lower index.
+
+    Members flagged in ``first`` (a bool mask) rank before the others of their group. None groups:
+    one group.
+    """
     if scores.numel() == 0:
         return []
     if groups is None:
@@ -467,16 +452,15 @@ def _rank_slices(
         group_ids = torch.as_tensor(groups).detach().to("cpu")
         if group_ids.dim() != 1 or group_ids.numel() != scores.numel():
             raise ValueError(f"{name} must be 1-D with one group id per block ({scores.numel()})")
-    ranked = []  # per group: its member indices, best first
+    ranked = []
     for group in torch.unique(group_ids):
         members = torch.nonzero(group_ids == group).flatten()
         order = members[_descending_stable(scores[members])]
         if first is not None:
             # a stable sort on "not flagged" moves the flagged members ahead, each part by score
             order = order[torch.sort((~first[order]).to(torch.int8), stable=True).indices]
-        ranked.append(order)
-    depth = max(len(r) for r in ranked)
-    return [torch.stack([r[j] for r in ranked if len(r) > j]) for j in range(depth)]
+        ranked.append((int(group), order))
+    return ranked
 
 
 # ---------------------------------------------------------------------------------------------- helpers
