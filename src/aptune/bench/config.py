@@ -184,6 +184,13 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
             "keep_copy_heads": 0.3,
         },
     ),
+    "neuron-multiple-8": (
+        "APT with FFN widths in multiples of 8, keeping the heads that copy from the context",
+        # every layer keeps a multiple of 8 FFN neurons, the widths llama.cpp's prompt kernels
+        # process fastest (benchmarks/results/llama_cpp_ffn_width.md); with the decoder default's
+        # protection, where the suite's ablations otherwise run without it
+        {"neuron_multiple": 8, "keep_copy_heads": 0.3},
+    ),
     "pretune-halfway": (
         "APT pruned halfway before tuning, the rest during tuning",
         {"pretune_prune": True, "pretune_density": HALFWAY_DENSITY},
@@ -314,13 +321,7 @@ class BenchConfig:
     )
     ablations: str = field(
         default="one-shot",
-        metadata={
-            "help": "APT ablations: one-shot, static, uniform, distill, no-distill, kurtosis-on, "
-            "kurtosis-off, apt-uniform, apt-uniform-measured, hidden-residual, hidden-block-inputs, "
-            "hidden-norm-weighted, hidden-cost-initial, no-damage-curves, damage-during-tuning, "
-            "hidden-damage, pretune-at-target, pretune-halfway, all-heads, copy-heads, floors, all-linear, "
-            "qv-only."
-        },
+        metadata={"help": f"APT ablations, comma-separated: {', '.join(ABLATIONS)}."},
     )
     ablation_seeds: str = field(
         default="",
