@@ -14,6 +14,8 @@ steps, in interleaved rounds (dense, pruned, ...) after untimed warm-up rounds:
 
 * ``transformers``: PyTorch eager, the forward with its KV cache (what ``generate`` runs);
 * ``onnxruntime``: the KV-cache graph in ONNX Runtime, driven by `aptune.formats.onnx_generate`;
+* ``onnxruntime last-logits``: the same with the graph written with ``last_logits_only=True`` (the
+  LM head on the last position only);
 * ``onnxruntime-genai``: ONNX Runtime's generation library on the genai folder (it cannot go on after
   the EOS id, so it is told never to choose it, and from a would-be EOS on its tokens differ);
 * ``llama.cpp f32`` / ``llama.cpp f16``: llama-cpp-python on the GGUF files (its default f16 KV cache).
@@ -59,7 +61,14 @@ from aptune.runner import load_model_and_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "generation_speed_smollm2"
-ENGINES = ("transformers", "onnxruntime", "onnxruntime-genai", "llama.cpp f32", "llama.cpp f16")
+ENGINES = (
+    "transformers",
+    "onnxruntime",
+    "onnxruntime last-logits",
+    "onnxruntime-genai",
+    "llama.cpp f32",
+    "llama.cpp f16",
+)
 # A plain English passage, long enough for the longest prompt; its content does not change the timing.
 _TEXT = (
     "The city council met on Tuesday evening to discuss the new transport plan. Residents had asked "
@@ -112,6 +121,7 @@ def _exports(name: str, folder: Path, work: Path, threads: int, engines: list[st
         "gguf_f32": root / "model-f32.gguf",
         "gguf_f16": root / "model-f16.gguf",
         "onnx": root / "model-kv-cache.onnx",
+        "onnx_last": root / "model-kv-cache-last-logits.onnx",
         "genai": root / "genai",
     }
     for dtype in ("f32", "f16"):
@@ -119,6 +129,8 @@ def _exports(name: str, folder: Path, work: Path, threads: int, engines: list[st
             export_gguf(folder, paths[f"gguf_{dtype}"], dtype=dtype)
     if "onnxruntime" in engines and not paths["onnx"].is_file():
         export_onnx(folder, paths["onnx"], kv_cache=True)
+    if "onnxruntime last-logits" in engines and not paths["onnx_last"].is_file():
+        export_onnx(folder, paths["onnx_last"], kv_cache=True, last_logits_only=True)
     if "onnxruntime-genai" in engines:
         if not (paths["genai"] / GENAI_CONFIG_FILE).is_file():
             export_onnx_genai(folder, paths["genai"])
@@ -137,13 +149,15 @@ def _decoder_factory(engine: str, threads: int, max_length: int) -> Callable[[Pa
     def build(folder: Path, paths: dict[str, Path]):
         if engine == "transformers":
             return TransformersDecoder(_load_pytorch(folder))
-        if engine == "onnxruntime":
+        if engine in ("onnxruntime", "onnxruntime last-logits"):
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
             session = onnxruntime.InferenceSession(
-                str(paths["onnx"]), options, providers=["CPUExecutionProvider"]
+                str(paths["onnx" if engine == "onnxruntime" else "onnx_last"]),
+                options,
+                providers=["CPUExecutionProvider"],
             )
             return OnnxDecoder(session)
         if engine == "onnxruntime-genai":

@@ -154,6 +154,7 @@ def test_export_command_writes_onnx_and_rejects_bad_options(tmp_path, capsys):
         (["--format", "gguf"], "GGUF export supports llama, mistral, qwen2"),
         (["--format", "hf", "--kv-cache"], "--kv-cache applies to --format onnx only, not 'hf'"),
         (["--format", "onnx", "--kv-cache"], "KV-cache graph is written for causal LMs"),
+        (["--format", "onnx", "--last-logits-only"], "--last-logits-only applies to a KV-cache graph"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), *options])
@@ -224,6 +225,44 @@ def test_onnx_kv_cache_graph_generates_like_pytorch_on_a_pruned_decoder(tmp_path
     for split in (1, 4):
         _assert_chunked_logits_match(session, model, input_ids, attention_mask, split)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary file left
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_qwen2])
+def test_last_logits_only_graph_returns_the_last_position_and_generates_the_same_tokens(tmp_path, factory):
+    model, controller = _masked_decoder(factory, drop_site=0)
+    controller.prune_to_masks_()
+    aptune.export(model, controller, tmp_path / "model")
+    model = aptune.load(tmp_path / "model")
+    sessions = {
+        last: onnxruntime.InferenceSession(
+            str(
+                export_onnx(
+                    tmp_path / "model", tmp_path / f"last{last}.onnx", kv_cache=True, last_logits_only=last
+                )
+            ),
+            providers=["CPUExecutionProvider"],
+        )
+        for last in (False, True)
+    }
+    input_ids, attention_mask = _prompt(3, 7, model.config.vocab_size, seed=5)
+    feed = {
+        "input_ids": input_ids.numpy(),
+        "attention_mask": attention_mask.numpy(),
+        "position_ids": np.clip(attention_mask.numpy().cumsum(-1) - 1, 0, None),
+        **empty_caches(sessions[True], 3),
+    }
+    last_logits, *last_present = sessions[True].run(None, feed)
+    all_logits, *all_present = sessions[False].run(None, feed)
+    assert last_logits.shape == (3, 1, model.config.vocab_size)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    np.testing.assert_allclose(last_logits[:, 0], expected[:, -1].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(last_logits, all_logits[:, -1:], rtol=1e-5, atol=1e-5)
+    for last, full in zip(last_present, all_present, strict=True):  # the caches are the same
+        np.testing.assert_allclose(last, full, rtol=1e-5, atol=1e-5)
+    got = greedy_generate(sessions[True], input_ids.numpy(), attention_mask.numpy(), max_new_tokens=8)
+    expected_ids = _greedy_without_cache(model, input_ids, attention_mask, steps=8)
+    np.testing.assert_array_equal(got, expected_ids.numpy())
 
 
 def test_onnx_kv_cache_graph_applies_the_sliding_window_beyond_it(tmp_path):
@@ -297,6 +336,8 @@ def test_kv_cache_export_and_generation_reject_what_they_cannot_run(tmp_path):
         with pytest.raises(ExportError, match=r"for causal LMs.*without --kv-cache"):
             export_onnx(model, tmp_path / "x.onnx", kv_cache=True)
     assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(ValueError, match="last_logits_only applies to a KV-cache graph"):
+        export_onnx(tiny_llama(), tmp_path / "x.onnx", last_logits_only=True)
     plain = export_onnx(tiny_llama(), tmp_path / "plain.onnx")
     ids = np.full((1, 4), 5, dtype=np.int64)
     with pytest.raises(ValueError, match="no past_key_values inputs; export it with --kv-cache"):

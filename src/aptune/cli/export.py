@@ -44,7 +44,17 @@ __all__ = ["export_command"]
         "outputs instead of one full forward."
     ),
 )
-def export_command(run_dir: Path, out: Path, fmt: str, dtype: str, kv_cache: bool) -> None:
+@click.option(
+    "--last-logits-only",
+    is_flag=True,
+    help=(
+        "With --kv-cache: the graph returns each row's last-position logits only, (batch, 1, vocab), "
+        "so prompts skip the LM head at every other position (generation loops with left padding)."
+    ),
+)
+def export_command(
+    run_dir: Path, out: Path, fmt: str, dtype: str, kv_cache: bool, last_logits_only: bool
+) -> None:
     """Write the run's exported model to another folder or serving format (optionally in another dtype).
 
     RUN_DIR is a run folder written by `aptune train` (or an exported model folder).
@@ -52,5 +62,5 @@ def export_command(run_dir: Path, out: Path, fmt: str, dtype: str, kv_cache: boo
     from aptune.formats import export_format
 
     with user_errors():
-        export_format(run_dir, out, fmt, dtype, kv_cache=kv_cache)
+        export_format(run_dir, out, fmt, dtype, kv_cache=kv_cache, last_logits_only=last_logits_only)
     click.echo(f"aptune: wrote {out}")

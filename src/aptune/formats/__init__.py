@@ -31,7 +31,13 @@ def _model_folder(run_or_model_dir: str | Path) -> Path:
 
 
 def export_format(
-    run_or_model_dir: str | Path, out: str | Path, fmt: str, dtype: str = "float32", *, kv_cache: bool = False
+    run_or_model_dir: str | Path,
+    out: str | Path,
+    fmt: str,
+    dtype: str = "float32",
+    *,
+    kv_cache: bool = False,
+    last_logits_only: bool = False,
 ) -> Path:
     """Write a run's exported model in the format of a serving engine.
 
@@ -44,13 +50,15 @@ def export_format(
             GGUF takes float32 or float16, ONNX and onnx-genai float32.
         kv_cache: ONNX of a causal LM: a generation graph with KV-cache inputs and outputs
             (`aptune.formats.onnx`).
+        last_logits_only: With ``kv_cache``: the graph returns the last position's logits only
+            (faster prompts in a generation loop).
 
     Returns:
         The path written.
 
     Raises:
-        ConfigError: unknown format, a dtype the format does not take, or ``kv_cache`` with a
-            format other than ONNX.
+        ConfigError: unknown format, a dtype the format does not take, ``kv_cache`` with a
+            format other than ONNX, or ``last_logits_only`` without ``kv_cache``.
         ExportError: the model cannot be written in that format (the message says why).
     """
     if fmt not in FORMATS:
@@ -58,6 +66,8 @@ def export_format(
     dtype = _DTYPE_ALIASES.get(dtype, dtype)
     if kv_cache and fmt != "onnx":
         raise ConfigError(f"--kv-cache applies to --format onnx only, not {fmt!r}; drop the option")
+    if last_logits_only and not kv_cache:
+        raise ConfigError("--last-logits-only applies to a KV-cache graph; add --kv-cache or drop it")
     source, out = _model_folder(run_or_model_dir), Path(out)
     if fmt == "hf":
         if dtype not in _HF_DTYPES:
@@ -76,7 +86,7 @@ def export_format(
     elif fmt == "onnx":
         from aptune.formats.onnx import export_onnx
 
-        export_onnx(source, out, kv_cache=kv_cache)
+        export_onnx(source, out, kv_cache=kv_cache, last_logits_only=last_logits_only)
     else:
         from aptune.formats.onnx_genai import export_onnx_genai
 

@@ -20,6 +20,11 @@ ONNX Runtime's generation tools and optimum name it:
 * outputs ``logits`` ``(batch, sequence, vocab)`` and ``present.{i}.key`` / ``.value``
   ``(batch, kv_heads_i, past_sequence + sequence, head_dim)``.
 
+With ``last_logits_only=True`` the ``logits`` output is ``(batch, 1, vocab)``: the LM head runs on
+each row's last position only, which is all a generation loop reads, so a prompt costs one LM-head
+product per row instead of one per token (on SmolLM2-135M the LM head is a fifth of a token's
+multiply-adds). Rows must then be left-padded, so that the last position is a real token.
+
 ``kv_heads_i`` is the layer's own number of kept KV groups (a static dimension of the graph, readable
 from the session's input metadata). A layer without attention keeps a placeholder of one zero
 channel, ``(batch, 1, past_sequence, 1)``, so that every layer's cache has the same length. The
@@ -86,16 +91,21 @@ class _CausalLmWithCache(nn.Module):
     length is always ``past_sequence + sequence`` and a sliding window acts through the mask alone.
     With ``padded_shape`` ``(kv_heads, head_dim)`` every layer's cache tensors have that shape in the
     graph: a layer reads its own heads and channels of the past and returns its present padded with
-    zeros.
+    zeros. With ``last_logits_only`` the logits are those of the last position only.
     """
 
     def __init__(
-        self, model: nn.Module, layer_shapes: list[tuple[int, int]], padded_shape: tuple[int, int] | None
+        self,
+        model: nn.Module,
+        layer_shapes: list[tuple[int, int]],
+        padded_shape: tuple[int, int] | None,
+        last_logits_only: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.layer_shapes = layer_shapes
         self.padded_shape = padded_shape
+        self.logits_options = {"logits_to_keep": 1} if last_logits_only else {}
 
     def forward(
         self,
@@ -118,6 +128,7 @@ class _CausalLmWithCache(nn.Module):
             position_ids=position_ids,
             use_cache=True,
             return_dict=True,
+            **self.logits_options,
             **{cache_keyword(self.model): DynamicCache(ddp_cache_data=pairs)},
         )
         present = [
@@ -185,7 +196,9 @@ def padded_cache_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:
     return max(heads for heads, _ in shapes), max(dim for _, dim in shapes)
 
 
-def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: bool) -> Path:
+def _export_with_cache(
+    model: nn.Module, out_path: Path, opset: int, pad_cache: bool, last_logits_only: bool
+) -> Path:
     causal_lm = model.config.model_type in ONNX_DECODER_FAMILIES and type(model).__name__.endswith(
         "ForCausalLM"
     )
@@ -216,12 +229,12 @@ def _export_with_cache(model: nn.Module, out_path: Path, opset: int, pad_cache: 
         "input_ids": {0: "batch", 1: "sequence"},
         "attention_mask": {0: "batch", 1: "total_sequence"},
         "position_ids": {0: "batch", 1: "sequence"},
-        "logits": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch"} if last_logits_only else {0: "batch", 1: "sequence"},
         **{name: {0: "batch", 2: "past_sequence"} for name in past_names},
         **{name: {0: "batch", 2: "total_sequence"} for name in present_names},
     }
     return _write_graph(
-        _CausalLmWithCache(model, shapes, padded_shape),
+        _CausalLmWithCache(model, shapes, padded_shape, last_logits_only),
         (input_ids, attention_mask, position_ids, *past),
         out_path,
         input_names,
@@ -247,6 +260,7 @@ def export_onnx(
     opset: int = _OPSET,
     kv_cache: bool = False,
     pad_cache: bool = False,
+    last_logits_only: bool = False,
 ) -> Path:
     """Write an ONNX file of a (pruned) BERT, RoBERTa, LLaMA, Mistral or Qwen2 model, in float32.
 
@@ -259,6 +273,9 @@ def export_onnx(
         pad_cache: With ``kv_cache``: give every layer's cache tensors one shape, the most KV heads
             and the head size of any layer, zero-padded (for engines that allocate one cache shape
             for all layers, such as onnxruntime-genai). Costs cache memory, not attention compute.
+        last_logits_only: With ``kv_cache``: return the logits of each row's last position only,
+            ``(batch, 1, vocab)``, for faster prompts in a generation loop (rows left-padded).
+            onnxruntime-genai reads every position's logits, so its folders keep them.
 
     Returns:
         The path written.
@@ -267,8 +284,9 @@ def export_onnx(
         ExportError: the model is of another family, has no prediction output, or ``kv_cache`` is
             asked for a model that is not a causal LM.
     """
-    if pad_cache and not kv_cache:
-        raise ValueError("pad_cache applies to a KV-cache graph; pass kv_cache=True as well")
+    for name, value in (("pad_cache", pad_cache), ("last_logits_only", last_logits_only)):
+        if value and not kv_cache:
+            raise ValueError(f"{name} applies to a KV-cache graph; pass kv_cache=True as well")
     model = model_or_load(model_or_folder)
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ONNX_FAMILIES:
@@ -280,7 +298,7 @@ def export_onnx(
     decoder = model_type in ONNX_DECODER_FAMILIES
     out_path = Path(out_path)
     if kv_cache:
-        return _export_with_cache(model, out_path, opset, pad_cache)
+        return _export_with_cache(model, out_path, opset, pad_cache, last_logits_only)
     options = {"use_cache": False} if decoder else {}
     input_names = ["input_ids", "attention_mask"]
     if getattr(model.config, "type_vocab_size", 1) > 1:
