@@ -120,6 +120,12 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "APT with damage curves during tuning",
         {"tuning_damage_curves": True, "pretune_density": HALFWAY_DENSITY},
     ),
+    "damage-during-tuning-copy-heads": (
+        "APT with damage curves during tuning, keeping the heads that copy from the context",
+        # the damage-during-tuning path with the decoder default's protection, where the suite's
+        # ablations otherwise run without it
+        {"tuning_damage_curves": True, "pretune_density": HALFWAY_DENSITY, "keep_copy_heads": 0.3},
+    ),
     "hidden-damage": (
         "APT hidden dims priced by measured damage",
         # the heads and neurons by running salience as in APT, the hidden dims by their measured loss
