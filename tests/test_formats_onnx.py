@@ -359,20 +359,31 @@ def test_export_command_writes_a_kv_cache_graph(tmp_path):
     model, controller = _masked_decoder(tiny_qwen2, drop_site=1)
     controller.prune_to_masks_()
     aptune.export(model, controller, tmp_path / "run" / "model")
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "export",
-                str(tmp_path / "run"),
-                "--out",
-                str(tmp_path / "m.onnx"),
-                "--format",
-                "onnx",
-                "--kv-cache",
-            ]
-        )
-    assert exit_info.value.code == 0
+    for out, options in (("m.onnx", []), ("last.onnx", ["--last-logits-only"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                [
+                    "export",
+                    str(tmp_path / "run"),
+                    "--out",
+                    str(tmp_path / out),
+                    "--format",
+                    "onnx",
+                    "--kv-cache",
+                    *options,
+                ]
+            )
+        assert exit_info.value.code == 0
     reloaded = aptune.load(tmp_path / "run" / "model")
+    session = onnxruntime.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.full((2, 5), 7, dtype=np.int64)
+    feed = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.tile(np.arange(5), (2, 1)),
+    }
+    logits = session.run(["logits"], {**feed, **empty_caches(session, 2)})[0]
+    assert logits.shape == (2, 1, reloaded.config.vocab_size)  # the option reached the graph
     input_ids, attention_mask = _prompt(2, 5, reloaded.config.vocab_size, seed=3)
     got = greedy_generate(tmp_path / "m.onnx", input_ids.numpy(), attention_mask.numpy(), max_new_tokens=4)
     np.testing.assert_array_equal(got, _greedy_without_cache(reloaded, input_ids, attention_mask, 4).numpy())
