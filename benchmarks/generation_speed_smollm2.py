@@ -201,8 +201,30 @@ def _params(folder: Path) -> int:
     return sum(param.numel() for param in model.parameters())
 
 
-def _fmt(spread: dict) -> str:
+def median_and_quartiles(spread: dict) -> str:
+    """``median [p25–p75]`` of a `generation_stats` spread, one decimal."""
     return f"{spread['median']:.1f} [{spread['p25']:.1f}–{spread['p75']:.1f}]"
+
+
+def reading_section(results: dict) -> list[str]:
+    """The page lines of the notes stored in ``results`` (none without notes)."""
+    notes = results.get("notes")
+    return ["", "## Reading", "", notes] if notes else []
+
+
+def rewrite_page(
+    parser: argparse.ArgumentParser, stem: str, page: Callable[[dict], str], notes_file: str | None
+) -> None:
+    """``--report-only``: store the notes of ``notes_file`` (if given) in ``RESULTS/stem.json`` and
+    rewrite ``RESULTS/stem.md`` from it with ``page``; times nothing."""
+    out_json = RESULTS / f"{stem}.json"
+    if not out_json.is_file():
+        parser.error(f"--report-only: {out_json} does not exist; run the measurement first")
+    results = json.loads(out_json.read_text())
+    if notes_file:
+        results["notes"] = Path(notes_file).read_text().strip()
+        write_json_atomic(out_json, results, indent=2)
+    write_text_atomic(RESULTS / f"{stem}.md", page(results))
 
 
 def _page(results: dict) -> str:
@@ -254,15 +276,12 @@ def _page(results: dict) -> str:
                     count = _agreeing_prefix(stats["tokens"], reference[name]["tokens"])
                     agrees = f"{count} / {len(stats['tokens'])}"
                 lines.append(
-                    f"| {engine} | {name} | {_fmt(stats['prefill_ms'])} | "
-                    f"{_fmt(stats['decode_ms_per_token'])} | "
+                    f"| {engine} | {name} | {median_and_quartiles(stats['prefill_ms'])} | "
+                    f"{median_and_quartiles(stats['decode_ms_per_token'])} | "
                     f"{stats['decode_tokens_per_second']:.1f} | {ratios['prefill']:.2f} | "
                     f"{ratios['decode_per_token']:.2f} | {agrees} |"
                 )
-    notes = results.get("notes")
-    if notes:
-        lines += ["", "## Reading", "", notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + reading_section(results)) + "\n"
 
 
 def main() -> None:
@@ -287,13 +306,7 @@ def main() -> None:
     args = parser.parse_args()
     out_json = RESULTS / f"{args.name}.json"
     if args.report_only:
-        if not out_json.is_file():
-            parser.error(f"--report-only: {out_json} does not exist; run the measurement first")
-        results = json.loads(out_json.read_text())
-        if args.notes:
-            results["notes"] = Path(args.notes).read_text().strip()
-            write_json_atomic(out_json, results, indent=2)
-        write_text_atomic(RESULTS / f"{args.name}.md", _page(results))
+        rewrite_page(parser, args.name, _page, args.notes)
         return
     engines = args.engines.split(",")
     unknown = sorted(set(engines) - set(ENGINES))

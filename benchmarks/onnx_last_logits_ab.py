@@ -24,7 +24,14 @@ import sys
 from pathlib import Path
 
 import onnxruntime
-from generation_speed_smollm2 import _TEXT, _dense_folder, _parse_models
+from generation_speed_smollm2 import (
+    _TEXT,
+    _dense_folder,
+    _parse_models,
+    median_and_quartiles,
+    reading_section,
+    rewrite_page,
+)
 
 from aptune.atomic import write_json_atomic, write_text_atomic
 from aptune.bench.generation_speed import (
@@ -56,10 +63,6 @@ def _decoder(path: Path, threads: int) -> OnnxDecoder:
     return OnnxDecoder(onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
 
 
-def _fmt(spread: dict) -> str:
-    return f"{spread['median']:.1f} [{spread['p25']:.1f}–{spread['p75']:.1f}]"
-
-
 def _page(results: dict) -> str:
     setup = results["setup"]
     lines = [
@@ -84,20 +87,19 @@ def _page(results: dict) -> str:
             ratios = generation_ratios(last, every)
             same = "yes" if every["tokens"] == last["tokens"] else "no"
             lines.append(
-                f"| {name} | {length} | {_fmt(every['prefill_ms'])} | {_fmt(last['prefill_ms'])} | "
-                f"{ratios['prefill']:.2f} | {_fmt(every['decode_ms_per_token'])} | "
-                f"{_fmt(last['decode_ms_per_token'])} | {ratios['decode_per_token']:.2f} | {same} |"
+                f"| {name} | {length} | {median_and_quartiles(every['prefill_ms'])} | "
+                f"{median_and_quartiles(last['prefill_ms'])} | {ratios['prefill']:.2f} | "
+                f"{median_and_quartiles(every['decode_ms_per_token'])} | "
+                f"{median_and_quartiles(last['decode_ms_per_token'])} | {ratios['decode_per_token']:.2f} | "
+                f"{same} |"
             )
-    notes = results.get("notes")
-    if notes:
-        lines += ["", "## Reading", "", notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + reading_section(results)) + "\n"
 
 
 def main() -> None:
     """Write the graphs once, time them model by model, write the JSON and the page."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", required=True, help="generation_speed_smollm2.py's work folder.")
+    parser.add_argument("--work-dir", help="generation_speed_smollm2.py's work folder.")
     parser.add_argument("--model", action="append", default=[], help="NAME=FOLDER of a pruned export.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", default="32,256")
@@ -110,16 +112,10 @@ def main() -> None:
     args = parser.parse_args()
     out_json = RESULTS / f"{NAME}.json"
     if args.report_only:
-        import json
-
-        if not out_json.is_file():
-            parser.error(f"--report-only: {out_json} does not exist; run the measurement first")
-        results = json.loads(out_json.read_text())
-        if args.notes:
-            results["notes"] = Path(args.notes).read_text().strip()
-            write_json_atomic(out_json, results, indent=2)
-        write_text_atomic(RESULTS / f"{NAME}.md", _page(results))
+        rewrite_page(parser, NAME, _page, args.notes)
         return
+    if not args.work_dir:
+        parser.error("--work-dir is needed to measure (it holds the exports)")
     from transformers import AutoTokenizer
 
     work = Path(args.work_dir)

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from deploy_smollm2 import VLLM_ENV
-from generation_speed_smollm2 import _TEXT, _parse_models
+from generation_speed_smollm2 import _TEXT, _parse_models, reading_section, rewrite_page
 
 from aptune.atomic import write_json_atomic, write_text_atomic
 
@@ -164,9 +164,7 @@ def _page(results: dict) -> str:
                 f"{stats['generated_tokens_per_s']:.1f} | {stats['median_s'] / dense['median_s']:.2f} | "
                 f"{'yes' if results['models'][name]['same_tokens'][str(batch)] else 'no'} |"
             )
-    if results.get("notes"):
-        lines += ["", "## Reading", "", results["notes"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + reading_section(results)) + "\n"
 
 
 def _structure(folder: Path) -> dict:
@@ -203,13 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     out_json = RESULTS / f"{NAME}.json"
     if args.report_only:
-        if not out_json.is_file():
-            parser.error(f"--report-only: {out_json} does not exist; run the measurement first")
-        results = json.loads(out_json.read_text())
-        if args.notes:
-            results["notes"] = Path(args.notes).read_text().strip()
-            write_json_atomic(out_json, results, indent=2)
-        write_text_atomic(RESULTS / f"{NAME}.md", _page(results))
+        rewrite_page(parser, NAME, _page, args.notes)
         return
     if not (args.vllm_python and args.work_dir and args.model):
         parser.error("--vllm-python, --work-dir and at least one --model are needed to measure")
