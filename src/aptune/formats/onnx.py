@@ -173,8 +173,13 @@ def _write_graph(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
     opset: int,
+    static_output_dims: dict[str, dict[int, int]] | None = None,
 ) -> Path:
-    """Trace ``module`` on ``example`` with the TorchScript exporter and write the graph atomically."""
+    """Trace ``module`` on ``example`` with the TorchScript exporter and write the graph atomically.
+
+    ``static_output_dims`` names output dimensions whose size is fixed although the tracer left them
+    symbolic (``{"logits": {1: 1}}``); they are written into the graph's output metadata.
+    """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
@@ -188,7 +193,29 @@ def _write_graph(
             opset_version=opset,
             dynamo=False,
         )
+        if static_output_dims:
+            _fix_output_dims(Path(tmp_name), static_output_dims)
     return out_path
+
+
+def _fix_output_dims(path: Path, static_output_dims: dict[str, dict[int, int]]) -> None:
+    """Rewrite the declared shape of the named outputs of the graph at ``path`` in place.
+
+    The weights are not read: a graph whose tensors sit in external data files keeps its references.
+    """
+    try:
+        import onnx
+    except ImportError as error:
+        raise ExportError(
+            "writing the graph's fixed output shape needs the onnx package; pip install 'aptune[onnx]'"
+        ) from error
+    graph = onnx.load(str(path), load_external_data=False)
+    for output in graph.graph.output:
+        for index, size in static_output_dims.get(output.name, {}).items():
+            dim = output.type.tensor_type.shape.dim[index]
+            dim.Clear()
+            dim.dim_value = size
+    onnx.save(graph, str(path))
 
 
 def padded_cache_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:
@@ -241,6 +268,7 @@ def _export_with_cache(
         output_names,
         dynamic_axes,
         opset,
+        static_output_dims={"logits": {1: 1}} if last_logits_only else None,
     )
 
 
