@@ -268,42 +268,6 @@ def test_last_logits_only_graph_returns_the_last_position_and_generates_the_same
     np.testing.assert_array_equal(got, expected_ids.numpy())
 
 
-def test_fixed_output_dims_keep_a_graph_with_external_data_runnable(tmp_path):
-    import onnx
-
-    from aptune.formats.onnx import _fix_output_dims
-
-    model = tiny_llama()
-    export_onnx(model, tmp_path / "inline.onnx", kv_cache=True)
-    graph = onnx.load(str(tmp_path / "inline.onnx"))
-    onnx.save(
-        graph,
-        str(tmp_path / "model.onnx"),
-        save_as_external_data=True,
-        location="weights.bin",
-        size_threshold=0,
-    )
-    weights = (tmp_path / "weights.bin").read_bytes()
-    _fix_output_dims(tmp_path / "model.onnx", {"logits": {1: 1}})
-    assert (tmp_path / "weights.bin").read_bytes() == weights  # the weights were neither read nor moved
-    rewritten = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
-    assert [d.dim_value or d.dim_param for d in rewritten.graph.output[0].type.tensor_type.shape.dim] == [
-        "batch",
-        1,
-        model.config.vocab_size,
-    ]
-    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    inline = onnxruntime.InferenceSession(str(tmp_path / "inline.onnx"), providers=["CPUExecutionProvider"])
-    input_ids, attention_mask = _prompt(1, 1, model.config.vocab_size, seed=3)
-    feed = {
-        "input_ids": input_ids.numpy(),
-        "attention_mask": attention_mask.numpy(),
-        "position_ids": np.zeros((1, 1), dtype=np.int64),
-        **empty_caches(session, 1),
-    }
-    np.testing.assert_array_equal(session.run(["logits"], feed)[0], inline.run(["logits"], feed)[0])
-
-
 def test_onnx_kv_cache_graph_applies_the_sliding_window_beyond_it(tmp_path):
     torch.manual_seed(0)
     config = MistralConfig(**{**tiny_mistral().config.to_dict(), "sliding_window": 4})

@@ -33,6 +33,10 @@ first call takes pasts of length 0. Position ids count the real tokens of each r
 sliding window is applied by the mask, not by trimming the cache). With ``pad_cache=True`` every
 layer's cache tensors get one shape instead, zero-padded (`aptune.formats.onnx_genai` needs that).
 `aptune.formats.onnx_generate` drives either graph.
+
+A model whose weights pass protobuf's 2 GB limit (float32 LLaMA-family models from about 0.5 B
+parameters) is written as ``model.onnx`` plus its weights in ``model.onnx.data``
+(`aptune.formats.onnx_files`).
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aptune.atomic import atomic_path
 from aptune.errors import ExportError
 from aptune.formats.hf_cache import cache_keyword, returned_cache
+from aptune.formats.onnx_files import write_graph
 
 __all__ = [
     "ONNX_DECODER_FAMILIES",
@@ -175,47 +179,28 @@ def _write_graph(
     opset: int,
     static_output_dims: dict[str, dict[int, int]] | None = None,
 ) -> Path:
-    """Trace ``module`` on ``example`` with the TorchScript exporter and write the graph atomically.
+    """Trace ``module`` on ``example`` with the TorchScript exporter and write the graph's files
+    (`aptune.formats.onnx_files.write_graph`: atomically, weights over 2 GB in one file beside it).
 
     ``static_output_dims`` names output dimensions whose size is fixed although the tracer left them
     symbolic (``{"logits": {1: 1}}``); they are written into the graph's output metadata.
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp_name, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(
-            module,
-            example,
-            tmp_name,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            dynamo=False,
-        )
-        if static_output_dims:
-            _fix_output_dims(Path(tmp_name), static_output_dims)
-    return out_path
 
+    def export(file_name: str) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                module,
+                example,
+                file_name,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                dynamo=False,
+            )
 
-def _fix_output_dims(path: Path, static_output_dims: dict[str, dict[int, int]]) -> None:
-    """Rewrite the declared shape of the named outputs of the graph at ``path`` in place.
-
-    The weights are not read: a graph whose tensors sit in external data files keeps its references.
-    """
-    try:
-        import onnx
-    except ImportError as error:
-        raise ExportError(
-            "writing the graph's fixed output shape needs the onnx package; pip install 'aptune[onnx]'"
-        ) from error
-    graph = onnx.load(str(path), load_external_data=False)
-    for output in graph.graph.output:
-        for index, size in static_output_dims.get(output.name, {}).items():
-            dim = output.type.tensor_type.shape.dim[index]
-            dim.Clear()
-            dim.dim_value = size
-    onnx.save(graph, str(path))
+    return write_graph(out_path, export, static_output_dims)
 
 
 def padded_cache_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:
@@ -294,7 +279,8 @@ def export_onnx(
 
     Args:
         model_or_folder: A loaded model, or a folder written by `aptune.export` (free or uniform).
-        out_path: The ``.onnx`` file to write (replaced atomically).
+        out_path: The ``.onnx`` file to write (replaced atomically). A graph over 2 GB keeps its
+            weights in one file beside it, ``<name>.data`` (`aptune.formats.onnx_files`).
         opset: ONNX opset version.
         kv_cache: Write a causal LM as a generation graph with past / present KV-cache tensors
             (see the module docstring) instead of one full forward.
