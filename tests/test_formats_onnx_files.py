@@ -107,3 +107,27 @@ def test_a_truncated_weight_file_is_an_export_error(tmp_path, inline_graph):
     (tmp_path / location).write_bytes((tmp_path / location).read_bytes()[:-4])
     with pytest.raises(ExportError, match="ended after"):
         gather_external_data(tmp_path / "model.onnx", "model.onnx.data")
+
+
+def test_export_command_names_the_weight_file_of_a_large_graph(tmp_path, monkeypatch, capsys):
+    import aptune.formats
+    from aptune.cli import main
+
+    large = [True, False]
+
+    def fake_export(run_dir, out, fmt, dtype, **options):  # a graph over 2 GB as its two files, then one
+        out.write_bytes(b"graph")
+        if large.pop(0):
+            (out.parent / "model.onnx.data").write_bytes(b"weights")
+
+    monkeypatch.setattr(aptune.formats, "export_format", fake_export)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path), "--out", str(tmp_path / "model.onnx"), "--format", "onnx"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == (
+        f"aptune: wrote {tmp_path / 'model.onnx'} (weights in model.onnx.data beside it)"
+    )
+    (tmp_path / "model.onnx.data").unlink()  # as write_graph does for an inline graph
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path), "--out", str(tmp_path / "model.onnx"), "--format", "onnx"])
+    assert capsys.readouterr().out.strip() == f"aptune: wrote {tmp_path / 'model.onnx'}"

@@ -60,7 +60,10 @@ def export_command(
     RUN_DIR is a run folder written by `aptune train` (or an exported model folder).
     """
     from aptune.formats import export_format
+    from aptune.formats.onnx_files import data_file_name
 
     with user_errors():
         export_format(run_dir, out, fmt, dtype, kv_cache=kv_cache, last_logits_only=last_logits_only)
-    click.echo(f"aptune: wrote {out}")
+    weights = out.parent / data_file_name(out.name)
+    beside = f" (weights in {weights.name} beside it)" if fmt == "onnx" and weights.is_file() else ""
+    click.echo(f"aptune: wrote {out}{beside}")
