@@ -201,3 +201,29 @@ def test_the_uniform_layout_keeps_copy_heads_and_stays_uniform(monkeypatch) -> N
     protected = pruned(0.5)
     assert dropped in protected.blocks.units[0].tolist()
     assert len({len(ids) for ids in protected.blocks.units}) == 1  # still uniform
+
+
+def test_damage_curves_remove_only_the_units_a_selection_may_remove(monkeypatch) -> None:
+    # layer 0's unit 0 is protected: its site's curve removes unit 1 alone, never unit 0, so
+    # the loss of a copying head the selection keeps does not price the unit it may remove
+    fake = [torch.tensor([0.9, 0.0]), torch.tensor([0.0, 0.0])]
+    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: fake)
+    model = tiny_llama()
+    model.train()
+    config = AptConfig(target_density=0.5, keep_copy_heads=0.5, damage_curves=4, damage_batches=2)
+    aptune.prepare_(model, config)
+    controller = model._aptune_controller
+    removed_units: list[list[int]] = []
+    original = controller.set_hard_masks
+
+    def record_masks(keep) -> None:  # every keep-set the curves measure goes through here
+        removed_units.append(torch.nonzero(~keep.heads.cpu()).flatten().tolist())
+        original(keep)
+
+    monkeypatch.setattr(controller, "set_hard_masks", record_masks)
+    record = controller.calibrate_and_prune_(_batches())
+    (curves,) = record["damage_curves"]
+    assert [len(points) for points in curves["heads"]] == [1, 2]  # 1 removable unit, then 2
+    measured = removed_units[: 1 + 2 + 4 + 4]  # the curves' keep-sets come before the pruning's
+    assert any(measured) and not any(0 in units for units in measured)  # flat unit 0 = layer 0's unit 0
+    assert 0 in controller.blocks.units[0].tolist()

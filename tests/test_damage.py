@@ -115,6 +115,36 @@ def test_curve_scores_keep_the_salience_order_within_a_site() -> None:
     assert scores.hidden is None
 
 
+def test_a_kept_unit_is_never_removed_by_its_sites_curve() -> None:
+    # an attention site of 3 units whose least salient one is kept (a copying head): removing it
+    # would cost 10, the others 0.2 each. Its curve must measure the other two only, and score
+    # them as a site made of those two alone would be scored.
+    heads = torch.tensor([0.1, 0.5, 0.6])
+    removed_seen = []
+
+    def loss_of(keep, kept_first: bool = True):
+        if keep is None:
+            return 1.0
+        gone = (~keep.heads[:3]).tolist() if kept_first else [False, *(~keep.heads[:2]).tolist()]
+        removed_seen.append(gone)
+        return 1.0 + 10.0 * gone[0] + 0.2 * (gone[1] + gone[2])
+
+    salience = Salience([heads], [], None)
+    scores, curves = damage_curve_scores(
+        salience, [3], [], 4, loss_of, points=4, kept_units=[torch.tensor([True, False, False])]
+    )
+    assert not any(gone[0] for gone in removed_seen)
+    assert curves["heads"][0] == pytest.approx([0.2, 0.4])
+    reference, _ = damage_curve_scores(
+        Salience([heads[1:]], [], None), [2], [], 4, lambda keep: loss_of(keep, kept_first=False), points=4
+    )
+    assert torch.allclose(scores.heads[0][1:], reference.heads[0])
+    assert float(scores.heads[0][0]) == pytest.approx(float(reference.heads[0].max()))
+    # without the kept units the curve prices the copying head into the others' scores
+    unaware, _ = damage_curve_scores(salience, [3], [], 4, loss_of, points=4)
+    assert bool((unaware.heads[0][1:] > 2 * reference.heads[0]).all())
+
+
 def test_hidden_curve_counts_halve_from_the_reach() -> None:
     assert hidden_curve_counts(576, 0.3, 4) == [22, 43, 86, 173]
     assert hidden_curve_counts(8, 0.5, 4) == [1, 2, 4]  # no repeats, at least one

@@ -651,6 +651,10 @@ class AptController:
         measured: list[dict] = []
         notes: dict = {}
         seen = 0
+        if curves:
+            # the copying heads are known before the curves measure anything, so that no curve
+            # prices a removal the selection will never make (the model is the one select() sees)
+            self.protect_copy_heads()
         for index in range(1, rounds + 1):
             # each round scores the model the rounds before it pruned (see AptConfig.pretune_rounds)
             # scored per micro-batch on each rank, then summed over the ranks (aptune.distributed)
@@ -717,6 +721,9 @@ class AptController:
         ``with_hidden`` the hidden dimensions' too (`AptConfig.hidden_damage_curve`)."""
         points = self.config.damage_curve_points(self.layout.is_decoder)
         hidden_counts = self._hidden_curve_counts(points) if with_hidden else ()
+        protected = self.blocks.protected_mask()
+        # (units,) -> one mask per attention site: the curves never remove the protected units
+        kept_units = None if protected is None else list(protected.split(self.blocks.unit_counts()))
         with self._hard_mask_losses(batches) as loss_of:
             return damage_curve_scores(
                 salience,
@@ -726,6 +733,7 @@ class AptController:
                 loss_of,
                 points,
                 hidden_counts,
+                kept_units,
             )
 
     def _hidden_exchange_scores(self, salience: Salience, batches: list[dict]) -> tuple[Salience, dict]:

@@ -107,6 +107,7 @@ def damage_curve_scores(
     loss_of: Callable[[KeepSet | None], float],
     points: int,
     hidden_counts: Sequence[int] = (),
+    kept_units: Sequence[torch.Tensor] | None = None,
 ) -> tuple[Salience, dict]:
     """Scores from measured damage curves (see the module docstring).
 
@@ -120,6 +121,12 @@ def damage_curve_scores(
             is measured at every count).
         hidden_counts: Increasing numbers of hidden dimensions removed at which the hidden curve is
             measured (`hidden_curve_counts`); empty: no hidden curve, hidden scores unchanged.
+        kept_units: Per attention site, a bool mask over its units now present of those every
+            selection keeps (copying heads, `aptune.blocks.BlockBook.protect_units`), or None for
+            none. A site's curve then removes only its other units, lowest salience first, since
+            no selection can remove the kept ones: their loss must not price the others. A kept
+            unit scores the highest score of its site's other units (its own salience when all
+            are kept); the selection keeps it whatever it scores.
 
     Returns:
         ``(scores, curves)``: the `Salience` whose head and neuron scores (and hidden scores, with
@@ -135,16 +142,22 @@ def damage_curve_scores(
     for kind, site_scores in enumerate((salience.heads, salience.neurons)):
         for site, score in enumerate(site_scores):
             size = counts[kind][site]
-            if score is None or size == 0:
+            # the blocks a selection may remove: all but the site's kept units
+            removable = torch.ones(size, dtype=torch.bool)
+            if kind == 0 and kept_units is not None and kept_units[site] is not None:
+                removable = ~kept_units[site].detach().cpu().bool()
+            candidates = torch.nonzero(removable).flatten()  # (removable blocks,) indices into the site
+            if score is None or candidates.numel() == 0:
                 scored[kind].append(score)
                 curves[kind].append([])
                 continue
-            order = torch.argsort(score.detach().float().cpu(), stable=True)  # lowest salience first
-            removal_counts = curve_counts(size, points)
+            candidate_score = score.detach().float().cpu()[candidates]
+            order = torch.argsort(candidate_score, stable=True)  # lowest salience first
+            removal_counts = curve_counts(candidates.numel(), points)
             damages = []
             for removed in removal_counts:
                 flags = [[torch.ones(n, dtype=torch.bool) for n in c] for c in counts]
-                flags[kind][site][order[:removed]] = False
+                flags[kind][site][candidates[order[:removed]]] = False
                 keep = KeepSet(
                     heads=_flat(flags[0]),
                     neurons=_flat(flags[1]),
@@ -152,7 +165,10 @@ def damage_curve_scores(
                     params=0.0,
                 )
                 damages.append(loss_of(keep) - base)
-            scored[kind].append(curve_reading(score, order, removal_counts, damages))
+            reading = curve_reading(candidate_score, order, removal_counts, damages)
+            site_scored = torch.full((size,), float(reading.max()), dtype=reading.dtype)
+            site_scored[candidates] = reading
+            scored[kind].append(site_scored.to(score.device))
             curves[kind].append(damages)
     result: dict = {"heads": curves[0], "neurons": curves[1]}
     hidden = salience.hidden
