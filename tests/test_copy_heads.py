@@ -63,6 +63,15 @@ def _prepared(threshold: float | None, density: float = 0.5):
     return model, model._aptune_controller
 
 
+def _with_induction_scores(monkeypatch, scores: list[torch.Tensor], config: AptConfig):
+    """The controller of a tiny LLaMA prepared with ``config``, whose units measure ``scores``."""
+    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: scores)
+    model = tiny_llama()
+    model.train()
+    aptune.prepare_(model, config)
+    return model._aptune_controller
+
+
 def _batches(count: int = 2) -> list[dict]:
     ids = torch.randint(3, VOCAB, (count * 2, 16), generator=torch.Generator().manual_seed(0))
     return [{"input_ids": ids[i : i + 2], "labels": ids[i : i + 2].clone()} for i in range(0, count * 2, 2)]
@@ -153,12 +162,8 @@ def test_protected_units_stay_through_the_pruning_during_tuning(monkeypatch) -> 
     # protected at the pruning before tuning; a later, lower-density selection on scores that
     # rank them last still keeps them, under their original ids after the surgery
     fake = [torch.tensor([0.0, 0.9]), torch.tensor([0.9, 0.0])]
-    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: fake)
-    model = tiny_llama()
-    model.train()
     config = AptConfig(target_density=0.3, pretune_density=0.8, keep_copy_heads=0.5, damage_curves=0)
-    aptune.prepare_(model, config)
-    controller = model._aptune_controller
+    controller = _with_induction_scores(monkeypatch, fake, config)
     controller.calibrate_and_prune_(_batches())
     heads, neurons, hidden = controller._score_vectors()
     protected = controller.blocks.protected_mask()
@@ -207,12 +212,8 @@ def test_damage_curves_remove_only_the_units_a_selection_may_remove(monkeypatch)
     # layer 0's unit 0 is protected: its site's curve removes unit 1 alone, never unit 0, so
     # the loss of a copying head the selection keeps does not price the unit it may remove
     fake = [torch.tensor([0.9, 0.0]), torch.tensor([0.0, 0.0])]
-    monkeypatch.setattr("aptune.controller.unit_induction_scores", lambda *a, **k: fake)
-    model = tiny_llama()
-    model.train()
     config = AptConfig(target_density=0.5, keep_copy_heads=0.5, damage_curves=4, damage_batches=2)
-    aptune.prepare_(model, config)
-    controller = model._aptune_controller
+    controller = _with_induction_scores(monkeypatch, fake, config)
     removed_units: list[list[int]] = []
     original = controller.set_hard_masks
 
