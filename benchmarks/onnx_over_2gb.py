@@ -4,7 +4,9 @@ A LLaMA config with a 500k-token vocabulary and untied embeddings (578 M paramet
 float32; random weights, no download) is exported as a KV-cache graph with the last position's
 logits only. The check: the files written (``model.onnx`` and ``model.onnx.data`` only), the declared
 logits shape, the prompt's last-position logits against PyTorch's, and 8 greedy tokens against
-transformers' ``generate``. Too large for the unit tests (4.6 GB of disk at its peak); run by hand:
+transformers' ``generate``. The same model is then written as an onnxruntime-genai folder (all
+positions' logits, weights in ``model.onnx.data`` beside the graph) and generates the same 8 tokens
+with ``og.Generator``. Too large for the unit tests (7 GB of disk at its peak); run by hand:
 
     python benchmarks/onnx_over_2gb.py --work-dir /tmp/onnx-big
 
@@ -14,20 +16,42 @@ Writes ``benchmarks/results/onnx_over_2gb.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import onnxruntime_genai as og
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aptune.atomic import write_json_atomic
 from aptune.formats.onnx import export_onnx
+from aptune.formats.onnx_genai import GENAI_CONFIG_FILE, export_onnx_genai
 from aptune.formats.onnx_generate import empty_caches, greedy_generate
 
 RESULT = Path(__file__).parent / "results" / "onnx_over_2gb.json"
+
+
+def genai_greedy(folder: Path, input_ids: torch.Tensor, steps: int, never_produced: int) -> list[list[int]]:
+    """The new tokens onnxruntime-genai generates greedily from one unpadded prompt.
+
+    The folder's EOS token is set to ``never_produced`` so that generation runs all ``steps``.
+    """
+    config_path = folder / GENAI_CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["model"]["eos_token_id"] = never_produced
+    config_path.write_text(json.dumps(config))
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=input_ids.shape[1] + steps, batch_size=1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(input_ids.numpy().astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [list(map(int, generator.get_sequence(0)))[input_ids.shape[1] :]]
 
 
 def main() -> None:
@@ -70,17 +94,27 @@ def main() -> None:
     # greedy_generate returns each row's prompt followed by its new tokens
     tokens = greedy_generate(session, input_ids.numpy(), attention_mask.numpy(), max_new_tokens=8)
     tokens = tokens[:, input_ids.shape[1] :]
+    declared_shape = session.get_outputs()[0].shape
+    del session  # frees the first graph's weights before the second export
+    genai_dir = export_onnx_genai(model, args.work_dir / "genai")
+    genai_files = {p.name: p.stat().st_size for p in sorted(genai_dir.iterdir())}
+    unused = min(set(range(3, config.vocab_size)) - set(reference.flatten().tolist()))
+    genai_tokens = genai_greedy(genai_dir, input_ids, steps=8, never_produced=unused)
     result = {
         "parameters": params,
         "float32_bytes": params * 4,
         "files": files,
-        "declared_logits_shape": session.get_outputs()[0].shape,
+        "declared_logits_shape": declared_shape,
         "max_abs_logit_difference": float(np.abs(logits - expected.numpy()).max()),
         "greedy_tokens_onnx": tokens.tolist(),
         "greedy_tokens_transformers": reference.tolist(),
         "same_tokens": tokens.tolist() == reference.tolist(),
+        "genai_files": genai_files,
+        "greedy_tokens_onnxruntime_genai": genai_tokens,
+        "genai_same_tokens": genai_tokens == reference.tolist(),
         "export_seconds": round(export_seconds, 1),
         "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_genai": og.__version__,
         "torch": torch.__version__,
     }
     write_json_atomic(RESULT, result)
