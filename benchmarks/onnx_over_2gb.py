@@ -16,42 +16,32 @@ Writes ``benchmarks/results/onnx_over_2gb.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
-import onnxruntime_genai as og
+import onnxruntime_genai as og  # its version goes into the result
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aptune.atomic import write_json_atomic
+from aptune.bench.generation_speed import GenaiDecoder
 from aptune.formats.onnx import export_onnx
-from aptune.formats.onnx_genai import GENAI_CONFIG_FILE, export_onnx_genai
+from aptune.formats.onnx_genai import export_onnx_genai
 from aptune.formats.onnx_generate import empty_caches, greedy_generate
 
 RESULT = Path(__file__).parent / "results" / "onnx_over_2gb.json"
 
 
-def genai_greedy(folder: Path, input_ids: torch.Tensor, steps: int, never_produced: int) -> list[list[int]]:
-    """The new tokens onnxruntime-genai generates greedily from one unpadded prompt.
-
-    The folder's EOS token is set to ``never_produced`` so that generation runs all ``steps``.
-    """
-    config_path = folder / GENAI_CONFIG_FILE
-    config = json.loads(config_path.read_text())
-    config["model"]["eos_token_id"] = never_produced
-    config_path.write_text(json.dumps(config))
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=input_ids.shape[1] + steps, batch_size=1)
-    generator = og.Generator(model, params)
-    generator.append_tokens(input_ids.numpy().astype(np.int32))
-    while not generator.is_done():
-        generator.generate_next_token()
-    return [list(map(int, generator.get_sequence(0)))[input_ids.shape[1] :]]
+def genai_greedy(folder: Path, input_ids: torch.Tensor, steps: int) -> list[list[int]]:
+    """The ``steps`` new tokens onnxruntime-genai generates greedily from one prompt (EOS ignored)."""
+    decoder = GenaiDecoder(folder, max_length=input_ids.shape[1] + steps, ignore_eos=True)
+    tokens = [decoder.prefill(input_ids[0].tolist())]
+    while len(tokens) < steps:
+        tokens.append(decoder.step(tokens[-1]))
+    return [tokens]
 
 
 def main() -> None:
@@ -98,8 +88,7 @@ def main() -> None:
     del session  # frees the first graph's weights before the second export
     genai_dir = export_onnx_genai(model, args.work_dir / "genai")
     genai_files = {p.name: p.stat().st_size for p in sorted(genai_dir.iterdir())}
-    unused = min(set(range(3, config.vocab_size)) - set(reference.flatten().tolist()))
-    genai_tokens = genai_greedy(genai_dir, input_ids, steps=8, never_produced=unused)
+    genai_tokens = genai_greedy(genai_dir, input_ids, steps=8)
     result = {
         "parameters": params,
         "float32_bytes": params * 4,
